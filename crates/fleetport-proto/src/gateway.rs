@@ -1,0 +1,358 @@
+//! One entry point for every AWS API request: classifies the protocol (awsJson by `X-Amz-Target`,
+//! awsQuery by `Action`/`Version`), verifies SigV4, decodes and validates the input against the
+//! model, calls the owning service and encodes the answer or the error in that protocol's shape.
+//! It knows nothing about HTTP servers: it takes request parts and returns an `http::Response`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use serde_json::Value;
+
+use crate::error::AwsError;
+use crate::model::{self, ServiceModel};
+use crate::query;
+use crate::sigv4::{SigError, SignedRequest, Verifier};
+use crate::validate::{self, Invalid};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a handler knows about the caller.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub access_key: String,
+    pub account_id: String,
+    pub region: String,
+}
+
+impl RequestContext {
+    /// The IAM principal AWS reports as `registeredBy`/`createdBy` for this caller.
+    pub fn principal_arn(&self) -> String {
+        format!("arn:aws:iam::{}:root", self.account_id)
+    }
+}
+
+/// A service answering one AWS API. Input arrives validated against the model; the output
+/// document must conform to the operation's output shape.
+pub trait Service: Send + Sync {
+    fn model(&self) -> &'static ServiceModel;
+
+    /// The code used for model constraint failures (missing required members, enums, ranges).
+    fn constraint_error_code(&self) -> &'static str;
+
+    /// Whether `operation` is implemented (others get a clear error without being called).
+    fn implements(&self, operation: &str) -> bool;
+
+    fn call<'a>(&'a self, ctx: &'a RequestContext, operation: &'a str, input: Value) -> BoxFuture<'a, Result<Value, AwsError>>;
+}
+
+/// Static configuration of the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub region: String,
+    pub account_id: String,
+}
+
+/// Which wire protocol a request speaks; decides the shape of every answer including errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Json,
+    Query,
+}
+
+/// ECS and ECR check SigV4 dates against a 5-minute window; query services allow 15 minutes.
+const JSON_SKEW_SECS: i64 = 300;
+const QUERY_SKEW_SECS: i64 = 900;
+
+pub struct Gateway {
+    config: GatewayConfig,
+    verifier: Verifier,
+    json: HashMap<&'static str, (&'static ServiceModel, Option<Arc<dyn Service>>)>,
+    query: HashMap<(&'static str, &'static str), (&'static ServiceModel, Option<Arc<dyn Service>>)>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+/// The request as the HTTP layer hands it over.
+#[derive(Debug)]
+pub struct ApiRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub headers: &'a http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Gateway {
+    /// A gateway that knows the ECS, ECR and ELBv2 models; services are attached with [`Self::serve`].
+    pub fn new(config: GatewayConfig, verifier: Verifier) -> Self {
+        let mut json = HashMap::new();
+        for m in [model::ecs(), model::ecr()] {
+            if let Some(prefix) = m.metadata.target_prefix.as_deref() {
+                json.insert(prefix, (m, None));
+            }
+        }
+        let mut query = HashMap::new();
+        let elb = model::elbv2();
+        query.insert(("elasticloadbalancing", elb.metadata.api_version.as_str()), (elb, None));
+        Self { config, verifier, json, query }
+    }
+
+    /// Attaches the implementation of one service (matched to its model).
+    pub fn serve(&mut self, service: Arc<dyn Service>) {
+        let m = service.model();
+        if let Some(prefix) = m.metadata.target_prefix.as_deref() {
+            self.json.insert(prefix, (m, Some(service)));
+        } else if let Some(signing) = m.metadata.signing_name.as_deref() {
+            self.query.insert((signing, m.metadata.api_version.as_str()), (m, Some(service)));
+        } else {
+            self.query.insert((m.metadata.endpoint_prefix.as_str(), m.metadata.api_version.as_str()), (m, Some(service)));
+        }
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// Answers one AWS API request. Never panics on any input.
+    pub async fn handle(&self, req: ApiRequest<'_>) -> Response<Bytes> {
+        let request_id = uuid::Uuid::new_v4().to_string();
+        if let Some(target) = req.headers.get("x-amz-target") {
+            let out = self.handle_json(&req, target, &request_id).await;
+            match out {
+                Ok(body) => json_response(StatusCode::OK, body, &request_id),
+                Err(e) => {
+                    tracing::debug!(request_id, code = %e.code, message = %e.message, "json request failed");
+                    json_response(e.status, Bytes::from(e.json_body()), &request_id)
+                }
+            }
+        } else {
+            let (out, ns) = self.handle_query(&req, &request_id).await;
+            match out {
+                Ok(body) => xml_response(StatusCode::OK, body, &request_id),
+                Err(e) => {
+                    tracing::debug!(request_id, code = %e.code, message = %e.message, "query request failed");
+                    xml_response(e.status, Bytes::from(e.xml_body(ns, &request_id)), &request_id)
+                }
+            }
+        }
+    }
+
+    fn authenticate(&self, req: &ApiRequest<'_>, protocol: Protocol, signing_name: &str) -> Result<String, AwsError> {
+        let signed = SignedRequest { method: req.method, path: req.path, query: req.query, headers: req.headers, body: &req.body };
+        let skew = if protocol == Protocol::Json { JSON_SKEW_SECS } else { QUERY_SKEW_SECS };
+        let fields = self.verifier.verify(&signed, now_secs(), skew).map_err(|e| sig_error(e, protocol))?;
+        if fields.region != self.config.region {
+            return Err(sig_error(
+                SigError::Scope(format!("Credential should be scoped to a valid region, not '{}'. ", fields.region)),
+                protocol,
+            ));
+        }
+        if fields.service != signing_name {
+            return Err(sig_error(
+                SigError::Scope(format!("Credential should be scoped to correct service: '{signing_name}'. ")),
+                protocol,
+            ));
+        }
+        Ok(fields.access_key)
+    }
+
+    fn context(&self, request_id: &str, access_key: String) -> RequestContext {
+        RequestContext {
+            request_id: request_id.to_string(),
+            access_key,
+            account_id: self.config.account_id.clone(),
+            region: self.config.region.clone(),
+        }
+    }
+
+    async fn handle_json(&self, req: &ApiRequest<'_>, target: &HeaderValue, request_id: &str) -> Result<Bytes, AwsError> {
+        let unknown = || AwsError::client("UnknownOperationException", "");
+        let target = target.to_str().map_err(|_| unknown())?;
+        let (prefix, operation) = target.rsplit_once('.').ok_or_else(unknown)?;
+        let (model, service) = self.json.get(prefix).ok_or_else(unknown)?;
+        let signing = model.metadata.signing_name.as_deref().unwrap_or(&model.metadata.endpoint_prefix);
+        let access_key = self.authenticate(req, Protocol::Json, signing)?;
+        if req.method != "POST" {
+            return Err(AwsError::client("UnknownOperationException", "awsJson requests must use POST."));
+        }
+        let op = model.operation(operation).ok_or_else(unknown)?;
+        let Some(service) = service.as_ref().filter(|s| s.implements(operation)) else {
+            return Err(not_implemented(model, operation, Protocol::Json));
+        };
+        let input = parse_json_body(&req.body)?;
+        if let Some(input_ref) = &op.input {
+            validate::validate(model, &input_ref.shape, &input).map_err(|e| e.into_error(service.constraint_error_code()))?;
+        }
+        let ctx = self.context(request_id, access_key);
+        let output = service.call(&ctx, &op.name, input).await?;
+        serde_json::to_vec(&output).map(Bytes::from).map_err(|_| AwsError::internal())
+    }
+
+    async fn handle_query(&self, req: &ApiRequest<'_>, request_id: &str) -> (Result<Bytes, AwsError>, &'static str) {
+        let form_body = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+        let mut params = query::parse_form(req.query.as_bytes());
+        if req.method == "POST" && form_body {
+            params.extend(query::parse_form(&req.body));
+        }
+        let version = params.get("Version").cloned().unwrap_or_default();
+        // The signing scope names the service; Version picks the API (ELBv2 and Classic ELB share a scope).
+        let scope_service = scope_service(req).unwrap_or_default();
+        let entry = self.query.iter().find(|((svc, ver), _)| *svc == scope_service && *ver == version).map(|(_, v)| v);
+        let default_ns = model::elbv2().metadata.xml_namespace.as_deref().unwrap_or_default();
+        let ns = entry.and_then(|(m, _)| m.metadata.xml_namespace.as_deref()).unwrap_or(default_ns);
+        let out = async {
+            let signing = entry.map_or(scope_service.as_str(), |(m, _)| {
+                m.metadata.signing_name.as_deref().unwrap_or(&m.metadata.endpoint_prefix)
+            });
+            let access_key = self.authenticate(req, Protocol::Query, signing)?;
+            let Some(action) = params.get("Action").cloned() else {
+                return Err(AwsError::client("MissingAction", "The request must contain the parameter Action."));
+            };
+            let Some((model, service)) = entry else {
+                if version.is_empty() {
+                    return Err(AwsError::client("MissingParameter", "The request must contain the parameter Version."));
+                }
+                return Err(AwsError::client(
+                    "InvalidAction",
+                    format!("The action {action} is not valid for this web service (API version '{version}' is not served by Fleetport)."),
+                ));
+            };
+            let Some(op) = model.operation(&action) else {
+                return Err(AwsError::client("InvalidAction", format!("The action {action} is not valid for this web service.")));
+            };
+            let Some(service) = service.as_ref().filter(|s| s.implements(&action)) else {
+                return Err(not_implemented(model, &action, Protocol::Query));
+            };
+            let code = service.constraint_error_code();
+            let input = match &op.input {
+                Some(r) => {
+                    let v = query::decode(model, &r.shape, &params).map_err(|e| query_invalid(e, code))?;
+                    validate::validate(model, &r.shape, &v).map_err(|e| query_invalid(e, code))?;
+                    v
+                }
+                None => Value::Object(Default::default()),
+            };
+            let ctx = self.context(request_id, access_key);
+            let output = service.call(&ctx, &op.name, input).await?;
+            Ok(Bytes::from(query::write_response(model, &op.name, &output, request_id)))
+        }
+        .await;
+        (out, ns)
+    }
+}
+
+fn query_invalid(e: Invalid, code: &str) -> AwsError {
+    let (Invalid::Serialization(m) | Invalid::Constraint(m)) = e;
+    AwsError::client(code, m)
+}
+
+fn scope_service(req: &ApiRequest<'_>) -> Option<String> {
+    let signed = SignedRequest { method: req.method, path: req.path, query: req.query, headers: req.headers, body: &[] };
+    crate::sigv4::extract(&signed).ok().map(|f| f.service)
+}
+
+fn not_implemented(model: &ServiceModel, operation: &str, protocol: Protocol) -> AwsError {
+    let service = match model.metadata.endpoint_prefix.as_str() {
+        "ecs" => "Amazon ECS",
+        "api.ecr" => "Amazon ECR",
+        _ => "Elastic Load Balancing",
+    };
+    let message = format!("Fleetport does not implement the {service} operation {operation} yet.");
+    match protocol {
+        Protocol::Json => AwsError::client("UnknownOperationException", message),
+        Protocol::Query => AwsError::client("InvalidAction", message),
+    }
+}
+
+fn parse_json_body(body: &[u8]) -> Result<Value, AwsError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Default::default()));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v @ Value::Object(_)) => Ok(v),
+        Ok(Value::Null) => Ok(Value::Object(Default::default())),
+        Ok(_) => Err(AwsError::serialization("Start of structure or map expected.")),
+        Err(e) => Err(AwsError::serialization(format!("Malformed JSON request body: {e}"))),
+    }
+}
+
+fn sig_error(e: SigError, protocol: Protocol) -> AwsError {
+    const MISMATCH: &str = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
+    const BAD_TOKEN: &str = "The security token included in the request is invalid.";
+    let forbidden = StatusCode::FORBIDDEN;
+    match (protocol, e) {
+        (Protocol::Json, SigError::Missing) => AwsError::client("MissingAuthenticationTokenException", "Missing Authentication Token"),
+        (Protocol::Json, SigError::Incomplete(m)) => AwsError::client("IncompleteSignatureException", m),
+        (Protocol::Json, SigError::UnknownAccessKey) => AwsError::client("UnrecognizedClientException", BAD_TOKEN),
+        (Protocol::Json, SigError::Mismatch) => AwsError::client("InvalidSignatureException", MISMATCH),
+        (Protocol::Json, SigError::Scope(m)) => AwsError::client("InvalidSignatureException", m),
+        (Protocol::Json, SigError::Expired(m)) => AwsError::client("InvalidSignatureException", format!("Signature expired: {m}")),
+        (Protocol::Json, SigError::NotYetCurrent(m)) => {
+            AwsError::client("InvalidSignatureException", format!("Signature not yet current: {m}"))
+        }
+        (Protocol::Query, SigError::Missing) => {
+            AwsError::with_status("MissingAuthenticationToken", "Request is missing Authentication Token", forbidden)
+        }
+        (Protocol::Query, SigError::Incomplete(m)) => AwsError::client("IncompleteSignature", m),
+        (Protocol::Query, SigError::UnknownAccessKey) => AwsError::with_status("InvalidClientTokenId", BAD_TOKEN, forbidden),
+        (Protocol::Query, SigError::Mismatch) => AwsError::with_status("SignatureDoesNotMatch", MISMATCH, forbidden),
+        (Protocol::Query, SigError::Scope(m)) => AwsError::with_status("SignatureDoesNotMatch", m, forbidden),
+        (Protocol::Query, SigError::Expired(m)) => {
+            AwsError::with_status("SignatureDoesNotMatch", format!("Signature expired: {m}"), forbidden)
+        }
+        (Protocol::Query, SigError::NotYetCurrent(m)) => {
+            AwsError::with_status("SignatureDoesNotMatch", format!("Signature not yet current: {m}"), forbidden)
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+fn with_headers(mut resp: Response<Bytes>, content_type: &'static str, request_id: &str) -> Response<Bytes> {
+    let h = resp.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert("x-amzn-requestid", v);
+    }
+    resp
+}
+
+fn json_response(status: StatusCode, body: Bytes, request_id: &str) -> Response<Bytes> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    with_headers(resp, "application/x-amz-json-1.1", request_id)
+}
+
+fn xml_response(status: StatusCode, body: Bytes, request_id: &str) -> Response<Bytes> {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    with_headers(resp, "text/xml", request_id)
+}
+
+/// An AWS-shaped error for a request rejected before it reached the gateway (e.g. body too
+/// large), in the protocol its headers announce.
+pub fn reject(headers: &http::HeaderMap, error: &AwsError) -> Response<Bytes> {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    if headers.contains_key("x-amz-target") {
+        json_response(error.status, Bytes::from(error.json_body()), &request_id)
+    } else {
+        let ns = model::elbv2().metadata.xml_namespace.as_deref().unwrap_or_default();
+        xml_response(error.status, Bytes::from(error.xml_body(ns, &request_id)), &request_id)
+    }
+}

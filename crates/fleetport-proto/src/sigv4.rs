@@ -1,0 +1,490 @@
+//! AWS Signature Version 4 verification (Authorization header and presigned query forms).
+//!
+//! The server recomputes the signature from exactly what the client said it signed
+//! (`SignedHeaders`, the credential scope, the payload hash) and compares in constant time.
+//! Canonicalisation follows the SigV4 specification for non-S3 services: the path is
+//! URI-encoded once more, query parameters are decoded, re-encoded strictly and sorted.
+//! A [`Signer`] is provided for tests, benchmarks and the agent's client.
+
+use std::collections::HashMap;
+
+use hmac::{Hmac, Mac};
+use parking_lot::Mutex;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+const ALGORITHM: &str = "AWS4-HMAC-SHA256";
+pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+
+/// Characters SigV4 leaves unencoded: `A-Z a-z 0-9 - _ . ~`.
+const STRICT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const PATH: &AsciiSet = &STRICT.remove(b'/');
+
+/// Why a request's signature was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SigError {
+    #[error("missing authentication")]
+    Missing,
+    #[error("incomplete signature: {0}")]
+    Incomplete(String),
+    #[error("unknown access key")]
+    UnknownAccessKey,
+    #[error("signature mismatch")]
+    Mismatch,
+    #[error("credential scope: {0}")]
+    Scope(String),
+    #[error("signature expired: {0}")]
+    Expired(String),
+    #[error("signature not yet current: {0}")]
+    NotYetCurrent(String),
+}
+
+/// The parsed SigV4 fields of one request, from whichever form it used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureFields {
+    pub access_key: String,
+    pub date: String,
+    pub region: String,
+    pub service: String,
+    pub signed_headers: Vec<String>,
+    pub signature: String,
+    pub amz_date: String,
+    pub presigned: bool,
+    pub expires: Option<u64>,
+}
+
+/// The parts of an HTTP request SigV4 covers.
+#[derive(Debug)]
+pub struct SignedRequest<'a> {
+    pub method: &'a str,
+    /// The raw path as sent (still percent-encoded).
+    pub path: &'a str,
+    /// The raw query string as sent, without `?`.
+    pub query: &'a str,
+    pub headers: &'a http::HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Access key → secret key.
+#[derive(Debug, Default, Clone)]
+pub struct CredentialSet {
+    keys: HashMap<String, String>,
+}
+
+impl CredentialSet {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, access_key: impl Into<String>, secret: impl Into<String>) {
+        self.keys.insert(access_key.into(), secret.into());
+    }
+
+    pub fn secret(&self, access_key: &str) -> Option<&str> {
+        self.keys.get(access_key).map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn access_keys(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+}
+
+/// Verifies signatures against a [`CredentialSet`], caching derived signing keys (they change
+/// only with the date, region and service, so a hot path does one HMAC instead of five).
+#[derive(Debug)]
+pub struct Verifier {
+    credentials: CredentialSet,
+    key_cache: Mutex<HashMap<(String, String, String, String), [u8; 32]>>,
+}
+
+impl Verifier {
+    pub fn new(credentials: CredentialSet) -> Self {
+        Self { credentials, key_cache: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn credentials(&self) -> &CredentialSet {
+        &self.credentials
+    }
+
+    /// Checks the request's signature. `now` is Unix seconds; `max_skew` in seconds.
+    /// Returns the parsed fields (the caller checks region and service against its own).
+    pub fn verify(&self, req: &SignedRequest<'_>, now: i64, max_skew: i64) -> Result<SignatureFields, SigError> {
+        let fields = extract(req)?;
+        let secret = self.credentials.secret(&fields.access_key).ok_or(SigError::UnknownAccessKey)?;
+        check_time(&fields, now, max_skew)?;
+        let payload_hash = payload_hash(req)?;
+        let canonical = canonical_request(req, &fields.signed_headers, &payload_hash, fields.presigned)?;
+        let scope = format!("{}/{}/{}/aws4_request", fields.date, fields.region, fields.service);
+        let string_to_sign = format!("{ALGORITHM}\n{}\n{scope}\n{}", fields.amz_date, hex::encode(Sha256::digest(&canonical)));
+        let key = self.signing_key(&fields.access_key, secret, &fields.date, &fields.region, &fields.service);
+        let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
+        if expected.as_bytes().ct_eq(fields.signature.as_bytes()).into() {
+            Ok(fields)
+        } else {
+            Err(SigError::Mismatch)
+        }
+    }
+
+    fn signing_key(&self, access_key: &str, secret: &str, date: &str, region: &str, service: &str) -> [u8; 32] {
+        let id = (access_key.to_string(), date.to_string(), region.to_string(), service.to_string());
+        let mut cache = self.key_cache.lock();
+        if let Some(k) = cache.get(&id) {
+            return *k;
+        }
+        let key = derive_key(secret, date, region, service);
+        if cache.len() >= 1024 {
+            cache.clear();
+        }
+        cache.insert(id, key);
+        key
+    }
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so construction cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+fn derive_key(secret: &str, date: &str, region: &str, service: &str) -> [u8; 32] {
+    let k = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    let k = hmac(&k, region.as_bytes());
+    let k = hmac(&k, service.as_bytes());
+    hmac(&k, b"aws4_request")
+}
+
+fn header_str<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    // Query strings from form encoders may use '+' for spaces.
+    percent_decode_str(&s.replace('+', "%20")).decode_utf8_lossy().into_owned()
+}
+
+/// Parses the SigV4 fields from the Authorization header or, failing that, the query string.
+pub fn extract(req: &SignedRequest<'_>) -> Result<SignatureFields, SigError> {
+    if let Some(auth) = req.headers.get(http::header::AUTHORIZATION) {
+        let auth = auth.to_str().map_err(|_| SigError::Incomplete("Authorization header is not valid text".into()))?;
+        return parse_authorization(auth, req.headers);
+    }
+    let pairs = query_pairs(req.query);
+    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let Some(algorithm) = get("X-Amz-Algorithm") else { return Err(SigError::Missing) };
+    if algorithm != ALGORITHM {
+        return Err(SigError::Incomplete(format!("Unsupported AWS 'algorithm': '{algorithm}'")));
+    }
+    let need = |name: &str| get(name).ok_or_else(|| SigError::Incomplete(format!("AWS query-string parameters must include '{name}'.")));
+    let credential = need("X-Amz-Credential")?;
+    let signed_headers = need("X-Amz-SignedHeaders")?;
+    let signature = need("X-Amz-Signature")?;
+    let amz_date = need("X-Amz-Date")?;
+    let expires = match get("X-Amz-Expires") {
+        Some(e) => Some(e.parse::<u64>().map_err(|_| SigError::Incomplete("X-Amz-Expires must be a number of seconds".into()))?),
+        None => None,
+    };
+    let (access_key, date, region, service) = parse_credential(&credential)?;
+    Ok(SignatureFields {
+        access_key,
+        date,
+        region,
+        service,
+        signed_headers: signed_headers.split(';').map(str::to_ascii_lowercase).collect(),
+        signature,
+        amz_date,
+        presigned: true,
+        expires,
+    })
+}
+
+fn parse_authorization(auth: &str, headers: &http::HeaderMap) -> Result<SignatureFields, SigError> {
+    let Some(rest) = auth.strip_prefix(ALGORITHM) else {
+        return Err(SigError::Incomplete(format!(
+            "Authorization header requires '{ALGORITHM}' as the algorithm. Authorization={auth}"
+        )));
+    };
+    let mut credential = None;
+    let mut signed = None;
+    let mut signature = None;
+    for part in rest.split(',') {
+        let part = part.trim();
+        if let Some(v) = part.strip_prefix("Credential=") {
+            credential = Some(v);
+        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
+            signed = Some(v);
+        } else if let Some(v) = part.strip_prefix("Signature=") {
+            signature = Some(v);
+        }
+    }
+    let missing = |what: &str| {
+        SigError::Incomplete(format!("Authorization header requires '{what}' parameter. Authorization={auth}"))
+    };
+    let credential = credential.ok_or_else(|| missing("Credential"))?;
+    let signed = signed.ok_or_else(|| missing("SignedHeaders"))?;
+    let signature = signature.ok_or_else(|| missing("Signature"))?;
+    let amz_date = header_str(headers, "x-amz-date")
+        .ok_or_else(|| SigError::Incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into()))?;
+    let (access_key, date, region, service) = parse_credential(credential)?;
+    let signed_headers: Vec<String> = signed.split(';').map(str::to_ascii_lowercase).collect();
+    if !signed_headers.iter().any(|h| h == "host") {
+        return Err(SigError::Incomplete("'Host' must be a 'SignedHeader' in the AWS Authorization.".into()));
+    }
+    Ok(SignatureFields {
+        access_key,
+        date,
+        region,
+        service,
+        signed_headers,
+        signature: signature.to_string(),
+        amz_date: amz_date.to_string(),
+        presigned: false,
+        expires: None,
+    })
+}
+
+fn parse_credential(credential: &str) -> Result<(String, String, String, String), SigError> {
+    let parts: Vec<&str> = credential.split('/').collect();
+    match parts.as_slice() {
+        [key, date, region, service, "aws4_request"] if !key.is_empty() => {
+            Ok((key.to_string(), date.to_string(), region.to_string(), service.to_string()))
+        }
+        _ => Err(SigError::Incomplete(format!(
+            "Credential should be scoped to a valid region, service and 'aws4_request' terminator: {credential}"
+        ))),
+    }
+}
+
+/// Parses `YYYYMMDDTHHMMSSZ` into Unix seconds.
+pub fn parse_amz_date(s: &str) -> Option<i64> {
+    if s.len() != 16 || !s.is_ascii() || &s[8..9] != "T" || &s[15..16] != "Z" {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i16>().ok());
+    let dt = jiff::civil::DateTime::new(n(0..4)?, n(4..6)? as i8, n(6..8)? as i8, n(9..11)? as i8, n(11..13)? as i8, n(13..15)? as i8, 0).ok()?;
+    dt.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp().as_second())
+}
+
+/// Formats Unix seconds as `YYYYMMDDTHHMMSSZ`.
+pub fn format_amz_date(secs: i64) -> String {
+    let ts = jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    ts.strftime("%Y%m%dT%H%M%SZ").to_string()
+}
+
+fn check_time(fields: &SignatureFields, now: i64, max_skew: i64) -> Result<(), SigError> {
+    let at = parse_amz_date(&fields.amz_date)
+        .ok_or_else(|| SigError::Incomplete(format!("Date must be in ISO-8601 'basic format'. Got '{}'.", fields.amz_date)))?;
+    if !fields.amz_date.starts_with(&fields.date) {
+        return Err(SigError::Scope(format!(
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}'",
+            fields.date,
+            &fields.amz_date[..8.min(fields.amz_date.len())]
+        )));
+    }
+    if fields.presigned {
+        let expires = fields.expires.unwrap_or(900).min(604_800) as i64;
+        if now > at + expires {
+            return Err(SigError::Expired(format!(
+                "{} is now earlier than {} ({} - {} sec.)",
+                format_amz_date(at + expires),
+                format_amz_date(now),
+                format_amz_date(now),
+                expires
+            )));
+        }
+    } else if at < now - max_skew {
+        return Err(SigError::Expired(format!(
+            "{} is now earlier than {} ({} - {} min.)",
+            fields.amz_date,
+            format_amz_date(now - max_skew),
+            format_amz_date(now),
+            max_skew / 60
+        )));
+    }
+    if at > now + max_skew {
+        return Err(SigError::NotYetCurrent(format!(
+            "{} is still later than {} ({} + {} min.)",
+            fields.amz_date,
+            format_amz_date(now + max_skew),
+            format_amz_date(now),
+            max_skew / 60
+        )));
+    }
+    Ok(())
+}
+
+fn payload_hash(req: &SignedRequest<'_>) -> Result<String, SigError> {
+    let body_hash = || hex::encode(Sha256::digest(req.body));
+    match header_str(req.headers, "x-amz-content-sha256") {
+        Some(UNSIGNED_PAYLOAD) => Ok(UNSIGNED_PAYLOAD.to_string()),
+        Some(claimed) => {
+            // A client-declared hash must match the body, or a signed header could cover a swapped body.
+            if claimed.eq_ignore_ascii_case(&body_hash()) {
+                Ok(claimed.to_string())
+            } else {
+                Err(SigError::Mismatch)
+            }
+        }
+        None => Ok(body_hash()),
+    }
+}
+
+fn canonical_headers(headers: &http::HeaderMap, signed: &[String]) -> Result<String, SigError> {
+    let mut out = String::new();
+    for name in signed {
+        let values: Vec<String> = headers
+            .get_all(name.as_str())
+            .iter()
+            .map(|v| {
+                let v = String::from_utf8_lossy(v.as_bytes());
+                v.split_whitespace().collect::<Vec<_>>().join(" ")
+            })
+            .collect();
+        if values.is_empty() {
+            return Err(SigError::Mismatch);
+        }
+        out.push_str(name);
+        out.push(':');
+        out.push_str(&values.join(","));
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn canonical_request(req: &SignedRequest<'_>, signed: &[String], payload_hash: &str, presigned: bool) -> Result<String, SigError> {
+    let path = if req.path.is_empty() { "/" } else { req.path };
+    let canonical_uri = utf8_percent_encode(path, PATH).to_string();
+    let mut pairs: Vec<(String, String)> = query_pairs(req.query)
+        .into_iter()
+        .filter(|(k, _)| !(presigned && k == "X-Amz-Signature"))
+        .map(|(k, v)| (utf8_percent_encode(&k, STRICT).to_string(), utf8_percent_encode(&v, STRICT).to_string()))
+        .collect();
+    pairs.sort();
+    let query = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    Ok(format!(
+        "{}\n{canonical_uri}\n{query}\n{}\n{}\n{payload_hash}",
+        req.method,
+        canonical_headers(req.headers, signed)?,
+        signed.join(";")
+    ))
+}
+
+/// Who signs, and for which scope: used by tests, benchmarks and Fleetport's own clients.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    pub access_key: String,
+    pub secret: String,
+    pub region: String,
+    pub service: String,
+}
+
+impl Signer {
+    /// Signs a request in place with the Authorization header form, adding `x-amz-date`.
+    /// Every header present is signed; `host` must be set by the caller.
+    pub fn sign(&self, method: &str, path: &str, query: &str, headers: &mut http::HeaderMap, body: &[u8], now: i64) {
+        let amz_date = format_amz_date(now);
+        if let Ok(v) = http::HeaderValue::from_str(&amz_date) {
+            headers.insert("x-amz-date", v);
+        }
+        let mut signed: Vec<String> = headers.keys().map(|k| k.as_str().to_ascii_lowercase()).collect();
+        signed.retain(|h| h != "authorization");
+        signed.sort();
+        signed.dedup();
+        let req = SignedRequest { method, path, query, headers, body };
+        let payload = match header_str(headers, "x-amz-content-sha256") {
+            Some(h) => h.to_string(),
+            None => hex::encode(Sha256::digest(body)),
+        };
+        let canonical = canonical_request(&req, &signed, &payload, false).unwrap_or_default();
+        let date = &amz_date[..8];
+        let scope = format!("{date}/{}/{}/aws4_request", self.region, self.service);
+        let sts = format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(&canonical)));
+        let sig = hex::encode(hmac(&derive_key(&self.secret, date, &self.region, &self.service), sts.as_bytes()));
+        let auth = format!(
+            "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={sig}",
+            self.access_key,
+            signed.join(";")
+        );
+        if let Ok(v) = http::HeaderValue::from_str(&auth) {
+            headers.insert(http::header::AUTHORIZATION, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier() -> Verifier {
+        let mut c = CredentialSet::new();
+        c.insert("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+        Verifier::new(c)
+    }
+
+    /// The `get-vanilla` case of the AWS SigV4 test suite.
+    #[test]
+    fn aws_test_suite_get_vanilla() {
+        let mut h = http::HeaderMap::new();
+        h.insert("host", "example.amazonaws.com".parse().unwrap());
+        h.insert("x-amz-date", "20150830T123600Z".parse().unwrap());
+        h.insert(
+            http::header::AUTHORIZATION,
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
+                .parse()
+                .unwrap(),
+        );
+        let req = SignedRequest { method: "GET", path: "/", query: "", headers: &h, body: b"" };
+        let now = parse_amz_date("20150830T123600Z").unwrap();
+        verifier().verify(&req, now, 300).unwrap();
+        // One byte of the body changed: the payload hash differs, so the signature must not match.
+        let req = SignedRequest { body: b"x", ..req };
+        assert_eq!(verifier().verify(&req, now, 300), Err(SigError::Mismatch));
+    }
+
+    #[test]
+    fn sign_then_verify_roundtrip_and_skew() {
+        let mut h = http::HeaderMap::new();
+        h.insert("host", "localhost:4566".parse().unwrap());
+        h.insert("x-amz-target", "AmazonEC2ContainerServiceV20141113.ListClusters".parse().unwrap());
+        let now = 1_800_000_000;
+        let signer = Signer {
+            access_key: "AKIDEXAMPLE".into(),
+            secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            region: "us-east-1".into(),
+            service: "ecs".into(),
+        };
+        signer.sign("POST", "/", "", &mut h, b"{}", now);
+        let req = SignedRequest { method: "POST", path: "/", query: "", headers: &h, body: b"{}" };
+        let f = verifier().verify(&req, now + 10, 300).unwrap();
+        assert_eq!((f.region.as_str(), f.service.as_str()), ("us-east-1", "ecs"));
+        assert!(matches!(verifier().verify(&req, now + 301, 300), Err(SigError::Expired(m)) if m.ends_with("- 5 min.)")));
+        assert!(matches!(verifier().verify(&req, now - 301, 300), Err(SigError::NotYetCurrent(_))));
+    }
+
+    #[test]
+    fn amz_date_roundtrip() {
+        assert_eq!(format_amz_date(parse_amz_date("20261124T180203Z").unwrap()), "20261124T180203Z");
+        assert_eq!(parse_amz_date("2026-11-24T18:02:03Z"), None);
+        assert_eq!(parse_amz_date("20261324T180203Z"), None);
+    }
+}

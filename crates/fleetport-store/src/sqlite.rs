@@ -1,0 +1,349 @@
+//! The embedded SQLite store. One writer thread owns the write connection and applies queued
+//! jobs in group commits (many jobs, one fsync); each job runs in its own savepoint, so a job
+//! that fails rolls back alone. WAL mode with `synchronous=FULL` makes every acknowledged write
+//! survive `kill -9` and power loss. Readers use a small pool of read-only connections, each
+//! read a consistent snapshot.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::{BoxFuture, ReadTxn, Record, Store, StoreError, WriteJob, WriteTxn};
+
+/// Ordered schema migrations; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &["CREATE TABLE documents (
+        collection TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (collection, key)
+    ) WITHOUT ROWID;"];
+
+/// At most this many queued jobs share one commit.
+const MAX_GROUP: usize = 256;
+const MAX_IDLE_READERS: usize = 8;
+
+enum Command {
+    Write(WriteJob, oneshot::Sender<Result<(), StoreError>>),
+    Reset(oneshot::Sender<Result<(), StoreError>>),
+}
+
+#[derive(Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database `state.db` in `dir` and runs pending migrations.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join("state.db");
+        let mut conn = Connection::open(&path).map_err(backend)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",
+        )
+        .map_err(backend)?;
+        migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
+        Ok(Self {
+            path,
+            tx: Mutex::new(Some(tx)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn reader(&self) -> Result<Connection, StoreError> {
+        if let Some(c) = self.readers.lock().pop() {
+            return Ok(c);
+        }
+        let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .map_err(backend)?;
+        c.execute_batch("PRAGMA busy_timeout=5000;").map_err(backend)?;
+        Ok(c)
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), StoreError> {
+        match self.tx.lock().as_ref() {
+            Some(tx) => tx.send(cmd).map_err(|_| StoreError::Closed),
+            None => Err(StoreError::Closed),
+        }
+    }
+
+    /// Stops the writer after the queued jobs are done.
+    pub fn close(&self) {
+        self.tx.lock().take();
+        if let Some(h) = self.writer.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+    let done = usize::try_from(version).unwrap_or(0);
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::Backend(format!(
+            "the database schema (version {done}) is newer than this fleetport ({}); upgrade fleetport",
+            MIGRATIONS.len()
+        )));
+    }
+    let txn = conn.transaction().map_err(backend)?;
+    for sql in &MIGRATIONS[done..] {
+        txn.execute_batch(sql).map_err(backend)?;
+    }
+    txn.pragma_update(None, "user_version", MIGRATIONS.len() as i64).map_err(backend)?;
+    txn.commit().map_err(backend)
+}
+
+struct Txn<'a>(&'a Connection);
+
+fn prefix_upper(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+impl ReadTxn for Txn<'_> {
+    fn get(&self, collection: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut st = self.0.prepare_cached("SELECT value FROM documents WHERE collection=?1 AND key=?2").map_err(backend)?;
+        st.query_row(params![collection, key], |r| r.get(0)).optional().map_err(backend)
+    }
+
+    fn scan(&self, collection: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>, StoreError> {
+        let mut st = self
+            .0
+            .prepare_cached(
+                "SELECT key, value FROM documents WHERE collection=?1 AND key>=?2 AND key<?3 AND key>?4 ORDER BY key LIMIT ?5",
+            )
+            .map_err(backend)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = st
+            .query_map(params![collection, prefix, prefix_upper(prefix), after.unwrap_or(""), limit], |r| {
+                Ok(Record { key: r.get(0)?, value: r.get(1)? })
+            })
+            .map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn count(&self, collection: &str, prefix: &str) -> Result<u64, StoreError> {
+        let mut st = self
+            .0
+            .prepare_cached("SELECT COUNT(*) FROM documents WHERE collection=?1 AND key>=?2 AND key<?3")
+            .map_err(backend)?;
+        let n: i64 = st.query_row(params![collection, prefix, prefix_upper(prefix)], |r| r.get(0)).map_err(backend)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+impl WriteTxn for Txn<'_> {
+    fn put(&mut self, collection: &str, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        let mut st = self
+            .0
+            .prepare_cached("INSERT INTO documents (collection, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (collection, key) DO UPDATE SET value=excluded.value")
+            .map_err(backend)?;
+        st.execute(params![collection, key, value]).map_err(backend)?;
+        Ok(())
+    }
+
+    fn delete(&mut self, collection: &str, key: &str) -> Result<bool, StoreError> {
+        let mut st = self.0.prepare_cached("DELETE FROM documents WHERE collection=?1 AND key=?2").map_err(backend)?;
+        Ok(st.execute(params![collection, key]).map_err(backend)? > 0)
+    }
+}
+
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut writes = Vec::new();
+        for cmd in batch {
+            match cmd {
+                Command::Write(job, reply) => writes.push((job, reply)),
+                Command::Reset(reply) => {
+                    commit_group(&conn, std::mem::take(&mut writes));
+                    let _ = reply.send(reset(&conn));
+                }
+            }
+        }
+        commit_group(&conn, writes);
+    }
+}
+
+fn commit_group(conn: &Connection, writes: Vec<(WriteJob, oneshot::Sender<Result<(), StoreError>>)>) {
+    if writes.is_empty() {
+        return;
+    }
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        for (_, reply) in writes {
+            let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+        }
+        return;
+    }
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for (job, reply) in writes {
+        let outcome = run_job(conn, job);
+        outcomes.push((outcome, reply));
+    }
+    let committed = conn.execute_batch("COMMIT").map_err(backend);
+    if committed.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for (outcome, reply) in outcomes {
+        let r = match (&committed, outcome) {
+            (Ok(()), r) => r,
+            (Err(e), Ok(())) => Err(StoreError::Backend(e.to_string())),
+            (Err(_), Err(e)) => Err(e),
+        };
+        let _ = reply.send(r);
+    }
+}
+
+fn run_job(conn: &Connection, job: WriteJob) -> Result<(), StoreError> {
+    conn.execute_batch("SAVEPOINT job").map_err(backend)?;
+    let mut txn = Txn(conn);
+    // A panicking job must not take the writer thread (and every later write) down with it.
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut txn)))
+        .unwrap_or_else(|_| Err(StoreError::Backend("a write job panicked".into())));
+    if r.is_err() {
+        conn.execute_batch("ROLLBACK TO job").map_err(backend)?;
+    }
+    conn.execute_batch("RELEASE job").map_err(backend)?;
+    r
+}
+
+fn reset(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("DELETE FROM documents;").map_err(backend)?;
+    conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE); PRAGMA shrink_memory;").map_err(backend)
+}
+
+impl Store for SqliteStore {
+    fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let conn = self.reader()?;
+        conn.execute_batch("BEGIN").map_err(backend)?;
+        let r = f(&Txn(&conn));
+        let end = conn.execute_batch("COMMIT").map_err(backend);
+        if end.is_ok() {
+            let mut pool = self.readers.lock();
+            if pool.len() < MAX_IDLE_READERS {
+                pool.push(conn);
+            }
+        }
+        r.and(end)
+    }
+
+    fn write(&self, job: WriteJob) -> BoxFuture<'static, Result<(), StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(Command::Write(job, reply));
+        Box::pin(async move {
+            sent?;
+            rx.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn reset(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let sent = self.send(Command::Reset(reply));
+        let readers = self.readers.clone();
+        Box::pin(async move {
+            sent?;
+            let r = rx.await.map_err(|_| StoreError::Closed)?;
+            readers.lock().clear();
+            r
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Abort, ReadTxnExt, WriteTxnExt, read, write};
+
+    #[derive(Debug, PartialEq)]
+    enum E {
+        Taken,
+        Store,
+    }
+    impl From<StoreError> for E {
+        fn from(_: StoreError) -> Self {
+            E::Store
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_commit_scan_in_order_and_abort_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        for k in ["b", "a", "c", "ab"] {
+            write::<_, E>(&store, move |t| Ok(t.put_json("c", k, &k)?)).await.unwrap();
+        }
+        let r: Result<(), E> = write(&store, |t| {
+            t.put_json("c", "z", &"z")?;
+            Err(Abort::Domain(E::Taken))
+        })
+        .await;
+        assert_eq!(r, Err(E::Taken));
+        let keys: Vec<String> = read::<_, E>(&store, |t| Ok(t.scan_json::<String>("c", "", None, 10)?)).unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(keys, ["a", "ab", "b", "c"]);
+        let with_prefix = read::<_, E>(&store, |t| Ok(t.scan("c", "a", Some("a"), 10)?)).unwrap();
+        assert_eq!(with_prefix.len(), 1);
+        assert_eq!(read::<_, E>(&store, |t| Ok(t.count("c", "")?)).unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn concurrent_counters_are_gap_free_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let mut handles = Vec::new();
+        for _ in 0..50 {
+            let s = store.clone();
+            handles.push(tokio::spawn(async move {
+                write::<u64, E>(&*s, |t| {
+                    let n = t.get_json::<u64>("ctr", "x")?.unwrap_or(0) + 1;
+                    t.put_json("ctr", "x", &n)?;
+                    t.put_json("item", &format!("{n:05}"), &n)?;
+                    Ok(n)
+                })
+                .await
+                .unwrap()
+            }));
+        }
+        let mut got = Vec::new();
+        for h in handles {
+            got.push(h.await.unwrap());
+        }
+        got.sort();
+        assert_eq!(got, (1..=50).collect::<Vec<_>>());
+        drop(store);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(read::<_, E>(&store, |t| Ok(t.count("item", "")?)).unwrap(), 50);
+        store.reset().await.unwrap();
+        assert_eq!(read::<_, E>(&store, |t| Ok(t.count("item", "")?)).unwrap(), 0);
+    }
+}
