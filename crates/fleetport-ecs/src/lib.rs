@@ -1,1 +1,108 @@
+//! Amazon ECS for Fleetport: the awsJson service behind `AmazonEC2ContainerServiceV20141113`.
+//!
+//! Owns clusters, task definitions and tags (and later tasks, services and container
+//! instances). Handlers validate, write desired state to the store and render responses shaped
+//! by the ECS model; they know nothing about HTTP. Depends only on `fleetport-proto` and
+//! `fleetport-store`.
 
+pub mod arn;
+pub mod cluster;
+pub mod error;
+pub mod paging;
+pub mod tags;
+pub mod taskdef;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use fleetport_proto::model::{self, ServiceModel};
+use fleetport_proto::{AwsError, BoxFuture, RequestContext, Service};
+use fleetport_store::Store;
+use serde_json::Value;
+
+use crate::arn::Scope;
+
+/// The ECS service. Cheap to clone (shared store).
+#[derive(Clone)]
+pub struct Ecs {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) scope: Scope,
+}
+
+impl std::fmt::Debug for Ecs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ecs").field("scope", &self.scope).finish_non_exhaustive()
+    }
+}
+
+/// Operations this build implements; every other model operation gets a clear error.
+const IMPLEMENTED: &[&str] = &[
+    "CreateCluster",
+    "DescribeClusters",
+    "ListClusters",
+    "UpdateCluster",
+    "UpdateClusterSettings",
+    "PutClusterCapacityProviders",
+    "DeleteCluster",
+    "RegisterTaskDefinition",
+    "DescribeTaskDefinition",
+    "ListTaskDefinitions",
+    "ListTaskDefinitionFamilies",
+    "DeregisterTaskDefinition",
+    "DeleteTaskDefinitions",
+    "TagResource",
+    "UntagResource",
+    "ListTagsForResource",
+];
+
+/// Epoch seconds with millisecond precision, as ECS timestamps go on the wire.
+pub fn now() -> f64 {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    ms as f64 / 1000.0
+}
+
+impl Ecs {
+    pub fn new(store: Arc<dyn Store>, region: &str, account: &str) -> Self {
+        Self { store, scope: Scope { region: region.into(), account: account.into() } }
+    }
+
+    async fn dispatch(&self, ctx: &RequestContext, operation: &str, input: Value) -> Result<Value, AwsError> {
+        match operation {
+            "CreateCluster" => self.create_cluster(input).await,
+            "DescribeClusters" => self.describe_clusters(input),
+            "ListClusters" => self.list_clusters(input),
+            "UpdateCluster" => self.update_cluster(input).await,
+            "UpdateClusterSettings" => self.update_cluster_settings(input).await,
+            "PutClusterCapacityProviders" => self.put_cluster_capacity_providers(input).await,
+            "DeleteCluster" => self.delete_cluster(input).await,
+            "RegisterTaskDefinition" => self.register_task_definition(ctx, input).await,
+            "DescribeTaskDefinition" => self.describe_task_definition(input),
+            "ListTaskDefinitions" => self.list_task_definitions(input),
+            "ListTaskDefinitionFamilies" => self.list_task_definition_families(input),
+            "DeregisterTaskDefinition" => self.deregister_task_definition(input).await,
+            "DeleteTaskDefinitions" => self.delete_task_definitions(input).await,
+            "TagResource" => self.tag_resource(input).await,
+            "UntagResource" => self.untag_resource(input).await,
+            "ListTagsForResource" => self.list_tags_for_resource(input),
+            _ => Err(AwsError::client("UnknownOperationException", format!("Unknown operation {operation}"))),
+        }
+    }
+}
+
+impl Service for Ecs {
+    fn model(&self) -> &'static ServiceModel {
+        model::ecs()
+    }
+
+    fn constraint_error_code(&self) -> &'static str {
+        "InvalidParameterException"
+    }
+
+    fn implements(&self, operation: &str) -> bool {
+        IMPLEMENTED.contains(&operation)
+    }
+
+    fn call<'a>(&'a self, ctx: &'a RequestContext, operation: &'a str, input: Value) -> BoxFuture<'a, Result<Value, AwsError>> {
+        Box::pin(self.dispatch(ctx, operation, input))
+    }
+}

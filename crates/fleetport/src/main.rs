@@ -1,1 +1,150 @@
-fn main() {}
+//! The `fleetport` binary: parses the command line, builds the store, the gateway and the
+//! services, binds the listener and runs until SIGINT/SIGTERM. Wiring only.
+
+mod config;
+mod server;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fleetport_proto::sigv4::Verifier;
+use fleetport_proto::{Gateway, GatewayConfig};
+use fleetport_store::Store;
+use fleetport_store::sqlite::SqliteStore;
+
+use crate::config::{Config, UpArgs};
+
+#[derive(Debug, Parser)]
+#[command(name = "fleetport", version, about = "ECS, ECR and Elastic Load Balancing on your own machines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the all-in-one node: one endpoint for the AWS APIs, with persistent state.
+    Up(UpArgs),
+}
+
+/// EX_USAGE: bad configuration, reported before anything binds.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLEETPORT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Up(args) => {
+            let config = match args.resolve() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fleetport: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            match run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fleetport: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let sqlite = Arc::new(
+        SqliteStore::open(&config.data_dir).with_context(|| format!("opening the state store in {}", config.data_dir.display()))?,
+    );
+    let store: Arc<dyn Store> = sqlite.clone();
+    let mut gateway = Gateway::new(
+        GatewayConfig { region: config.region.clone(), account_id: config.account_id.clone() },
+        Verifier::new(config.credentials.clone()),
+    );
+    gateway.serve(Arc::new(fleetport_ecs::Ecs::new(store.clone(), &config.region, &config.account_id)));
+    let state = server::AppState {
+        gateway: Arc::new(gateway),
+        store: store.clone(),
+        enable_reset: config.enable_reset,
+        max_body_bytes: config.max_body_bytes,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    print_banner(&config, bound);
+    axum::serve(listener, server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("shutting down");
+    drop(store);
+    sqlite.close();
+    Ok(())
+}
+
+fn print_banner(config: &Config, bound: std::net::SocketAddr) {
+    let endpoint = if bound.ip().is_loopback() && bound.is_ipv4() {
+        format!("http://localhost:{}", bound.port())
+    } else {
+        format!("http://{bound}")
+    };
+    let (key, secret) = if config.using_default_credentials {
+        (config::DEFAULT_KEY.to_string(), config::DEFAULT_KEY.to_string())
+    } else {
+        let keys: Vec<&str> = config.credentials.access_keys().collect();
+        (keys.join(", "), "<the secret you configured>".to_string())
+    };
+    let reset = if config.enable_reset {
+        format!("POST {endpoint}/_fleetport/reset")
+    } else {
+        "off (--enable-reset turns on POST /_fleetport/reset)".to_string()
+    };
+    let text = format!(
+        "Fleetport {version} is ready.\n  endpoint:    {endpoint}\n  listening:   {bound}\n  region:      {region}\n  account:     {account}\n  access key:  {key}\n  data dir:    {data}\n  reset:       {reset}\n\nUse it with:\n  export AWS_ACCESS_KEY_ID={key_export} AWS_SECRET_ACCESS_KEY={secret} AWS_DEFAULT_REGION={region}\n  export AWS_ENDPOINT_URL={endpoint}\n",
+        version = env!("CARGO_PKG_VERSION"),
+        region = config.region,
+        account = config.account_id,
+        data = config.data_dir.display(),
+        key_export = key.split(", ").next().unwrap_or_default(),
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

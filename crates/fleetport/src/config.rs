@@ -1,0 +1,187 @@
+//! `fleetport up` settings: command-line flags (each also read from a `FLEETPORT_*` variable),
+//! the credentials users sign with, and the checks made before anything binds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use fleetport_proto::sigv4::CredentialSet;
+
+/// The access key and secret accepted on loopback when no credentials are configured.
+pub const DEFAULT_KEY: &str = "test";
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Address and port of the single listener that serves every AWS API and the registry.
+    #[arg(long, env = "FLEETPORT_LISTEN", default_value = "127.0.0.1:4566")]
+    pub listen: SocketAddr,
+
+    /// Directory for persistent state (the SQLite database).
+    /// Default: $XDG_DATA_HOME/fleetport, else ~/.local/share/fleetport.
+    #[arg(long, env = "FLEETPORT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// AWS region this endpoint answers as (SigV4 scopes must name it; ARNs carry it).
+    #[arg(long, env = "FLEETPORT_REGION", default_value = "us-east-1")]
+    pub region: String,
+
+    /// AWS account ID used in ARNs (test suites often expect 123456789012).
+    #[arg(long, env = "FLEETPORT_ACCOUNT_ID", default_value = "000000000000")]
+    pub account_id: String,
+
+    /// AWS shared-credentials file (INI: [profile] with aws_access_key_id and
+    /// aws_secret_access_key); every profile's key pair is accepted.
+    #[arg(long, env = "FLEETPORT_CREDENTIALS_FILE")]
+    pub credentials_file: Option<PathBuf>,
+
+    /// One extra accepted access key ID (with --secret-access-key from the environment).
+    #[arg(long, env = "FLEETPORT_ACCESS_KEY_ID", requires = "secret_access_key")]
+    pub access_key_id: Option<String>,
+
+    /// The secret for --access-key-id. Prefer the environment variable: flags show in `ps`.
+    #[arg(long, env = "FLEETPORT_SECRET_ACCESS_KEY", hide_env_values = true, requires = "access_key_id")]
+    pub secret_access_key: Option<String>,
+
+    /// Enable POST /_fleetport/reset, which deletes all state in one call (for test suites).
+    #[arg(long, env = "FLEETPORT_ENABLE_RESET")]
+    pub enable_reset: bool,
+
+    /// Largest accepted AWS API request body, in bytes.
+    #[arg(long, env = "FLEETPORT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "refusing to listen on {0} with the default test/test credentials: they are accepted only on loopback. \
+         Configure credentials with --credentials-file or FLEETPORT_ACCESS_KEY_ID/FLEETPORT_SECRET_ACCESS_KEY."
+    )]
+    DefaultCredentialsOffLoopback(SocketAddr),
+    #[error("cannot read credentials file {path}: {reason}")]
+    CredentialsFile { path: PathBuf, reason: String },
+    #[error("invalid account ID '{0}': it must be 12 digits")]
+    AccountId(String),
+    #[error("invalid region '{0}': use a name like us-east-1")]
+    Region(String),
+    #[error("no data directory: set --data-dir or HOME")]
+    NoDataDir,
+}
+
+/// Settings checked and resolved, ready to build the server from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub region: String,
+    pub account_id: String,
+    pub credentials: CredentialSet,
+    pub using_default_credentials: bool,
+    pub enable_reset: bool,
+    pub max_body_bytes: usize,
+}
+
+impl UpArgs {
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::AccountId(self.account_id));
+        }
+        if self.region.is_empty() || !self.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(ConfigError::Region(self.region));
+        }
+        let mut credentials = CredentialSet::new();
+        if let Some(path) = &self.credentials_file {
+            load_credentials_file(path, &mut credentials)?;
+        }
+        if let (Some(k), Some(s)) = (&self.access_key_id, &self.secret_access_key) {
+            credentials.insert(k.clone(), s.clone());
+        }
+        let using_default_credentials = credentials.is_empty();
+        if using_default_credentials {
+            if !self.listen.ip().is_loopback() {
+                return Err(ConfigError::DefaultCredentialsOffLoopback(self.listen));
+            }
+            credentials.insert(DEFAULT_KEY, DEFAULT_KEY);
+        }
+        let data_dir = match self.data_dir {
+            Some(d) => d,
+            None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
+        };
+        Ok(Config {
+            listen: self.listen,
+            data_dir,
+            region: self.region,
+            account_id: self.account_id,
+            credentials,
+            using_default_credentials,
+            enable_reset: self.enable_reset,
+            max_body_bytes: self.max_body_bytes,
+        })
+    }
+}
+
+fn default_data_dir() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(x).join("fleetport"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/fleetport"))
+}
+
+/// Reads every `aws_access_key_id`/`aws_secret_access_key` pair of an AWS credentials file.
+pub fn load_credentials_file(path: &Path, into: &mut CredentialSet) -> Result<(), ConfigError> {
+    let err = |reason: String| ConfigError::CredentialsFile { path: path.to_path_buf(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let before = into.len();
+    let mut key: Option<String> = None;
+    let mut secret: Option<String> = None;
+    let mut flush = |key: &mut Option<String>, secret: &mut Option<String>| -> Result<(), ConfigError> {
+        match (key.take(), secret.take()) {
+            (Some(k), Some(s)) => {
+                into.insert(k, s);
+                Ok(())
+            }
+            (None, None) => Ok(()),
+            _ => Err(err("a profile has an access key without a secret, or a secret without a key".into())),
+        }
+    };
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if line.starts_with('[') && line.ends_with(']') {
+            flush(&mut key, &mut secret)?;
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=') else {
+            return Err(err(format!("line {}: expected 'name = value'", n + 1)));
+        };
+        match name.trim() {
+            "aws_access_key_id" => key = Some(value.trim().to_string()),
+            "aws_secret_access_key" => secret = Some(value.trim().to_string()),
+            _ => {}
+        }
+    }
+    flush(&mut key, &mut secret)?;
+    if into.len() == before {
+        return Err(err("it contains no aws_access_key_id/aws_secret_access_key pair".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("credentials");
+        std::fs::write(&p, "[default]\naws_access_key_id = AK1\naws_secret_access_key = s1\n\n[ci]\n# comment\naws_access_key_id=AK2\naws_secret_access_key=s2\nregion=x\n").unwrap();
+        let mut c = CredentialSet::new();
+        load_credentials_file(&p, &mut c).unwrap();
+        assert_eq!((c.secret("AK1"), c.secret("AK2")), (Some("s1"), Some("s2")));
+        std::fs::write(&p, "[default]\naws_access_key_id = AK1\n").unwrap();
+        assert!(load_credentials_file(&p, &mut CredentialSet::new()).is_err());
+    }
+}
