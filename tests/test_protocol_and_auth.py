@@ -1,0 +1,191 @@
+"""The wire layer: SigV4 in both forms and its failures, awsQuery XML errors, credentials
+configuration, body limits, the reset endpoint, flags, start-up time and memory."""
+import os
+import re
+import subprocess
+import xml.etree.ElementTree as ET
+
+import botocore.exceptions
+import pytest
+
+from conftest import BIN, Server
+from raw import ecs_call, query_call, send, utc
+
+ELB_NS = "{http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/}"
+
+
+def err(r):
+    return r.status, r.json()["__type"]
+
+
+def test_valid_signature_forms(server):
+    assert ecs_call(server.endpoint, "ListClusters", {}).status == 200
+    assert ecs_call(server.endpoint, "ListClusters", {}, sign_body=False).status == 200, "UNSIGNED-PAYLOAD"
+    r = ecs_call(server.endpoint, "ListClusters", {}, presign=True)
+    assert r.status == 200, r.text
+
+
+def test_signature_failures(server):
+    e = server.endpoint
+    assert err(ecs_call(e, "ListClusters", {}, secret="wrong")) == (400, "InvalidSignatureException")
+    assert err(ecs_call(e, "ListClusters", {}, key="AKIDUNKNOWN")) == (400, "UnrecognizedClientException")
+    r = ecs_call(e, "ListClusters", {}, when=utc(-600))
+    assert err(r) == (400, "InvalidSignatureException") and r.json()["message"].startswith("Signature expired: ")
+    assert "- 5 min.)" in r.json()["message"]
+    r = ecs_call(e, "ListClusters", {}, when=utc(600))
+    assert err(r) == (400, "InvalidSignatureException") and r.json()["message"].startswith("Signature not yet current: ")
+    assert err(ecs_call(e, "ListClusters", {}, region="eu-west-1")) == (400, "InvalidSignatureException")
+    assert err(ecs_call(e, "ListClusters", {}, service="ecr")) == (400, "InvalidSignatureException")
+    r = send("POST", e + "/", b"{}", {"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.ListClusters"})
+    assert err(r) == (400, "MissingAuthenticationTokenException")
+    r = send("POST", e + "/", b"{}", {"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.ListClusters",
+                                       "Authorization": "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ecs/aws4_request"})
+    assert err(r) == (400, "IncompleteSignatureException")
+
+
+def test_tampered_body_is_refused(server):
+    # Sign one body, send another: the payload hash no longer matches.
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    req = AWSRequest(method="POST", url=server.endpoint + "/", data=b'{"clusterName":"a"}',
+                     headers={"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.CreateCluster"})
+    SigV4Auth(Credentials("test", "test"), "ecs", "us-east-1").add_auth(req)
+    p = req.prepare()
+    r = send("POST", p.url, b'{"clusterName":"evil"}', dict(p.headers))
+    assert err(r) == (400, "InvalidSignatureException")
+
+
+def test_sdk_sees_auth_errors(server):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        server.client("ecs", secret="nope").list_clusters()
+    assert e.value.response["Error"]["Code"] == "InvalidSignatureException"
+    r = server.cli("ecs", "list-clusters", check=False, key="unknown")
+    assert r.returncode != 0 and "UnrecognizedClientException" in r.stderr
+
+
+def xml_error(r):
+    root = ET.fromstring(r.body)
+    assert root.tag == f"{ELB_NS}ErrorResponse", r.text
+    return r.status, root.find(f"{ELB_NS}Error/{ELB_NS}Code").text, root.find(f"{ELB_NS}RequestId").text
+
+
+def test_query_protocol_errors_are_xml(server):
+    e = server.endpoint
+    base = {"Action": "DescribeLoadBalancers", "Version": "2015-12-01"}
+    status, code, rid = xml_error(query_call(e, base, secret="wrong"))
+    assert (status, code) == (403, "SignatureDoesNotMatch") and rid
+    assert xml_error(query_call(e, base, key="AKIDUNKNOWN"))[:2] == (403, "InvalidClientTokenId")
+    assert xml_error(send("POST", e + "/", b"Action=DescribeLoadBalancers&Version=2015-12-01",
+                          {"Content-Type": "application/x-www-form-urlencoded"}))[:2] == (403, "MissingAuthenticationToken")
+    assert xml_error(query_call(e, {"Action": "Explode", "Version": "2015-12-01"}))[:2] == (400, "InvalidAction")
+    assert xml_error(query_call(e, {"Version": "2015-12-01"}))[:2] == (400, "MissingAction")
+    assert xml_error(query_call(e, {"Action": "DescribeLoadBalancers", "Version": "2012-06-01"}))[:2] == (400, "InvalidAction")
+    r = query_call(e, base)
+    assert xml_error(r)[:2] == (400, "InvalidAction") and b"not implement" in r.body
+    assert r.headers["x-amzn-requestid"] and r.headers["content-type"] == "text/xml"
+    with pytest.raises(botocore.exceptions.ClientError) as ex:
+        server.client("elbv2").describe_load_balancers()
+    assert ex.value.response["Error"]["Code"] == "InvalidAction"
+
+
+def test_ecr_prefix_is_routed_with_a_clear_error(server):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        server.client("ecr").describe_repositories()
+    assert e.value.response["Error"]["Code"] == "UnknownOperationException"
+    assert "ECR" in e.value.response["Error"]["Message"]
+
+
+def test_registry_route_is_reserved(server):
+    r = send("GET", server.endpoint + "/v2/")
+    assert r.status == 501 and r.headers["docker-distribution-api-version"] == "registry/2.0"
+    assert r.json()["errors"][0]["code"] == "UNSUPPORTED"
+
+
+def test_body_limit(data_dir):
+    s = Server(data_dir, ["--max-body-bytes", "2048"]).start()
+    try:
+        r = ecs_call(s.endpoint, "CreateCluster", {"clusterName": "x", "pad": "y" * 4096})
+        assert r.status == 413 and r.json()["__type"] == "RequestEntityTooLargeException"
+        assert ecs_call(s.endpoint, "ListClusters", {}).json()["clusterArns"] == []
+    finally:
+        s.stop()
+
+
+def test_credentials_file_and_loopback_rule(data_dir, tmp_path):
+    creds = tmp_path / "credentials"
+    creds.write_text("[default]\naws_access_key_id = AKIAFLEETPORT1\naws_secret_access_key = s3cr3t-value-1\n"
+                     "[ci]\naws_access_key_id = AKIAFLEETPORT2\naws_secret_access_key = s3cr3t-value-2\n")
+    s = Server(data_dir, ["--credentials-file", str(creds)], env={"FLEETPORT_LOG": "debug"}).start()
+    try:
+        assert "s3cr3t" not in s.banner
+        s.client("ecs", key="AKIAFLEETPORT1", secret="s3cr3t-value-1").create_cluster(clusterName="a")
+        s.client("ecs", key="AKIAFLEETPORT2", secret="s3cr3t-value-2").list_clusters()
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            s.client("ecs").list_clusters()
+        assert e.value.response["Error"]["Code"] == "UnrecognizedClientException", "test/test is off once keys are configured"
+        ecs_call(s.endpoint, "ListClusters", {}, key="AKIAFLEETPORT1", secret="wrong")
+    finally:
+        s.stop()
+    logs = s.proc.stderr.read()
+    assert "s3cr3t" not in logs
+    # Default credentials are refused off loopback, before anything binds.
+    r = subprocess.run([BIN, "up", "--listen", "0.0.0.0:0", "--data-dir", data_dir], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 64 and "only on loopback" in r.stderr
+    env = dict(os.environ, FLEETPORT_ACCESS_KEY_ID="AKIAENV", FLEETPORT_SECRET_ACCESS_KEY="from-env")
+    s2 = Server(data_dir, env=env, host="0.0.0.0").start()
+    try:
+        assert "listening:   0.0.0.0:" in s2.banner
+        s2.client("ecs", key="AKIAENV", secret="from-env").list_clusters()
+    finally:
+        s2.stop()
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+def test_reset_wipes_state_and_returns_memory(server):
+    ecs = server.client("ecs")
+    ecs.list_clusters()
+    idle = rss_kib(server.proc.pid)
+    for i in range(300):
+        ecs.register_task_definition(family=f"fam{i % 7}", containerDefinitions=[{"name": "a", "image": "i" * 500, "memory": 64}])
+        ecs.create_cluster(clusterName=f"c{i}")
+    r = send("POST", server.endpoint + "/_fleetport/reset")
+    assert r.status == 200 and r.json() == {"reset": True}
+    assert ecs.list_clusters()["clusterArns"] == []
+    assert ecs.list_task_definition_families()["families"] == []
+    assert ecs.register_task_definition(family="fam0", containerDefinitions=[{"name": "a", "image": "i", "memory": 64}])["taskDefinition"]["revision"] == 1
+    after = rss_kib(server.proc.pid)
+    assert after < idle + 4096, f"RSS {after} KiB after reset vs {idle} KiB idle"
+
+
+def test_reset_is_off_by_default(data_dir):
+    s = Server(data_dir).start()
+    try:
+        r = send("POST", s.endpoint + "/_fleetport/reset")
+        assert r.status == 404 and "--enable-reset" in r.json()["message"]
+    finally:
+        s.stop()
+
+
+def test_flags_version_startup_and_idle_memory(data_dir):
+    out = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout
+    assert out.startswith("fleetport ")
+    help_text = subprocess.run([BIN, "up", "--help"], capture_output=True, text=True).stdout
+    for flag in ["--listen", "--data-dir", "--region", "--account-id", "--credentials-file", "--enable-reset", "--max-body-bytes"]:
+        assert flag in help_text
+    s = Server(data_dir, ["--account-id", "123456789012", "--region", "eu-west-1"]).start()
+    try:
+        assert s.ready_seconds < 1.0
+        assert "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=eu-west-1" in s.banner
+        arn = s.client("ecs", region="eu-west-1").create_cluster(clusterName="x")["cluster"]["clusterArn"]
+        assert arn == "arn:aws:ecs:eu-west-1:123456789012:cluster/x"
+        assert rss_kib(s.proc.pid) < 30 * 1024
+    finally:
+        s.stop()
+    bad = subprocess.run([BIN, "up", "--account-id", "12", "--data-dir", data_dir], capture_output=True, text=True)
+    assert bad.returncode == 64 and "account ID" in bad.stderr
