@@ -41,7 +41,11 @@ impl Scope {
 
 /// ECS resource names: 1–255 letters, digits, hyphens and underscores.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 255 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
@@ -50,11 +54,28 @@ mod tests {
 
     #[test]
     fn cluster_references() {
-        let s = Scope { region: "us-east-1".into(), account: "123456789012".into() };
-        assert_eq!(s.cluster_arn("demo"), "arn:aws:ecs:us-east-1:123456789012:cluster/demo");
+        let s = Scope {
+            region: "us-east-1".into(),
+            account: "123456789012".into(),
+        };
+        assert_eq!(
+            s.cluster_arn("demo"),
+            "arn:aws:ecs:us-east-1:123456789012:cluster/demo"
+        );
         assert_eq!(s.cluster_name("demo"), Some("demo"));
-        assert_eq!(s.cluster_name("arn:aws:ecs:us-east-1:123456789012:cluster/demo"), Some("demo"));
-        assert_eq!(s.cluster_name("arn:aws:ecs:eu-west-1:123456789012:cluster/demo"), None);
-        assert!(valid_name("a-b_C9") && !valid_name("a b") && !valid_name("") && !valid_name(&"x".repeat(256)));
+        assert_eq!(
+            s.cluster_name("arn:aws:ecs:us-east-1:123456789012:cluster/demo"),
+            Some("demo")
+        );
+        assert_eq!(
+            s.cluster_name("arn:aws:ecs:eu-west-1:123456789012:cluster/demo"),
+            None
+        );
+        assert!(
+            valid_name("a-b_C9")
+                && !valid_name("a b")
+                && !valid_name("")
+                && !valid_name(&"x".repeat(256))
+        );
     }
 }

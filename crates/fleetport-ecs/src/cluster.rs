@@ -47,12 +47,22 @@ struct Include {
 
 impl Include {
     fn all() -> Self {
-        Include { tags: true, settings: true, configurations: true, statistics: false }
+        Include {
+            tags: true,
+            settings: true,
+            configurations: true,
+            statistics: false,
+        }
     }
 
     fn from(input: &Value) -> Self {
         let mut inc = Include::default();
-        for v in input.get("include").and_then(Value::as_array).into_iter().flatten() {
+        for v in input
+            .get("include")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             match v.as_str() {
                 Some("TAGS") => inc.tags = true,
                 Some("SETTINGS") => inc.settings = true,
@@ -66,22 +76,51 @@ impl Include {
 }
 
 /// Live resources in one cluster collection (documents keyed `<cluster>/…` with a `status`).
-fn live_count(txn: &dyn ReadTxn, collection: &str, cluster: &str, dead: &[&str]) -> Result<u64, fleetport_store::StoreError> {
+fn live_count(
+    txn: &dyn ReadTxn,
+    collection: &str,
+    cluster: &str,
+    dead: &[&str],
+) -> Result<u64, fleetport_store::StoreError> {
     let docs = txn.scan_json::<Value>(collection, &format!("{cluster}/"), None, usize::MAX)?;
     Ok(docs
         .iter()
         .filter(|(_, d)| {
-            let status = d.get("status").or_else(|| d.get("lastStatus")).and_then(Value::as_str).unwrap_or("");
+            let status = d
+                .get("status")
+                .or_else(|| d.get("lastStatus"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
             !dead.contains(&status)
         })
         .count() as u64)
 }
 
-fn render(txn: &dyn ReadTxn, rec: &ClusterRecord, inc: Include) -> Result<Value, fleetport_store::StoreError> {
+fn render(
+    txn: &dyn ReadTxn,
+    rec: &ClusterRecord,
+    inc: Include,
+) -> Result<Value, fleetport_store::StoreError> {
     let instances = live_count(txn, INSTANCES, &rec.name, &["INACTIVE"])?;
     let services = live_count(txn, SERVICES, &rec.name, &["INACTIVE", "DRAINING"])?;
-    let running = live_count(txn, TASKS, &rec.name, &["STOPPED", "PENDING", "PROVISIONING"])?;
-    let pending = live_count(txn, TASKS, &rec.name, &["STOPPED", "RUNNING", "STOPPING", "DEPROVISIONING", "DEACTIVATING"])?;
+    let running = live_count(
+        txn,
+        TASKS,
+        &rec.name,
+        &["STOPPED", "PENDING", "PROVISIONING"],
+    )?;
+    let pending = live_count(
+        txn,
+        TASKS,
+        &rec.name,
+        &[
+            "STOPPED",
+            "RUNNING",
+            "STOPPING",
+            "DEPROVISIONING",
+            "DEACTIVATING",
+        ],
+    )?;
     let mut out = json!({
         "clusterArn": rec.arn,
         "clusterName": rec.name,
@@ -94,7 +133,9 @@ fn render(txn: &dyn ReadTxn, rec: &ClusterRecord, inc: Include) -> Result<Value,
         "capacityProviders": rec.capacity_providers,
         "defaultCapacityProviderStrategy": rec.default_capacity_provider_strategy,
     });
-    let Value::Object(obj) = &mut out else { return Ok(out) };
+    let Value::Object(obj) = &mut out else {
+        return Ok(out);
+    };
     if inc.tags {
         obj.insert("tags".into(), tags::to_json(&tags::get(txn, &rec.arn)?));
     }
@@ -153,7 +194,11 @@ fn merge_settings(current: &mut Vec<Value>, new: &[Value]) {
 }
 
 fn array(input: &Value, member: &str) -> Vec<Value> {
-    input.get(member).and_then(Value::as_array).cloned().unwrap_or_default()
+    input
+        .get(member)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Validates capacity providers and a default strategy against them.
@@ -167,7 +212,10 @@ fn check_capacity(providers: &[String], strategy: &[Value]) -> EcsResult<()> {
     }
     let mut with_base = 0;
     for item in strategy {
-        let name = item.get("capacityProvider").and_then(Value::as_str).unwrap_or("");
+        let name = item
+            .get("capacityProvider")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         if !providers.iter().any(|p| p == name) {
             return Err(invalid(
                 "The specified capacity provider strategy cannot contain a capacity provider that is not associated with the cluster. Associate the capacity provider with the cluster or specify a valid capacity provider and try again.",
@@ -178,19 +226,31 @@ fn check_capacity(providers: &[String], strategy: &[Value]) -> EcsResult<()> {
         }
     }
     if with_base > 1 {
-        return Err(invalid("Only one capacity provider in a capacity provider strategy can have a base defined."));
+        return Err(invalid(
+            "Only one capacity provider in a capacity provider strategy can have a base defined.",
+        ));
     }
     Ok(())
 }
 
-fn named(txn: &dyn ReadTxn, name: &str) -> Result<Option<ClusterRecord>, fleetport_store::StoreError> {
+fn named(
+    txn: &dyn ReadTxn,
+    name: &str,
+) -> Result<Option<ClusterRecord>, fleetport_store::StoreError> {
     txn.get_json(COLLECTION, name)
 }
 
 impl Ecs {
     /// Resolves a cluster reference (`None` → `default`) to an ACTIVE cluster record.
-    pub fn active_cluster(&self, txn: &dyn ReadTxn, reference: Option<&str>) -> EcsResult<ClusterRecord> {
-        let name = self.scope.cluster_name(reference.unwrap_or("default")).ok_or_else(cluster_not_found)?;
+    pub fn active_cluster(
+        &self,
+        txn: &dyn ReadTxn,
+        reference: Option<&str>,
+    ) -> EcsResult<ClusterRecord> {
+        let name = self
+            .scope
+            .cluster_name(reference.unwrap_or("default"))
+            .ok_or_else(cluster_not_found)?;
         match named(txn, name).map_err(store)? {
             Some(c) if c.status == ACTIVE => Ok(c),
             _ => Err(cluster_not_found()),
@@ -198,7 +258,11 @@ impl Ecs {
     }
 
     pub async fn create_cluster(&self, input: Value) -> EcsResult<Value> {
-        let name = input.get("clusterName").and_then(Value::as_str).unwrap_or("default").to_string();
+        let name = input
+            .get("clusterName")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string();
         if !valid_name(&name) {
             return Err(invalid(
                 "Cluster name can have up to 255 characters: letters (uppercase and lowercase), numbers, underscores and hyphens.",
@@ -209,8 +273,10 @@ impl Ecs {
         let given = array(&input, "settings");
         check_settings(&given)?;
         merge_settings(&mut settings, &given);
-        let providers: Vec<String> =
-            array(&input, "capacityProviders").iter().filter_map(|v| v.as_str().map(String::from)).collect();
+        let providers: Vec<String> = array(&input, "capacityProviders")
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
         let strategy = array(&input, "defaultCapacityProviderStrategy");
         check_capacity(&providers, &strategy)?;
         let rec = ClusterRecord {
@@ -220,7 +286,10 @@ impl Ecs {
             created_at: now(),
             settings,
             configuration: input.get("configuration").filter(|v| !v.is_null()).cloned(),
-            service_connect_defaults: input.get("serviceConnectDefaults").filter(|v| !v.is_null()).cloned(),
+            service_connect_defaults: input
+                .get("serviceConnectDefaults")
+                .filter(|v| !v.is_null())
+                .cloned(),
             capacity_providers: providers,
             default_capacity_provider_strategy: strategy,
         };
@@ -246,11 +315,16 @@ impl Ecs {
 
     pub fn describe_clusters(&self, input: Value) -> EcsResult<Value> {
         let refs: Vec<String> = match input.get("clusters").and_then(Value::as_array) {
-            Some(list) if !list.is_empty() => list.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+            Some(list) if !list.is_empty() => list
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
             _ => vec!["default".to_string()],
         };
         if refs.len() > 100 {
-            return Err(invalid("The clusters parameter accepts at most 100 clusters."));
+            return Err(invalid(
+                "The clusters parameter accepts at most 100 clusters.",
+            ));
         }
         let inc = Include::from(&input);
         crate::error::read(&*self.store, |txn| {
@@ -264,7 +338,11 @@ impl Ecs {
                 match found {
                     Some(rec) => clusters.push(render(txn, &rec, inc).map_err(store)?),
                     None => {
-                        let arn = if r.starts_with("arn:") { r.clone() } else { self.scope.cluster_arn(r) };
+                        let arn = if r.starts_with("arn:") {
+                            r.clone()
+                        } else {
+                            self.scope.cluster_arn(r)
+                        };
                         failures.push(json!({"arn": arn, "reason": "MISSING"}));
                     }
                 }
@@ -276,9 +354,15 @@ impl Ecs {
     pub fn list_clusters(&self, input: Value) -> EcsResult<Value> {
         let limit = paging::max_results(&input, 100)?;
         let after = paging::decode_token(&input)?;
-        let all = crate::error::read(&*self.store, |txn| txn.scan_json::<ClusterRecord>(COLLECTION, "", None, usize::MAX).map_err(store))?;
-        let active: Vec<(String, String)> =
-            all.into_iter().filter(|(_, c)| c.status == ACTIVE).map(|(k, c)| (k, c.arn)).collect();
+        let all = crate::error::read(&*self.store, |txn| {
+            txn.scan_json::<ClusterRecord>(COLLECTION, "", None, usize::MAX)
+                .map_err(store)
+        })?;
+        let active: Vec<(String, String)> = all
+            .into_iter()
+            .filter(|(_, c)| c.status == ACTIVE)
+            .map(|(k, c)| (k, c.arn))
+            .collect();
         let (arns, token) = paging::page(active, after.as_deref(), limit, false);
         let mut out = json!({ "clusterArns": arns });
         if let (Some(t), Value::Object(o)) = (token, &mut out) {
@@ -295,7 +379,9 @@ impl Ecs {
     ) -> EcsResult<Value> {
         let ecs = self.clone();
         let rec = crate::error::write(&*self.store, move |txn| {
-            let mut rec = ecs.active_cluster(txn, reference.as_deref()).map_err(Abort::Domain)?;
+            let mut rec = ecs
+                .active_cluster(txn, reference.as_deref())
+                .map_err(Abort::Domain)?;
             change(&mut rec).map_err(Abort::Domain)?;
             txn.put_json(COLLECTION, &rec.name, &rec)?;
             Ok(rec)
@@ -308,7 +394,10 @@ impl Ecs {
         let settings = array(&input, "settings");
         check_settings(&settings)?;
         let configuration = input.get("configuration").filter(|v| !v.is_null()).cloned();
-        let connect = input.get("serviceConnectDefaults").filter(|v| !v.is_null()).cloned();
+        let connect = input
+            .get("serviceConnectDefaults")
+            .filter(|v| !v.is_null())
+            .cloned();
         self.modify_cluster(cluster_ref(&input), move |rec| {
             merge_settings(&mut rec.settings, &settings);
             if configuration.is_some() {
@@ -333,8 +422,10 @@ impl Ecs {
     }
 
     pub async fn put_cluster_capacity_providers(&self, input: Value) -> EcsResult<Value> {
-        let providers: Vec<String> =
-            array(&input, "capacityProviders").iter().filter_map(|v| v.as_str().map(String::from)).collect();
+        let providers: Vec<String> = array(&input, "capacityProviders")
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
         let strategy = array(&input, "defaultCapacityProviderStrategy");
         check_capacity(&providers, &strategy)?;
         self.modify_cluster(cluster_ref(&input), move |rec| {
@@ -382,5 +473,8 @@ impl Ecs {
 }
 
 fn cluster_ref(input: &Value) -> Option<String> {
-    input.get("cluster").and_then(Value::as_str).map(String::from)
+    input
+        .get("cluster")
+        .and_then(Value::as_str)
+        .map(String::from)
 }

@@ -24,7 +24,11 @@ pub fn resource_not_found(message: impl Into<String>) -> AwsError {
 /// Store failures are internal faults; the detail goes to the log, not to the client.
 pub fn store(e: StoreError) -> AwsError {
     tracing::error!(error = %e, "state store failure");
-    AwsError::with_status("ServerException", "Service encountered an internal error.", fleetport_proto::error_status_500())
+    AwsError::with_status(
+        "ServerException",
+        "Service encountered an internal error.",
+        fleetport_proto::error_status_500(),
+    )
 }
 
 /// Carries an ECS error through the store's transaction helpers (which need `From<StoreError>`).
@@ -40,7 +44,9 @@ impl From<StoreError> for Failure {
 /// Runs `f` in one write transaction; an `Abort::Domain` error rolls it back and is returned.
 pub async fn write<T: Send + 'static>(
     db: &dyn fleetport_store::Store,
-    f: impl FnOnce(&mut dyn fleetport_store::WriteTxn) -> Result<T, fleetport_store::Abort<AwsError>> + Send + 'static,
+    f: impl FnOnce(&mut dyn fleetport_store::WriteTxn) -> Result<T, fleetport_store::Abort<AwsError>>
+    + Send
+    + 'static,
 ) -> EcsResult<T> {
     use fleetport_store::Abort;
     fleetport_store::write(db, move |txn| {
@@ -54,6 +60,9 @@ pub async fn write<T: Send + 'static>(
 }
 
 /// Runs `f` against a read snapshot.
-pub fn read<T>(db: &dyn fleetport_store::Store, f: impl FnOnce(&dyn fleetport_store::ReadTxn) -> EcsResult<T>) -> EcsResult<T> {
+pub fn read<T>(
+    db: &dyn fleetport_store::Store,
+    f: impl FnOnce(&dyn fleetport_store::ReadTxn) -> EcsResult<T>,
+) -> EcsResult<T> {
     fleetport_store::read(db, |txn| f(txn).map_err(Failure)).map_err(|f: Failure| f.0)
 }

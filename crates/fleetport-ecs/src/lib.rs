@@ -31,7 +31,9 @@ pub struct Ecs {
 
 impl std::fmt::Debug for Ecs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ecs").field("scope", &self.scope).finish_non_exhaustive()
+        f.debug_struct("Ecs")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,16 +59,30 @@ const IMPLEMENTED: &[&str] = &[
 
 /// Epoch seconds with millisecond precision, as ECS timestamps go on the wire.
 pub fn now() -> f64 {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     ms as f64 / 1000.0
 }
 
 impl Ecs {
     pub fn new(store: Arc<dyn Store>, region: &str, account: &str) -> Self {
-        Self { store, scope: Scope { region: region.into(), account: account.into() } }
+        Self {
+            store,
+            scope: Scope {
+                region: region.into(),
+                account: account.into(),
+            },
+        }
     }
 
-    async fn dispatch(&self, ctx: &RequestContext, operation: &str, input: Value) -> Result<Value, AwsError> {
+    async fn dispatch(
+        &self,
+        ctx: &RequestContext,
+        operation: &str,
+        input: Value,
+    ) -> Result<Value, AwsError> {
         match operation {
             "CreateCluster" => self.create_cluster(input).await,
             "DescribeClusters" => self.describe_clusters(input),
@@ -84,7 +100,10 @@ impl Ecs {
             "TagResource" => self.tag_resource(input).await,
             "UntagResource" => self.untag_resource(input).await,
             "ListTagsForResource" => self.list_tags_for_resource(input),
-            _ => Err(AwsError::client("UnknownOperationException", format!("Unknown operation {operation}"))),
+            _ => Err(AwsError::client(
+                "UnknownOperationException",
+                format!("Unknown operation {operation}"),
+            )),
         }
     }
 }
@@ -102,7 +121,12 @@ impl Service for Ecs {
         IMPLEMENTED.contains(&operation)
     }
 
-    fn call<'a>(&'a self, ctx: &'a RequestContext, operation: &'a str, input: Value) -> BoxFuture<'a, Result<Value, AwsError>> {
+    fn call<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        operation: &'a str,
+        input: Value,
+    ) -> BoxFuture<'a, Result<Value, AwsError>> {
         Box::pin(self.dispatch(ctx, operation, input))
     }
 }

@@ -16,7 +16,9 @@ pub fn max_results(input: &Value, default: usize) -> EcsResult<usize> {
 }
 
 pub fn decode_token(input: &Value) -> EcsResult<Option<String>> {
-    let Some(token) = input.get("nextToken").and_then(Value::as_str) else { return Ok(None) };
+    let Some(token) = input.get("nextToken").and_then(Value::as_str) else {
+        return Ok(None);
+    };
     URL_SAFE_NO_PAD
         .decode(token)
         .ok()
@@ -31,11 +33,20 @@ pub fn encode_token(key: &str) -> String {
 
 /// Cuts `items` (in key order, or reverse key order when `descending`) into the page that
 /// follows `after`, returning the page and the token for the next one.
-pub fn page<T>(items: Vec<(String, T)>, after: Option<&str>, limit: usize, descending: bool) -> (Vec<T>, Option<String>) {
+pub fn page<T>(
+    items: Vec<(String, T)>,
+    after: Option<&str>,
+    limit: usize,
+    descending: bool,
+) -> (Vec<T>, Option<String>) {
     let follows = |k: &str| after.is_none_or(|a| if descending { k < a } else { k > a });
     let mut rest: Vec<(String, T)> = items.into_iter().filter(|(k, _)| follows(k)).collect();
     let more = rest.len() > limit;
     rest.truncate(limit);
-    let token = if more { rest.last().map(|(k, _)| encode_token(k)) } else { None };
+    let token = if more {
+        rest.last().map(|(k, _)| encode_token(k))
+    } else {
+        None
+    };
     (rest.into_iter().map(|(_, v)| v).collect(), token)
 }

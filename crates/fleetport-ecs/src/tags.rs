@@ -19,34 +19,58 @@ pub struct Tag {
 
 /// Reads and checks the `tags` member of a request.
 pub fn parse(input: &Value, member: &str) -> EcsResult<Vec<Tag>> {
-    let Some(items) = input.get(member).and_then(Value::as_array) else { return Ok(Vec::new()) };
+    let Some(items) = input.get(member).and_then(Value::as_array) else {
+        return Ok(Vec::new());
+    };
     let mut tags: Vec<Tag> = Vec::with_capacity(items.len());
     for item in items {
-        let key = item.get("key").and_then(Value::as_str).ok_or_else(|| invalid("Tag keys must not be empty."))?;
+        let key = item
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("Tag keys must not be empty."))?;
         let value = item.get("value").and_then(Value::as_str).unwrap_or("");
         if key.to_ascii_lowercase().starts_with("aws:") {
-            return Err(invalid("Tag keys beginning with 'aws:' are reserved for AWS use."));
+            return Err(invalid(
+                "Tag keys beginning with 'aws:' are reserved for AWS use.",
+            ));
         }
         if tags.iter().any(|t| t.key == key) {
-            return Err(invalid(format!("Duplicate tag key '{key}'. Tag keys must be unique.")));
+            return Err(invalid(format!(
+                "Duplicate tag key '{key}'. Tag keys must be unique."
+            )));
         }
-        tags.push(Tag { key: key.into(), value: value.into() });
+        tags.push(Tag {
+            key: key.into(),
+            value: value.into(),
+        });
     }
     if tags.len() > MAX_TAGS {
-        return Err(invalid(format!("A resource can have at most {MAX_TAGS} tags.")));
+        return Err(invalid(format!(
+            "A resource can have at most {MAX_TAGS} tags."
+        )));
     }
     Ok(tags)
 }
 
 pub fn to_json(tags: &[Tag]) -> Value {
-    Value::Array(tags.iter().map(|t| json!({"key": t.key, "value": t.value})).collect())
+    Value::Array(
+        tags.iter()
+            .map(|t| json!({"key": t.key, "value": t.value}))
+            .collect(),
+    )
 }
 
 pub fn get(txn: &dyn ReadTxn, arn: &str) -> Result<Vec<Tag>, fleetport_store::StoreError> {
-    Ok(txn.get_json::<Vec<Tag>>(COLLECTION, arn)?.unwrap_or_default())
+    Ok(txn
+        .get_json::<Vec<Tag>>(COLLECTION, arn)?
+        .unwrap_or_default())
 }
 
-pub fn set(txn: &mut dyn WriteTxn, arn: &str, tags: &[Tag]) -> Result<(), fleetport_store::StoreError> {
+pub fn set(
+    txn: &mut dyn WriteTxn,
+    arn: &str,
+    tags: &[Tag],
+) -> Result<(), fleetport_store::StoreError> {
     if tags.is_empty() {
         txn.delete(COLLECTION, arn).map(|_| ())
     } else {
@@ -64,7 +88,9 @@ pub fn merge(txn: &mut dyn WriteTxn, arn: &str, new: &[Tag]) -> Result<(), Abort
         }
     }
     if tags.len() > MAX_TAGS {
-        return Err(Abort::Domain(invalid(format!("A resource can have at most {MAX_TAGS} tags."))));
+        return Err(Abort::Domain(invalid(format!(
+            "A resource can have at most {MAX_TAGS} tags."
+        ))));
     }
     set(txn, arn, &tags)?;
     Ok(())
@@ -73,20 +99,37 @@ pub fn merge(txn: &mut dyn WriteTxn, arn: &str, new: &[Tag]) -> Result<(), Abort
 impl crate::Ecs {
     /// The tagging key of a resource ARN that exists, or ResourceNotFoundException.
     fn taggable(&self, txn: &dyn ReadTxn, arn: &str) -> EcsResult<String> {
-        let not_found = || crate::error::resource_not_found("The specified resource could not be found.");
-        let resource = self.scope.resource_of(arn).ok_or_else(|| invalid(format!("Invalid resource ARN: '{arn}'.")))?;
+        let not_found =
+            || crate::error::resource_not_found("The specified resource could not be found.");
+        let resource = self
+            .scope
+            .resource_of(arn)
+            .ok_or_else(|| invalid(format!("Invalid resource ARN: '{arn}'.")))?;
         let exists = if let Some(name) = resource.strip_prefix("cluster/") {
-            txn.get(crate::cluster::COLLECTION, name).map_err(crate::error::store)?.is_some()
+            txn.get(crate::cluster::COLLECTION, name)
+                .map_err(crate::error::store)?
+                .is_some()
         } else if resource.starts_with("task-definition/") {
-            self.find_task_definition(txn, arn).map_err(crate::error::store)?.is_some() && resource.contains(':')
+            self.find_task_definition(txn, arn)
+                .map_err(crate::error::store)?
+                .is_some()
+                && resource.contains(':')
         } else {
             false
         };
-        if exists { Ok(arn.to_string()) } else { Err(not_found()) }
+        if exists {
+            Ok(arn.to_string())
+        } else {
+            Err(not_found())
+        }
     }
 
     pub async fn tag_resource(&self, input: Value) -> EcsResult<Value> {
-        let arn = input.get("resourceArn").and_then(Value::as_str).unwrap_or_default().to_string();
+        let arn = input
+            .get("resourceArn")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let new = parse(&input, "tags")?;
         let ecs = self.clone();
         crate::error::write(&*self.store, move |txn| {
@@ -98,7 +141,11 @@ impl crate::Ecs {
     }
 
     pub async fn untag_resource(&self, input: Value) -> EcsResult<Value> {
-        let arn = input.get("resourceArn").and_then(Value::as_str).unwrap_or_default().to_string();
+        let arn = input
+            .get("resourceArn")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let keys: Vec<String> = input
             .get("tagKeys")
             .and_then(Value::as_array)
@@ -119,7 +166,10 @@ impl crate::Ecs {
     }
 
     pub fn list_tags_for_resource(&self, input: Value) -> EcsResult<Value> {
-        let arn = input.get("resourceArn").and_then(Value::as_str).unwrap_or_default();
+        let arn = input
+            .get("resourceArn")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         crate::error::read(&*self.store, |txn| {
             let arn = self.taggable(txn, arn)?;
             Ok(json!({ "tags": to_json(&get(txn, &arn).map_err(crate::error::store)?) }))

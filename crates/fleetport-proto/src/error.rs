@@ -26,9 +26,22 @@ impl AwsError {
         Self::with_status(code, message, StatusCode::BAD_REQUEST)
     }
 
-    pub fn with_status(code: impl Into<String>, message: impl Into<String>, status: StatusCode) -> Self {
-        let fault = if status.is_server_error() { Fault::Receiver } else { Fault::Sender };
-        Self { code: code.into(), message: message.into(), status, fault }
+    pub fn with_status(
+        code: impl Into<String>,
+        message: impl Into<String>,
+        status: StatusCode,
+    ) -> Self {
+        let fault = if status.is_server_error() {
+            Fault::Receiver
+        } else {
+            Fault::Sender
+        };
+        Self {
+            code: code.into(),
+            message: message.into(),
+            status,
+            fault,
+        }
     }
 
     /// An internal fault (HTTP 500). The message never carries internal detail; that goes to the log.

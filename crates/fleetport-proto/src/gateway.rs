@@ -48,7 +48,12 @@ pub trait Service: Send + Sync {
     /// Whether `operation` is implemented (others get a clear error without being called).
     fn implements(&self, operation: &str) -> bool;
 
-    fn call<'a>(&'a self, ctx: &'a RequestContext, operation: &'a str, input: Value) -> BoxFuture<'a, Result<Value, AwsError>>;
+    fn call<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        operation: &'a str,
+        input: Value,
+    ) -> BoxFuture<'a, Result<Value, AwsError>>;
 }
 
 /// Static configuration of the gateway.
@@ -69,16 +74,23 @@ enum Protocol {
 const JSON_SKEW_SECS: i64 = 300;
 const QUERY_SKEW_SECS: i64 = 900;
 
+/// A known API: its model, and its implementation once one is attached.
+type Api = (&'static ServiceModel, Option<Arc<dyn Service>>);
+
 pub struct Gateway {
     config: GatewayConfig,
     verifier: Verifier,
-    json: HashMap<&'static str, (&'static ServiceModel, Option<Arc<dyn Service>>)>,
-    query: HashMap<(&'static str, &'static str), (&'static ServiceModel, Option<Arc<dyn Service>>)>,
+    /// awsJson APIs by `X-Amz-Target` prefix.
+    json: HashMap<&'static str, Api>,
+    /// awsQuery APIs by (signing name, API version).
+    query: HashMap<(&'static str, &'static str), Api>,
 }
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Gateway")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -103,8 +115,16 @@ impl Gateway {
         }
         let mut query = HashMap::new();
         let elb = model::elbv2();
-        query.insert(("elasticloadbalancing", elb.metadata.api_version.as_str()), (elb, None));
-        Self { config, verifier, json, query }
+        query.insert(
+            ("elasticloadbalancing", elb.metadata.api_version.as_str()),
+            (elb, None),
+        );
+        Self {
+            config,
+            verifier,
+            json,
+            query,
+        }
     }
 
     /// Attaches the implementation of one service (matched to its model).
@@ -113,9 +133,18 @@ impl Gateway {
         if let Some(prefix) = m.metadata.target_prefix.as_deref() {
             self.json.insert(prefix, (m, Some(service)));
         } else if let Some(signing) = m.metadata.signing_name.as_deref() {
-            self.query.insert((signing, m.metadata.api_version.as_str()), (m, Some(service)));
+            self.query.insert(
+                (signing, m.metadata.api_version.as_str()),
+                (m, Some(service)),
+            );
         } else {
-            self.query.insert((m.metadata.endpoint_prefix.as_str(), m.metadata.api_version.as_str()), (m, Some(service)));
+            self.query.insert(
+                (
+                    m.metadata.endpoint_prefix.as_str(),
+                    m.metadata.api_version.as_str(),
+                ),
+                (m, Some(service)),
+            );
         }
     }
 
@@ -141,25 +170,52 @@ impl Gateway {
                 Ok(body) => xml_response(StatusCode::OK, body, &request_id),
                 Err(e) => {
                     tracing::debug!(request_id, code = %e.code, message = %e.message, "query request failed");
-                    xml_response(e.status, Bytes::from(e.xml_body(ns, &request_id)), &request_id)
+                    xml_response(
+                        e.status,
+                        Bytes::from(e.xml_body(ns, &request_id)),
+                        &request_id,
+                    )
                 }
             }
         }
     }
 
-    fn authenticate(&self, req: &ApiRequest<'_>, protocol: Protocol, signing_name: &str) -> Result<String, AwsError> {
-        let signed = SignedRequest { method: req.method, path: req.path, query: req.query, headers: req.headers, body: &req.body };
-        let skew = if protocol == Protocol::Json { JSON_SKEW_SECS } else { QUERY_SKEW_SECS };
-        let fields = self.verifier.verify(&signed, now_secs(), skew).map_err(|e| sig_error(e, protocol))?;
+    fn authenticate(
+        &self,
+        req: &ApiRequest<'_>,
+        protocol: Protocol,
+        signing_name: &str,
+    ) -> Result<String, AwsError> {
+        let signed = SignedRequest {
+            method: req.method,
+            path: req.path,
+            query: req.query,
+            headers: req.headers,
+            body: &req.body,
+        };
+        let skew = if protocol == Protocol::Json {
+            JSON_SKEW_SECS
+        } else {
+            QUERY_SKEW_SECS
+        };
+        let fields = self
+            .verifier
+            .verify(&signed, now_secs(), skew)
+            .map_err(|e| sig_error(e, protocol))?;
         if fields.region != self.config.region {
             return Err(sig_error(
-                SigError::Scope(format!("Credential should be scoped to a valid region, not '{}'. ", fields.region)),
+                SigError::Scope(format!(
+                    "Credential should be scoped to a valid region, not '{}'. ",
+                    fields.region
+                )),
                 protocol,
             ));
         }
         if fields.service != signing_name {
             return Err(sig_error(
-                SigError::Scope(format!("Credential should be scoped to correct service: '{signing_name}'. ")),
+                SigError::Scope(format!(
+                    "Credential should be scoped to correct service: '{signing_name}'. "
+                )),
                 protocol,
             ));
         }
@@ -175,15 +231,27 @@ impl Gateway {
         }
     }
 
-    async fn handle_json(&self, req: &ApiRequest<'_>, target: &HeaderValue, request_id: &str) -> Result<Bytes, AwsError> {
+    async fn handle_json(
+        &self,
+        req: &ApiRequest<'_>,
+        target: &HeaderValue,
+        request_id: &str,
+    ) -> Result<Bytes, AwsError> {
         let unknown = || AwsError::client("UnknownOperationException", "");
         let target = target.to_str().map_err(|_| unknown())?;
         let (prefix, operation) = target.rsplit_once('.').ok_or_else(unknown)?;
         let (model, service) = self.json.get(prefix).ok_or_else(unknown)?;
-        let signing = model.metadata.signing_name.as_deref().unwrap_or(&model.metadata.endpoint_prefix);
+        let signing = model
+            .metadata
+            .signing_name
+            .as_deref()
+            .unwrap_or(&model.metadata.endpoint_prefix);
         let access_key = self.authenticate(req, Protocol::Json, signing)?;
         if req.method != "POST" {
-            return Err(AwsError::client("UnknownOperationException", "awsJson requests must use POST."));
+            return Err(AwsError::client(
+                "UnknownOperationException",
+                "awsJson requests must use POST.",
+            ));
         }
         let op = model.operation(operation).ok_or_else(unknown)?;
         let Some(service) = service.as_ref().filter(|s| s.implements(operation)) else {
@@ -191,19 +259,29 @@ impl Gateway {
         };
         let input = parse_json_body(&req.body)?;
         if let Some(input_ref) = &op.input {
-            validate::validate(model, &input_ref.shape, &input).map_err(|e| e.into_error(service.constraint_error_code()))?;
+            validate::validate(model, &input_ref.shape, &input)
+                .map_err(|e| e.into_error(service.constraint_error_code()))?;
         }
         let ctx = self.context(request_id, access_key);
         let output = service.call(&ctx, &op.name, input).await?;
-        serde_json::to_vec(&output).map(Bytes::from).map_err(|_| AwsError::internal())
+        serde_json::to_vec(&output)
+            .map(Bytes::from)
+            .map_err(|_| AwsError::internal())
     }
 
-    async fn handle_query(&self, req: &ApiRequest<'_>, request_id: &str) -> (Result<Bytes, AwsError>, &'static str) {
+    async fn handle_query(
+        &self,
+        req: &ApiRequest<'_>,
+        request_id: &str,
+    ) -> (Result<Bytes, AwsError>, &'static str) {
         let form_body = req
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"));
+            .is_some_and(|ct| {
+                ct.to_ascii_lowercase()
+                    .starts_with("application/x-www-form-urlencoded")
+            });
         let mut params = query::parse_form(req.query.as_bytes());
         if req.method == "POST" && form_body {
             params.extend(query::parse_form(&req.body));
@@ -211,9 +289,19 @@ impl Gateway {
         let version = params.get("Version").cloned().unwrap_or_default();
         // The signing scope names the service; Version picks the API (ELBv2 and Classic ELB share a scope).
         let scope_service = scope_service(req).unwrap_or_default();
-        let entry = self.query.iter().find(|((svc, ver), _)| *svc == scope_service && *ver == version).map(|(_, v)| v);
-        let default_ns = model::elbv2().metadata.xml_namespace.as_deref().unwrap_or_default();
-        let ns = entry.and_then(|(m, _)| m.metadata.xml_namespace.as_deref()).unwrap_or(default_ns);
+        let entry = self
+            .query
+            .iter()
+            .find(|((svc, ver), _)| *svc == scope_service && *ver == version)
+            .map(|(_, v)| v);
+        let default_ns = model::elbv2()
+            .metadata
+            .xml_namespace
+            .as_deref()
+            .unwrap_or_default();
+        let ns = entry
+            .and_then(|(m, _)| m.metadata.xml_namespace.as_deref())
+            .unwrap_or(default_ns);
         let out = async {
             let signing = entry.map_or(scope_service.as_str(), |(m, _)| {
                 m.metadata.signing_name.as_deref().unwrap_or(&m.metadata.endpoint_prefix)
@@ -261,7 +349,13 @@ fn query_invalid(e: Invalid, code: &str) -> AwsError {
 }
 
 fn scope_service(req: &ApiRequest<'_>) -> Option<String> {
-    let signed = SignedRequest { method: req.method, path: req.path, query: req.query, headers: req.headers, body: &[] };
+    let signed = SignedRequest {
+        method: req.method,
+        path: req.path,
+        query: req.query,
+        headers: req.headers,
+        body: &[],
+    };
     crate::sigv4::extract(&signed).ok().map(|f| f.service)
 }
 
@@ -285,8 +379,12 @@ fn parse_json_body(body: &[u8]) -> Result<Value, AwsError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v @ Value::Object(_)) => Ok(v),
         Ok(Value::Null) => Ok(Value::Object(Default::default())),
-        Ok(_) => Err(AwsError::serialization("Start of structure or map expected.")),
-        Err(e) => Err(AwsError::serialization(format!("Malformed JSON request body: {e}"))),
+        Ok(_) => Err(AwsError::serialization(
+            "Start of structure or map expected.",
+        )),
+        Err(e) => Err(AwsError::serialization(format!(
+            "Malformed JSON request body: {e}"
+        ))),
     }
 }
 
@@ -295,38 +393,73 @@ fn sig_error(e: SigError, protocol: Protocol) -> AwsError {
     const BAD_TOKEN: &str = "The security token included in the request is invalid.";
     let forbidden = StatusCode::FORBIDDEN;
     match (protocol, e) {
-        (Protocol::Json, SigError::Missing) => AwsError::client("MissingAuthenticationTokenException", "Missing Authentication Token"),
-        (Protocol::Json, SigError::Incomplete(m)) => AwsError::client("IncompleteSignatureException", m),
-        (Protocol::Json, SigError::UnknownAccessKey) => AwsError::client("UnrecognizedClientException", BAD_TOKEN),
-        (Protocol::Json, SigError::Mismatch) => AwsError::client("InvalidSignatureException", MISMATCH),
+        (Protocol::Json, SigError::Missing) => AwsError::client(
+            "MissingAuthenticationTokenException",
+            "Missing Authentication Token",
+        ),
+        (Protocol::Json, SigError::Incomplete(m)) => {
+            AwsError::client("IncompleteSignatureException", m)
+        }
+        (Protocol::Json, SigError::UnknownAccessKey) => {
+            AwsError::client("UnrecognizedClientException", BAD_TOKEN)
+        }
+        (Protocol::Json, SigError::Mismatch) => {
+            AwsError::client("InvalidSignatureException", MISMATCH)
+        }
         (Protocol::Json, SigError::Scope(m)) => AwsError::client("InvalidSignatureException", m),
-        (Protocol::Json, SigError::Expired(m)) => AwsError::client("InvalidSignatureException", format!("Signature expired: {m}")),
-        (Protocol::Json, SigError::NotYetCurrent(m)) => {
-            AwsError::client("InvalidSignatureException", format!("Signature not yet current: {m}"))
-        }
-        (Protocol::Query, SigError::Missing) => {
-            AwsError::with_status("MissingAuthenticationToken", "Request is missing Authentication Token", forbidden)
-        }
+        (Protocol::Json, SigError::Expired(m)) => AwsError::client(
+            "InvalidSignatureException",
+            format!("Signature expired: {m}"),
+        ),
+        (Protocol::Json, SigError::NotYetCurrent(m)) => AwsError::client(
+            "InvalidSignatureException",
+            format!("Signature not yet current: {m}"),
+        ),
+        (Protocol::Query, SigError::Missing) => AwsError::with_status(
+            "MissingAuthenticationToken",
+            "Request is missing Authentication Token",
+            forbidden,
+        ),
         (Protocol::Query, SigError::Incomplete(m)) => AwsError::client("IncompleteSignature", m),
-        (Protocol::Query, SigError::UnknownAccessKey) => AwsError::with_status("InvalidClientTokenId", BAD_TOKEN, forbidden),
-        (Protocol::Query, SigError::Mismatch) => AwsError::with_status("SignatureDoesNotMatch", MISMATCH, forbidden),
-        (Protocol::Query, SigError::Scope(m)) => AwsError::with_status("SignatureDoesNotMatch", m, forbidden),
-        (Protocol::Query, SigError::Expired(m)) => {
-            AwsError::with_status("SignatureDoesNotMatch", format!("Signature expired: {m}"), forbidden)
+        (Protocol::Query, SigError::UnknownAccessKey) => {
+            AwsError::with_status("InvalidClientTokenId", BAD_TOKEN, forbidden)
         }
-        (Protocol::Query, SigError::NotYetCurrent(m)) => {
-            AwsError::with_status("SignatureDoesNotMatch", format!("Signature not yet current: {m}"), forbidden)
+        (Protocol::Query, SigError::Mismatch) => {
+            AwsError::with_status("SignatureDoesNotMatch", MISMATCH, forbidden)
         }
+        (Protocol::Query, SigError::Scope(m)) => {
+            AwsError::with_status("SignatureDoesNotMatch", m, forbidden)
+        }
+        (Protocol::Query, SigError::Expired(m)) => AwsError::with_status(
+            "SignatureDoesNotMatch",
+            format!("Signature expired: {m}"),
+            forbidden,
+        ),
+        (Protocol::Query, SigError::NotYetCurrent(m)) => AwsError::with_status(
+            "SignatureDoesNotMatch",
+            format!("Signature not yet current: {m}"),
+            forbidden,
+        ),
     }
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
-fn with_headers(mut resp: Response<Bytes>, content_type: &'static str, request_id: &str) -> Response<Bytes> {
+fn with_headers(
+    mut resp: Response<Bytes>,
+    content_type: &'static str,
+    request_id: &str,
+) -> Response<Bytes> {
     let h = resp.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-amzn-requestid", v);
     }
@@ -352,7 +485,15 @@ pub fn reject(headers: &http::HeaderMap, error: &AwsError) -> Response<Bytes> {
     if headers.contains_key("x-amz-target") {
         json_response(error.status, Bytes::from(error.json_body()), &request_id)
     } else {
-        let ns = model::elbv2().metadata.xml_namespace.as_deref().unwrap_or_default();
-        xml_response(error.status, Bytes::from(error.xml_body(ns, &request_id)), &request_id)
+        let ns = model::elbv2()
+            .metadata
+            .xml_namespace
+            .as_deref()
+            .unwrap_or_default();
+        xml_response(
+            error.status,
+            Bytes::from(error.xml_body(ns, &request_id)),
+            &request_id,
+        )
     }
 }

@@ -148,18 +148,40 @@ mod tests {
         for m in [ecs(), ecr(), elbv2()] {
             assert!(!m.operations.is_empty());
             for op in m.operations.values() {
-                for r in op.input.iter().chain(op.output.iter()).chain(op.errors.iter()) {
-                    assert!(m.shape(&r.shape).is_some(), "{} refers to {}", op.name, r.shape);
+                for r in op
+                    .input
+                    .iter()
+                    .chain(op.output.iter())
+                    .chain(op.errors.iter())
+                {
+                    assert!(
+                        m.shape(&r.shape).is_some(),
+                        "{} refers to {}",
+                        op.name,
+                        r.shape
+                    );
                 }
             }
             for (name, s) in &m.shapes {
-                for r in s.members.values().chain(s.member.iter()).chain(s.key.iter()).chain(s.value.iter()) {
+                for r in s
+                    .members
+                    .values()
+                    .chain(s.member.iter())
+                    .chain(s.key.iter())
+                    .chain(s.value.iter())
+                {
                     assert!(m.shape(&r.shape).is_some(), "{name} refers to {}", r.shape);
                 }
             }
         }
-        assert_eq!(ecs().metadata.target_prefix.as_deref(), Some("AmazonEC2ContainerServiceV20141113"));
-        assert_eq!(ecr().metadata.target_prefix.as_deref(), Some("AmazonEC2ContainerRegistry_V20150921"));
+        assert_eq!(
+            ecs().metadata.target_prefix.as_deref(),
+            Some("AmazonEC2ContainerServiceV20141113")
+        );
+        assert_eq!(
+            ecr().metadata.target_prefix.as_deref(),
+            Some("AmazonEC2ContainerRegistry_V20150921")
+        );
         assert_eq!(elbv2().metadata.protocol, "query");
     }
 }

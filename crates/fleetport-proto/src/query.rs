@@ -15,7 +15,9 @@ pub type Params = BTreeMap<String, String>;
 
 /// Parses an `application/x-www-form-urlencoded` body or query string.
 pub fn parse_form(raw: &[u8]) -> Params {
-    form_urlencoded::parse(raw).map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+    form_urlencoded::parse(raw)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// Builds the input document for `shape` from the parameters under `prefix`.
@@ -24,39 +26,71 @@ pub fn decode(model: &ServiceModel, shape: &str, params: &Params) -> Result<Valu
 }
 
 fn bad(path: &str, what: &str) -> Invalid {
-    Invalid::Constraint(format!("1 validation error detected: Value at '{path}' failed to satisfy constraint: Member must be {what}"))
+    Invalid::Constraint(format!(
+        "1 validation error detected: Value at '{path}' failed to satisfy constraint: Member must be {what}"
+    ))
 }
 
 fn has_prefix(params: &Params, prefix: &str) -> bool {
-    params.range(prefix.to_string()..).next().is_some_and(|(k, _)| k.starts_with(prefix))
+    params
+        .range(prefix.to_string()..)
+        .next()
+        .is_some_and(|(k, _)| k.starts_with(prefix))
 }
 
-fn decode_at(model: &ServiceModel, shape_name: &str, params: &Params, path: &str, depth: usize) -> Result<Option<Value>, Invalid> {
+fn decode_at(
+    model: &ServiceModel,
+    shape_name: &str,
+    params: &Params,
+    path: &str,
+    depth: usize,
+) -> Result<Option<Value>, Invalid> {
     if depth > 32 {
         return Err(Invalid::Serialization("Input nesting is too deep.".into()));
     }
-    let Some(shape) = model.shape(shape_name) else { return Ok(None) };
-    let dotted = |m: &str| if path.is_empty() { m.to_string() } else { format!("{path}.{m}") };
+    let Some(shape) = model.shape(shape_name) else {
+        return Ok(None);
+    };
+    let dotted = |m: &str| {
+        if path.is_empty() {
+            m.to_string()
+        } else {
+            format!("{path}.{m}")
+        }
+    };
     match shape.kind {
         ShapeKind::Structure => {
-            if !path.is_empty() && !has_prefix(params, &format!("{path}.")) && !params.contains_key(path) {
+            if !path.is_empty()
+                && !has_prefix(params, &format!("{path}."))
+                && !params.contains_key(path)
+            {
                 return Ok(None);
             }
             let mut obj = Map::new();
             for (name, member) in &shape.members {
-                if let Some(v) = decode_at(model, &member.shape, params, &dotted(name), depth + 1)? {
+                if let Some(v) = decode_at(model, &member.shape, params, &dotted(name), depth + 1)?
+                {
                     obj.insert(name.clone(), v);
                 }
             }
             Ok(Some(Value::Object(obj)))
         }
         ShapeKind::List => {
-            let item = shape.member.as_ref().map(|m| m.shape.as_str()).unwrap_or_default();
+            let item = shape
+                .member
+                .as_ref()
+                .map(|m| m.shape.as_str())
+                .unwrap_or_default();
             let base = format!("{path}.member.");
             let mut indices: Vec<usize> = params
                 .range(base.clone()..)
                 .take_while(|(k, _)| k.starts_with(&base))
-                .filter_map(|(k, _)| k[base.len()..].split('.').next().and_then(|n| n.parse().ok()))
+                .filter_map(|(k, _)| {
+                    k[base.len()..]
+                        .split('.')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                })
                 .collect();
             indices.dedup();
             if indices.is_empty() {
@@ -79,31 +113,57 @@ fn decode_at(model: &ServiceModel, shape_name: &str, params: &Params, path: &str
             let mut indices: Vec<usize> = params
                 .range(base.clone()..)
                 .take_while(|(k, _)| k.starts_with(&base))
-                .filter_map(|(k, _)| k[base.len()..].split('.').next().and_then(|n| n.parse().ok()))
+                .filter_map(|(k, _)| {
+                    k[base.len()..]
+                        .split('.')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                })
                 .collect();
             indices.dedup();
             if indices.is_empty() {
                 return Ok(None);
             }
-            let value_shape = shape.value.as_ref().map(|m| m.shape.as_str()).unwrap_or_default();
+            let value_shape = shape
+                .value
+                .as_ref()
+                .map(|m| m.shape.as_str())
+                .unwrap_or_default();
             let mut obj = Map::new();
             for i in indices {
-                let Some(key) = params.get(&format!("{base}{i}.key")) else { continue };
-                if let Some(v) = decode_at(model, value_shape, params, &format!("{base}{i}.value"), depth + 1)? {
+                let Some(key) = params.get(&format!("{base}{i}.key")) else {
+                    continue;
+                };
+                if let Some(v) = decode_at(
+                    model,
+                    value_shape,
+                    params,
+                    &format!("{base}{i}.value"),
+                    depth + 1,
+                )? {
                     obj.insert(key.clone(), v);
                 }
             }
             Ok(Some(Value::Object(obj)))
         }
         kind => {
-            let Some(raw) = params.get(path) else { return Ok(None) };
+            let Some(raw) = params.get(path) else {
+                return Ok(None);
+            };
             let v = match kind {
-                ShapeKind::Integer | ShapeKind::Long => {
-                    Value::from(raw.trim().parse::<i64>().map_err(|_| bad(path, "an integer"))?)
-                }
+                ShapeKind::Integer | ShapeKind::Long => Value::from(
+                    raw.trim()
+                        .parse::<i64>()
+                        .map_err(|_| bad(path, "an integer"))?,
+                ),
                 ShapeKind::Double | ShapeKind::Float => {
-                    let f = raw.trim().parse::<f64>().map_err(|_| bad(path, "a number"))?;
-                    serde_json::Number::from_f64(f).map(Value::Number).ok_or_else(|| bad(path, "a finite number"))?
+                    let f = raw
+                        .trim()
+                        .parse::<f64>()
+                        .map_err(|_| bad(path, "a number"))?;
+                    serde_json::Number::from_f64(f)
+                        .map(Value::Number)
+                        .ok_or_else(|| bad(path, "a finite number"))?
                 }
                 ShapeKind::Boolean => match raw.as_str() {
                     "true" => Value::Bool(true),
@@ -111,7 +171,9 @@ fn decode_at(model: &ServiceModel, shape_name: &str, params: &Params, path: &str
                     _ => return Err(bad(path, "true or false")),
                 },
                 ShapeKind::Timestamp => {
-                    let ts: jiff::Timestamp = raw.parse().map_err(|_| bad(path, "an ISO-8601 timestamp"))?;
+                    let ts: jiff::Timestamp = raw
+                        .parse()
+                        .map_err(|_| bad(path, "an ISO-8601 timestamp"))?;
                     Value::from(ts.as_millisecond() as f64 / 1000.0)
                 }
                 _ => Value::String(raw.clone()),
@@ -122,13 +184,21 @@ fn decode_at(model: &ServiceModel, shape_name: &str, params: &Params, path: &str
 }
 
 /// Writes `<{op}Response>` for an output document, wrapping it in the model's `resultWrapper`.
-pub fn write_response(model: &ServiceModel, operation: &str, output: &Value, request_id: &str) -> String {
+pub fn write_response(
+    model: &ServiceModel,
+    operation: &str,
+    output: &Value,
+    request_id: &str,
+) -> String {
     let ns = model.metadata.xml_namespace.as_deref().unwrap_or_default();
     let mut out = format!("<{operation}Response xmlns=\"{}\">", xml_escape(ns));
     if let Some(op) = model.operation(operation)
         && let Some(output_ref) = &op.output
     {
-        let wrapper = output_ref.result_wrapper.clone().unwrap_or_else(|| format!("{operation}Result"));
+        let wrapper = output_ref
+            .result_wrapper
+            .clone()
+            .unwrap_or_else(|| format!("{operation}Result"));
         out.push_str(&format!("<{wrapper}>"));
         write_members(model, &output_ref.shape, output, &mut out);
         out.push_str(&format!("</{wrapper}>"));
@@ -141,7 +211,9 @@ pub fn write_response(model: &ServiceModel, operation: &str, output: &Value, req
 }
 
 fn write_members(model: &ServiceModel, shape_name: &str, value: &Value, out: &mut String) {
-    let (Some(shape), Value::Object(obj)) = (model.shape(shape_name), value) else { return };
+    let (Some(shape), Value::Object(obj)) = (model.shape(shape_name), value) else {
+        return;
+    };
     let mut names: Vec<&String> = shape.members.keys().collect();
     names.sort();
     for name in names {
@@ -154,18 +226,28 @@ fn write_members(model: &ServiceModel, shape_name: &str, value: &Value, out: &mu
 }
 
 fn write_value(model: &ServiceModel, shape_name: &str, tag: &str, value: &Value, out: &mut String) {
-    let Some(shape) = model.shape(shape_name) else { return };
+    let Some(shape) = model.shape(shape_name) else {
+        return;
+    };
     out.push_str(&format!("<{tag}>"));
     match (shape.kind, value) {
         (ShapeKind::Structure, _) => write_members(model, shape_name, value, out),
         (ShapeKind::List, Value::Array(items)) => {
-            let item = shape.member.as_ref().map(|m| m.shape.as_str()).unwrap_or_default();
+            let item = shape
+                .member
+                .as_ref()
+                .map(|m| m.shape.as_str())
+                .unwrap_or_default();
             for v in items {
                 write_value(model, item, "member", v, out);
             }
         }
         (ShapeKind::Map, Value::Object(entries)) => {
-            let vs = shape.value.as_ref().map(|m| m.shape.as_str()).unwrap_or_default();
+            let vs = shape
+                .value
+                .as_ref()
+                .map(|m| m.shape.as_str())
+                .unwrap_or_default();
             for (k, v) in entries {
                 out.push_str(&format!("<entry><key>{}</key>", xml_escape(k)));
                 write_value(model, vs, "value", v, out);
@@ -189,7 +271,14 @@ mod tests {
     use crate::model::elbv2;
 
     fn input(op: &str) -> String {
-        elbv2().operation(op).unwrap().input.as_ref().unwrap().shape.clone()
+        elbv2()
+            .operation(op)
+            .unwrap()
+            .input
+            .as_ref()
+            .unwrap()
+            .shape
+            .clone()
     }
 
     #[test]
@@ -200,7 +289,10 @@ mod tests {
         let v = decode(elbv2(), &input("CreateRule"), &p).unwrap();
         assert_eq!(v["Priority"], 10);
         assert_eq!(v["Conditions"][0]["Values"][0], "/api/*");
-        assert_eq!(v["Actions"][0]["ForwardConfig"]["TargetGroups"][1]["Weight"], 20);
+        assert_eq!(
+            v["Actions"][0]["ForwardConfig"]["TargetGroups"][1]["Weight"],
+            20
+        );
         let p = parse_form(b"LoadBalancerArn=a&SecurityGroups=");
         let v = decode(elbv2(), &input("SetSecurityGroups"), &p).unwrap();
         assert_eq!(v["SecurityGroups"], serde_json::json!([]));
@@ -209,12 +301,16 @@ mod tests {
     #[test]
     fn bad_scalars_are_validation_errors() {
         let p = parse_form(b"ListenerArn=a&Priority=ten");
-        assert!(matches!(decode(elbv2(), &input("CreateRule"), &p), Err(Invalid::Constraint(_))));
+        assert!(matches!(
+            decode(elbv2(), &input("CreateRule"), &p),
+            Err(Invalid::Constraint(_))
+        ));
     }
 
     #[test]
     fn writes_result_wrapper_members_and_timestamps() {
-        let out = serde_json::json!({"Limits": [{"Name": "application-load-balancers", "Max": "50"}]});
+        let out =
+            serde_json::json!({"Limits": [{"Name": "application-load-balancers", "Max": "50"}]});
         let xml = write_response(elbv2(), "DescribeAccountLimits", &out, "rid-1");
         assert!(xml.starts_with("<DescribeAccountLimitsResponse xmlns=\"http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/\">"));
         assert!(xml.contains("<DescribeAccountLimitsResult><Limits><member><Max>50</Max><Name>application-load-balancers</Name></member></Limits></DescribeAccountLimitsResult>"));

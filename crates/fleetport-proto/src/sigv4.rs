@@ -18,7 +18,11 @@ const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
 
 /// Characters SigV4 leaves unencoded: `A-Z a-z 0-9 - _ . ~`.
-const STRICT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const STRICT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 const PATH: &AsciiSet = &STRICT.remove(b'/');
 
 /// Why a request's signature was not accepted.
@@ -98,17 +102,23 @@ impl CredentialSet {
     }
 }
 
+/// (access key, date, region, service): what a derived signing key depends on.
+type ScopeKey = (String, String, String, String);
+
 /// Verifies signatures against a [`CredentialSet`], caching derived signing keys (they change
 /// only with the date, region and service, so a hot path does one HMAC instead of five).
 #[derive(Debug)]
 pub struct Verifier {
     credentials: CredentialSet,
-    key_cache: Mutex<HashMap<(String, String, String, String), [u8; 32]>>,
+    key_cache: Mutex<HashMap<ScopeKey, [u8; 32]>>,
 }
 
 impl Verifier {
     pub fn new(credentials: CredentialSet) -> Self {
-        Self { credentials, key_cache: Mutex::new(HashMap::new()) }
+        Self {
+            credentials,
+            key_cache: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn credentials(&self) -> &CredentialSet {
@@ -117,25 +127,63 @@ impl Verifier {
 
     /// Checks the request's signature. `now` is Unix seconds; `max_skew` in seconds.
     /// Returns the parsed fields (the caller checks region and service against its own).
-    pub fn verify(&self, req: &SignedRequest<'_>, now: i64, max_skew: i64) -> Result<SignatureFields, SigError> {
+    pub fn verify(
+        &self,
+        req: &SignedRequest<'_>,
+        now: i64,
+        max_skew: i64,
+    ) -> Result<SignatureFields, SigError> {
         let fields = extract(req)?;
-        let secret = self.credentials.secret(&fields.access_key).ok_or(SigError::UnknownAccessKey)?;
+        let secret = self
+            .credentials
+            .secret(&fields.access_key)
+            .ok_or(SigError::UnknownAccessKey)?;
         check_time(&fields, now, max_skew)?;
         let payload_hash = payload_hash(req)?;
-        let canonical = canonical_request(req, &fields.signed_headers, &payload_hash, fields.presigned)?;
-        let scope = format!("{}/{}/{}/aws4_request", fields.date, fields.region, fields.service);
-        let string_to_sign = format!("{ALGORITHM}\n{}\n{scope}\n{}", fields.amz_date, hex::encode(Sha256::digest(&canonical)));
-        let key = self.signing_key(&fields.access_key, secret, &fields.date, &fields.region, &fields.service);
+        let canonical =
+            canonical_request(req, &fields.signed_headers, &payload_hash, fields.presigned)?;
+        let scope = format!(
+            "{}/{}/{}/aws4_request",
+            fields.date, fields.region, fields.service
+        );
+        let string_to_sign = format!(
+            "{ALGORITHM}\n{}\n{scope}\n{}",
+            fields.amz_date,
+            hex::encode(Sha256::digest(&canonical))
+        );
+        let key = self.signing_key(
+            &fields.access_key,
+            secret,
+            &fields.date,
+            &fields.region,
+            &fields.service,
+        );
         let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
-        if expected.as_bytes().ct_eq(fields.signature.as_bytes()).into() {
+        if expected
+            .as_bytes()
+            .ct_eq(fields.signature.as_bytes())
+            .into()
+        {
             Ok(fields)
         } else {
             Err(SigError::Mismatch)
         }
     }
 
-    fn signing_key(&self, access_key: &str, secret: &str, date: &str, region: &str, service: &str) -> [u8; 32] {
-        let id = (access_key.to_string(), date.to_string(), region.to_string(), service.to_string());
+    fn signing_key(
+        &self,
+        access_key: &str,
+        secret: &str,
+        date: &str,
+        region: &str,
+        service: &str,
+    ) -> [u8; 32] {
+        let id = (
+            access_key.to_string(),
+            date.to_string(),
+            region.to_string(),
+            service.to_string(),
+        );
         let mut cache = self.key_cache.lock();
         if let Some(k) = cache.get(&id) {
             return *k;
@@ -180,28 +228,49 @@ fn query_pairs(query: &str) -> Vec<(String, String)> {
 
 fn decode(s: &str) -> String {
     // Query strings from form encoders may use '+' for spaces.
-    percent_decode_str(&s.replace('+', "%20")).decode_utf8_lossy().into_owned()
+    percent_decode_str(&s.replace('+', "%20"))
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Parses the SigV4 fields from the Authorization header or, failing that, the query string.
 pub fn extract(req: &SignedRequest<'_>) -> Result<SignatureFields, SigError> {
     if let Some(auth) = req.headers.get(http::header::AUTHORIZATION) {
-        let auth = auth.to_str().map_err(|_| SigError::Incomplete("Authorization header is not valid text".into()))?;
+        let auth = auth
+            .to_str()
+            .map_err(|_| SigError::Incomplete("Authorization header is not valid text".into()))?;
         return parse_authorization(auth, req.headers);
     }
     let pairs = query_pairs(req.query);
-    let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let Some(algorithm) = get("X-Amz-Algorithm") else { return Err(SigError::Missing) };
+    let get = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let Some(algorithm) = get("X-Amz-Algorithm") else {
+        return Err(SigError::Missing);
+    };
     if algorithm != ALGORITHM {
-        return Err(SigError::Incomplete(format!("Unsupported AWS 'algorithm': '{algorithm}'")));
+        return Err(SigError::Incomplete(format!(
+            "Unsupported AWS 'algorithm': '{algorithm}'"
+        )));
     }
-    let need = |name: &str| get(name).ok_or_else(|| SigError::Incomplete(format!("AWS query-string parameters must include '{name}'.")));
+    let need = |name: &str| {
+        get(name).ok_or_else(|| {
+            SigError::Incomplete(format!(
+                "AWS query-string parameters must include '{name}'."
+            ))
+        })
+    };
     let credential = need("X-Amz-Credential")?;
     let signed_headers = need("X-Amz-SignedHeaders")?;
     let signature = need("X-Amz-Signature")?;
     let amz_date = need("X-Amz-Date")?;
     let expires = match get("X-Amz-Expires") {
-        Some(e) => Some(e.parse::<u64>().map_err(|_| SigError::Incomplete("X-Amz-Expires must be a number of seconds".into()))?),
+        Some(e) => Some(e.parse::<u64>().map_err(|_| {
+            SigError::Incomplete("X-Amz-Expires must be a number of seconds".into())
+        })?),
         None => None,
     };
     let (access_key, date, region, service) = parse_credential(&credential)?;
@@ -210,7 +279,10 @@ pub fn extract(req: &SignedRequest<'_>) -> Result<SignatureFields, SigError> {
         date,
         region,
         service,
-        signed_headers: signed_headers.split(';').map(str::to_ascii_lowercase).collect(),
+        signed_headers: signed_headers
+            .split(';')
+            .map(str::to_ascii_lowercase)
+            .collect(),
         signature,
         amz_date,
         presigned: true,
@@ -238,17 +310,25 @@ fn parse_authorization(auth: &str, headers: &http::HeaderMap) -> Result<Signatur
         }
     }
     let missing = |what: &str| {
-        SigError::Incomplete(format!("Authorization header requires '{what}' parameter. Authorization={auth}"))
+        SigError::Incomplete(format!(
+            "Authorization header requires '{what}' parameter. Authorization={auth}"
+        ))
     };
     let credential = credential.ok_or_else(|| missing("Credential"))?;
     let signed = signed.ok_or_else(|| missing("SignedHeaders"))?;
     let signature = signature.ok_or_else(|| missing("Signature"))?;
-    let amz_date = header_str(headers, "x-amz-date")
-        .ok_or_else(|| SigError::Incomplete("Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.".into()))?;
+    let amz_date = header_str(headers, "x-amz-date").ok_or_else(|| {
+        SigError::Incomplete(
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."
+                .into(),
+        )
+    })?;
     let (access_key, date, region, service) = parse_credential(credential)?;
     let signed_headers: Vec<String> = signed.split(';').map(str::to_ascii_lowercase).collect();
     if !signed_headers.iter().any(|h| h == "host") {
-        return Err(SigError::Incomplete("'Host' must be a 'SignedHeader' in the AWS Authorization.".into()));
+        return Err(SigError::Incomplete(
+            "'Host' must be a 'SignedHeader' in the AWS Authorization.".into(),
+        ));
     }
     Ok(SignatureFields {
         access_key,
@@ -266,9 +346,12 @@ fn parse_authorization(auth: &str, headers: &http::HeaderMap) -> Result<Signatur
 fn parse_credential(credential: &str) -> Result<(String, String, String, String), SigError> {
     let parts: Vec<&str> = credential.split('/').collect();
     match parts.as_slice() {
-        [key, date, region, service, "aws4_request"] if !key.is_empty() => {
-            Ok((key.to_string(), date.to_string(), region.to_string(), service.to_string()))
-        }
+        [key, date, region, service, "aws4_request"] if !key.is_empty() => Ok((
+            key.to_string(),
+            date.to_string(),
+            region.to_string(),
+            service.to_string(),
+        )),
         _ => Err(SigError::Incomplete(format!(
             "Credential should be scoped to a valid region, service and 'aws4_request' terminator: {credential}"
         ))),
@@ -281,8 +364,19 @@ pub fn parse_amz_date(s: &str) -> Option<i64> {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i16>().ok());
-    let dt = jiff::civil::DateTime::new(n(0..4)?, n(4..6)? as i8, n(6..8)? as i8, n(9..11)? as i8, n(11..13)? as i8, n(13..15)? as i8, 0).ok()?;
-    dt.to_zoned(jiff::tz::TimeZone::UTC).ok().map(|z| z.timestamp().as_second())
+    let dt = jiff::civil::DateTime::new(
+        n(0..4)?,
+        n(4..6)? as i8,
+        n(6..8)? as i8,
+        n(9..11)? as i8,
+        n(11..13)? as i8,
+        n(13..15)? as i8,
+        0,
+    )
+    .ok()?;
+    dt.to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|z| z.timestamp().as_second())
 }
 
 /// Formats Unix seconds as `YYYYMMDDTHHMMSSZ`.
@@ -292,8 +386,12 @@ pub fn format_amz_date(secs: i64) -> String {
 }
 
 fn check_time(fields: &SignatureFields, now: i64, max_skew: i64) -> Result<(), SigError> {
-    let at = parse_amz_date(&fields.amz_date)
-        .ok_or_else(|| SigError::Incomplete(format!("Date must be in ISO-8601 'basic format'. Got '{}'.", fields.amz_date)))?;
+    let at = parse_amz_date(&fields.amz_date).ok_or_else(|| {
+        SigError::Incomplete(format!(
+            "Date must be in ISO-8601 'basic format'. Got '{}'.",
+            fields.amz_date
+        ))
+    })?;
     if !fields.amz_date.starts_with(&fields.date) {
         return Err(SigError::Scope(format!(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}'",
@@ -371,16 +469,30 @@ fn canonical_headers(headers: &http::HeaderMap, signed: &[String]) -> Result<Str
     Ok(out)
 }
 
-fn canonical_request(req: &SignedRequest<'_>, signed: &[String], payload_hash: &str, presigned: bool) -> Result<String, SigError> {
+fn canonical_request(
+    req: &SignedRequest<'_>,
+    signed: &[String],
+    payload_hash: &str,
+    presigned: bool,
+) -> Result<String, SigError> {
     let path = if req.path.is_empty() { "/" } else { req.path };
     let canonical_uri = utf8_percent_encode(path, PATH).to_string();
     let mut pairs: Vec<(String, String)> = query_pairs(req.query)
         .into_iter()
         .filter(|(k, _)| !(presigned && k == "X-Amz-Signature"))
-        .map(|(k, v)| (utf8_percent_encode(&k, STRICT).to_string(), utf8_percent_encode(&v, STRICT).to_string()))
+        .map(|(k, v)| {
+            (
+                utf8_percent_encode(&k, STRICT).to_string(),
+                utf8_percent_encode(&v, STRICT).to_string(),
+            )
+        })
         .collect();
     pairs.sort();
-    let query = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+    let query = pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
     Ok(format!(
         "{}\n{canonical_uri}\n{query}\n{}\n{}\n{payload_hash}",
         req.method,
@@ -401,16 +513,33 @@ pub struct Signer {
 impl Signer {
     /// Signs a request in place with the Authorization header form, adding `x-amz-date`.
     /// Every header present is signed; `host` must be set by the caller.
-    pub fn sign(&self, method: &str, path: &str, query: &str, headers: &mut http::HeaderMap, body: &[u8], now: i64) {
+    pub fn sign(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &mut http::HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) {
         let amz_date = format_amz_date(now);
         if let Ok(v) = http::HeaderValue::from_str(&amz_date) {
             headers.insert("x-amz-date", v);
         }
-        let mut signed: Vec<String> = headers.keys().map(|k| k.as_str().to_ascii_lowercase()).collect();
+        let mut signed: Vec<String> = headers
+            .keys()
+            .map(|k| k.as_str().to_ascii_lowercase())
+            .collect();
         signed.retain(|h| h != "authorization");
         signed.sort();
         signed.dedup();
-        let req = SignedRequest { method, path, query, headers, body };
+        let req = SignedRequest {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        };
         let payload = match header_str(headers, "x-amz-content-sha256") {
             Some(h) => h.to_string(),
             None => hex::encode(Sha256::digest(body)),
@@ -418,8 +547,14 @@ impl Signer {
         let canonical = canonical_request(&req, &signed, &payload, false).unwrap_or_default();
         let date = &amz_date[..8];
         let scope = format!("{date}/{}/{}/aws4_request", self.region, self.service);
-        let sts = format!("{ALGORITHM}\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(&canonical)));
-        let sig = hex::encode(hmac(&derive_key(&self.secret, date, &self.region, &self.service), sts.as_bytes()));
+        let sts = format!(
+            "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
+            hex::encode(Sha256::digest(&canonical))
+        );
+        let sig = hex::encode(hmac(
+            &derive_key(&self.secret, date, &self.region, &self.service),
+            sts.as_bytes(),
+        ));
         let auth = format!(
             "{ALGORITHM} Credential={}/{scope}, SignedHeaders={}, Signature={sig}",
             self.access_key,
@@ -453,7 +588,13 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let req = SignedRequest { method: "GET", path: "/", query: "", headers: &h, body: b"" };
+        let req = SignedRequest {
+            method: "GET",
+            path: "/",
+            query: "",
+            headers: &h,
+            body: b"",
+        };
         let now = parse_amz_date("20150830T123600Z").unwrap();
         verifier().verify(&req, now, 300).unwrap();
         // One byte of the body changed: the payload hash differs, so the signature must not match.
@@ -465,7 +606,12 @@ mod tests {
     fn sign_then_verify_roundtrip_and_skew() {
         let mut h = http::HeaderMap::new();
         h.insert("host", "localhost:4566".parse().unwrap());
-        h.insert("x-amz-target", "AmazonEC2ContainerServiceV20141113.ListClusters".parse().unwrap());
+        h.insert(
+            "x-amz-target",
+            "AmazonEC2ContainerServiceV20141113.ListClusters"
+                .parse()
+                .unwrap(),
+        );
         let now = 1_800_000_000;
         let signer = Signer {
             access_key: "AKIDEXAMPLE".into(),
@@ -474,16 +620,33 @@ mod tests {
             service: "ecs".into(),
         };
         signer.sign("POST", "/", "", &mut h, b"{}", now);
-        let req = SignedRequest { method: "POST", path: "/", query: "", headers: &h, body: b"{}" };
+        let req = SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &h,
+            body: b"{}",
+        };
         let f = verifier().verify(&req, now + 10, 300).unwrap();
-        assert_eq!((f.region.as_str(), f.service.as_str()), ("us-east-1", "ecs"));
-        assert!(matches!(verifier().verify(&req, now + 301, 300), Err(SigError::Expired(m)) if m.ends_with("- 5 min.)")));
-        assert!(matches!(verifier().verify(&req, now - 301, 300), Err(SigError::NotYetCurrent(_))));
+        assert_eq!(
+            (f.region.as_str(), f.service.as_str()),
+            ("us-east-1", "ecs")
+        );
+        assert!(
+            matches!(verifier().verify(&req, now + 301, 300), Err(SigError::Expired(m)) if m.ends_with("- 5 min.)"))
+        );
+        assert!(matches!(
+            verifier().verify(&req, now - 301, 300),
+            Err(SigError::NotYetCurrent(_))
+        ));
     }
 
     #[test]
     fn amz_date_roundtrip() {
-        assert_eq!(format_amz_date(parse_amz_date("20261124T180203Z").unwrap()), "20261124T180203Z");
+        assert_eq!(
+            format_amz_date(parse_amz_date("20261124T180203Z").unwrap()),
+            "20261124T180203Z"
+        );
         assert_eq!(parse_amz_date("2026-11-24T18:02:03Z"), None);
         assert_eq!(parse_amz_date("20261324T180203Z"), None);
     }

@@ -58,7 +58,9 @@ fn token(value: &Value) -> &'static str {
 
 fn type_mismatch(value: &Value, target: &str) -> Invalid {
     match value {
-        Value::Object(_) => Invalid::Serialization("Start of structure or map found where not expected.".into()),
+        Value::Object(_) => {
+            Invalid::Serialization("Start of structure or map found where not expected.".into())
+        }
         Value::Array(_) => Invalid::Serialization("Start of list found where not expected".into()),
         _ => Invalid::Serialization(format!("{} can not be converted to {target}", token(value))),
     }
@@ -71,14 +73,22 @@ fn constraint(path: &str, value: &Value, rule: &str) -> Invalid {
         other => other.to_string(),
     };
     let at = if path.is_empty() { "input" } else { path };
-    let value = if matches!(value, Value::Null) { "null".to_string() } else { format!("'{shown}'") };
+    let value = if matches!(value, Value::Null) {
+        "null".to_string()
+    } else {
+        format!("'{shown}'")
+    };
     Invalid::Constraint(format!(
         "1 validation error detected: Value {value} at '{at}' failed to satisfy constraint: {rule}"
     ))
 }
 
 fn join(path: &str, member: &str) -> String {
-    if path.is_empty() { member.to_string() } else { format!("{path}.{member}") }
+    if path.is_empty() {
+        member.to_string()
+    } else {
+        format!("{path}.{member}")
+    }
 }
 
 impl<'a> Validator<'a> {
@@ -102,19 +112,35 @@ impl<'a> Validator<'a> {
         let out = match shape.kind {
             ShapeKind::Structure => self.structure(shape, value, path),
             ShapeKind::List => {
-                let Value::Array(items) = value else { return Err(type_mismatch(value, "a List")) };
+                let Value::Array(items) = value else {
+                    return Err(type_mismatch(value, "a List"));
+                };
                 self.length(shape, items.len(), value, path, "Member must have length")?;
-                let member = shape.member.as_ref().map(|m| m.shape.as_str()).unwrap_or_default();
+                let member = shape
+                    .member
+                    .as_ref()
+                    .map(|m| m.shape.as_str())
+                    .unwrap_or_default();
                 for (i, item) in items.iter().enumerate() {
                     self.check(member, item, &format!("{path}.{}.member", i + 1))?;
                 }
                 Ok(())
             }
             ShapeKind::Map => {
-                let Value::Object(entries) = value else { return Err(type_mismatch(value, "a Map")) };
+                let Value::Object(entries) = value else {
+                    return Err(type_mismatch(value, "a Map"));
+                };
                 self.length(shape, entries.len(), value, path, "Member must have length")?;
-                let key = shape.key.as_ref().map(|m| m.shape.as_str()).unwrap_or_default();
-                let val = shape.value.as_ref().map(|m| m.shape.as_str()).unwrap_or_default();
+                let key = shape
+                    .key
+                    .as_ref()
+                    .map(|m| m.shape.as_str())
+                    .unwrap_or_default();
+                let val = shape
+                    .value
+                    .as_ref()
+                    .map(|m| m.shape.as_str())
+                    .unwrap_or_default();
                 for (k, v) in entries {
                     self.check(key, &Value::String(k.clone()), path)?;
                     self.check(val, v, &format!("{path}.{k}"))?;
@@ -122,28 +148,45 @@ impl<'a> Validator<'a> {
                 Ok(())
             }
             ShapeKind::String => {
-                let Value::String(s) = value else { return Err(type_mismatch(value, "a String")) };
+                let Value::String(s) = value else {
+                    return Err(type_mismatch(value, "a String"));
+                };
                 if let Some(allowed) = &shape.enum_values
                     && !allowed.iter().any(|a| a == s)
                 {
                     return Err(constraint(
                         path,
                         value,
-                        &format!("Member must satisfy enum value set: [{}]", allowed.join(", ")),
+                        &format!(
+                            "Member must satisfy enum value set: [{}]",
+                            allowed.join(", ")
+                        ),
                     ));
                 }
-                self.length(shape, s.chars().count(), value, path, "Member must have length")
+                self.length(
+                    shape,
+                    s.chars().count(),
+                    value,
+                    path,
+                    "Member must have length",
+                )
             }
             ShapeKind::Integer | ShapeKind::Long => {
                 let n = match value {
                     Value::Number(n) if n.is_i64() || n.is_u64() => n.as_i64().unwrap_or(i64::MAX),
                     _ => {
-                        let t = if shape.kind == ShapeKind::Integer { "an Integer" } else { "a Long" };
+                        let t = if shape.kind == ShapeKind::Integer {
+                            "an Integer"
+                        } else {
+                            "a Long"
+                        };
                         return Err(type_mismatch(value, t));
                     }
                 };
                 if shape.kind == ShapeKind::Integer && i32::try_from(n).is_err() {
-                    return Err(Invalid::Serialization(format!("Numeric value ({n}) out of range of int")));
+                    return Err(Invalid::Serialization(format!(
+                        "Numeric value ({n}) out of range of int"
+                    )));
                 }
                 self.range(shape, n as f64, value, path)
             }
@@ -169,10 +212,16 @@ impl<'a> Validator<'a> {
     }
 
     fn structure(&mut self, shape: &Shape, value: &Value, path: &str) -> Result<(), Invalid> {
-        let Value::Object(obj) = value else { return Err(type_mismatch(value, "a Structure")) };
+        let Value::Object(obj) = value else {
+            return Err(type_mismatch(value, "a Structure"));
+        };
         for req in &shape.required {
             if obj.get(req).is_none_or(Value::is_null) {
-                return Err(constraint(&join(path, req), &Value::Null, "Member must not be null"));
+                return Err(constraint(
+                    &join(path, req),
+                    &Value::Null,
+                    "Member must not be null",
+                ));
             }
         }
         if shape.union && obj.values().filter(|v| !v.is_null()).count() > 1 {
@@ -189,17 +238,32 @@ impl<'a> Validator<'a> {
         Ok(())
     }
 
-    fn length(&self, shape: &Shape, len: usize, value: &Value, path: &str, rule: &str) -> Result<(), Invalid> {
+    fn length(
+        &self,
+        shape: &Shape,
+        len: usize,
+        value: &Value,
+        path: &str,
+        rule: &str,
+    ) -> Result<(), Invalid> {
         let len = len as f64;
         if let Some(min) = shape.min
             && len < min
         {
-            return Err(constraint(path, value, &format!("{rule} greater than or equal to {min}")));
+            return Err(constraint(
+                path,
+                value,
+                &format!("{rule} greater than or equal to {min}"),
+            ));
         }
         if let Some(max) = shape.max
             && len > max
         {
-            return Err(constraint(path, value, &format!("{rule} less than or equal to {max}")));
+            return Err(constraint(
+                path,
+                value,
+                &format!("{rule} less than or equal to {max}"),
+            ));
         }
         Ok(())
     }
@@ -208,12 +272,20 @@ impl<'a> Validator<'a> {
         if let Some(min) = shape.min
             && n < min
         {
-            return Err(constraint(path, value, &format!("Member must have value greater than or equal to {min}")));
+            return Err(constraint(
+                path,
+                value,
+                &format!("Member must have value greater than or equal to {min}"),
+            ));
         }
         if let Some(max) = shape.max
             && n > max
         {
-            return Err(constraint(path, value, &format!("Member must have value less than or equal to {max}")));
+            return Err(constraint(
+                path,
+                value,
+                &format!("Member must have value less than or equal to {max}"),
+            ));
         }
         Ok(())
     }
@@ -232,14 +304,21 @@ mod tests {
 
     #[test]
     fn accepts_valid_and_unknown_members() {
-        check("CreateCluster", json!({"clusterName": "a", "futureField": 1})).unwrap();
+        check(
+            "CreateCluster",
+            json!({"clusterName": "a", "futureField": 1}),
+        )
+        .unwrap();
         check("ListClusters", json!({"maxResults": 10})).unwrap();
     }
 
     #[test]
     fn wrong_types_are_serialization_errors() {
         let e = check("ListClusters", json!({"maxResults": "10"})).unwrap_err();
-        assert_eq!(e, Invalid::Serialization("STRING_VALUE can not be converted to an Integer".into()));
+        assert_eq!(
+            e,
+            Invalid::Serialization("STRING_VALUE can not be converted to an Integer".into())
+        );
         let e = check("CreateCluster", json!({"clusterName": {"a": 1}})).unwrap_err();
         assert!(matches!(e, Invalid::Serialization(_)));
         let e = check("CreateCluster", json!({"tags": "x"})).unwrap_err();
@@ -256,8 +335,11 @@ mod tests {
                     .into()
             )
         );
-        let e = check("RegisterTaskDefinition", json!({"family": "f", "containerDefinitions": [], "networkMode": "bogus"}))
-            .unwrap_err();
+        let e = check(
+            "RegisterTaskDefinition",
+            json!({"family": "f", "containerDefinitions": [], "networkMode": "bogus"}),
+        )
+        .unwrap_err();
         assert!(matches!(e, Invalid::Constraint(m) if m.contains("enum value set")));
     }
 

@@ -18,7 +18,11 @@ pub enum StoreError {
     #[error("storage backend failed: {0}")]
     Backend(String),
     #[error("stored document {collection}/{key} is corrupt: {reason}")]
-    Corrupt { collection: String, key: String, reason: String },
+    Corrupt {
+        collection: String,
+        key: String,
+        reason: String,
+    },
     #[error("the store is shutting down")]
     Closed,
     #[error("transaction aborted by its caller")]
@@ -37,7 +41,13 @@ pub trait ReadTxn {
     fn get(&self, collection: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Documents whose key starts with `prefix` and sorts after `after`, in key order.
-    fn scan(&self, collection: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>, StoreError>;
+    fn scan(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError>;
 
     /// How many documents in `collection` have keys starting with `prefix`.
     fn count(&self, collection: &str, prefix: &str) -> Result<u64, StoreError>;
@@ -57,7 +67,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The state store. Writes are durable when their future resolves `Ok`.
 pub trait Store: Send + Sync + 'static {
     /// Runs `f` against a read snapshot on the calling thread (reads are short and local).
-    fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> Result<(), StoreError>) -> Result<(), StoreError>;
+    fn read(
+        &self,
+        f: &mut dyn FnMut(&dyn ReadTxn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
 
     /// Queues `job`; it runs serialised with every other write and is durable once `Ok`.
     fn write(&self, job: WriteJob) -> BoxFuture<'static, Result<(), StoreError>>;
@@ -68,14 +81,22 @@ pub trait Store: Send + Sync + 'static {
 
 /// Typed helpers over the byte-level traits.
 pub trait ReadTxnExt: ReadTxn {
-    fn get_json<T: DeserializeOwned>(&self, collection: &str, key: &str) -> Result<Option<T>, StoreError> {
+    fn get_json<T: DeserializeOwned>(
+        &self,
+        collection: &str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
         match self.get(collection, key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt {
-                collection: collection.into(),
-                key: key.into(),
-                reason: e.to_string(),
-            }),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| StoreError::Corrupt {
+                        collection: collection.into(),
+                        key: key.into(),
+                        reason: e.to_string(),
+                    })
+            }
         }
     }
 
@@ -89,11 +110,13 @@ pub trait ReadTxnExt: ReadTxn {
         self.scan(collection, prefix, after, limit)?
             .into_iter()
             .map(|r| {
-                serde_json::from_slice(&r.value).map(|v| (r.key.clone(), v)).map_err(|e| StoreError::Corrupt {
-                    collection: collection.into(),
-                    key: r.key,
-                    reason: e.to_string(),
-                })
+                serde_json::from_slice(&r.value)
+                    .map(|v| (r.key.clone(), v))
+                    .map_err(|e| StoreError::Corrupt {
+                        collection: collection.into(),
+                        key: r.key,
+                        reason: e.to_string(),
+                    })
             })
             .collect()
     }
@@ -102,7 +125,12 @@ pub trait ReadTxnExt: ReadTxn {
 impl<T: ReadTxn + ?Sized> ReadTxnExt for T {}
 
 pub trait WriteTxnExt: WriteTxn {
-    fn put_json<T: Serialize>(&mut self, collection: &str, key: &str, value: &T) -> Result<(), StoreError> {
+    fn put_json<T: Serialize>(
+        &mut self,
+        collection: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Backend(e.to_string()))?;
         self.put(collection, key, &bytes)
     }
@@ -155,7 +183,11 @@ where
         let r = f(txn);
         let failed = r.is_err();
         *inner.lock() = Some(r);
-        if failed { Err(StoreError::Aborted) } else { Ok(()) }
+        if failed {
+            Err(StoreError::Aborted)
+        } else {
+            Ok(())
+        }
     });
     let committed = store.write(job).await;
     let outcome = slot.lock().take();

@@ -46,7 +46,8 @@ fn backend(e: rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the database `state.db` in `dir` and runs pending migrations.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("state.db");
         let mut conn = Connection::open(&path).map_err(backend)?;
         conn.execute_batch(
@@ -71,9 +72,13 @@ impl SqliteStore {
         if let Some(c) = self.readers.lock().pop() {
             return Ok(c);
         }
-        let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        let c = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(backend)?;
+        c.execute_batch("PRAGMA busy_timeout=5000;")
             .map_err(backend)?;
-        c.execute_batch("PRAGMA busy_timeout=5000;").map_err(backend)?;
         Ok(c)
     }
 
@@ -100,7 +105,9 @@ impl Drop for SqliteStore {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
     let done = usize::try_from(version).unwrap_or(0);
     if done > MIGRATIONS.len() {
         return Err(StoreError::Backend(format!(
@@ -112,7 +119,8 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for sql in &MIGRATIONS[done..] {
         txn.execute_batch(sql).map_err(backend)?;
     }
-    txn.pragma_update(None, "user_version", MIGRATIONS.len() as i64).map_err(backend)?;
+    txn.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+        .map_err(backend)?;
     txn.commit().map_err(backend)
 }
 
@@ -124,11 +132,22 @@ fn prefix_upper(prefix: &str) -> String {
 
 impl ReadTxn for Txn<'_> {
     fn get(&self, collection: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut st = self.0.prepare_cached("SELECT value FROM documents WHERE collection=?1 AND key=?2").map_err(backend)?;
-        st.query_row(params![collection, key], |r| r.get(0)).optional().map_err(backend)
+        let mut st = self
+            .0
+            .prepare_cached("SELECT value FROM documents WHERE collection=?1 AND key=?2")
+            .map_err(backend)?;
+        st.query_row(params![collection, key], |r| r.get(0))
+            .optional()
+            .map_err(backend)
     }
 
-    fn scan(&self, collection: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>, StoreError> {
+    fn scan(
+        &self,
+        collection: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
         let mut st = self
             .0
             .prepare_cached(
@@ -137,9 +156,21 @@ impl ReadTxn for Txn<'_> {
             .map_err(backend)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = st
-            .query_map(params![collection, prefix, prefix_upper(prefix), after.unwrap_or(""), limit], |r| {
-                Ok(Record { key: r.get(0)?, value: r.get(1)? })
-            })
+            .query_map(
+                params![
+                    collection,
+                    prefix,
+                    prefix_upper(prefix),
+                    after.unwrap_or(""),
+                    limit
+                ],
+                |r| {
+                    Ok(Record {
+                        key: r.get(0)?,
+                        value: r.get(1)?,
+                    })
+                },
+            )
             .map_err(backend)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     }
@@ -147,9 +178,15 @@ impl ReadTxn for Txn<'_> {
     fn count(&self, collection: &str, prefix: &str) -> Result<u64, StoreError> {
         let mut st = self
             .0
-            .prepare_cached("SELECT COUNT(*) FROM documents WHERE collection=?1 AND key>=?2 AND key<?3")
+            .prepare_cached(
+                "SELECT COUNT(*) FROM documents WHERE collection=?1 AND key>=?2 AND key<?3",
+            )
             .map_err(backend)?;
-        let n: i64 = st.query_row(params![collection, prefix, prefix_upper(prefix)], |r| r.get(0)).map_err(backend)?;
+        let n: i64 = st
+            .query_row(params![collection, prefix, prefix_upper(prefix)], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }
@@ -160,12 +197,16 @@ impl WriteTxn for Txn<'_> {
             .0
             .prepare_cached("INSERT INTO documents (collection, key, value) VALUES (?1, ?2, ?3) ON CONFLICT (collection, key) DO UPDATE SET value=excluded.value")
             .map_err(backend)?;
-        st.execute(params![collection, key, value]).map_err(backend)?;
+        st.execute(params![collection, key, value])
+            .map_err(backend)?;
         Ok(())
     }
 
     fn delete(&mut self, collection: &str, key: &str) -> Result<bool, StoreError> {
-        let mut st = self.0.prepare_cached("DELETE FROM documents WHERE collection=?1 AND key=?2").map_err(backend)?;
+        let mut st = self
+            .0
+            .prepare_cached("DELETE FROM documents WHERE collection=?1 AND key=?2")
+            .map_err(backend)?;
         Ok(st.execute(params![collection, key]).map_err(backend)? > 0)
     }
 }
@@ -193,7 +234,10 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>) {
     }
 }
 
-fn commit_group(conn: &Connection, writes: Vec<(WriteJob, oneshot::Sender<Result<(), StoreError>>)>) {
+fn commit_group(
+    conn: &Connection,
+    writes: Vec<(WriteJob, oneshot::Sender<Result<(), StoreError>>)>,
+) {
     if writes.is_empty() {
         return;
     }
@@ -236,12 +280,17 @@ fn run_job(conn: &Connection, job: WriteJob) -> Result<(), StoreError> {
 }
 
 fn reset(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch("DELETE FROM documents;").map_err(backend)?;
-    conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE); PRAGMA shrink_memory;").map_err(backend)
+    conn.execute_batch("DELETE FROM documents;")
+        .map_err(backend)?;
+    conn.execute_batch("VACUUM; PRAGMA wal_checkpoint(TRUNCATE); PRAGMA shrink_memory;")
+        .map_err(backend)
 }
 
 impl Store for SqliteStore {
-    fn read(&self, f: &mut dyn FnMut(&dyn ReadTxn) -> Result<(), StoreError>) -> Result<(), StoreError> {
+    fn read(
+        &self,
+        f: &mut dyn FnMut(&dyn ReadTxn) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let conn = self.reader()?;
         conn.execute_batch("BEGIN").map_err(backend)?;
         let r = f(&Txn(&conn));
@@ -298,7 +347,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         for k in ["b", "a", "c", "ab"] {
-            write::<_, E>(&store, move |t| Ok(t.put_json("c", k, &k)?)).await.unwrap();
+            write::<_, E>(&store, move |t| Ok(t.put_json("c", k, &k)?))
+                .await
+                .unwrap();
         }
         let r: Result<(), E> = write(&store, |t| {
             t.put_json("c", "z", &"z")?;
@@ -306,10 +357,12 @@ mod tests {
         })
         .await;
         assert_eq!(r, Err(E::Taken));
-        let keys: Vec<String> = read::<_, E>(&store, |t| Ok(t.scan_json::<String>("c", "", None, 10)?)).unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let keys: Vec<String> =
+            read::<_, E>(&store, |t| Ok(t.scan_json::<String>("c", "", None, 10)?))
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
         assert_eq!(keys, ["a", "ab", "b", "c"]);
         let with_prefix = read::<_, E>(&store, |t| Ok(t.scan("c", "a", Some("a"), 10)?)).unwrap();
         assert_eq!(with_prefix.len(), 1);
@@ -342,8 +395,14 @@ mod tests {
         assert_eq!(got, (1..=50).collect::<Vec<_>>());
         drop(store);
         let store = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(read::<_, E>(&store, |t| Ok(t.count("item", "")?)).unwrap(), 50);
+        assert_eq!(
+            read::<_, E>(&store, |t| Ok(t.count("item", "")?)).unwrap(),
+            50
+        );
         store.reset().await.unwrap();
-        assert_eq!(read::<_, E>(&store, |t| Ok(t.count("item", "")?)).unwrap(), 0);
+        assert_eq!(
+            read::<_, E>(&store, |t| Ok(t.count("item", "")?)).unwrap(),
+            0
+        );
     }
 }

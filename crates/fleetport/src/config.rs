@@ -39,7 +39,12 @@ pub struct UpArgs {
     pub access_key_id: Option<String>,
 
     /// The secret for --access-key-id. Prefer the environment variable: flags show in `ps`.
-    #[arg(long, env = "FLEETPORT_SECRET_ACCESS_KEY", hide_env_values = true, requires = "access_key_id")]
+    #[arg(
+        long,
+        env = "FLEETPORT_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        requires = "access_key_id"
+    )]
     pub secret_access_key: Option<String>,
 
     /// Enable POST /_fleetport/reset, which deletes all state in one call (for test suites).
@@ -86,7 +91,12 @@ impl UpArgs {
         if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Err(ConfigError::AccountId(self.account_id));
         }
-        if self.region.is_empty() || !self.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        if self.region.is_empty()
+            || !self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             return Err(ConfigError::Region(self.region));
         }
         let mut credentials = CredentialSet::new();
@@ -129,19 +139,26 @@ fn default_data_dir() -> Option<PathBuf> {
 
 /// Reads every `aws_access_key_id`/`aws_secret_access_key` pair of an AWS credentials file.
 pub fn load_credentials_file(path: &Path, into: &mut CredentialSet) -> Result<(), ConfigError> {
-    let err = |reason: String| ConfigError::CredentialsFile { path: path.to_path_buf(), reason };
+    let err = |reason: String| ConfigError::CredentialsFile {
+        path: path.to_path_buf(),
+        reason,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let before = into.len();
     let mut key: Option<String> = None;
     let mut secret: Option<String> = None;
-    let mut flush = |key: &mut Option<String>, secret: &mut Option<String>| -> Result<(), ConfigError> {
+    let mut flush = |key: &mut Option<String>,
+                     secret: &mut Option<String>|
+     -> Result<(), ConfigError> {
         match (key.take(), secret.take()) {
             (Some(k), Some(s)) => {
                 into.insert(k, s);
                 Ok(())
             }
             (None, None) => Ok(()),
-            _ => Err(err("a profile has an access key without a secret, or a secret without a key".into())),
+            _ => Err(err(
+                "a profile has an access key without a secret, or a secret without a key".into(),
+            )),
         }
     };
     for (n, line) in text.lines().enumerate() {
@@ -164,7 +181,9 @@ pub fn load_credentials_file(path: &Path, into: &mut CredentialSet) -> Result<()
     }
     flush(&mut key, &mut secret)?;
     if into.len() == before {
-        return Err(err("it contains no aws_access_key_id/aws_secret_access_key pair".into()));
+        return Err(err(
+            "it contains no aws_access_key_id/aws_secret_access_key pair".into(),
+        ));
     }
     Ok(())
 }

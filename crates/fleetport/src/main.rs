@@ -18,7 +18,11 @@ use fleetport_store::sqlite::SqliteStore;
 use crate::config::{Config, UpArgs};
 
 #[derive(Debug, Parser)]
-#[command(name = "fleetport", version, about = "ECS, ECR and Elastic Load Balancing on your own machines")]
+#[command(
+    name = "fleetport",
+    version,
+    about = "ECS, ECR and Elastic Load Balancing on your own machines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -63,20 +67,31 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(serve(config))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let sqlite = Arc::new(
-        SqliteStore::open(&config.data_dir).with_context(|| format!("opening the state store in {}", config.data_dir.display()))?,
-    );
+    let sqlite =
+        Arc::new(SqliteStore::open(&config.data_dir).with_context(|| {
+            format!("opening the state store in {}", config.data_dir.display())
+        })?);
     let store: Arc<dyn Store> = sqlite.clone();
     let mut gateway = Gateway::new(
-        GatewayConfig { region: config.region.clone(), account_id: config.account_id.clone() },
+        GatewayConfig {
+            region: config.region.clone(),
+            account_id: config.account_id.clone(),
+        },
         Verifier::new(config.credentials.clone()),
     );
-    gateway.serve(Arc::new(fleetport_ecs::Ecs::new(store.clone(), &config.region, &config.account_id)));
+    gateway.serve(Arc::new(fleetport_ecs::Ecs::new(
+        store.clone(),
+        &config.region,
+        &config.account_id,
+    )));
     let state = server::AppState {
         gateway: Arc::new(gateway),
         store: store.clone(),
@@ -105,7 +120,10 @@ fn print_banner(config: &Config, bound: std::net::SocketAddr) {
         format!("http://{bound}")
     };
     let (key, secret) = if config.using_default_credentials {
-        (config::DEFAULT_KEY.to_string(), config::DEFAULT_KEY.to_string())
+        (
+            config::DEFAULT_KEY.to_string(),
+            config::DEFAULT_KEY.to_string(),
+        )
     } else {
         let keys: Vec<&str> = config.credentials.access_keys().collect();
         (keys.join(", "), "<the secret you configured>".to_string())

@@ -71,22 +71,38 @@ async fn aws(State(state): State<AppState>, req: Request) -> Response {
 }
 
 async fn health() -> impl IntoResponse {
-    ([(http::header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#)
+    (
+        [(http::header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"ok"}"#,
+    )
 }
 
 async fn reset(State(state): State<AppState>) -> Response {
     if !state.enable_reset {
         let body = r#"{"__type":"ResetDisabled","message":"POST /_fleetport/reset is off; start fleetport up with --enable-reset."}"#;
-        return (StatusCode::NOT_FOUND, [(http::header::CONTENT_TYPE, "application/json")], body).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            [(http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
     }
     match state.store.reset().await {
         Ok(()) => {
             tracing::info!("all state reset by POST /_fleetport/reset");
-            ([(http::header::CONTENT_TYPE, "application/json")], r#"{"reset":true}"#).into_response()
+            (
+                [(http::header::CONTENT_TYPE, "application/json")],
+                r#"{"reset":true}"#,
+            )
+                .into_response()
         }
         Err(e) => {
             tracing::error!(error = %e, "reset failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, [(http::header::CONTENT_TYPE, "application/json")], r#"{"reset":false}"#)
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                [(http::header::CONTENT_TYPE, "application/json")],
+                r#"{"reset":false}"#,
+            )
                 .into_response()
         }
     }
@@ -95,7 +111,15 @@ async fn reset(State(state): State<AppState>) -> Response {
 /// The registry's routes are reserved for the OCI Distribution API (the ECR issue).
 async fn registry() -> Response {
     let body = r#"{"errors":[{"code":"UNSUPPORTED","message":"the image registry is not available in this build of Fleetport yet","detail":null}]}"#;
-    let mut resp = (StatusCode::NOT_IMPLEMENTED, [(http::header::CONTENT_TYPE, "application/json")], body).into_response();
-    resp.headers_mut().insert("docker-distribution-api-version", HeaderValue::from_static("registry/2.0"));
+    let mut resp = (
+        StatusCode::NOT_IMPLEMENTED,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        "docker-distribution-api-version",
+        HeaderValue::from_static("registry/2.0"),
+    );
     resp
 }

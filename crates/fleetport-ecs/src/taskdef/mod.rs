@@ -41,7 +41,9 @@ enum Reference {
 impl Ecs {
     fn parse_reference(&self, reference: &str) -> Option<Reference> {
         let rest = if reference.starts_with("arn:") {
-            self.scope.resource_of(reference)?.strip_prefix("task-definition/")?
+            self.scope
+                .resource_of(reference)?
+                .strip_prefix("task-definition/")?
         } else {
             reference
         };
@@ -55,27 +57,45 @@ impl Ecs {
     }
 
     /// Finds a task definition: a bare family means its latest ACTIVE revision.
-    pub fn find_task_definition(&self, txn: &dyn ReadTxn, reference: &str) -> Result<Option<Value>, fleetport_store::StoreError> {
+    pub fn find_task_definition(
+        &self,
+        txn: &dyn ReadTxn,
+        reference: &str,
+    ) -> Result<Option<Value>, fleetport_store::StoreError> {
         match self.parse_reference(reference) {
             None => Ok(None),
             Some(Reference::Revision(f, r)) => txn.get_json(COLLECTION, &key(&f, r)),
             Some(Reference::Latest(f)) => {
                 let all = txn.scan_json::<Value>(COLLECTION, &format!("{f}:"), None, usize::MAX)?;
-                Ok(all.into_iter().rev().map(|(_, v)| v).find(|v| status(v) == "ACTIVE"))
+                Ok(all
+                    .into_iter()
+                    .rev()
+                    .map(|(_, v)| v)
+                    .find(|v| status(v) == "ACTIVE"))
             }
         }
     }
 
-    pub async fn register_task_definition(&self, ctx: &RequestContext, input: Value) -> EcsResult<Value> {
+    pub async fn register_task_definition(
+        &self,
+        ctx: &RequestContext,
+        input: Value,
+    ) -> EcsResult<Value> {
         let mut td = rules::normalize(&input)?;
         let new_tags = tags::parse(&input, "tags")?;
-        let family = td.get("family").and_then(Value::as_str).unwrap_or_default().to_string();
+        let family = td
+            .get("family")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         td.insert("status".into(), json!("ACTIVE"));
         td.insert("registeredAt".into(), json!(now()));
         td.insert("registeredBy".into(), json!(ctx.principal_arn()));
         let scope = self.scope.clone();
         let (td, tags_out) = crate::error::write(&*self.store, move |txn| {
-            let mut fam = txn.get_json::<Family>(FAMILIES, &family)?.unwrap_or_default();
+            let mut fam = txn
+                .get_json::<Family>(FAMILIES, &family)?
+                .unwrap_or_default();
             fam.last_revision += 1;
             let rev = fam.last_revision;
             let arn = scope.task_definition_arn(&family, rev);
@@ -98,7 +118,10 @@ impl Ecs {
     }
 
     pub fn describe_task_definition(&self, input: Value) -> EcsResult<Value> {
-        let reference = input.get("taskDefinition").and_then(Value::as_str).unwrap_or_default();
+        let reference = input
+            .get("taskDefinition")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let with_tags = input
             .get("include")
             .and_then(Value::as_array)
@@ -110,8 +133,14 @@ impl Ecs {
                 .ok_or_else(|| client("Unable to describe task definition."))?;
             let mut out = Map::new();
             if with_tags {
-                let arn = td.get("taskDefinitionArn").and_then(Value::as_str).unwrap_or_default();
-                out.insert("tags".into(), tags::to_json(&tags::get(txn, arn).map_err(store)?));
+                let arn = td
+                    .get("taskDefinitionArn")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                out.insert(
+                    "tags".into(),
+                    tags::to_json(&tags::get(txn, arn).map_err(store)?),
+                );
             }
             out.insert("taskDefinition".into(), td);
             Ok(Value::Object(out))
@@ -119,7 +148,11 @@ impl Ecs {
     }
 
     pub fn list_task_definitions(&self, input: Value) -> EcsResult<Value> {
-        let wanted = input.get("status").and_then(Value::as_str).unwrap_or("ACTIVE").to_string();
+        let wanted = input
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("ACTIVE")
+            .to_string();
         let prefix = match input.get("familyPrefix").and_then(Value::as_str) {
             Some(f) => format!("{f}:"),
             None => String::new(),
@@ -127,11 +160,19 @@ impl Ecs {
         let descending = input.get("sort").and_then(Value::as_str) == Some("DESC");
         let limit = paging::max_results(&input, 100)?;
         let after = paging::decode_token(&input)?;
-        let all = crate::error::read(&*self.store, |txn| txn.scan_json::<Value>(COLLECTION, &prefix, None, usize::MAX).map_err(store))?;
+        let all = crate::error::read(&*self.store, |txn| {
+            txn.scan_json::<Value>(COLLECTION, &prefix, None, usize::MAX)
+                .map_err(store)
+        })?;
         let mut items: Vec<(String, Value)> = all
             .into_iter()
             .filter(|(_, td)| status(td) == wanted)
-            .map(|(k, td)| (k, td.get("taskDefinitionArn").cloned().unwrap_or(Value::Null)))
+            .map(|(k, td)| {
+                (
+                    k,
+                    td.get("taskDefinitionArn").cloned().unwrap_or(Value::Null),
+                )
+            })
             .collect();
         if descending {
             items.reverse();
@@ -145,11 +186,22 @@ impl Ecs {
     }
 
     pub fn list_task_definition_families(&self, input: Value) -> EcsResult<Value> {
-        let prefix = input.get("familyPrefix").and_then(Value::as_str).unwrap_or("").to_string();
-        let wanted = input.get("status").and_then(Value::as_str).unwrap_or("ALL").to_string();
+        let prefix = input
+            .get("familyPrefix")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let wanted = input
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("ALL")
+            .to_string();
         let limit = paging::max_results(&input, 100)?;
         let after = paging::decode_token(&input)?;
-        let all = crate::error::read(&*self.store, |txn| txn.scan_json::<Value>(COLLECTION, &prefix, None, usize::MAX).map_err(store))?;
+        let all = crate::error::read(&*self.store, |txn| {
+            txn.scan_json::<Value>(COLLECTION, &prefix, None, usize::MAX)
+                .map_err(store)
+        })?;
         // A family is ACTIVE while any revision is ACTIVE.
         let mut families: Vec<(String, bool)> = Vec::new();
         for (_, td) in &all {
@@ -179,17 +231,25 @@ impl Ecs {
     }
 
     pub async fn deregister_task_definition(&self, input: Value) -> EcsResult<Value> {
-        let reference = input.get("taskDefinition").and_then(Value::as_str).unwrap_or_default().to_string();
+        let reference = input
+            .get("taskDefinition")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let k = match self.parse_reference(&reference) {
             Some(Reference::Revision(f, r)) => key(&f, r),
             Some(Reference::Latest(_)) => {
-                return Err(client("A revision must be specified: use family:revision or the full task definition ARN."));
+                return Err(client(
+                    "A revision must be specified: use family:revision or the full task definition ARN.",
+                ));
             }
             None => return Err(client("The specified task definition does not exist.")),
         };
         let td = crate::error::write(&*self.store, move |txn| {
             let Some(mut td) = txn.get_json::<Value>(COLLECTION, &k)? else {
-                return Err(Abort::Domain(client("The specified task definition does not exist.")));
+                return Err(Abort::Domain(client(
+                    "The specified task definition does not exist.",
+                )));
             };
             if status(&td) == "ACTIVE"
                 && let Value::Object(o) = &mut td
