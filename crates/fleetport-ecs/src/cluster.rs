@@ -478,3 +478,59 @@ fn cluster_ref(input: &Value) -> Option<String> {
         .and_then(Value::as_str)
         .map(String::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use fleetport_store::sqlite::SqliteStore;
+    use serde_json::json;
+
+    use super::*;
+
+    async fn with_member(collection: &'static str, doc: Value) -> EcsResult<Value> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let ecs = Ecs::new(store.clone(), "us-east-1", "000000000000");
+        ecs.create_cluster(json!({"clusterName": "c"}))
+            .await
+            .unwrap();
+        crate::error::write(&*store, move |txn| {
+            Ok(txn.put_json(collection, "c/x", &doc)?)
+        })
+        .await
+        .unwrap();
+        ecs.delete_cluster(json!({"cluster": "c"})).await
+    }
+
+    #[tokio::test]
+    async fn delete_refuses_while_members_are_live() {
+        let e = with_member(SERVICES, json!({"status": "ACTIVE"}))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            (
+                "ClusterContainsServicesException",
+                "The Cluster cannot be deleted while Services are active."
+            )
+        );
+        let e = with_member(INSTANCES, json!({"status": "DRAINING"}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "ClusterContainsContainerInstancesException");
+        let e = with_member(TASKS, json!({"lastStatus": "RUNNING"}))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "ClusterContainsTasksException");
+        // Members that are gone do not block deletion.
+        let ok = with_member(SERVICES, json!({"status": "INACTIVE"}))
+            .await
+            .unwrap();
+        assert_eq!(ok["cluster"]["status"], "INACTIVE");
+        let ok = with_member(TASKS, json!({"lastStatus": "STOPPED"}))
+            .await
+            .unwrap();
+        assert_eq!(ok["cluster"]["status"], "INACTIVE");
+    }
+}
