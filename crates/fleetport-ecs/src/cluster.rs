@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::arn::valid_name;
 use crate::error::{EcsResult, cluster_not_found, invalid, store};
-use crate::{Ecs, now, paging, tags};
+use crate::{Ecs, input, now, paging, tags};
 
 pub const COLLECTION: &str = "ecs.cluster";
 /// Collections of cluster-scoped resources, keyed `<cluster>/<id>`. DeleteCluster refuses while
@@ -193,12 +193,12 @@ fn merge_settings(current: &mut Vec<Value>, new: &[Value]) {
     }
 }
 
-fn array(input: &Value, member: &str) -> Vec<Value> {
-    input
-        .get(member)
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default()
+/// The capacity providers and default strategy of a request, checked against each other.
+fn capacity(input: &Value) -> EcsResult<(Vec<String>, Vec<Value>)> {
+    let providers = input::strings(input, "capacityProviders");
+    let strategy = input::items(input, "defaultCapacityProviderStrategy");
+    check_capacity(&providers, &strategy)?;
+    Ok((providers, strategy))
 }
 
 /// Validates capacity providers and a default strategy against them.
@@ -270,15 +270,10 @@ impl Ecs {
         }
         let new_tags = tags::parse(&input, "tags")?;
         let mut settings = vec![json!({"name": "containerInsights", "value": "disabled"})];
-        let given = array(&input, "settings");
+        let given = input::items(&input, "settings");
         check_settings(&given)?;
         merge_settings(&mut settings, &given);
-        let providers: Vec<String> = array(&input, "capacityProviders")
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
-        let strategy = array(&input, "defaultCapacityProviderStrategy");
-        check_capacity(&providers, &strategy)?;
+        let (providers, strategy) = capacity(&input)?;
         let rec = ClusterRecord {
             arn: self.scope.cluster_arn(&name),
             name: name.clone(),
@@ -391,7 +386,7 @@ impl Ecs {
     }
 
     pub async fn update_cluster(&self, input: Value) -> EcsResult<Value> {
-        let settings = array(&input, "settings");
+        let settings = input::items(&input, "settings");
         check_settings(&settings)?;
         let configuration = input.get("configuration").filter(|v| !v.is_null()).cloned();
         let connect = input
@@ -412,7 +407,7 @@ impl Ecs {
     }
 
     pub async fn update_cluster_settings(&self, input: Value) -> EcsResult<Value> {
-        let settings = array(&input, "settings");
+        let settings = input::items(&input, "settings");
         check_settings(&settings)?;
         self.modify_cluster(cluster_ref(&input), move |rec| {
             merge_settings(&mut rec.settings, &settings);
@@ -422,12 +417,7 @@ impl Ecs {
     }
 
     pub async fn put_cluster_capacity_providers(&self, input: Value) -> EcsResult<Value> {
-        let providers: Vec<String> = array(&input, "capacityProviders")
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
-        let strategy = array(&input, "defaultCapacityProviderStrategy");
-        check_capacity(&providers, &strategy)?;
+        let (providers, strategy) = capacity(&input)?;
         self.modify_cluster(cluster_ref(&input), move |rec| {
             rec.capacity_providers = providers;
             rec.default_capacity_provider_strategy = strategy;

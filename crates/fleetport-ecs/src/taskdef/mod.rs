@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::{EcsResult, client, store};
-use crate::{Ecs, now, paging, tags};
+use crate::{Ecs, input, now, paging, tags};
 
 pub const COLLECTION: &str = "ecs.taskdef";
 pub const FAMILIES: &str = "ecs.family";
@@ -118,14 +118,8 @@ impl Ecs {
     }
 
     pub fn describe_task_definition(&self, input: Value) -> EcsResult<Value> {
-        let reference = input
-            .get("taskDefinition")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let with_tags = input
-            .get("include")
-            .and_then(Value::as_array)
-            .is_some_and(|i| i.iter().any(|v| v.as_str() == Some("TAGS")));
+        let reference = input::string(&input, "taskDefinition").unwrap_or_default();
+        let with_tags = input::includes(&input, "include", "TAGS");
         crate::error::read(&*self.store, |txn| {
             let td = self
                 .find_task_definition(txn, reference)
@@ -148,9 +142,7 @@ impl Ecs {
     }
 
     pub fn list_task_definitions(&self, input: Value) -> EcsResult<Value> {
-        let wanted = input
-            .get("status")
-            .and_then(Value::as_str)
+        let wanted = input::string(&input, "status")
             .unwrap_or("ACTIVE")
             .to_string();
         let prefix = match input.get("familyPrefix").and_then(Value::as_str) {
@@ -186,16 +178,8 @@ impl Ecs {
     }
 
     pub fn list_task_definition_families(&self, input: Value) -> EcsResult<Value> {
-        let prefix = input
-            .get("familyPrefix")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let wanted = input
-            .get("status")
-            .and_then(Value::as_str)
-            .unwrap_or("ALL")
-            .to_string();
+        let prefix = input::owned(&input, "familyPrefix");
+        let wanted = input::string(&input, "status").unwrap_or("ALL").to_string();
         let limit = paging::max_results(&input, 100)?;
         let after = paging::decode_token(&input)?;
         let all = crate::error::read(&*self.store, |txn| {
@@ -231,11 +215,7 @@ impl Ecs {
     }
 
     pub async fn deregister_task_definition(&self, input: Value) -> EcsResult<Value> {
-        let reference = input
-            .get("taskDefinition")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let reference = input::owned(&input, "taskDefinition");
         let k = match self.parse_reference(&reference) {
             Some(Reference::Revision(f, r)) => key(&f, r),
             Some(Reference::Latest(_)) => {
@@ -265,13 +245,7 @@ impl Ecs {
     }
 
     pub async fn delete_task_definitions(&self, input: Value) -> EcsResult<Value> {
-        let refs: Vec<String> = input
-            .get("taskDefinitions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
+        let refs = input::strings(&input, "taskDefinitions");
         let resolved: Vec<(String, Option<String>)> = refs
             .iter()
             .map(|r| match self.parse_reference(r) {
