@@ -108,6 +108,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr().context("reading the bound address")?;
     print_banner(&config, bound);
+    // Responses go out in one write; Nagle's algorithm would only hold them back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, server::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
