@@ -51,6 +51,11 @@ pub struct UpArgs {
     #[arg(long, env = "FLEETPORT_ENABLE_RESET")]
     pub enable_reset: bool,
 
+    /// Registry host:port used in repositoryUri and proxyEndpoint, so agents on other hosts can
+    /// pull. Default: localhost:<port> on loopback, else the listen address.
+    #[arg(long, env = "FLEETPORT_REGISTRY_HOST")]
+    pub registry_host: Option<String>,
+
     /// Largest accepted AWS API request body, in bytes.
     #[arg(long, env = "FLEETPORT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -84,6 +89,7 @@ pub struct Config {
     pub using_default_credentials: bool,
     pub enable_reset: bool,
     pub max_body_bytes: usize,
+    pub registry_host: Option<String>,
 }
 
 impl UpArgs {
@@ -126,6 +132,7 @@ impl UpArgs {
             using_default_credentials,
             enable_reset: self.enable_reset,
             max_body_bytes: self.max_body_bytes,
+            registry_host: self.registry_host,
         })
     }
 }

@@ -85,6 +85,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             format!("opening the state store in {}", config.data_dir.display())
         })?);
     let store: Arc<dyn Store> = sqlite.clone();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    let registry_host = config
+        .registry_host
+        .clone()
+        .unwrap_or_else(|| default_registry_host(bound));
+    let ecr = fleetport_ecr::Ecr::open(
+        store.clone(),
+        &config.data_dir,
+        &config.region,
+        &config.account_id,
+        &registry_host,
+    )
+    .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
     let mut gateway = Gateway::new(
         GatewayConfig {
             region: config.region.clone(),
@@ -97,16 +113,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         &config.region,
         &config.account_id,
     )));
+    gateway.serve(Arc::new(ecr.clone()));
     let state = server::AppState {
         gateway: Arc::new(gateway),
+        ecr,
         store: store.clone(),
         enable_reset: config.enable_reset,
         max_body_bytes: config.max_body_bytes,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let bound = listener.local_addr().context("reading the bound address")?;
     print_banner(&config, bound);
     // Responses go out in one write; Nagle's algorithm would only hold them back.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -122,6 +136,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     drop(store);
     sqlite.close();
     Ok(())
+}
+
+/// What image names use for this registry: `localhost:<port>` on loopback (Docker allows plain
+/// HTTP there without configuration), else the bound address.
+fn default_registry_host(bound: std::net::SocketAddr) -> String {
+    if bound.ip().is_loopback() {
+        format!("localhost:{}", bound.port())
+    } else {
+        bound.to_string()
+    }
 }
 
 fn print_banner(config: &Config, bound: std::net::SocketAddr) {

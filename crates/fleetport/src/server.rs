@@ -12,11 +12,12 @@ use axum::routing::{any, get, post};
 use bytes::Bytes;
 use fleetport_proto::{ApiRequest, AwsError, Gateway};
 use fleetport_store::Store;
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 
 #[derive(Clone)]
 pub struct AppState {
     pub gateway: Arc<Gateway>,
+    pub ecr: fleetport_ecr::Ecr,
     pub store: Arc<dyn Store>,
     pub enable_reset: bool,
     pub max_body_bytes: usize,
@@ -108,18 +109,7 @@ async fn reset(State(state): State<AppState>) -> Response {
     }
 }
 
-/// The registry's routes are reserved for the OCI Distribution API (the ECR issue).
-async fn registry() -> Response {
-    let body = r#"{"errors":[{"code":"UNSUPPORTED","message":"the image registry is not available in this build of Fleetport yet","detail":null}]}"#;
-    let mut resp = (
-        StatusCode::NOT_IMPLEMENTED,
-        [(http::header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response();
-    resp.headers_mut().insert(
-        "docker-distribution-api-version",
-        HeaderValue::from_static("registry/2.0"),
-    );
-    resp
+/// The OCI registry (streams bodies; not subject to the AWS API body limit).
+async fn registry(State(state): State<AppState>, req: Request) -> Response {
+    state.ecr.registry(req).await
 }

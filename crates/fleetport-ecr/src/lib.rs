@@ -1,0 +1,149 @@
+//! Amazon ECR for Fleetport: a real OCI/Docker registry under `/v2/` (content-addressed blob
+//! store on disk, manifests and tags in the state store) and the ECR control API
+//! (`AmazonEC2ContainerRegistry_V20150921`). Registry auth is ECR's: Basic `AWS:<token>` with
+//! tokens from GetAuthorizationToken. Depends only on `fleetport-proto` and `fleetport-store`.
+
+pub mod blobs;
+pub mod registry;
+pub mod repo;
+pub mod token;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fleetport_proto::model::{self, ServiceModel};
+use fleetport_proto::{AwsError, BoxFuture, RequestContext, Service};
+use fleetport_store::Store;
+use serde_json::Value;
+
+use crate::blobs::FsBlobs;
+use crate::token::TokenKey;
+
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub region: String,
+    pub account: String,
+}
+
+/// The ECR service and registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Ecr {
+    store: Arc<dyn Store>,
+    blobs: Arc<FsBlobs>,
+    scope: Scope,
+    /// `host:port` users put in image names (`localhost:4566/web:1`).
+    registry_host: String,
+    token_key: TokenKey,
+}
+
+impl std::fmt::Debug for Ecr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ecr")
+            .field("scope", &self.scope)
+            .field("registry_host", &self.registry_host)
+            .finish_non_exhaustive()
+    }
+}
+
+const IMPLEMENTED: &[&str] = &[
+    "GetAuthorizationToken",
+    "CreateRepository",
+    "DescribeRepositories",
+    "DeleteRepository",
+    "DescribeImages",
+];
+
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads the registry token key from `dir`, creating it on first start so that tokens survive
+/// restarts.
+fn load_or_create_key(dir: &Path) -> std::io::Result<TokenKey> {
+    let path = dir.join("registry-token.key");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(TokenKey::new(key));
+    }
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+    let tmp = dir.join("registry-token.key.tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
+        f.write_all(&key)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(TokenKey::new(key))
+}
+
+impl Ecr {
+    /// `data_dir` holds the blob store and the token key.
+    pub fn open(
+        store: Arc<dyn Store>,
+        data_dir: &Path,
+        region: &str,
+        account: &str,
+        registry_host: &str,
+    ) -> std::io::Result<Self> {
+        let blobs = Arc::new(FsBlobs::open(&data_dir.join("registry"))?);
+        let token_key = load_or_create_key(data_dir)?;
+        Ok(Self {
+            store,
+            blobs,
+            scope: Scope {
+                region: region.into(),
+                account: account.into(),
+            },
+            registry_host: registry_host.into(),
+            token_key,
+        })
+    }
+
+    async fn dispatch(&self, operation: &str, input: Value) -> Result<Value, AwsError> {
+        match operation {
+            "GetAuthorizationToken" => self.get_authorization_token(),
+            "CreateRepository" => self.create_repository(input).await,
+            "DescribeRepositories" => self.describe_repositories(input),
+            "DeleteRepository" => self.delete_repository(input).await,
+            "DescribeImages" => self.describe_images(input),
+            _ => Err(AwsError::client(
+                "UnknownOperationException",
+                format!("Unknown operation {operation}"),
+            )),
+        }
+    }
+}
+
+impl Service for Ecr {
+    fn model(&self) -> &'static ServiceModel {
+        model::ecr()
+    }
+
+    fn constraint_error_code(&self) -> &'static str {
+        "InvalidParameterException"
+    }
+
+    fn implements(&self, operation: &str) -> bool {
+        IMPLEMENTED.contains(&operation)
+    }
+
+    fn call<'a>(
+        &'a self,
+        _ctx: &'a RequestContext,
+        operation: &'a str,
+        input: Value,
+    ) -> BoxFuture<'a, Result<Value, AwsError>> {
+        Box::pin(self.dispatch(operation, input))
+    }
+}

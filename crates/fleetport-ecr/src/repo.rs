@@ -1,0 +1,490 @@
+//! Repositories, images (manifests stored as the exact pushed bytes, keyed by digest) and tags
+//! (pointers to digests), plus the ECR API operations over them.
+//!
+//! Store collections: `ecr.repo` (name), `ecr.manifest` (`<repo>@<digest>`), `ecr.tag`
+//! (`<repo>:<tag>`). OCI names contain neither `@` nor `:`, so prefix scans are exact.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use fleetport_proto::AwsError;
+use fleetport_store::{Abort, ReadTxnExt, WriteTxnExt};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::blobs::{digest_of, parse_digest};
+use crate::registry::{is_manifest_type, tag_ok, valid_name};
+use crate::{Ecr, now_secs};
+
+pub const REPOS: &str = "ecr.repo";
+pub const MANIFESTS: &str = "ecr.manifest";
+pub const TAGS: &str = "ecr.tag";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepoRecord {
+    pub name: String,
+    pub arn: String,
+    pub created_at: f64,
+    pub image_tag_mutability: String,
+    pub scan_on_push: bool,
+    pub encryption: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ManifestRecord {
+    pub digest: String,
+    pub media_type: String,
+    /// The manifest exactly as pushed, base64.
+    pub body: String,
+    /// Compressed size of the layers (what ECR reports as imageSizeInBytes).
+    pub image_size: u64,
+    pub pushed_at: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TagRecord {
+    digest: String,
+}
+
+type RegistryError = (StatusCode, &'static str, String);
+
+fn internal<E: std::fmt::Display>(e: E) -> RegistryError {
+    tracing::error!(error = %e, "registry store failure");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "UNKNOWN",
+        "internal error".to_string(),
+    )
+}
+
+fn now() -> f64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    ms as f64 / 1000.0
+}
+
+fn ecr_store_error(e: fleetport_store::StoreError) -> AwsError {
+    tracing::error!(error = %e, "state store failure");
+    AwsError::with_status(
+        "ServerException",
+        "Service encountered an internal error.",
+        StatusCode::INTERNAL_SERVER_ERROR,
+    )
+}
+
+struct Failure(AwsError);
+impl From<fleetport_store::StoreError> for Failure {
+    fn from(e: fleetport_store::StoreError) -> Self {
+        Failure(ecr_store_error(e))
+    }
+}
+
+fn repo_not_found(name: &str, account: &str) -> AwsError {
+    AwsError::client(
+        "RepositoryNotFoundException",
+        format!(
+            "The repository with name '{name}' does not exist in the registry with id '{account}'"
+        ),
+    )
+}
+
+impl Ecr {
+    pub(crate) fn find_repository(
+        &self,
+        name: &str,
+    ) -> Result<Option<RepoRecord>, fleetport_store::StoreError> {
+        fleetport_store::read(&*self.store, |t| t.get_json(REPOS, name))
+    }
+
+    pub(crate) fn repository_names(&self) -> Result<Vec<String>, fleetport_store::StoreError> {
+        fleetport_store::read(&*self.store, |t| {
+            Ok(t.scan(REPOS, "", None, usize::MAX)?
+                .into_iter()
+                .map(|r| r.key)
+                .collect())
+        })
+    }
+
+    pub(crate) fn tag_names(&self, repo: &str) -> Result<Vec<String>, fleetport_store::StoreError> {
+        let prefix = format!("{repo}:");
+        fleetport_store::read(&*self.store, |t| {
+            Ok(t.scan(TAGS, &prefix, None, usize::MAX)?
+                .into_iter()
+                .map(|r| r.key[prefix.len()..].to_string())
+                .collect())
+        })
+    }
+
+    /// A manifest by tag or digest.
+    pub(crate) fn resolve(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<ManifestRecord>, fleetport_store::StoreError> {
+        fleetport_store::read(&*self.store, |t| {
+            let digest = if parse_digest(reference).is_some() {
+                reference.to_string()
+            } else {
+                match t.get_json::<TagRecord>(TAGS, &format!("{repo}:{reference}"))? {
+                    Some(tag) => tag.digest,
+                    None => return Ok(None),
+                }
+            };
+            t.get_json(MANIFESTS, &format!("{repo}@{digest}"))
+        })
+    }
+
+    /// Validates and stores a pushed manifest; returns its digest.
+    pub(crate) async fn store_manifest(
+        &self,
+        repo: &RepoRecord,
+        reference: &str,
+        content_type: Option<String>,
+        bytes: Bytes,
+    ) -> Result<String, RegistryError> {
+        let invalid = |m: &str| (StatusCode::BAD_REQUEST, "MANIFEST_INVALID", m.to_string());
+        let doc: Value = serde_json::from_slice(&bytes)
+            .map_err(|_| invalid("The manifest is not valid JSON."))?;
+        if doc.get("schemaVersion").and_then(Value::as_i64) != Some(2) {
+            return Err(invalid(
+                "Only schema version 2 manifests (Docker v2 and OCI) are accepted.",
+            ));
+        }
+        let media_type = doc
+            .get("mediaType")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .or(content_type)
+            .ok_or_else(|| invalid("The manifest has no media type."))?;
+        if !is_manifest_type(&media_type) {
+            return Err(invalid(&format!(
+                "Unsupported manifest media type '{media_type}'."
+            )));
+        }
+        let digest = digest_of(&bytes);
+        let tag = if parse_digest(reference).is_some() {
+            if reference != digest {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "DIGEST_INVALID",
+                    format!("The manifest digest is {digest}, not {reference}."),
+                ));
+            }
+            None
+        } else if tag_ok(reference) {
+            Some(reference.to_string())
+        } else {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "TAG_INVALID",
+                format!("Invalid tag '{reference}'."),
+            ));
+        };
+        // Every blob and child manifest the manifest names must already be in the registry.
+        let mut image_size = 0u64;
+        let mut blobs: Vec<String> = Vec::new();
+        if let Some(c) = doc
+            .get("config")
+            .and_then(|c| c.get("digest"))
+            .and_then(Value::as_str)
+        {
+            blobs.push(c.to_string());
+        }
+        for layer in doc
+            .get("layers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(d) = layer.get("digest").and_then(Value::as_str) {
+                blobs.push(d.to_string());
+                image_size += layer.get("size").and_then(Value::as_u64).unwrap_or(0);
+            }
+        }
+        for d in &blobs {
+            if self.blobs.size(d).await.is_none() {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "MANIFEST_BLOB_UNKNOWN",
+                    format!("blob unknown to registry: {d}"),
+                ));
+            }
+        }
+        for child in doc
+            .get("manifests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let d = child.get("digest").and_then(Value::as_str).unwrap_or("");
+            if self.resolve(&repo.name, d).map_err(internal)?.is_none() {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "MANIFEST_BLOB_UNKNOWN",
+                    format!("manifest unknown to registry: {d}"),
+                ));
+            }
+            image_size += child.get("size").and_then(Value::as_u64).unwrap_or(0);
+        }
+        let record = ManifestRecord {
+            digest: digest.clone(),
+            media_type,
+            body: STANDARD.encode(&bytes),
+            image_size,
+            pushed_at: now(),
+        };
+        let repo = repo.clone();
+        let out = fleetport_store::write(&*self.store, move |txn| {
+            let key = format!("{}@{}", repo.name, record.digest);
+            if txn.get(MANIFESTS, &key)?.is_none() {
+                txn.put_json(MANIFESTS, &key, &record)?;
+            }
+            if let Some(tag) = tag {
+                let tag_key = format!("{}:{tag}", repo.name);
+                if let Some(existing) = txn.get_json::<TagRecord>(TAGS, &tag_key)?
+                    && existing.digest != record.digest
+                    && repo.image_tag_mutability.starts_with("IMMUTABLE")
+                {
+                    return Err(Abort::Domain(StoreOr((
+                        StatusCode::BAD_REQUEST,
+                        "TAG_INVALID",
+                        format!(
+                            "The image tag '{tag}' already exists in the '{}' repository and cannot be overwritten because the repository is immutable.",
+                            repo.name
+                        ),
+                    ))));
+                }
+                txn.put_json(TAGS, &tag_key, &TagRecord { digest: record.digest.clone() })?;
+            }
+            Ok(record.digest.clone())
+        })
+        .await;
+        out.map_err(|e: StoreOr| e.0)
+    }
+
+    /// Deletes a tag, or an image by digest with every tag pointing at it.
+    pub(crate) async fn remove_reference(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<bool, fleetport_store::StoreError> {
+        let repo = repo.to_string();
+        let reference = reference.to_string();
+        let r: Result<bool, StoreOr> = fleetport_store::write(&*self.store, move |txn| {
+            if parse_digest(&reference).is_none() {
+                return Ok(txn.delete(TAGS, &format!("{repo}:{reference}"))?);
+            }
+            let prefix = format!("{repo}:");
+            for t in txn.scan(TAGS, &prefix, None, usize::MAX)? {
+                let tag: TagRecord = serde_json::from_slice(&t.value)
+                    .map_err(|e| fleetport_store::StoreError::Backend(e.to_string()))?;
+                if tag.digest == reference {
+                    txn.delete(TAGS, &t.key)?;
+                }
+            }
+            Ok(txn.delete(MANIFESTS, &format!("{repo}@{reference}"))?)
+        })
+        .await;
+        r.map_err(|e| fleetport_store::StoreError::Backend(e.0.2))
+    }
+
+    fn render_repo(&self, r: &RepoRecord) -> Value {
+        json!({
+            "repositoryArn": r.arn,
+            "registryId": self.scope.account,
+            "repositoryName": r.name,
+            "repositoryUri": format!("{}/{}", self.registry_host, r.name),
+            "createdAt": r.created_at,
+            "imageTagMutability": r.image_tag_mutability,
+            "imageScanningConfiguration": {"scanOnPush": r.scan_on_push},
+            "encryptionConfiguration": r.encryption,
+        })
+    }
+
+    pub(crate) async fn create_repository(&self, input: Value) -> Result<Value, AwsError> {
+        let name = input
+            .get("repositoryName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if !valid_name(&name) || name.len() < 2 {
+            return Err(AwsError::client(
+                "InvalidParameterException",
+                "Invalid parameter at 'repositoryName' failed to satisfy constraint: 'must satisfy regular expression '(?:[a-z0-9]+(?:[._-][a-z0-9]+)*/)*[a-z0-9]+(?:[._-][a-z0-9]+)*''",
+            ));
+        }
+        let record = RepoRecord {
+            arn: format!(
+                "arn:aws:ecr:{}:{}:repository/{name}",
+                self.scope.region, self.scope.account
+            ),
+            name: name.clone(),
+            created_at: now(),
+            image_tag_mutability: input
+                .get("imageTagMutability")
+                .and_then(Value::as_str)
+                .unwrap_or("MUTABLE")
+                .to_string(),
+            scan_on_push: input
+                .pointer("/imageScanningConfiguration/scanOnPush")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            encryption: input
+                .get("encryptionConfiguration")
+                .cloned()
+                .unwrap_or_else(|| json!({"encryptionType": "AES256"})),
+        };
+        let account = self.scope.account.clone();
+        let stored = fleetport_store::write(&*self.store, move |txn| {
+            if txn.get(REPOS, &record.name)?.is_some() {
+                return Err(Abort::Domain(Failure(AwsError::client(
+                    "RepositoryAlreadyExistsException",
+                    format!("The repository with name '{}' already exists in the registry with id '{account}'", record.name),
+                ))));
+            }
+            txn.put_json(REPOS, &record.name, &record)?;
+            Ok(record)
+        })
+        .await
+        .map_err(|f: Failure| f.0)?;
+        Ok(json!({ "repository": self.render_repo(&stored) }))
+    }
+
+    pub(crate) fn describe_repositories(&self, input: Value) -> Result<Value, AwsError> {
+        let names: Vec<String> = input
+            .get("repositoryNames")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
+        let all: Vec<RepoRecord> = fleetport_store::read(&*self.store, |t| {
+            Ok::<_, Failure>(
+                t.scan_json::<RepoRecord>(REPOS, "", None, usize::MAX)?
+                    .into_iter()
+                    .map(|(_, r)| r)
+                    .collect(),
+            )
+        })
+        .map_err(|f| f.0)?;
+        let mut out = Vec::new();
+        if names.is_empty() {
+            out = all.iter().map(|r| self.render_repo(r)).collect();
+        } else {
+            for n in &names {
+                match all.iter().find(|r| &r.name == n) {
+                    Some(r) => out.push(self.render_repo(r)),
+                    None => return Err(repo_not_found(n, &self.scope.account)),
+                }
+            }
+        }
+        Ok(json!({ "repositories": out }))
+    }
+
+    pub(crate) async fn delete_repository(&self, input: Value) -> Result<Value, AwsError> {
+        let name = input
+            .get("repositoryName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let force = input.get("force").and_then(Value::as_bool).unwrap_or(false);
+        let account = self.scope.account.clone();
+        let record = fleetport_store::write(&*self.store, move |txn| {
+            let Some(record) = txn.get_json::<RepoRecord>(REPOS, &name)? else {
+                return Err(Abort::Domain(Failure(repo_not_found(&name, &account))));
+            };
+            let images = txn.scan(MANIFESTS, &format!("{name}@"), None, usize::MAX)?;
+            if !images.is_empty() && !force {
+                return Err(Abort::Domain(Failure(AwsError::client(
+                    "RepositoryNotEmptyException",
+                    format!("The repository with name '{name}' in registry with id '{account}' cannot be deleted because it still contains images"),
+                ))));
+            }
+            for m in images {
+                txn.delete(MANIFESTS, &m.key)?;
+            }
+            for t in txn.scan(TAGS, &format!("{name}:"), None, usize::MAX)? {
+                txn.delete(TAGS, &t.key)?;
+            }
+            txn.delete(REPOS, &name)?;
+            Ok(record)
+        })
+        .await
+        .map_err(|f: Failure| f.0)?;
+        Ok(json!({ "repository": self.render_repo(&record) }))
+    }
+
+    pub(crate) fn describe_images(&self, input: Value) -> Result<Value, AwsError> {
+        let name = input
+            .get("repositoryName")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if self
+            .find_repository(&name)
+            .map_err(ecr_store_error)?
+            .is_none()
+        {
+            return Err(repo_not_found(&name, &self.scope.account));
+        }
+        let (manifests, tags) = fleetport_store::read(&*self.store, |t| {
+            let m =
+                t.scan_json::<ManifestRecord>(MANIFESTS, &format!("{name}@"), None, usize::MAX)?;
+            let tg = t.scan_json::<TagRecord>(TAGS, &format!("{name}:"), None, usize::MAX)?;
+            Ok::<_, Failure>((m, tg))
+        })
+        .map_err(|f| f.0)?;
+        let details: Vec<Value> = manifests
+            .into_iter()
+            .map(|(_, m)| {
+                let mut image_tags: Vec<String> = tags
+                    .iter()
+                    .filter(|(_, t)| t.digest == m.digest)
+                    .map(|(k, _)| k[name.len() + 1..].to_string())
+                    .collect();
+                image_tags.sort();
+                let mut d = json!({
+                    "registryId": self.scope.account,
+                    "repositoryName": name,
+                    "imageDigest": m.digest,
+                    "imageSizeInBytes": m.image_size,
+                    "imagePushedAt": m.pushed_at,
+                    "imageManifestMediaType": m.media_type,
+                });
+                if !image_tags.is_empty() {
+                    d["imageTags"] = json!(image_tags);
+                }
+                d
+            })
+            .collect();
+        Ok(json!({ "imageDetails": details }))
+    }
+
+    pub(crate) fn get_authorization_token(&self) -> Result<Value, AwsError> {
+        let expires = now_secs() + crate::token::VALIDITY_SECS;
+        let token = self.token_key.issue(&self.scope.account, expires);
+        Ok(json!({"authorizationData": [{
+            "authorizationToken": STANDARD.encode(format!("AWS:{token}")),
+            "expiresAt": expires as f64,
+            "proxyEndpoint": format!("http://{}", self.registry_host),
+        }]}))
+    }
+}
+
+/// A registry-side write failure carried through the store's transaction helper.
+struct StoreOr(RegistryError);
+impl From<fleetport_store::StoreError> for StoreOr {
+    fn from(e: fleetport_store::StoreError) -> Self {
+        StoreOr(internal(e))
+    }
+}
+impl From<RegistryError> for StoreOr {
+    fn from(e: RegistryError) -> Self {
+        StoreOr(e)
+    }
+}

@@ -1,0 +1,195 @@
+"""The registry with the real Docker CLI and engine, ECR's auth, and the ECR API (boto3 + CLI).
+
+Images are built locally from busybox-static (nothing can be pulled from the internet). Each test
+uses its own DOCKER_CONFIG and removes the images it created.
+"""
+import base64
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+
+import botocore.exceptions
+import pytest
+
+import conformance
+from conftest import Server
+from raw import send
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+
+
+def docker(*args, env=None, check=True):
+    r = subprocess.run(["docker", *args], capture_output=True, text=True, env=env, timeout=120)
+    if check and r.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {r.stderr}")
+    return r
+
+
+@pytest.fixture
+def docker_env():
+    d = tempfile.mkdtemp(prefix="fleetport-docker-")
+    env = dict(os.environ, DOCKER_CONFIG=d)
+    created = []
+    yield env, created
+    for image in created:
+        docker("rmi", "-f", image, check=False)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def build_image(tag, marker, created):
+    """A tiny image: busybox-static plus a file that makes each build's layer unique."""
+    ctx = tempfile.mkdtemp()
+    try:
+        os.makedirs(f"{ctx}/bin")
+        shutil.copy(BUSYBOX, f"{ctx}/bin/busybox")
+        with open(f"{ctx}/marker", "w") as f:
+            f.write(marker)
+        tar = subprocess.run(["tar", "-C", ctx, "-c", "."], capture_output=True, check=True).stdout
+        r = subprocess.run(["docker", "import", "-c", 'CMD ["/bin/busybox","true"]', "-", tag], input=tar,
+                           capture_output=True, check=True)
+        created.append(tag)
+        return r.stdout.decode().strip()
+    finally:
+        shutil.rmtree(ctx)
+
+
+def login(server, env):
+    host = f"localhost:{server.port}"
+    password = server.cli("ecr", "get-login-password", "--region", "us-east-1").stdout.strip()
+    r = subprocess.run(["docker", "login", "--username", "AWS", "--password-stdin", host], input=password,
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return host, password
+
+
+def test_seed_workflow_push_describe_pull_and_restart(data_dir, docker_env):
+    env, created = docker_env
+    server = Server(data_dir).start()
+    try:
+        name = f"web-{uuid.uuid4().hex[:8]}"
+        out = json.loads(server.cli("ecr", "create-repository", "--repository-name", name,
+                                    "--image-tag-mutability", "IMMUTABLE").stdout)
+        conformance.check_raw("ecr", "CreateRepository", out)
+        host, _ = login(server, env)
+        assert out["repository"]["repositoryUri"] == f"{host}/{name}"
+        image_id = build_image(f"{name}:1", "one", created)
+        ref = f"{host}/{name}:1"
+        docker("tag", f"{name}:1", ref, env=env)
+        created.append(ref)
+        docker("push", ref, env=env)
+        images = json.loads(server.cli("ecr", "describe-images", "--repository-name", name).stdout)
+        conformance.check_raw("ecr", "DescribeImages", images)
+        detail = images["imageDetails"][0]
+        assert detail["imageTags"] == ["1"]
+        assert detail["imageManifestMediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+        assert 1_000_000 < detail["imageSizeInBytes"] < 3_000_000, "compressed layer total"
+        docker("rmi", ref, env=env)
+        docker("pull", ref, env=env)
+        assert docker("image", "inspect", ref, "--format", "{{.Id}}", env=env).stdout.strip() == image_id
+        # Immutable tag: pushing different content under the same tag is refused.
+        build_image(f"{name}:other", "two", created)
+        docker("tag", f"{name}:other", ref, env=env)
+        r = docker("push", ref, env=env, check=False)
+        assert r.returncode != 0 and "cannot be overwritten because the repository is immutable" in r.stderr, r.stderr
+        server.stop()
+        server = Server(data_dir).start()
+        host, _ = login(server, env)
+        ref = f"{host}/{name}:1"
+        created.append(ref)
+        docker("rmi", "-f", ref, env=env, check=False)
+        docker("pull", ref, env=env)
+        assert docker("image", "inspect", ref, "--format", "{{.Id}}", env=env).stdout.strip() == image_id
+    finally:
+        server.stop()
+
+
+def basic(user, password):
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_registry_auth(server):
+    ecr = server.client("ecr")
+    data = ecr.get_authorization_token()
+    conformance.check("ecr", "GetAuthorizationToken", data)
+    auth = data["authorizationData"][0]
+    user, password = base64.b64decode(auth["authorizationToken"]).decode().split(":")
+    assert user == "AWS" and auth["proxyEndpoint"] == f"http://localhost:{server.port}"
+    v2 = server.endpoint + "/v2/"
+    r = send("GET", v2)
+    assert r.status == 401 and r.headers["www-authenticate"].startswith("Basic realm=")
+    assert r.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert send("GET", v2, headers=basic("AWS", password)).status == 200
+    assert send("GET", v2, headers=basic("AWS", "test")).status == 401, "the raw secret is never a password"
+    assert send("GET", v2, headers=basic("admin", password)).status == 401
+    forged = password[:-4] + ("0000" if not password.endswith("0000") else "1111")
+    assert send("GET", v2, headers=basic("AWS", forged)).status == 401
+    assert r.headers["docker-distribution-api-version"] == "registry/2.0"
+
+
+def test_bad_uploads_store_nothing(server):
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="up")
+    token = base64.b64decode(ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]).decode()
+    h = basic(*token.split(":"))
+    base = server.endpoint + "/v2/up/blobs/uploads/"
+    good = b"hello registry"
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(good).hexdigest()
+    wrong = "sha256:" + hashlib.sha256(b"other").hexdigest()
+    r = send("POST", base + "?digest=" + wrong, good, h)
+    assert r.status == 400 and r.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    assert send("HEAD", f"{server.endpoint}/v2/up/blobs/{wrong}", headers=h).status == 404
+    assert send("HEAD", f"{server.endpoint}/v2/up/blobs/{digest}", headers=h).status == 404
+    # Chunked upload, with an out-of-order chunk refused.
+    r = send("POST", base, b"", h)
+    assert r.status == 202
+    loc = server.endpoint + r.headers["location"]
+    r = send("PATCH", loc, good[:5], dict(h, **{"Content-Range": "0-4", "Content-Type": "application/octet-stream"}))
+    assert r.status == 202 and r.headers["range"] == "0-4"
+    r = send("PATCH", loc, good[5:], dict(h, **{"Content-Range": "7-20", "Content-Type": "application/octet-stream"}))
+    assert r.status == 416
+    r = send("PATCH", loc, good[5:], dict(h, **{"Content-Range": f"5-{len(good) - 1}", "Content-Type": "application/octet-stream"}))
+    assert r.status == 202
+    r = send("PUT", loc + "?digest=" + digest, b"", h)
+    assert r.status == 201 and r.headers["docker-content-digest"] == digest
+    r = send("GET", f"{server.endpoint}/v2/up/blobs/{digest}", headers=h)
+    assert r.status == 200 and r.body == good
+    # Names and repositories.
+    assert send("GET", f"{server.endpoint}/v2/Up/tags/list", headers=h).json()["errors"][0]["code"] == "NAME_INVALID"
+    r = send("GET", f"{server.endpoint}/v2/nope/tags/list", headers=h)
+    assert r.status == 404 and r.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+    # A manifest naming a missing blob is refused and nothing is tagged.
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": wrong, "size": 5},
+                           "layers": []}).encode()
+    r = send("PUT", f"{server.endpoint}/v2/up/manifests/v1", manifest,
+             dict(h, **{"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+    assert r.status == 400 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+    assert send("GET", f"{server.endpoint}/v2/up/tags/list", headers=h).json()["tags"] == []
+
+
+def test_repository_api(server):
+    ecr = server.client("ecr")
+    created = ecr.create_repository(repositoryName="team/app", tags=[{"Key": "a", "Value": "b"}])
+    conformance.check("ecr", "CreateRepository", created)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.create_repository(repositoryName="team/app")
+    assert e.value.response["Error"]["Code"] == "RepositoryAlreadyExistsException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.create_repository(repositoryName="Bad..Name")
+    assert e.value.response["Error"]["Code"] == "InvalidParameterException"
+    d = ecr.describe_repositories()
+    conformance.check("ecr", "DescribeRepositories", d)
+    assert [r["repositoryName"] for r in d["repositories"]] == ["team/app"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.describe_repositories(repositoryNames=["ghost"])
+    assert e.value.response["Error"]["Code"] == "RepositoryNotFoundException"
+    r = ecr.delete_repository(repositoryName="team/app")
+    conformance.check("ecr", "DeleteRepository", r)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.delete_repository(repositoryName="team/app")
+    assert e.value.response["Error"]["Code"] == "RepositoryNotFoundException"
