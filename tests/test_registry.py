@@ -193,3 +193,80 @@ def test_repository_api(server):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         ecr.delete_repository(repositoryName="team/app")
     assert e.value.response["Error"]["Code"] == "RepositoryNotFoundException"
+
+
+def push_raw(server, repo, tag, layer=b"layer-bytes"):
+    """Pushes a one-layer OCI image over the raw registry API; returns (manifest bytes, digest)."""
+    import hashlib
+
+    ecr = server.client("ecr")
+    token = base64.b64decode(ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]).decode()
+    h = basic(*token.split(":"))
+    blobs = {}
+    for data in (layer, b"{}"):
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        r = send("POST", f"{server.endpoint}/v2/{repo}/blobs/uploads/?digest={d}", data, h)
+        assert r.status == 201, r.text
+        blobs[data] = d
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blobs[b"{}"], "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": blobs[layer], "size": len(layer)}],
+    }).encode()
+    r = send("PUT", f"{server.endpoint}/v2/{repo}/manifests/{tag}", manifest,
+             dict(h, **{"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+    assert r.status == 201, r.text
+    return manifest, r.headers["docker-content-digest"]
+
+
+def test_image_api(server):
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="imgs", tags=[{"Key": "team", "Value": "a"}])
+    m1, d1 = push_raw(server, "imgs", "v1", b"one")
+    _, d2 = push_raw(server, "imgs", "v2", b"two")
+    ecr.put_image(repositoryName="imgs", imageManifest=m1.decode(), imageTag="stable")
+    listed = ecr.list_images(repositoryName="imgs")
+    conformance.check("ecr", "ListImages", listed)
+    assert sorted((i["imageDigest"], i.get("imageTag")) for i in listed["imageIds"]) == sorted(
+        [(d1, "v1"), (d1, "stable"), (d2, "v2")])
+    paged = [i for p in ecr.get_paginator("list_images").paginate(repositoryName="imgs", PaginationConfig={"PageSize": 1})
+             for i in p["imageIds"]]
+    assert len(paged) == 3
+    got = ecr.batch_get_image(repositoryName="imgs", imageIds=[{"imageTag": "v1"}, {"imageTag": "nope"}])
+    conformance.check("ecr", "BatchGetImage", got)
+    assert got["images"][0]["imageManifest"].encode() == m1 and got["images"][0]["imageId"]["imageDigest"] == d1
+    assert got["failures"][0]["failureCode"] == "ImageNotFound"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.put_image(repositoryName="imgs", imageManifest=m1.decode(), imageTag="stable")
+    assert e.value.response["Error"]["Code"] == "ImageAlreadyExistsException"
+    r = ecr.put_image_tag_mutability(repositoryName="imgs", imageTagMutability="IMMUTABLE")
+    conformance.check("ecr", "PutImageTagMutability", r)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.put_image(repositoryName="imgs", imageManifest=m1.decode(), imageTag="v2")
+    assert e.value.response["Error"]["Code"] == "ImageTagAlreadyExistsException"
+    ecr.put_image_tag_mutability(repositoryName="imgs", imageTagMutability="MUTABLE")
+    import hashlib
+
+    layer_digest = "sha256:" + hashlib.sha256(b"one").hexdigest()
+    missing = "sha256:" + "0" * 64
+    layers = ecr.batch_check_layer_availability(repositoryName="imgs", layerDigests=[layer_digest, missing])
+    conformance.check("ecr", "BatchCheckLayerAvailability", layers)
+    assert layers["layers"] == [{"layerDigest": layer_digest, "layerAvailability": "AVAILABLE", "layerSize": 3}]
+    assert [(f["layerDigest"], f["failureCode"]) for f in layers["failures"]] == [(missing, "MissingLayerDigest")]
+    # Deleting one of two tags keeps the image; deleting the last tag deletes it.
+    r = ecr.batch_delete_image(repositoryName="imgs", imageIds=[{"imageTag": "stable"}])
+    conformance.check("ecr", "BatchDeleteImage", r)
+    assert {i["imageDigest"] for i in ecr.list_images(repositoryName="imgs")["imageIds"]} == {d1, d2}
+    ecr.batch_delete_image(repositoryName="imgs", imageIds=[{"imageTag": "v1"}])
+    assert {i["imageDigest"] for i in ecr.list_images(repositoryName="imgs")["imageIds"]} == {d2}
+    arn = ecr.describe_repositories(repositoryNames=["imgs"])["repositories"][0]["repositoryArn"]
+    assert ecr.list_tags_for_resource(resourceArn=arn)["tags"] == [{"Key": "team", "Value": "a"}]
+    ecr.tag_resource(resourceArn=arn, tags=[{"Key": "env", "Value": "ci"}])
+    ecr.untag_resource(resourceArn=arn, tagKeys=["team"])
+    assert ecr.list_tags_for_resource(resourceArn=arn)["tags"] == [{"Key": "env", "Value": "ci"}]
+    conformance.check("ecr", "DescribeRegistry", ecr.describe_registry())
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.delete_repository(repositoryName="imgs")
+    assert e.value.response["Error"]["Code"] == "RepositoryNotEmptyException"
+    ecr.delete_repository(repositoryName="imgs", force=True)
+    assert ecr.describe_repositories()["repositories"] == []

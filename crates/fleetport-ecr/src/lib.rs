@@ -4,6 +4,7 @@
 //! tokens from GetAuthorizationToken. Depends only on `fleetport-proto` and `fleetport-store`.
 
 pub mod blobs;
+pub mod images;
 pub mod registry;
 pub mod repo;
 pub mod token;
@@ -51,6 +52,17 @@ const IMPLEMENTED: &[&str] = &[
     "DescribeRepositories",
     "DeleteRepository",
     "DescribeImages",
+    "ListImages",
+    "BatchGetImage",
+    "BatchDeleteImage",
+    "PutImage",
+    "BatchCheckLayerAvailability",
+    "PutImageTagMutability",
+    "PutImageScanningConfiguration",
+    "DescribeRegistry",
+    "TagResource",
+    "UntagResource",
+    "ListTagsForResource",
 ];
 
 pub fn now_secs() -> i64 {
@@ -117,6 +129,17 @@ impl Ecr {
             "DescribeRepositories" => self.describe_repositories(input),
             "DeleteRepository" => self.delete_repository(input).await,
             "DescribeImages" => self.describe_images(input),
+            "ListImages" => self.list_images(input),
+            "BatchGetImage" => self.batch_get_image(input),
+            "BatchDeleteImage" => self.batch_delete_image(input).await,
+            "PutImage" => self.put_image(input).await,
+            "BatchCheckLayerAvailability" => self.batch_check_layer_availability(input).await,
+            "PutImageTagMutability" => self.put_image_tag_mutability(input).await,
+            "PutImageScanningConfiguration" => self.put_image_scanning_configuration(input).await,
+            "DescribeRegistry" => self.describe_registry(),
+            "TagResource" => self.tag_resource(input).await,
+            "UntagResource" => self.untag_resource(input).await,
+            "ListTagsForResource" => self.list_tags_for_resource(input),
             _ => Err(AwsError::client(
                 "UnknownOperationException",
                 format!("Unknown operation {operation}"),

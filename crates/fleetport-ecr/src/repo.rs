@@ -45,11 +45,11 @@ pub struct ManifestRecord {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct TagRecord {
-    digest: String,
+pub(crate) struct TagRecord {
+    pub digest: String,
 }
 
-type RegistryError = (StatusCode, &'static str, String);
+pub(crate) type RegistryError = (StatusCode, &'static str, String);
 
 fn internal<E: std::fmt::Display>(e: E) -> RegistryError {
     tracing::error!(error = %e, "registry store failure");
@@ -60,7 +60,7 @@ fn internal<E: std::fmt::Display>(e: E) -> RegistryError {
     )
 }
 
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
@@ -68,7 +68,7 @@ fn now() -> f64 {
     ms as f64 / 1000.0
 }
 
-fn ecr_store_error(e: fleetport_store::StoreError) -> AwsError {
+pub(crate) fn ecr_store_error(e: fleetport_store::StoreError) -> AwsError {
     tracing::error!(error = %e, "state store failure");
     AwsError::with_status(
         "ServerException",
@@ -77,14 +77,14 @@ fn ecr_store_error(e: fleetport_store::StoreError) -> AwsError {
     )
 }
 
-struct Failure(AwsError);
+pub(crate) struct Failure(pub AwsError);
 impl From<fleetport_store::StoreError> for Failure {
     fn from(e: fleetport_store::StoreError) -> Self {
         Failure(ecr_store_error(e))
     }
 }
 
-fn repo_not_found(name: &str, account: &str) -> AwsError {
+pub(crate) fn repo_not_found(name: &str, account: &str) -> AwsError {
     AwsError::client(
         "RepositoryNotFoundException",
         format!(
@@ -293,7 +293,7 @@ impl Ecr {
         r.map_err(|e| fleetport_store::StoreError::Backend(e.0.2))
     }
 
-    fn render_repo(&self, r: &RepoRecord) -> Value {
+    pub(crate) fn render_repo(&self, r: &RepoRecord) -> Value {
         json!({
             "repositoryArn": r.arn,
             "registryId": self.scope.account,
@@ -339,6 +339,7 @@ impl Ecr {
                 .cloned()
                 .unwrap_or_else(|| json!({"encryptionType": "AES256"})),
         };
+        let tags = crate::images::parse_tags(&input)?;
         let account = self.scope.account.clone();
         let stored = fleetport_store::write(&*self.store, move |txn| {
             if txn.get(REPOS, &record.name)?.is_some() {
@@ -348,6 +349,9 @@ impl Ecr {
                 ))));
             }
             txn.put_json(REPOS, &record.name, &record)?;
+            if !tags.is_empty() {
+                txn.put_json(crate::images::RESOURCE_TAGS, &record.arn, &tags)?;
+            }
             Ok(record)
         })
         .await
@@ -412,6 +416,7 @@ impl Ecr {
                 txn.delete(TAGS, &t.key)?;
             }
             txn.delete(REPOS, &name)?;
+            txn.delete(crate::images::RESOURCE_TAGS, &record.arn)?;
             Ok(record)
         })
         .await
