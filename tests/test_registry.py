@@ -270,3 +270,69 @@ def test_image_api(server):
     assert e.value.response["Error"]["Code"] == "RepositoryNotEmptyException"
     ecr.delete_repository(repositoryName="imgs", force=True)
     assert ecr.describe_repositories()["repositories"] == []
+
+
+def test_skopeo_copies_both_ways(server, docker_env, tmp_path):
+    env, created = docker_env
+    ecr = server.client("ecr")
+    for repo in ("sk/a", "sk/b"):
+        ecr.create_repository(repositoryName=repo)
+    password = server.cli("ecr", "get-login-password").stdout.strip()
+    host = f"localhost:{server.port}"
+    tag = f"skopeo-src-{uuid.uuid4().hex[:8]}:1"
+    build_image(tag, "skopeo", created)
+
+    def skopeo(*args):
+        r = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    creds = f"AWS:{password}"
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", creds, f"docker-daemon:{tag}", f"docker://{host}/sk/a:1")
+    skopeo("copy", "--src-tls-verify=false", "--src-creds", creds, f"docker://{host}/sk/a:1", f"oci:{tmp_path}/out:x")
+    # Back in as an OCI image into another repository (its blobs already exist in the registry).
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", creds, f"oci:{tmp_path}/out:x", f"docker://{host}/sk/b:oci")
+    details = ecr.describe_images(repositoryName="sk/b")["imageDetails"]
+    assert details[0]["imageManifestMediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    inspected = json.loads(skopeo("inspect", "--tls-verify=false", "--creds", creds, f"docker://{host}/sk/b:oci"))
+    assert (inspected["Os"], inspected["Architecture"]) == ("linux", "amd64")
+    with pytest.raises(AssertionError):
+        skopeo("inspect", "--tls-verify=false", "--creds", "AWS:wrong", f"docker://{host}/sk/b:oci")
+
+
+def eventually(check, seconds=10):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        if check():
+            return
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.2)
+
+
+def test_garbage_collection_frees_only_unreferenced_blobs(data_dir):
+    import hashlib
+
+    server = Server(data_dir, ["--registry-gc-interval", "1", "--registry-gc-grace", "0"]).start()
+    try:
+        ecr = server.client("ecr")
+        ecr.create_repository(repositoryName="gc")
+        push_raw(server, "gc", "a", b"layer-a")
+        push_raw(server, "gc", "b", b"layer-b")
+        token = base64.b64decode(ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]).decode()
+        h = basic(*token.split(":"))
+
+        def present(data):
+            d = "sha256:" + hashlib.sha256(data).hexdigest()
+            return send("HEAD", f"{server.endpoint}/v2/gc/blobs/{d}", headers=h).status == 200
+
+        assert present(b"layer-a") and present(b"layer-b") and present(b"{}")
+        ecr.batch_delete_image(repositoryName="gc", imageIds=[{"imageTag": "a"}])
+        eventually(lambda: not present(b"layer-a"))
+        assert present(b"layer-b") and present(b"{}"), "blobs still referenced by image b stay"
+        ecr.delete_repository(repositoryName="gc", force=True)
+        ecr.create_repository(repositoryName="gc")
+        eventually(lambda: not present(b"layer-b") and not present(b"{}"))
+    finally:
+        server.stop()

@@ -214,3 +214,29 @@ impl FsBlobs {
         Ok(())
     }
 }
+
+impl FsBlobs {
+    /// Every stored blob with its last modification time.
+    pub fn list(&self) -> std::io::Result<Vec<(String, std::time::SystemTime)>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.root.join("blobs/sha256"))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let digest = format!("sha256:{name}");
+            if parse_digest(&digest).is_some() {
+                out.push((digest, entry.metadata()?.modified()?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a blob and returns its size.
+    pub fn remove(&self, digest: &str) -> std::io::Result<u64> {
+        let Some(path) = self.path(digest) else {
+            return Ok(0);
+        };
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        std::fs::remove_file(path)?;
+        Ok(size)
+    }
+}

@@ -4,6 +4,7 @@
 //! tokens from GetAuthorizationToken. Depends only on `fleetport-proto` and `fleetport-store`.
 
 pub mod blobs;
+pub mod gc;
 pub mod images;
 pub mod registry;
 pub mod repo;

@@ -56,6 +56,14 @@ pub struct UpArgs {
     #[arg(long, env = "FLEETPORT_REGISTRY_HOST")]
     pub registry_host: Option<String>,
 
+    /// Seconds between registry garbage collections (blobs no image references any more).
+    #[arg(long, env = "FLEETPORT_REGISTRY_GC_INTERVAL", default_value_t = 600)]
+    pub registry_gc_interval: u64,
+
+    /// Unreferenced blobs younger than this many seconds are kept (pushes upload layers first).
+    #[arg(long, env = "FLEETPORT_REGISTRY_GC_GRACE", default_value_t = 3600)]
+    pub registry_gc_grace: u64,
+
     /// Largest accepted AWS API request body, in bytes.
     #[arg(long, env = "FLEETPORT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -90,6 +98,8 @@ pub struct Config {
     pub enable_reset: bool,
     pub max_body_bytes: usize,
     pub registry_host: Option<String>,
+    pub registry_gc_interval: std::time::Duration,
+    pub registry_gc_grace: std::time::Duration,
 }
 
 impl UpArgs {
@@ -133,6 +143,8 @@ impl UpArgs {
             enable_reset: self.enable_reset,
             max_body_bytes: self.max_body_bytes,
             registry_host: self.registry_host,
+            registry_gc_interval: std::time::Duration::from_secs(self.registry_gc_interval.max(1)),
+            registry_gc_grace: std::time::Duration::from_secs(self.registry_gc_grace),
         })
     }
 }

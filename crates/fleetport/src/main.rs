@@ -114,6 +114,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         &config.account_id,
     )));
     gateway.serve(Arc::new(ecr.clone()));
+    let gc = tokio::spawn(
+        ecr.clone()
+            .run_gc(config.registry_gc_interval, config.registry_gc_grace),
+    );
     let state = server::AppState {
         gateway: Arc::new(gateway),
         ecr,
@@ -133,6 +137,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("serving")?;
     tracing::info!("shutting down");
+    gc.abort();
     drop(store);
     sqlite.close();
     Ok(())

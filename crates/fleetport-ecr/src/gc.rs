@@ -1,0 +1,95 @@
+//! Garbage collection of blobs that no manifest in any repository references any more (after
+//! BatchDeleteImage, manifest deletes or DeleteRepository). Safe while pushes are in flight: a
+//! blob is only removed once it is older than a grace period, since layers are uploaded before
+//! the manifest that references them.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use fleetport_store::ReadTxnExt;
+use serde_json::Value;
+
+use crate::Ecr;
+use crate::repo::{MANIFESTS, ManifestRecord};
+
+/// What one collection pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Collected {
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+impl Ecr {
+    /// Digests of every blob some stored manifest refers to (config and layers).
+    fn referenced(&self) -> Result<HashSet<String>, fleetport_store::StoreError> {
+        let manifests: Vec<(String, ManifestRecord)> = fleetport_store::read(&*self.store, |t| {
+            t.scan_json(MANIFESTS, "", None, usize::MAX)
+        })?;
+        let mut refs = HashSet::new();
+        for (_, m) in manifests {
+            let Ok(doc) = serde_json::from_slice::<Value>(&m.bytes()) else {
+                continue;
+            };
+            let config = doc.get("config").into_iter();
+            let layers = doc
+                .get("layers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten();
+            for d in config
+                .chain(layers)
+                .filter_map(|x| x.get("digest").and_then(Value::as_str))
+            {
+                refs.insert(d.to_string());
+            }
+        }
+        Ok(refs)
+    }
+
+    /// Removes unreferenced blobs older than `grace`.
+    pub fn collect_garbage(&self, grace: Duration) -> Result<Collected, String> {
+        let blobs = self.blobs.list().map_err(|e| e.to_string())?;
+        // Read references after listing, so a manifest committed meanwhile is seen.
+        let refs = self.referenced().map_err(|e| e.to_string())?;
+        let cutoff = SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let mut out = Collected::default();
+        for (digest, modified) in blobs {
+            if refs.contains(&digest) || modified > cutoff {
+                continue;
+            }
+            match self.blobs.remove(&digest) {
+                Ok(size) => {
+                    out.blobs += 1;
+                    out.bytes += size;
+                }
+                Err(e) => {
+                    tracing::warn!(digest, error = %e, "could not remove an unreferenced blob")
+                }
+            }
+        }
+        if out.blobs > 0 {
+            tracing::info!(
+                blobs = out.blobs,
+                bytes = out.bytes,
+                "registry garbage collected"
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs [`Self::collect_garbage`] every `interval` until the task is dropped.
+    pub async fn run_gc(self, interval: Duration, grace: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let ecr = self.clone();
+            let r = tokio::task::spawn_blocking(move || ecr.collect_garbage(grace)).await;
+            if let Ok(Err(e)) = r {
+                tracing::warn!(error = %e, "registry garbage collection failed");
+            }
+        }
+    }
+}
