@@ -158,6 +158,10 @@ def test_bad_uploads_store_nothing(server):
     assert r.status == 201 and r.headers["docker-content-digest"] == digest
     r = send("GET", f"{server.endpoint}/v2/up/blobs/{digest}", headers=h)
     assert r.status == 200 and r.body == good
+    r = send("GET", f"{server.endpoint}/v2/up/blobs/{digest}", headers=dict(h, Range="bytes=6-13"))
+    assert r.status == 206 and r.body == good[6:14] and r.headers["content-range"] == f"bytes 6-13/{len(good)}"
+    r = send("GET", f"{server.endpoint}/v2/up/blobs/{digest}", headers=dict(h, Range="bytes=99-"))
+    assert r.status == 416
     # Names and repositories.
     assert send("GET", f"{server.endpoint}/v2/Up/tags/list", headers=h).json()["errors"][0]["code"] == "NAME_INVALID"
     r = send("GET", f"{server.endpoint}/v2/nope/tags/list", headers=h)

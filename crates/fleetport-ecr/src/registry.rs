@@ -304,7 +304,8 @@ impl Ecr {
                 }
                 match method {
                     Method::GET | Method::HEAD => {
-                        self.get_blob(digest, method == Method::HEAD).await
+                        self.get_blob(digest, method == Method::HEAD, &parts.headers)
+                            .await
                     }
                     _ => error(
                         StatusCode::METHOD_NOT_ALLOWED,
@@ -450,7 +451,7 @@ impl Ecr {
         }
     }
 
-    async fn get_blob(&self, digest: &str, head: bool) -> Response {
+    async fn get_blob(&self, digest: &str, head: bool, headers: &HeaderMap) -> Response {
         if parse_digest(digest).is_none() {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -465,14 +466,31 @@ impl Ecr {
                 &format!("blob unknown to registry: {digest}"),
             );
         };
-        let body = if head {
+        let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+            None => None,
+            Some(r) => match parse_range(r, size) {
+                Some(range) => Some(range),
+                None => {
+                    let mut r = error(
+                        StatusCode::RANGE_NOT_SATISFIABLE,
+                        "RANGE_INVALID",
+                        "The requested range is not satisfiable.",
+                    );
+                    set(&mut r, "content-range", &format!("bytes */{size}"));
+                    return r;
+                }
+            },
+        };
+        let (start, end) = range.unwrap_or((0, size.saturating_sub(1)));
+        let length = if size == 0 { 0 } else { end - start + 1 };
+        let body = if head || length == 0 {
             Body::empty()
         } else {
             let Some(path) = self.blobs.path(digest) else {
                 return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "bad digest");
             };
-            match tokio::fs::File::open(path).await {
-                Ok(file) => Body::from_stream(file_stream(file)),
+            match open_at(&path, start).await {
+                Ok(file) => Body::from_stream(file_stream(file, length)),
                 Err(_) => {
                     return error(
                         StatusCode::NOT_FOUND,
@@ -483,8 +501,17 @@ impl Ecr {
             }
         };
         let mut r = Response::new(body);
+        if range.is_some() {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            set(
+                &mut r,
+                "content-range",
+                &format!("bytes {start}-{end}/{size}"),
+            );
+        }
         set(&mut r, "content-type", "application/octet-stream");
-        set(&mut r, "content-length", &size.to_string());
+        set(&mut r, "content-length", &length.to_string());
+        set(&mut r, "accept-ranges", "bytes");
         set(&mut r, "docker-content-digest", digest);
         r
     }
@@ -693,17 +720,50 @@ fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
     !any
 }
 
-fn file_stream(file: tokio::fs::File) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+/// One `bytes=` range (`a-b`, `a-`, or the suffix form `-n`) within `size`, inclusive.
+fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    if spec.contains(',') || size == 0 {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            (size.saturating_sub(n), size - 1)
+        }
+        (a, "") => (a.parse().ok()?, size - 1),
+        (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(size - 1)),
+    };
+    (start <= end && start < size).then_some((start, end))
+}
+
+async fn open_at(path: &std::path::Path, start: u64) -> std::io::Result<tokio::fs::File> {
+    use tokio::io::AsyncSeekExt;
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    Ok(file)
+}
+
+/// Streams `length` bytes from `file` in 256 KiB reads, so memory stays bounded for any size.
+fn file_stream(
+    file: tokio::fs::File,
+    length: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
     use tokio::io::AsyncReadExt;
-    futures_util::stream::unfold(file, |mut file| async move {
-        let mut buf = vec![0u8; 256 * 1024];
+    futures_util::stream::unfold((file, length), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let want = left.min(256 * 1024) as usize;
+        let mut buf = vec![0u8; want];
         match file.read(&mut buf).await {
             Ok(0) => None,
             Ok(n) => {
                 buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), file))
+                Some((Ok(Bytes::from(buf)), (file, left - n as u64)))
             }
-            Err(e) => Some((Err(e), file)),
+            Err(e) => Some((Err(e), (file, 0))),
         }
     })
 }
@@ -758,6 +818,18 @@ mod tests {
             assert!(!valid_name(bad), "{bad}");
         }
         assert!(valid_tag("v1.0_rc-1") && !valid_tag(".x") && !valid_tag(&"t".repeat(129)));
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-4", 10), Some((0, 4)));
+        assert_eq!(parse_range("bytes=5-", 10), Some((5, 9)));
+        assert_eq!(parse_range("bytes=-3", 10), Some((7, 9)));
+        assert_eq!(parse_range("bytes=8-100", 10), Some((8, 9)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=4-2", 10), None);
+        assert_eq!(parse_range("bytes=0-1,3-4", 10), None);
+        assert_eq!(parse_range("items=0-1", 10), None);
     }
 
     #[test]
