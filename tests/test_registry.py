@@ -340,3 +340,58 @@ def test_garbage_collection_frees_only_unreferenced_blobs(data_dir):
         eventually(lambda: not present(b"layer-b") and not present(b"{}"))
     finally:
         server.stop()
+
+
+def test_large_blob_streams_with_bounded_memory(server):
+    """A 256 MiB blob pushed with a streamed PATCH and pulled back: server RSS stays bounded."""
+    import hashlib
+    import http.client
+    import re
+    import threading
+
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="big")
+    token = base64.b64decode(ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]).decode()
+    h = basic(*token.split(":"))
+    chunk = os.urandom(1 << 20)
+    total = 256
+    digest = hashlib.sha256()
+    for _ in range(total):
+        digest.update(chunk)
+    digest = "sha256:" + digest.hexdigest()
+    peak = [0]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            with open(f"/proc/{server.proc.pid}/status") as f:
+                peak[0] = max(peak[0], int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1)))
+            stop.wait(0.05)
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        r = send("POST", f"{server.endpoint}/v2/big/blobs/uploads/", b"", h)
+        loc = r.headers["location"]
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        conn.request("PATCH", loc, body=(chunk for _ in range(total)), headers=dict(h, **{"Content-Type": "application/octet-stream"}),
+                     encode_chunked=True)
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 202, resp.status
+        assert send("PUT", f"{server.endpoint}{loc}?digest={digest}", b"", h).status == 201
+        conn.request("GET", f"/v2/big/blobs/{digest}", headers=h)
+        resp = conn.getresponse()
+        pulled = hashlib.sha256()
+        n = 0
+        while True:
+            data = resp.read(1 << 20)
+            if not data:
+                break
+            pulled.update(data)
+            n += len(data)
+        assert n == total << 20 and "sha256:" + pulled.hexdigest() == digest
+    finally:
+        stop.set()
+        t.join()
+    assert peak[0] < 64 * 1024, f"peak RSS {peak[0]} KiB while moving 256 MiB"
