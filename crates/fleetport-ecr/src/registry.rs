@@ -745,7 +745,7 @@ async fn open_at(path: &std::path::Path, start: u64) -> std::io::Result<tokio::f
     Ok(file)
 }
 
-/// Streams `length` bytes from `file` in 256 KiB reads, so memory stays bounded for any size.
+/// Streams `length` bytes from `file` in 1 MiB reads, so memory stays bounded for any size.
 fn file_stream(
     file: tokio::fs::File,
     length: u64,
@@ -755,7 +755,7 @@ fn file_stream(
         if left == 0 {
             return None;
         }
-        let want = left.min(256 * 1024) as usize;
+        let want = left.min(1 << 20) as usize;
         let mut buf = vec![0u8; want];
         match file.read(&mut buf).await {
             Ok(0) => None,
