@@ -20,6 +20,21 @@ MOTO_PORT=${MOTO_PORT:-45661}
 cleanup() { kill "${FP_PID:-}" "${MOTO_PID:-}" 2>/dev/null || true; rm -rf "$OUT"; }
 trap cleanup EXIT
 
+# Start-up: time from exec to the ready banner, and idle RSS (targets: < 100 ms, < 30 MiB).
+$PY - "$OUT/startup" <<'PY'
+import re, subprocess, sys, time
+t = time.monotonic()
+p = subprocess.Popen(["target/release/fleetport", "up", "--listen", "127.0.0.1:0", "--data-dir", sys.argv[1]],
+                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+while "export AWS_ENDPOINT_URL" not in p.stdout.readline():
+    pass
+ready = (time.monotonic() - t) * 1000
+time.sleep(0.5)
+rss = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{p.pid}/status").read()).group(1))
+print(f"start-up: ready in {ready:.0f} ms, idle RSS {rss / 1024:.1f} MiB")
+p.terminate(); p.wait()
+PY
+
 target/release/fleetport up --listen 127.0.0.1:$FP_PORT --data-dir "$OUT/data" >"$OUT/fp.log" 2>&1 &
 FP_PID=$!
 .venv/bin/moto_server -H 127.0.0.1 -p $MOTO_PORT >"$OUT/moto.log" 2>&1 &

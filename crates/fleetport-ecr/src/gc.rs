@@ -81,7 +81,8 @@ impl Ecr {
 
     /// Runs [`Self::collect_garbage`] every `interval` until the task is dropped.
     pub async fn run_gc(self, interval: Duration, grace: Duration) {
-        let mut tick = tokio::time::interval(interval);
+        // The first pass waits one interval: nothing can be unreferenced at start-up that was not before.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
