@@ -66,12 +66,7 @@ const IMPLEMENTED: &[&str] = &[
     "ListTagsForResource",
 ];
 
-pub fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
+pub use fleetport_proto::clock::unix_secs as now_secs;
 
 /// Reads the registry token key from `dir`, creating it on first start so that tokens survive
 /// restarts.

@@ -60,13 +60,7 @@ fn internal<E: std::fmt::Display>(e: E) -> RegistryError {
     )
 }
 
-pub(crate) fn now() -> f64 {
-    let ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    ms as f64 / 1000.0
-}
+pub(crate) use fleetport_proto::clock::epoch_seconds as now;
 
 pub(crate) fn ecr_store_error(e: fleetport_store::StoreError) -> AwsError {
     tracing::error!(error = %e, "state store failure");

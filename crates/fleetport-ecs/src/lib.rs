@@ -14,7 +14,6 @@ pub mod tags;
 pub mod taskdef;
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleetport_proto::model::{self, ServiceModel};
 use fleetport_proto::{AwsError, BoxFuture, RequestContext, Service};
@@ -58,14 +57,7 @@ const IMPLEMENTED: &[&str] = &[
     "ListTagsForResource",
 ];
 
-/// Epoch seconds with millisecond precision, as ECS timestamps go on the wire.
-pub fn now() -> f64 {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0);
-    ms as f64 / 1000.0
-}
+pub use fleetport_proto::clock::epoch_seconds as now;
 
 impl Ecs {
     pub fn new(store: Arc<dyn Store>, region: &str, account: &str) -> Self {

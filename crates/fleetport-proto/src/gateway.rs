@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
@@ -200,7 +199,7 @@ impl Gateway {
         };
         let fields = self
             .verifier
-            .verify(&signed, now_secs(), skew)
+            .verify(&signed, crate::clock::unix_secs(), skew)
             .map_err(|e| sig_error(e, protocol))?;
         if fields.region != self.config.region {
             return Err(sig_error(
@@ -441,13 +440,6 @@ fn sig_error(e: SigError, protocol: Protocol) -> AwsError {
             forbidden,
         ),
     }
-}
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn with_headers(
