@@ -395,3 +395,73 @@ def test_large_blob_streams_with_bounded_memory(server):
         stop.set()
         t.join()
     assert peak[0] < 64 * 1024, f"peak RSS {peak[0]} KiB while moving 256 MiB"
+
+
+def registry_auth(server):
+    ecr = server.client("ecr")
+    token = base64.b64decode(ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]).decode()
+    return basic(*token.split(":"))
+
+
+def test_mount_pagination_sessions_index_and_limits(server):
+    import hashlib
+
+    ecr = server.client("ecr")
+    for r in ("src", "dst"):
+        ecr.create_repository(repositoryName=r)
+    h = registry_auth(server)
+    e = server.endpoint
+    manifest, digest = push_raw(server, "src", "v1", b"shared-layer")
+    layer = "sha256:" + hashlib.sha256(b"shared-layer").hexdigest()
+    # Cross-repository mount: the blob exists, so no upload is needed.
+    r = send("POST", f"{e}/v2/dst/blobs/uploads/?mount={layer}&from=src", b"", h)
+    assert r.status == 201 and r.headers["location"] == f"/v2/dst/blobs/{layer}"
+    # Mounting an unknown blob opens a normal upload session instead.
+    r = send("POST", f"{e}/v2/dst/blobs/uploads/?mount=sha256:{'1' * 64}&from=src", b"", h)
+    assert r.status == 202 and "/blobs/uploads/" in r.headers["location"]
+    # An upload session belongs to its repository.
+    session = r.headers["location"].rsplit("/", 1)[1]
+    r = send("PATCH", f"{e}/v2/src/blobs/uploads/{session}", b"x", dict(h, **{"Content-Type": "application/octet-stream"}))
+    assert r.status == 404 and r.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+    # Tag pagination with n/last and a Link header.
+    for t in ("a", "b", "c", "d"):
+        assert send("PUT", f"{e}/v2/src/manifests/{t}", manifest,
+                    dict(h, **{"Content-Type": "application/vnd.oci.image.manifest.v1+json"})).status == 201
+    r = send("GET", f"{e}/v2/src/tags/list?n=2", headers=h)
+    assert r.json() == {"name": "src", "tags": ["a", "b"]} and 'rel="next"' in r.headers["link"]
+    r = send("GET", f"{e}/v2/src/tags/list?n=2&last=b", headers=h)
+    assert r.json()["tags"] == ["c", "d"]
+    r = send("GET", f"{e}/v2/src/tags/list?n=2&last=d", headers=h)
+    assert r.json()["tags"] == ["v1"] and "link" not in r.headers
+    # A multi-platform index over two image manifests, pulled by tag and its children by digest.
+    _, arm = push_raw(server, "src", "arm", b"arm-layer")
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest, "size": len(manifest),
+         "platform": {"os": "linux", "architecture": "amd64"}},
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm, "size": 10,
+         "platform": {"os": "linux", "architecture": "arm64"}}]}).encode()
+    r = send("PUT", f"{e}/v2/src/manifests/multi", index, dict(h, **{"Content-Type": "application/vnd.oci.image.index.v1+json"}))
+    assert r.status == 201, r.text
+    r = send("GET", f"{e}/v2/src/manifests/multi", headers=dict(h, Accept="application/vnd.oci.image.index.v1+json"))
+    assert r.status == 200 and r.body == index
+    assert r.headers["content-type"] == "application/vnd.oci.image.index.v1+json"
+    # A client that does not accept indexes does not get one.
+    r = send("GET", f"{e}/v2/src/manifests/multi", headers=dict(h, Accept="application/vnd.docker.distribution.manifest.v2+json"))
+    assert r.status == 404 and r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
+    # An index naming a manifest the repository does not have is refused.
+    bad = index.replace(arm.encode(), ("sha256:" + "2" * 64).encode())
+    r = send("PUT", f"{e}/v2/src/manifests/bad", bad, dict(h, **{"Content-Type": "application/vnd.oci.image.index.v1+json"}))
+    assert r.status == 400 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+    # Limits: oversize manifests, schema 1, and a digest reference that does not match the body.
+    r = send("PUT", f"{e}/v2/src/manifests/huge", b" " * (4 * 1024 * 1024 + 1), dict(h, **{"Content-Type": "application/json"}))
+    assert r.status == 413
+    r = send("PUT", f"{e}/v2/src/manifests/old", json.dumps({"schemaVersion": 1}).encode(), h)
+    assert r.status == 400 and r.json()["errors"][0]["code"] == "MANIFEST_INVALID"
+    r = send("PUT", f"{e}/v2/src/manifests/sha256:{'3' * 64}", manifest,
+             dict(h, **{"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+    assert r.status == 400 and r.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    tags = send("GET", f"{e}/v2/src/tags/list", headers=h).json()["tags"]
+    assert "bad" not in tags and "huge" not in tags and "old" not in tags
+    # Deleting by digest removes every tag on it.
+    assert send("DELETE", f"{e}/v2/src/manifests/{digest}", headers=h).status == 202
+    assert send("GET", f"{e}/v2/src/manifests/a", headers=h).status == 404
