@@ -465,3 +465,61 @@ def test_mount_pagination_sessions_index_and_limits(server):
     # Deleting by digest removes every tag on it.
     assert send("DELETE", f"{e}/v2/src/manifests/{digest}", headers=h).status == 202
     assert send("GET", f"{e}/v2/src/manifests/a", headers=h).status == 404
+
+
+def test_layer_upload_api(server):
+    import hashlib
+
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="parts")
+    data = os.urandom(3000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    up = ecr.initiate_layer_upload(repositoryName="parts")
+    conformance.check("ecr", "InitiateLayerUpload", up)
+    uid = up["uploadId"]
+    r = ecr.upload_layer_part(repositoryName="parts", uploadId=uid, partFirstByte=0, partLastByte=999, layerPartBlob=data[:1000])
+    conformance.check("ecr", "UploadLayerPart", r)
+    assert r["lastByteReceived"] == 999
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.upload_layer_part(repositoryName="parts", uploadId=uid, partFirstByte=1500, partLastByte=2999, layerPartBlob=data[1500:])
+    assert e.value.response["Error"]["Code"] == "InvalidLayerPartException"
+    ecr.upload_layer_part(repositoryName="parts", uploadId=uid, partFirstByte=1000, partLastByte=2999, layerPartBlob=data[1000:])
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.complete_layer_upload(repositoryName="parts", uploadId=uid, layerDigests=["sha256:" + "4" * 64])
+    assert e.value.response["Error"]["Code"] == "InvalidLayerException"
+    # A failed completion discards the session; nothing became visible.
+    layers = ecr.batch_check_layer_availability(repositoryName="parts", layerDigests=[digest])
+    assert layers["failures"][0]["failureCode"] == "MissingLayerDigest"
+    uid = ecr.initiate_layer_upload(repositoryName="parts")["uploadId"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.complete_layer_upload(repositoryName="parts", uploadId=uid, layerDigests=[digest])
+    assert e.value.response["Error"]["Code"] == "EmptyUploadException"
+    ecr.upload_layer_part(repositoryName="parts", uploadId=uid, partFirstByte=0, partLastByte=2999, layerPartBlob=data)
+    done = ecr.complete_layer_upload(repositoryName="parts", uploadId=uid, layerDigests=[digest])
+    conformance.check("ecr", "CompleteLayerUpload", done)
+    assert done["layerDigest"] == digest
+    assert ecr.batch_check_layer_availability(repositoryName="parts", layerDigests=[digest])["layers"][0]["layerSize"] == 3000
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.upload_layer_part(repositoryName="parts", uploadId="nope", partFirstByte=0, partLastByte=0, layerPartBlob=b"x")
+    assert e.value.response["Error"]["Code"] == "UploadNotFoundException"
+    uid = ecr.initiate_layer_upload(repositoryName="parts")["uploadId"]
+    ecr.upload_layer_part(repositoryName="parts", uploadId=uid, partFirstByte=0, partLastByte=2999, layerPartBlob=data)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.complete_layer_upload(repositoryName="parts", uploadId=uid, layerDigests=[digest])
+    assert e.value.response["Error"]["Code"] == "LayerAlreadyExistsException"
+    # The uploaded layer can back an image pushed through PutImage.
+    config = b'{"architecture":"amd64","os":"linux"}'
+    cd = "sha256:" + hashlib.sha256(config).hexdigest()
+    uid = ecr.initiate_layer_upload(repositoryName="parts")["uploadId"]
+    ecr.upload_layer_part(repositoryName="parts", uploadId=uid, partFirstByte=0, partLastByte=len(config) - 1, layerPartBlob=config)
+    ecr.complete_layer_upload(repositoryName="parts", uploadId=uid, layerDigests=[cd])
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest, "size": 3000}]})
+    put = ecr.put_image(repositoryName="parts", imageManifest=manifest, imageTag="api")
+    conformance.check("ecr", "PutImage", put)
+    assert ecr.describe_images(repositoryName="parts")["imageDetails"][0]["imageSizeInBytes"] == 3000
+    missing = manifest.replace(digest, "sha256:" + "5" * 64)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.put_image(repositoryName="parts", imageManifest=missing, imageTag="broken")
+    assert e.value.response["Error"]["Code"] == "LayersNotFoundException"

@@ -6,6 +6,7 @@
 pub mod blobs;
 pub mod gc;
 pub mod images;
+pub mod layers;
 pub mod registry;
 pub mod repo;
 pub mod token;
@@ -64,6 +65,9 @@ const IMPLEMENTED: &[&str] = &[
     "TagResource",
     "UntagResource",
     "ListTagsForResource",
+    "InitiateLayerUpload",
+    "UploadLayerPart",
+    "CompleteLayerUpload",
 ];
 
 pub use fleetport_proto::clock::unix_secs as now_secs;
@@ -136,6 +140,9 @@ impl Ecr {
             "TagResource" => self.tag_resource(input).await,
             "UntagResource" => self.untag_resource(input).await,
             "ListTagsForResource" => self.list_tags_for_resource(input),
+            "InitiateLayerUpload" => self.initiate_layer_upload(input).await,
+            "UploadLayerPart" => self.upload_layer_part(input).await,
+            "CompleteLayerUpload" => self.complete_layer_upload(input).await,
             _ => Err(AwsError::client(
                 "UnknownOperationException",
                 format!("Unknown operation {operation}"),
