@@ -523,3 +523,31 @@ def test_layer_upload_api(server):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         ecr.put_image(repositoryName="parts", imageManifest=missing, imageTag="broken")
     assert e.value.response["Error"]["Code"] == "LayersNotFoundException"
+
+
+def test_repository_policy(server):
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="pol")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.get_repository_policy(repositoryName="pol")
+    assert e.value.response["Error"]["Code"] == "RepositoryPolicyNotFoundException"
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [{"Sid": "pull", "Effect": "Allow",
+                         "Principal": {"AWS": "arn:aws:iam::000000000000:root"}, "Action": ["ecr:BatchGetImage"]}]})
+    r = ecr.set_repository_policy(repositoryName="pol", policyText=policy)
+    conformance.check("ecr", "SetRepositoryPolicy", r)
+    got = ecr.get_repository_policy(repositoryName="pol")
+    conformance.check("ecr", "GetRepositoryPolicy", got)
+    assert got["policyText"] == policy
+    for bad in ["not json", json.dumps({"Version": "2012-10-17"}), json.dumps({"Statement": []})]:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ecr.set_repository_policy(repositoryName="pol", policyText=bad)
+        assert e.value.response["Error"]["Code"] == "InvalidParameterException"
+    assert ecr.get_repository_policy(repositoryName="pol")["policyText"] == policy, "a refused policy changes nothing"
+    r = ecr.delete_repository_policy(repositoryName="pol")
+    conformance.check("ecr", "DeleteRepositoryPolicy", r)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.delete_repository_policy(repositoryName="pol")
+    assert e.value.response["Error"]["Code"] == "RepositoryPolicyNotFoundException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.set_repository_policy(repositoryName="ghost", policyText=policy)
+    assert e.value.response["Error"]["Code"] == "RepositoryNotFoundException"

@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod gc;
 pub mod images;
 pub mod layers;
+pub mod policy;
 pub mod registry;
 pub mod repo;
 pub mod token;
@@ -68,6 +69,9 @@ const IMPLEMENTED: &[&str] = &[
     "InitiateLayerUpload",
     "UploadLayerPart",
     "CompleteLayerUpload",
+    "SetRepositoryPolicy",
+    "GetRepositoryPolicy",
+    "DeleteRepositoryPolicy",
 ];
 
 pub use fleetport_proto::clock::unix_secs as now_secs;
@@ -143,6 +147,9 @@ impl Ecr {
             "InitiateLayerUpload" => self.initiate_layer_upload(input).await,
             "UploadLayerPart" => self.upload_layer_part(input).await,
             "CompleteLayerUpload" => self.complete_layer_upload(input).await,
+            "SetRepositoryPolicy" => self.set_repository_policy(input).await,
+            "GetRepositoryPolicy" => self.get_repository_policy(input),
+            "DeleteRepositoryPolicy" => self.delete_repository_policy(input).await,
             _ => Err(AwsError::client(
                 "UnknownOperationException",
                 format!("Unknown operation {operation}"),

@@ -411,6 +411,7 @@ impl Ecr {
             }
             txn.delete(REPOS, &name)?;
             txn.delete(crate::images::RESOURCE_TAGS, &record.arn)?;
+            txn.delete(crate::policy::POLICIES, &name)?;
             Ok(record)
         })
         .await
