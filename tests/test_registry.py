@@ -551,3 +551,40 @@ def test_repository_policy(server):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         ecr.set_repository_policy(repositoryName="ghost", policyText=policy)
     assert e.value.response["Error"]["Code"] == "RepositoryNotFoundException"
+
+
+def test_chunked_upload_resumes_after_a_dropped_connection(server):
+    """A PATCH whose connection dies mid-body keeps what arrived; the client asks where the
+    upload stands (GET on the session) and continues from there."""
+    import hashlib
+    import socket
+    import time
+
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="resume")
+    h = registry_auth(server)
+    data = os.urandom(3 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    loc = send("POST", f"{server.endpoint}/v2/resume/blobs/uploads/", b"", h).headers["location"]
+    sent = 1024 * 1024 + 12345
+    s = socket.create_connection(("127.0.0.1", server.port))
+    head = (f"PATCH {loc} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {h['Authorization']}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+    s.sendall(head + data[:sent])
+    time.sleep(0.5)
+    s.close()
+
+    def status():
+        r = send("GET", f"{server.endpoint}{loc}", headers=h)
+        assert r.status == 204, r.status
+        return int(r.headers["range"].split("-")[1]) + 1
+
+    eventually(lambda: status() == sent)
+    offset = status()
+    r = send("PATCH", f"{server.endpoint}{loc}", data[offset:],
+             dict(h, **{"Content-Range": f"{offset}-{len(data) - 1}", "Content-Type": "application/octet-stream"}))
+    assert r.status == 202 and r.headers["range"] == f"0-{len(data) - 1}"
+    r = send("PUT", f"{server.endpoint}{loc}?digest={digest}", b"", h)
+    assert r.status == 201, r.text
+    r = send("GET", f"{server.endpoint}/v2/resume/blobs/{digest}", headers=h)
+    assert r.body == data

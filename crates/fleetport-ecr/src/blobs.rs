@@ -21,6 +21,8 @@ pub enum BlobError {
     BadDigest,
     #[error("chunk out of order: expected offset {expected}")]
     OutOfOrder { expected: u64 },
+    #[error("the client stopped sending the body: {0}")]
+    ClientAborted(String),
     #[error("storage: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -159,26 +161,47 @@ impl FsBlobs {
             self.put_back(id, s);
             return Err(BlobError::OutOfOrder { expected });
         }
-        let result: Result<(), BlobError> = async {
-            let file = tokio::fs::OpenOptions::new()
-                .append(true)
-                .open(self.upload_path(id))
-                .await?;
-            // Body frames are small; batching them into 1 MiB writes saves a blocking-pool hop per frame.
-            let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| std::io::Error::other(e.to_string()))?;
-                file.write_all(&chunk).await?;
-                s.hasher.update(&chunk);
-                s.written += chunk.len() as u64;
+        let file = match tokio::fs::OpenOptions::new()
+            .append(true)
+            .open(self.upload_path(id))
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => {
+                self.put_back(id, s);
+                return Err(e.into());
             }
-            file.flush().await?;
-            Ok(())
+        };
+        // Body frames are small; batching them into 1 MiB writes saves a blocking-pool hop per frame.
+        let mut file = tokio::io::BufWriter::with_capacity(1 << 20, file);
+        let mut received: Result<(), BlobError> = Ok(());
+        let mut broken = false;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                // The client went away mid-body: keep what arrived, so the upload can resume.
+                Err(e) => {
+                    received = Err(BlobError::ClientAborted(e.to_string()));
+                    break;
+                }
+            };
+            if let Err(e) = file.write_all(&chunk).await {
+                broken = true;
+                received = Err(e.into());
+                break;
+            }
+            s.hasher.update(&chunk);
+            s.written += chunk.len() as u64;
         }
-        .await;
+        // Everything counted in the hash must be in the file, or the session no longer matches it.
+        if broken || file.flush().await.is_err() {
+            self.sessions.lock().remove(id);
+            let _ = tokio::fs::remove_file(self.upload_path(id)).await;
+            return Err(received.err().unwrap_or(BlobError::UploadUnknown));
+        }
         let written = s.written;
         self.put_back(id, s);
-        result.map(|()| written)
+        received.map(|()| written)
     }
 
     /// Verifies the whole upload against `digest` and makes it visible. On mismatch the

@@ -666,6 +666,14 @@ fn blob_error(e: BlobError) -> Response {
             );
             r
         }
+        BlobError::ClientAborted(e) => {
+            tracing::debug!(error = %e, "upload body ended early; the received part is kept");
+            error(
+                StatusCode::BAD_REQUEST,
+                "BLOB_UPLOAD_INVALID",
+                "the upload body ended early; resume from the reported range",
+            )
+        }
         BlobError::Io(e) => {
             tracing::error!(error = %e, "blob storage failure");
             error(
