@@ -588,3 +588,30 @@ def test_chunked_upload_resumes_after_a_dropped_connection(server):
     assert r.status == 201, r.text
     r = send("GET", f"{server.endpoint}/v2/resume/blobs/{digest}", headers=h)
     assert r.body == data
+
+
+def test_describe_images_filters_ids_and_pages(server):
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="desc")
+    _, d1 = push_raw(server, "desc", "one", b"l1")
+    _, d2 = push_raw(server, "desc", "two", b"l2")
+    ecr.batch_delete_image(repositoryName="desc", imageIds=[{"imageTag": "two"}])
+    m3, d3 = push_raw(server, "desc", "three", b"l3")
+    # Untag 'three' by re-pointing nothing at it: push it again by digest only, then drop the tag.
+    h = registry_auth(server)
+    assert send("DELETE", f"{server.endpoint}/v2/desc/manifests/three", headers=h).status == 202
+    assert send("PUT", f"{server.endpoint}/v2/desc/manifests/{d3}", m3,
+                dict(h, **{"Content-Type": "application/vnd.oci.image.manifest.v1+json"})).status == 201
+    tagged = ecr.describe_images(repositoryName="desc", filter={"tagStatus": "TAGGED"})
+    conformance.check("ecr", "DescribeImages", tagged)
+    assert [i["imageDigest"] for i in tagged["imageDetails"]] == [d1]
+    untagged = ecr.describe_images(repositoryName="desc", filter={"tagStatus": "UNTAGGED"})["imageDetails"]
+    assert [i["imageDigest"] for i in untagged] == [d3] and "imageTags" not in untagged[0]
+    by_id = ecr.describe_images(repositoryName="desc", imageIds=[{"imageTag": "one"}])["imageDetails"]
+    assert by_id[0]["imageDigest"] == d1 and by_id[0]["imageTags"] == ["one"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.describe_images(repositoryName="desc", imageIds=[{"imageTag": "two"}])
+    assert e.value.response["Error"]["Code"] == "ImageNotFoundException"
+    pages = list(ecr.get_paginator("describe_images").paginate(repositoryName="desc", PaginationConfig={"PageSize": 1}))
+    assert sorted(i["imageDigest"] for p in pages for i in p["imageDetails"]) == sorted([d1, d3])
+    assert len(pages) == 2

@@ -159,6 +159,75 @@ impl Ecr {
         page(ids, &input, "imageIds")
     }
 
+    fn image_detail(&self, repo: &str, m: &ManifestRecord, c: &Contents) -> Value {
+        let mut tags = c.tags_of(&m.digest);
+        tags.sort();
+        let mut d = json!({
+            "registryId": self.scope.account,
+            "repositoryName": repo,
+            "imageDigest": m.digest,
+            "imageSizeInBytes": m.image_size,
+            "imagePushedAt": m.pushed_at,
+            "imageManifestMediaType": m.media_type,
+        });
+        if !tags.is_empty() {
+            d["imageTags"] = json!(tags);
+        }
+        d
+    }
+
+    pub(crate) fn describe_images(&self, input: Value) -> Result<Value, AwsError> {
+        let name = string(&input, "repositoryName");
+        self.existing_repo(&name)?;
+        let c = self.contents(&name)?;
+        if let Some(ids) = input
+            .get("imageIds")
+            .and_then(Value::as_array)
+            .filter(|l| !l.is_empty())
+        {
+            if input.get("maxResults").is_some() || input.get("nextToken").is_some() {
+                return Err(invalid(
+                    "maxResults and nextToken cannot be combined with imageIds.",
+                ));
+            }
+            let mut details = Vec::new();
+            for raw in ids {
+                let id = ImageId::parse(raw);
+                let m = c.find(&id).map_err(|_| {
+                    AwsError::client(
+                        "ImageNotFoundException",
+                        format!(
+                            "The image with imageId {{imageDigest:'{}', imageTag:'{}'}} does not exist within the repository with name '{name}' in the registry with id '{}'",
+                            id.digest.as_deref().unwrap_or("null"),
+                            id.tag.as_deref().unwrap_or("null"),
+                            self.scope.account
+                        ),
+                    )
+                })?;
+                details.push(self.image_detail(&name, m, &c));
+            }
+            return Ok(json!({ "imageDetails": details }));
+        }
+        let status = input
+            .pointer("/filter/tagStatus")
+            .and_then(Value::as_str)
+            .unwrap_or("ANY");
+        let items: Vec<(String, Value)> = c
+            .manifests
+            .iter()
+            .filter(|m| {
+                let tagged = !c.tags_of(&m.digest).is_empty();
+                match status {
+                    "TAGGED" => tagged,
+                    "UNTAGGED" => !tagged,
+                    _ => true,
+                }
+            })
+            .map(|m| (m.digest.clone(), self.image_detail(&name, m, &c)))
+            .collect();
+        page(items, &input, "imageDetails")
+    }
+
     pub(crate) fn batch_get_image(&self, input: Value) -> Result<Value, AwsError> {
         let name = string(&input, "repositoryName");
         self.existing_repo(&name)?;

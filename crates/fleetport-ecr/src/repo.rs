@@ -419,52 +419,6 @@ impl Ecr {
         Ok(json!({ "repository": self.render_repo(&record) }))
     }
 
-    pub(crate) fn describe_images(&self, input: Value) -> Result<Value, AwsError> {
-        let name = input
-            .get("repositoryName")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        if self
-            .find_repository(&name)
-            .map_err(ecr_store_error)?
-            .is_none()
-        {
-            return Err(repo_not_found(&name, &self.scope.account));
-        }
-        let (manifests, tags) = fleetport_store::read(&*self.store, |t| {
-            let m =
-                t.scan_json::<ManifestRecord>(MANIFESTS, &format!("{name}@"), None, usize::MAX)?;
-            let tg = t.scan_json::<TagRecord>(TAGS, &format!("{name}:"), None, usize::MAX)?;
-            Ok::<_, Failure>((m, tg))
-        })
-        .map_err(|f| f.0)?;
-        let details: Vec<Value> = manifests
-            .into_iter()
-            .map(|(_, m)| {
-                let mut image_tags: Vec<String> = tags
-                    .iter()
-                    .filter(|(_, t)| t.digest == m.digest)
-                    .map(|(k, _)| k[name.len() + 1..].to_string())
-                    .collect();
-                image_tags.sort();
-                let mut d = json!({
-                    "registryId": self.scope.account,
-                    "repositoryName": name,
-                    "imageDigest": m.digest,
-                    "imageSizeInBytes": m.image_size,
-                    "imagePushedAt": m.pushed_at,
-                    "imageManifestMediaType": m.media_type,
-                });
-                if !image_tags.is_empty() {
-                    d["imageTags"] = json!(image_tags);
-                }
-                d
-            })
-            .collect();
-        Ok(json!({ "imageDetails": details }))
-    }
-
     pub(crate) fn get_authorization_token(&self) -> Result<Value, AwsError> {
         let expires = now_secs() + crate::token::VALIDITY_SECS;
         let token = self.token_key.issue(&self.scope.account, expires);
