@@ -42,6 +42,38 @@ pub struct ManifestRecord {
     /// Compressed size of the layers (what ECR reports as imageSizeInBytes).
     pub image_size: u64,
     pub pushed_at: f64,
+    /// OS/architecture from the image config, or of each entry of a manifest list or index.
+    #[serde(default)]
+    pub platforms: Vec<Platform>,
+}
+
+/// Where an image can run, as its config (or an index entry) declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub os: String,
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    fn from_json(v: &Value) -> Option<Self> {
+        Some(Platform {
+            os: v.get("os")?.as_str()?.to_string(),
+            architecture: v.get("architecture")?.as_str()?.to_string(),
+            variant: v.get("variant").and_then(Value::as_str).map(String::from),
+        })
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -225,12 +257,14 @@ impl Ecr {
             }
             image_size += child.get("size").and_then(Value::as_u64).unwrap_or(0);
         }
+        let platforms = self.platforms_of(&doc).await;
         let record = ManifestRecord {
             digest: digest.clone(),
             media_type,
             body: STANDARD.encode(&bytes),
             image_size,
             pushed_at: now(),
+            platforms,
         };
         let repo = repo.clone();
         let out = fleetport_store::write(&*self.store, move |txn| {
@@ -259,6 +293,45 @@ impl Ecr {
         })
         .await;
         out.map_err(|e: StoreOr| e.0)
+    }
+
+    /// The platforms a manifest declares: from an index's entries, or from an image's config blob.
+    async fn platforms_of(&self, doc: &Value) -> Vec<Platform> {
+        if let Some(entries) = doc.get("manifests").and_then(Value::as_array) {
+            return entries
+                .iter()
+                .filter_map(|e| e.get("platform").and_then(Platform::from_json))
+                .collect();
+        }
+        let Some(config) = doc.pointer("/config/digest").and_then(Value::as_str) else {
+            return Vec::new();
+        };
+        // Image configs are small JSON documents; anything huge is not worth reading here.
+        match self.blobs.size(config).await {
+            Some(size) if size <= 1 << 20 => {}
+            _ => return Vec::new(),
+        }
+        let Some(path) = self.blobs.path(config) else {
+            return Vec::new();
+        };
+        match tokio::fs::read(path)
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        {
+            Some(cfg) => Platform::from_json(&cfg).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The platforms an image (by tag or digest) can run on, for placement and pull checks.
+    /// `None` when the repository or image does not exist.
+    pub async fn image_platforms(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<Vec<Platform>>, fleetport_store::StoreError> {
+        Ok(self.resolve(repo, reference)?.map(|m| m.platforms))
     }
 
     /// Deletes a tag, or an image by digest with every tag pointing at it.
@@ -440,5 +513,80 @@ impl From<fleetport_store::StoreError> for StoreOr {
 impl From<RegistryError> for StoreOr {
     fn from(e: RegistryError) -> Self {
         StoreOr(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use fleetport_store::sqlite::SqliteStore;
+    use serde_json::json;
+
+    use super::*;
+
+    async fn put_blob(ecr: &Ecr, bytes: &[u8]) -> String {
+        let id = ecr.blobs.start("plat").await.unwrap();
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
+            bytes::Bytes::copy_from_slice(bytes),
+        )]);
+        ecr.blobs.append(&id, "plat", None, body).await.unwrap();
+        let digest = digest_of(bytes);
+        ecr.blobs.finish(&id, "plat", &digest).await.unwrap();
+        digest
+    }
+
+    #[tokio::test]
+    async fn platforms_are_recorded_for_images_and_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let ecr = Ecr::open(
+            store,
+            dir.path(),
+            "us-east-1",
+            "000000000000",
+            "localhost:4566",
+        )
+        .unwrap();
+        ecr.create_repository(json!({"repositoryName": "plat"}))
+            .await
+            .unwrap();
+        let repo = ecr.find_repository("plat").unwrap().unwrap();
+        let mut digests = Vec::new();
+        for arch in ["amd64", "arm64"] {
+            let config = put_blob(
+                &ecr,
+                json!({"os": "linux", "architecture": arch, "rootfs": {}})
+                    .to_string()
+                    .as_bytes(),
+            )
+            .await;
+            let layer = put_blob(&ecr, arch.as_bytes()).await;
+            let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 5}]});
+            let d = ecr
+                .store_manifest(&repo, arch, None, bytes::Bytes::from(manifest.to_string()))
+                .await
+                .unwrap();
+            digests.push(d);
+        }
+        let arm = ecr.image_platforms("plat", "arm64").await.unwrap().unwrap();
+        assert_eq!(
+            arm.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["linux/arm64"]
+        );
+        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digests[0], "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digests[1], "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]});
+        ecr.store_manifest(&repo, "multi", None, bytes::Bytes::from(index.to_string()))
+            .await
+            .unwrap();
+        let multi = ecr.image_platforms("plat", "multi").await.unwrap().unwrap();
+        assert_eq!(
+            multi.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["linux/amd64", "linux/arm64/v8"]
+        );
+        assert_eq!(ecr.image_platforms("plat", "missing").await.unwrap(), None);
     }
 }
