@@ -92,7 +92,7 @@ def test_query_protocol_errors_are_xml(server):
 
 def test_unimplemented_ecr_operations_answer_clearly(server):
     with pytest.raises(botocore.exceptions.ClientError) as e:
-        server.client("ecr").get_lifecycle_policy(repositoryName="xy")
+        server.client("ecr").describe_pull_through_cache_rules()
     assert e.value.response["Error"]["Code"] == "UnknownOperationException"
     assert "ECR" in e.value.response["Error"]["Message"]
 

@@ -615,3 +615,84 @@ def test_describe_images_filters_ids_and_pages(server):
     pages = list(ecr.get_paginator("describe_images").paginate(repositoryName="desc", PaginationConfig={"PageSize": 1}))
     assert sorted(i["imageDigest"] for p in pages for i in p["imageDetails"]) == sorted([d1, d3])
     assert len(pages) == 2
+
+
+def test_lifecycle_policy_preview_and_expiry(server):
+    import time
+
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="life")
+    pushed = []
+    for i in range(4):
+        pushed.append(push_raw(server, "life", f"prod-{i}", f"prod layer {i}".encode())[1])
+        time.sleep(0.02)
+    _, untagged = push_raw(server, "life", "tmp", b"untagged layer")
+    h = registry_auth(server)
+    assert send("DELETE", f"{server.endpoint}/v2/life/manifests/tmp", headers=h).status == 202
+    assert send("PUT", f"{server.endpoint}/v2/life/manifests/{untagged}", b"", h).status == 400, "empty manifest refused"
+    policy = json.dumps({"rules": [
+        {"rulePriority": 1, "description": "keep two prod images",
+         "selection": {"tagStatus": "tagged", "tagPrefixList": ["prod"], "countType": "imageCountMoreThan", "countNumber": 2},
+         "action": {"type": "expire"}}]})
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.get_lifecycle_policy(repositoryName="life")
+    assert e.value.response["Error"]["Code"] == "LifecyclePolicyNotFoundException"
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.get_lifecycle_policy_preview(repositoryName="life")
+    assert e.value.response["Error"]["Code"] == "LifecyclePolicyPreviewNotFoundException"
+    started = ecr.start_lifecycle_policy_preview(repositoryName="life", lifecyclePolicyText=policy)
+    conformance.check("ecr", "StartLifecyclePolicyPreview", started)
+    ecr.get_waiter("lifecycle_policy_preview_complete").wait(repositoryName="life", WaiterConfig={"Delay": 1, "MaxAttempts": 5})
+    preview = ecr.get_lifecycle_policy_preview(repositoryName="life")
+    conformance.check("ecr", "GetLifecyclePolicyPreview", preview)
+    assert sorted(r["imageDigest"] for r in preview["previewResults"]) == sorted(pushed[:2])
+    assert preview["summary"]["expiringImageTotalCount"] == 2
+    assert all(r["appliedRulePriority"] == 1 and r["action"]["type"] == "EXPIRE" for r in preview["previewResults"])
+    # A preview expires nothing.
+    assert len(ecr.describe_images(repositoryName="life")["imageDetails"]) == 5
+    bad = policy.replace('"imageCountMoreThan"', '"sinceImagePushed"')
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.put_lifecycle_policy(repositoryName="life", lifecyclePolicyText=bad)
+    assert e.value.response["Error"]["Code"] == "InvalidParameterException"
+    assert len(ecr.describe_images(repositoryName="life")["imageDetails"]) == 5, "a refused policy expires nothing"
+    put = ecr.put_lifecycle_policy(repositoryName="life", lifecyclePolicyText=policy)
+    conformance.check("ecr", "PutLifecyclePolicy", put)
+    remaining = {i["imageDigest"] for i in ecr.describe_images(repositoryName="life")["imageDetails"]}
+    assert remaining == {pushed[2], pushed[3], untagged}
+    got = ecr.get_lifecycle_policy(repositoryName="life")
+    conformance.check("ecr", "GetLifecyclePolicy", got)
+    assert got["lifecyclePolicyText"] == policy and "lastEvaluatedAt" in got
+    deleted = ecr.delete_lifecycle_policy(repositoryName="life")
+    conformance.check("ecr", "DeleteLifecyclePolicy", deleted)
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecr.delete_lifecycle_policy(repositoryName="life")
+    assert e.value.response["Error"]["Code"] == "LifecyclePolicyNotFoundException"
+
+
+def test_lifecycle_applies_periodically_and_frees_blobs(data_dir):
+    import hashlib
+    import time
+
+    server = Server(data_dir, ["--registry-gc-interval", "1", "--registry-gc-grace", "0"]).start()
+    try:
+        ecr = server.client("ecr")
+        ecr.create_repository(repositoryName="periodic")
+        policy = json.dumps({"rules": [{"rulePriority": 1, "description": "keep the newest image only",
+                                        "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": 1},
+                                        "action": {"type": "expire"}}]})
+        ecr.put_lifecycle_policy(repositoryName="periodic", lifecyclePolicyText=policy)
+        digests = []
+        for i in range(3):
+            digests.append(push_raw(server, "periodic", f"v{i}", f"periodic layer {i}".encode())[1])
+            time.sleep(0.02)
+        h = registry_auth(server)
+
+        def layer_present(i):
+            d = "sha256:" + hashlib.sha256(f"periodic layer {i}".encode()).hexdigest()
+            return send("HEAD", f"{server.endpoint}/v2/periodic/blobs/{d}", headers=h).status == 200
+
+        eventually(lambda: [i["imageDigest"] for i in ecr.describe_images(repositoryName="periodic")["imageDetails"]] == [digests[2]])
+        eventually(lambda: not layer_present(0) and not layer_present(1))
+        assert layer_present(2)
+    finally:
+        server.stop()

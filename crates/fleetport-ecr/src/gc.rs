@@ -1,4 +1,4 @@
-//! Garbage collection of blobs that no manifest in any repository references any more (after
+//! Registry maintenance: lifecycle policy enforcement, then garbage collection of blobs that no manifest in any repository references any more (after
 //! BatchDeleteImage, manifest deletes or DeleteRepository). Safe while pushes are in flight: a
 //! blob is only removed once it is older than a grace period, since layers are uploaded before
 //! the manifest that references them.
@@ -86,6 +86,8 @@ impl Ecr {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // Lifecycle expiry first, so the blobs of images it removes are collected in this pass.
+            self.apply_all_lifecycles().await;
             let ecr = self.clone();
             let r = tokio::task::spawn_blocking(move || ecr.collect_garbage(grace)).await;
             if let Ok(Err(e)) = r {

@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod gc;
 pub mod images;
 pub mod layers;
+pub mod lifecycle;
 pub mod policy;
 pub mod registry;
 pub mod repo;
@@ -72,6 +73,11 @@ const IMPLEMENTED: &[&str] = &[
     "SetRepositoryPolicy",
     "GetRepositoryPolicy",
     "DeleteRepositoryPolicy",
+    "PutLifecyclePolicy",
+    "GetLifecyclePolicy",
+    "DeleteLifecyclePolicy",
+    "StartLifecyclePolicyPreview",
+    "GetLifecyclePolicyPreview",
 ];
 
 pub use fleetport_proto::clock::unix_secs as now_secs;
@@ -150,6 +156,11 @@ impl Ecr {
             "SetRepositoryPolicy" => self.set_repository_policy(input).await,
             "GetRepositoryPolicy" => self.get_repository_policy(input),
             "DeleteRepositoryPolicy" => self.delete_repository_policy(input).await,
+            "PutLifecyclePolicy" => self.put_lifecycle_policy(input).await,
+            "GetLifecyclePolicy" => self.get_lifecycle_policy(input),
+            "DeleteLifecyclePolicy" => self.delete_lifecycle_policy(input).await,
+            "StartLifecyclePolicyPreview" => self.start_lifecycle_policy_preview(input).await,
+            "GetLifecyclePolicyPreview" => self.get_lifecycle_policy_preview(input),
             _ => Err(AwsError::client(
                 "UnknownOperationException",
                 format!("Unknown operation {operation}"),

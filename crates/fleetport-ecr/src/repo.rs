@@ -77,7 +77,7 @@ impl std::fmt::Display for Platform {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct TagRecord {
+pub struct TagRecord {
     pub digest: String,
 }
 
@@ -485,6 +485,8 @@ impl Ecr {
             txn.delete(REPOS, &name)?;
             txn.delete(crate::images::RESOURCE_TAGS, &record.arn)?;
             txn.delete(crate::policy::POLICIES, &name)?;
+            txn.delete(crate::lifecycle::POLICIES, &name)?;
+            txn.delete(crate::lifecycle::PREVIEWS, &name)?;
             Ok(record)
         })
         .await
