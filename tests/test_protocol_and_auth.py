@@ -142,19 +142,30 @@ def rss_kib(pid):
 
 
 def test_reset_wipes_state_and_returns_memory(server):
-    ecs = server.client("ecs")
-    ecs.list_clusters()
-    idle = rss_kib(server.proc.pid)
-    for i in range(300):
-        ecs.register_task_definition(family=f"fam{i % 7}", containerDefinitions=[{"name": "a", "image": "i" * 500, "memory": 64}])
-        ecs.create_cluster(clusterName=f"c{i}")
-    r = send("POST", server.endpoint + "/_fleetport/reset")
-    assert r.status == 200 and r.json() == {"reset": True}
-    assert ecs.list_clusters()["clusterArns"] == []
-    assert ecs.list_task_definition_families()["families"] == []
-    assert ecs.register_task_definition(family="fam0", containerDefinitions=[{"name": "a", "image": "i", "memory": 64}])["taskDefinition"]["revision"] == 1
-    after = rss_kib(server.proc.pid)
-    assert after < idle + 4096, f"RSS {after} KiB after reset vs {idle} KiB idle"
+    ecr = server.client("ecs")
+
+    def fill():
+        for i in range(500):
+            ecr.register_task_definition(family=f"fam{i % 7}", containerDefinitions=[{"name": "a", "image": "i" * 8000, "memory": 64}])
+            if i % 5 == 0:
+                ecr.create_cluster(clusterName=f"c{i}")
+
+    def reset():
+        r = send("POST", server.endpoint + "/_fleetport/reset")
+        assert r.status == 200 and r.json() == {"reset": True}
+
+    # Freed memory stays with the allocator for reuse (it is not handed back to the OS), so the
+    # property checked is that fill/reset cycles do not accumulate: after the first cycle, RSS
+    # after each reset stays level.
+    levels = []
+    for _ in range(3):
+        fill()
+        reset()
+        levels.append(rss_kib(server.proc.pid))
+    assert ecr.list_clusters()["clusterArns"] == []
+    assert ecr.list_task_definition_families()["families"] == []
+    assert ecr.register_task_definition(family="fam0", containerDefinitions=[{"name": "a", "image": "i", "memory": 64}])["taskDefinition"]["revision"] == 1
+    assert levels[2] < levels[0] + 1024, f"RSS after each reset (KiB): {levels}"
 
 
 def test_reset_is_off_by_default(data_dir):
