@@ -442,6 +442,8 @@ def test_mount_pagination_sessions_index_and_limits(server):
          "platform": {"os": "linux", "architecture": "arm64"}}]}).encode()
     r = send("PUT", f"{e}/v2/src/manifests/multi", index, dict(h, **{"Content-Type": "application/vnd.oci.image.index.v1+json"}))
     assert r.status == 201, r.text
+    sizes = {d["imageDigest"]: d["imageSizeInBytes"] for d in ecr.describe_images(repositoryName="src")["imageDetails"]}
+    assert sizes[r.headers["docker-content-digest"]] == max(len(b"shared-layer"), len(b"arm-layer")), "a list reports its largest image"
     r = send("GET", f"{e}/v2/src/manifests/multi", headers=dict(h, Accept="application/vnd.oci.image.index.v1+json"))
     assert r.status == 200 and r.body == index
     assert r.headers["content-type"] == "application/vnd.oci.image.index.v1+json"

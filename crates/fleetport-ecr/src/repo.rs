@@ -248,14 +248,15 @@ impl Ecr {
             .flatten()
         {
             let d = child.get("digest").and_then(Value::as_str).unwrap_or("");
-            if self.resolve(&repo.name, d).map_err(internal)?.is_none() {
+            let Some(found) = self.resolve(&repo.name, d).map_err(internal)? else {
                 return Err((
                     StatusCode::BAD_REQUEST,
                     "MANIFEST_BLOB_UNKNOWN",
                     format!("manifest unknown to registry: {d}"),
                 ));
-            }
-            image_size += child.get("size").and_then(Value::as_u64).unwrap_or(0);
+            };
+            // ECR reports a list's size as the largest of its images.
+            image_size = image_size.max(found.image_size);
         }
         let platforms = self.platforms_of(&doc).await;
         let record = ManifestRecord {
