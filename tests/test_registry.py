@@ -698,3 +698,45 @@ def test_lifecycle_applies_periodically_and_frees_blobs(data_dir):
         assert layer_present(2)
     finally:
         server.stop()
+
+
+def test_referrers_and_manifest_list_references(server):
+    import hashlib
+
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="refs")
+    h = registry_auth(server)
+    e = server.endpoint
+    manifest, subject = push_raw(server, "refs", "app", b"app-layer")
+    empty = b"{}"
+    empty_digest = "sha256:" + hashlib.sha256(empty).hexdigest()
+    sig = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "artifactType": "application/vnd.example.signature",
+                      "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty_digest, "size": 2},
+                      "layers": [], "subject": {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject,
+                                                "size": len(manifest)},
+                      "annotations": {"org.example.signed-by": "ci"}}).encode()
+    sig_digest = "sha256:" + hashlib.sha256(sig).hexdigest()
+    r = send("PUT", f"{e}/v2/refs/manifests/{sig_digest}", sig, dict(h, **{"Content-Type": "application/vnd.oci.image.manifest.v1+json"}))
+    assert r.status == 201, r.text
+    assert r.headers["oci-subject"] == subject
+    r = send("GET", f"{e}/v2/refs/referrers/{subject}", headers=h)
+    assert r.status == 200 and r.headers["content-type"] == "application/vnd.oci.image.index.v1+json"
+    refs = r.json()["manifests"]
+    assert refs == [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": sig_digest, "size": len(sig),
+                     "artifactType": "application/vnd.example.signature", "annotations": {"org.example.signed-by": "ci"}}]
+    r = send("GET", f"{e}/v2/refs/referrers/{subject}?artifactType=application/vnd.other", headers=h)
+    assert r.json()["manifests"] == [] and r.headers["oci-filters-applied"] == "artifactType"
+    # No referrers is an empty index, never 404.
+    r = send("GET", f"{e}/v2/refs/referrers/sha256:{'6' * 64}", headers=h)
+    assert r.status == 200 and r.json()["manifests"] == []
+    # An image a manifest list names cannot be deleted while the list exists.
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": subject, "size": len(manifest),
+         "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+    assert send("PUT", f"{e}/v2/refs/manifests/list", index, dict(h, **{"Content-Type": "application/vnd.oci.image.index.v1+json"})).status == 201
+    r = ecr.batch_delete_image(repositoryName="refs", imageIds=[{"imageDigest": subject}])
+    assert r["failures"][0]["failureCode"] == "ImageReferencedByManifestList" and r["imageIds"] == []
+    ecr.batch_delete_image(repositoryName="refs", imageIds=[{"imageTag": "list"}])
+    r = ecr.batch_delete_image(repositoryName="refs", imageIds=[{"imageDigest": subject}])
+    assert r["failures"] == [] and r["imageIds"][0]["imageDigest"] == subject

@@ -279,6 +279,22 @@ impl Ecr {
             .map(ImageId::parse)
             .collect();
         let c = self.contents(&name)?;
+        // Images a manifest list or index in this repository still names cannot be deleted.
+        let mut referenced_by: Vec<(String, String)> = Vec::new();
+        for m in &c.manifests {
+            if let Ok(doc) = serde_json::from_slice::<Value>(&m.bytes()) {
+                for child in doc
+                    .get("manifests")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(d) = child.get("digest").and_then(Value::as_str) {
+                        referenced_by.push((d.to_string(), m.digest.clone()));
+                    }
+                }
+            }
+        }
         let mut deleted = Vec::new();
         let mut failures = Vec::new();
         let mut tag_deletes: Vec<String> = Vec::new();
@@ -287,6 +303,20 @@ impl Ecr {
             match c.find(&id) {
                 Ok(m) => {
                     let tags = c.tags_of(&m.digest);
+                    let deletes_image = id.digest.is_some()
+                        || tags
+                            .iter()
+                            .all(|x| Some(x) == id.tag.as_ref() || tag_deletes.contains(x));
+                    let lists: Vec<&str> = referenced_by
+                        .iter()
+                        .filter(|(child, _)| *child == m.digest)
+                        .map(|(_, l)| l.as_str())
+                        .collect();
+                    if deletes_image && !lists.is_empty() {
+                        failures.push(json!({"imageId": id.json(), "failureCode": "ImageReferencedByManifestList",
+                            "failureReason": format!("Requested image referenced by manifest list: [{}]", lists.join(", "))}));
+                        continue;
+                    }
                     match (&id.tag, &id.digest) {
                         // A tag alone removes that tag; the image goes with its last tag, as on ECR.
                         (Some(t), None) => {

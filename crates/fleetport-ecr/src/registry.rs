@@ -102,6 +102,7 @@ enum Route<'a> {
     Catalog,
     Tags(&'a str),
     Manifest(&'a str, &'a str),
+    Referrers(&'a str, &'a str),
     Blob(&'a str, &'a str),
     Uploads(&'a str, Option<&'a str>),
 }
@@ -115,6 +116,11 @@ fn route(rest: &str) -> Option<Route<'_>> {
     }
     if let Some(name) = rest.strip_suffix("/tags/list") {
         return Some(Route::Tags(name));
+    }
+    if let Some((name, digest)) = rest.rsplit_once("/referrers/")
+        && parse_digest(digest).is_some()
+    {
+        return Some(Route::Referrers(name, digest));
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         return Some(Route::Manifest(name, reference));
@@ -298,6 +304,32 @@ impl Ecr {
                     ),
                 }
             }
+            Route::Referrers(name, digest) => {
+                if let Err(r) = self.repository(name) {
+                    return *r;
+                }
+                let filter = query_param(query, "artifactType");
+                match self.referrers(name, digest, filter.as_deref()) {
+                    Ok(manifests) => {
+                        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
+                        let mut r = Response::new(Body::from(index.to_string()));
+                        set(
+                            &mut r,
+                            "content-type",
+                            "application/vnd.oci.image.index.v1+json",
+                        );
+                        if filter.is_some() {
+                            set(&mut r, "oci-filters-applied", "artifactType");
+                        }
+                        r
+                    }
+                    Err(_) => error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "UNKNOWN",
+                        "internal error",
+                    ),
+                }
+            }
             Route::Blob(name, digest) => {
                 if let Err(r) = self.repository(name) {
                     return *r;
@@ -417,12 +449,20 @@ impl Ecr {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
+        let subject = serde_json::from_slice::<Value>(&bytes).ok().and_then(|d| {
+            d.pointer("/subject/digest")
+                .and_then(Value::as_str)
+                .map(String::from)
+        });
         match self
             .store_manifest(repo, reference, content_type, bytes)
             .await
         {
             Ok(digest) => {
                 let mut r = empty(StatusCode::CREATED);
+                if let Some(s) = subject {
+                    set(&mut r, "oci-subject", &s);
+                }
                 set(
                     &mut r,
                     "location",

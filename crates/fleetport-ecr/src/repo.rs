@@ -45,6 +45,14 @@ pub struct ManifestRecord {
     /// OS/architecture from the image config, or of each entry of a manifest list or index.
     #[serde(default)]
     pub platforms: Vec<Platform>,
+    /// The manifest this one refers to (`subject`), for the referrers API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// `artifactType`, else the config media type: what the referrers API reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<Value>,
 }
 
 /// Where an image can run, as its config (or an index entry) declares it.
@@ -266,6 +274,16 @@ impl Ecr {
             image_size,
             pushed_at: now(),
             platforms,
+            subject: doc
+                .pointer("/subject/digest")
+                .and_then(Value::as_str)
+                .map(String::from),
+            artifact_type: doc
+                .get("artifactType")
+                .or_else(|| doc.pointer("/config/mediaType"))
+                .and_then(Value::as_str)
+                .map(String::from),
+            annotations: doc.get("annotations").filter(|a| a.is_object()).cloned(),
         };
         let repo = repo.clone();
         let out = fleetport_store::write(&*self.store, move |txn| {
@@ -333,6 +351,35 @@ impl Ecr {
         reference: &str,
     ) -> Result<Option<Vec<Platform>>, fleetport_store::StoreError> {
         Ok(self.resolve(repo, reference)?.map(|m| m.platforms))
+    }
+
+    /// Manifests in `repo` whose `subject` is `digest`, as OCI descriptors.
+    pub(crate) fn referrers(
+        &self,
+        repo: &str,
+        digest: &str,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Value>, fleetport_store::StoreError> {
+        let all: Vec<(String, ManifestRecord)> = fleetport_store::read(&*self.store, |t| {
+            t.scan_json(MANIFESTS, &format!("{repo}@"), None, usize::MAX)
+        })?;
+        Ok(all
+            .into_iter()
+            .map(|(_, m)| m)
+            .filter(|m| m.subject.as_deref() == Some(digest))
+            .filter(|m| artifact_type.is_none() || m.artifact_type.as_deref() == artifact_type)
+            .map(|m| {
+                let mut d =
+                    json!({"mediaType": m.media_type, "digest": m.digest, "size": m.bytes().len()});
+                if let Some(t) = &m.artifact_type {
+                    d["artifactType"] = json!(t);
+                }
+                if let Some(a) = &m.annotations {
+                    d["annotations"] = a.clone();
+                }
+                d
+            })
+            .collect())
     }
 
     /// Deletes a tag, or an image by digest with every tag pointing at it.
