@@ -578,7 +578,7 @@ def test_chunked_upload_resumes_after_a_dropped_connection(server):
 
     def status():
         r = send("GET", f"{server.endpoint}{loc}", headers=h)
-        assert r.status == 204, r.status
+        assert r.status == 204, (r.status, r.text)
         return int(r.headers["range"].split("-")[1]) + 1
 
     eventually(lambda: status() == sent)

@@ -40,17 +40,17 @@ pub struct FsBlobs {
 }
 
 /// A session is moved out of the map while a chunk is being written, so two requests can never
-/// write one session at once.
+/// write one session at once; its owner and committed offset stay visible for status requests.
 enum SessionHandle {
     Idle(Box<Session>),
-    Busy,
+    Busy { repository: String, written: u64 },
 }
 
 impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             SessionHandle::Idle(_) => "Idle",
-            SessionHandle::Busy => "Busy",
+            SessionHandle::Busy { .. } => "Busy",
         })
     }
 }
@@ -120,8 +120,21 @@ impl FsBlobs {
             Some(SessionHandle::Idle(s)) if s.repository == repository => {}
             _ => return Err(BlobError::UploadUnknown),
         }
-        match map.insert(id.to_string(), SessionHandle::Busy) {
-            Some(SessionHandle::Idle(s)) => Ok(s),
+        let busy = SessionHandle::Busy {
+            repository: repository.to_string(),
+            written: 0,
+        };
+        match map.insert(id.to_string(), busy) {
+            Some(SessionHandle::Idle(s)) => {
+                map.insert(
+                    id.to_string(),
+                    SessionHandle::Busy {
+                        repository: s.repository.clone(),
+                        written: s.written,
+                    },
+                );
+                Ok(s)
+            }
             _ => Err(BlobError::UploadUnknown),
         }
     }
@@ -136,6 +149,11 @@ impl FsBlobs {
     pub fn offset(&self, id: &str, repository: &str) -> Result<u64, BlobError> {
         match self.sessions.lock().get(id) {
             Some(SessionHandle::Idle(s)) if s.repository == repository => Ok(s.written),
+            // A chunk is in flight: report what is committed so far.
+            Some(SessionHandle::Busy {
+                repository: r,
+                written,
+            }) if r == repository => Ok(*written),
             _ => Err(BlobError::UploadUnknown),
         }
     }
