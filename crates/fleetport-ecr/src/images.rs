@@ -8,12 +8,12 @@ use fleetport_store::{Abort, ReadTxnExt, WriteTxnExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::Ecr;
 use crate::blobs::parse_digest;
 use crate::repo::{
     Failure, MANIFESTS, ManifestRecord, REPOS, RepoRecord, TAGS, TagRecord, ecr_store_error,
     repo_not_found,
 };
+use crate::{Ecr, string};
 
 pub const RESOURCE_TAGS: &str = "ecr.tags";
 
@@ -27,14 +27,6 @@ pub struct ResourceTag {
 
 fn invalid(message: impl Into<String>) -> AwsError {
     AwsError::client("InvalidParameterException", message)
-}
-
-fn string(input: &Value, member: &str) -> String {
-    input
-        .get(member)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// An `imageIds` entry: by digest, by tag, or both (which must agree).
@@ -231,13 +223,7 @@ impl Ecr {
     pub(crate) fn batch_get_image(&self, input: Value) -> Result<Value, AwsError> {
         let name = string(&input, "repositoryName");
         self.existing_repo(&name)?;
-        let accepted: Vec<String> = input
-            .get("acceptedMediaTypes")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
+        let accepted: Vec<String> = crate::strings(&input, "acceptedMediaTypes");
         let c = self.contents(&name)?;
         let mut images = Vec::new();
         let mut failures = Vec::new();
@@ -580,13 +566,7 @@ impl Ecr {
 
     pub(crate) async fn untag_resource(&self, input: Value) -> Result<Value, AwsError> {
         let arn = self.tagged_repo(&string(&input, "resourceArn"))?;
-        let keys: Vec<String> = input
-            .get("tagKeys")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
+        let keys: Vec<String> = crate::strings(&input, "tagKeys");
         let mut tags = self.repository_tags(&arn)?;
         tags.retain(|t| !keys.contains(&t.key));
         self.set_repository_tags(arn, tags).await?;

@@ -6,19 +6,11 @@ use base64::engine::general_purpose::STANDARD;
 use fleetport_proto::AwsError;
 use serde_json::{Value, json};
 
-use crate::Ecr;
 use crate::blobs::BlobError;
+use crate::{Ecr, string};
 
 /// The part size ECR announces to clients.
 const PART_SIZE: u64 = 10 * 1024 * 1024;
-
-fn string(input: &Value, member: &str) -> String {
-    input
-        .get(member)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
 
 fn upload_not_found(id: &str) -> AwsError {
     AwsError::client(
@@ -102,13 +94,7 @@ impl Ecr {
     pub(crate) async fn complete_layer_upload(&self, input: Value) -> Result<Value, AwsError> {
         let name = string(&input, "repositoryName");
         let id = string(&input, "uploadId");
-        let digests: Vec<String> = input
-            .get("layerDigests")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect();
+        let digests: Vec<String> = crate::strings(&input, "layerDigests");
         let [digest] = digests.as_slice() else {
             return Err(AwsError::client(
                 "InvalidParameterException",

@@ -13,8 +13,8 @@ use fleetport_store::{Abort, ReadTxnExt, WriteTxnExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::Ecr;
 use crate::repo::{Failure, MANIFESTS, REPOS, TAGS, now, repo_not_found};
+use crate::{Ecr, string};
 
 pub const POLICIES: &str = "ecr.lifecycle";
 pub const PREVIEWS: &str = "ecr.lifecycle-preview";
@@ -238,14 +238,6 @@ pub fn evaluate(rules: &[Rule], images: &[Image], now: f64) -> Vec<(String, i64)
         claimed.extend(selected.iter().map(|i| i.digest.as_str()));
     }
     expired
-}
-
-fn string(input: &Value, member: &str) -> String {
-    input
-        .get(member)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
 }
 
 impl Ecr {

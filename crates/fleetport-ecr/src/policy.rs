@@ -6,19 +6,11 @@ use fleetport_proto::AwsError;
 use fleetport_store::{Abort, ReadTxnExt, WriteTxnExt};
 use serde_json::{Value, json};
 
-use crate::Ecr;
 use crate::repo::{Failure, REPOS, RepoRecord, repo_not_found};
+use crate::{Ecr, string};
 
 pub const POLICIES: &str = "ecr.policy";
 const MAX_POLICY: usize = 10240;
-
-fn string(input: &Value, member: &str) -> String {
-    input
-        .get(member)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
 
 fn not_found(name: &str, account: &str) -> AwsError {
     AwsError::client(
