@@ -740,3 +740,22 @@ def test_referrers_and_manifest_list_references(server):
     ecr.batch_delete_image(repositoryName="refs", imageIds=[{"imageTag": "list"}])
     r = ecr.batch_delete_image(repositoryName="refs", imageIds=[{"imageDigest": subject}])
     assert r["failures"] == [] and r["imageIds"][0]["imageDigest"] == subject
+
+
+def test_idle_upload_sessions_expire(data_dir):
+    import time
+
+    server = Server(data_dir, ["--registry-upload-ttl", "1"]).start()
+    try:
+        server.client("ecr").create_repository(repositoryName="ttl")
+        h = registry_auth(server)
+        loc = send("POST", f"{server.endpoint}/v2/ttl/blobs/uploads/", b"", h).headers["location"]
+        hdr = dict(h, **{"Content-Type": "application/octet-stream"})
+        assert send("PATCH", f"{server.endpoint}{loc}", b"abc", hdr).status == 202, "data keeps a session alive"
+        time.sleep(1.5)
+        r = send("PATCH", f"{server.endpoint}{loc}", b"def", hdr)
+        assert r.status == 404 and r.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+        assert "expired" in r.json()["errors"][0]["message"]
+        assert send("GET", f"{server.endpoint}{loc}", headers=h).status == 404
+    finally:
+        server.stop()

@@ -15,6 +15,8 @@ use tokio::io::AsyncWriteExt;
 pub enum BlobError {
     #[error("blob upload unknown")]
     UploadUnknown,
+    #[error("the upload session expired after a period without data; start a new upload")]
+    UploadExpired,
     #[error("digest did not match the uploaded content")]
     DigestMismatch,
     #[error("unsupported or malformed digest")]
@@ -31,12 +33,15 @@ struct Session {
     repository: String,
     hasher: Sha256,
     written: u64,
+    /// Last time data arrived; sessions idle longer than the TTL expire.
+    touched: std::time::Instant,
 }
 
 #[derive(Debug)]
 pub struct FsBlobs {
     root: PathBuf,
     sessions: Mutex<HashMap<String, SessionHandle>>,
+    upload_ttl: std::time::Duration,
 }
 
 /// A session is moved out of the map while a chunk is being written, so two requests can never
@@ -70,7 +75,8 @@ pub fn digest_of(bytes: &[u8]) -> String {
 }
 
 impl FsBlobs {
-    pub fn open(root: &Path) -> std::io::Result<Self> {
+    /// `upload_ttl`: how long an upload session may go without data before it expires.
+    pub fn open(root: &Path, upload_ttl: std::time::Duration) -> std::io::Result<Self> {
         std::fs::create_dir_all(root.join("blobs/sha256"))?;
         let uploads = root.join("uploads");
         // Upload sessions do not survive a restart (their hash state is in memory): clear leftovers.
@@ -79,6 +85,7 @@ impl FsBlobs {
         Ok(Self {
             root: root.to_path_buf(),
             sessions: Mutex::new(HashMap::new()),
+            upload_ttl,
         })
     }
 
@@ -107,6 +114,7 @@ impl FsBlobs {
             repository: repository.to_string(),
             hasher: Sha256::new(),
             written: 0,
+            touched: std::time::Instant::now(),
         };
         self.sessions
             .lock()
@@ -114,8 +122,28 @@ impl FsBlobs {
         Ok(id)
     }
 
+    /// Drops `id` if it is an idle session past its TTL; true if it did.
+    fn expire(&self, map: &mut HashMap<String, SessionHandle>, id: &str) -> bool {
+        let stale = matches!(map.get(id), Some(SessionHandle::Idle(s)) if s.touched.elapsed() > self.upload_ttl);
+        if stale {
+            map.remove(id);
+            let _ = std::fs::remove_file(self.upload_path(id));
+        }
+        stale
+    }
+
+    /// Removes every idle session past its TTL (a maintenance pass); returns how many.
+    pub fn expire_sessions(&self) -> usize {
+        let mut map = self.sessions.lock();
+        let ids: Vec<String> = map.keys().cloned().collect();
+        ids.iter().filter(|id| self.expire(&mut map, id)).count()
+    }
+
     fn take(&self, id: &str, repository: &str) -> Result<Box<Session>, BlobError> {
         let mut map = self.sessions.lock();
+        if self.expire(&mut map, id) {
+            return Err(BlobError::UploadExpired);
+        }
         match map.get(id) {
             Some(SessionHandle::Idle(s)) if s.repository == repository => {}
             _ => return Err(BlobError::UploadUnknown),
@@ -139,7 +167,8 @@ impl FsBlobs {
         }
     }
 
-    fn put_back(&self, id: &str, s: Box<Session>) {
+    fn put_back(&self, id: &str, mut s: Box<Session>) {
+        s.touched = std::time::Instant::now();
         self.sessions
             .lock()
             .insert(id.to_string(), SessionHandle::Idle(s));
@@ -147,7 +176,11 @@ impl FsBlobs {
 
     /// Bytes received so far by an upload session.
     pub fn offset(&self, id: &str, repository: &str) -> Result<u64, BlobError> {
-        match self.sessions.lock().get(id) {
+        let mut map = self.sessions.lock();
+        if self.expire(&mut map, id) {
+            return Err(BlobError::UploadExpired);
+        }
+        match map.get(id) {
             Some(SessionHandle::Idle(s)) if s.repository == repository => Ok(s.written),
             // A chunk is in flight: report what is committed so far.
             Some(SessionHandle::Busy {

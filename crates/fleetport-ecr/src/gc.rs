@@ -88,6 +88,10 @@ impl Ecr {
             tick.tick().await;
             // Lifecycle expiry first, so the blobs of images it removes are collected in this pass.
             self.apply_all_lifecycles().await;
+            let expired = self.blobs.expire_sessions();
+            if expired > 0 {
+                tracing::info!(sessions = expired, "expired idle upload sessions");
+            }
             let ecr = self.clone();
             let r = tokio::task::spawn_blocking(move || ecr.collect_garbage(grace)).await;
             if let Ok(Err(e)) = r {

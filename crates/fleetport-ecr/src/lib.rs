@@ -137,8 +137,9 @@ impl Ecr {
         region: &str,
         account: &str,
         registry_host: &str,
+        upload_ttl: std::time::Duration,
     ) -> std::io::Result<Self> {
-        let blobs = Arc::new(FsBlobs::open(&data_dir.join("registry"))?);
+        let blobs = Arc::new(FsBlobs::open(&data_dir.join("registry"), upload_ttl)?);
         let token_key = load_or_create_key(data_dir)?;
         Ok(Self {
             store,

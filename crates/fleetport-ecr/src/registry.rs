@@ -678,6 +678,11 @@ impl Ecr {
 
 fn blob_error(e: BlobError) -> Response {
     match e {
+        BlobError::UploadExpired => error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UPLOAD_UNKNOWN",
+            "the upload session expired after a period without data; start a new upload",
+        ),
         BlobError::UploadUnknown => error(
             StatusCode::NOT_FOUND,
             "BLOB_UPLOAD_UNKNOWN",

@@ -596,6 +596,7 @@ mod tests {
             "us-east-1",
             "000000000000",
             "localhost:4566",
+            std::time::Duration::from_secs(60),
         )
         .unwrap();
         ecr.create_repository(json!({"repositoryName": "plat"}))

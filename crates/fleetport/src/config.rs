@@ -64,6 +64,10 @@ pub struct UpArgs {
     #[arg(long, env = "FLEETPORT_REGISTRY_GC_GRACE", default_value_t = 3600)]
     pub registry_gc_grace: u64,
 
+    /// Seconds an upload session may go without data before it expires.
+    #[arg(long, env = "FLEETPORT_REGISTRY_UPLOAD_TTL", default_value_t = 3600)]
+    pub registry_upload_ttl: u64,
+
     /// Largest accepted AWS API request body, in bytes.
     #[arg(long, env = "FLEETPORT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -100,6 +104,7 @@ pub struct Config {
     pub registry_host: Option<String>,
     pub registry_gc_interval: std::time::Duration,
     pub registry_gc_grace: std::time::Duration,
+    pub registry_upload_ttl: std::time::Duration,
 }
 
 impl UpArgs {
@@ -145,6 +150,7 @@ impl UpArgs {
             registry_host: self.registry_host,
             registry_gc_interval: std::time::Duration::from_secs(self.registry_gc_interval.max(1)),
             registry_gc_grace: std::time::Duration::from_secs(self.registry_gc_grace),
+            registry_upload_ttl: std::time::Duration::from_secs(self.registry_upload_ttl.max(1)),
         })
     }
 }

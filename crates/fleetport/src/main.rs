@@ -99,6 +99,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         &config.region,
         &config.account_id,
         &registry_host,
+        config.registry_upload_ttl,
     )
     .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
     let mut gateway = Gateway::new(
