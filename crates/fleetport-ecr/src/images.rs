@@ -8,12 +8,13 @@ use fleetport_store::{Abort, ReadTxnExt, WriteTxnExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::Ecr;
 use crate::blobs::parse_digest;
 use crate::repo::{
     Failure, MANIFESTS, ManifestRecord, REPOS, RepoRecord, TAGS, TagRecord, ecr_store_error,
     repo_not_found,
 };
-use crate::{Ecr, string};
+use fleetport_proto::{input, paging};
 
 pub const RESOURCE_TAGS: &str = "ecr.tags";
 
@@ -125,7 +126,7 @@ impl Ecr {
     }
 
     pub(crate) fn list_images(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         self.existing_repo(&name)?;
         let status = input
             .pointer("/filter/tagStatus")
@@ -169,7 +170,7 @@ impl Ecr {
     }
 
     pub(crate) fn describe_images(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         self.existing_repo(&name)?;
         let c = self.contents(&name)?;
         if let Some(ids) = input
@@ -221,9 +222,9 @@ impl Ecr {
     }
 
     pub(crate) fn batch_get_image(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         self.existing_repo(&name)?;
-        let accepted: Vec<String> = crate::strings(&input, "acceptedMediaTypes");
+        let accepted: Vec<String> = input::strings(&input, "acceptedMediaTypes");
         let c = self.contents(&name)?;
         let mut images = Vec::new();
         let mut failures = Vec::new();
@@ -255,7 +256,7 @@ impl Ecr {
     }
 
     pub(crate) async fn batch_delete_image(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         self.existing_repo(&name)?;
         let ids: Vec<ImageId> = input
             .get("imageIds")
@@ -345,9 +346,9 @@ impl Ecr {
     }
 
     pub(crate) async fn put_image(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         let repo = self.existing_repo(&name)?;
-        let manifest = string(&input, "imageManifest");
+        let manifest = input::owned(&input, "imageManifest");
         let tag = input
             .get("imageTag")
             .and_then(Value::as_str)
@@ -426,7 +427,7 @@ impl Ecr {
         &self,
         input: Value,
     ) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         self.existing_repo(&name)?;
         let mut layers = Vec::new();
         let mut failures = Vec::new();
@@ -469,10 +470,10 @@ impl Ecr {
     }
 
     pub(crate) async fn put_image_tag_mutability(&self, input: Value) -> Result<Value, AwsError> {
-        let mutability = string(&input, "imageTagMutability");
+        let mutability = input::owned(&input, "imageTagMutability");
         let m = mutability.clone();
         let r = self
-            .update_repo(string(&input, "repositoryName"), move |r| {
+            .update_repo(input::owned(&input, "repositoryName"), move |r| {
                 r.image_tag_mutability = m
             })
             .await?;
@@ -490,7 +491,7 @@ impl Ecr {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let r = self
-            .update_repo(string(&input, "repositoryName"), move |r| {
+            .update_repo(input::owned(&input, "repositoryName"), move |r| {
                 r.scan_on_push = scan
             })
             .await?;
@@ -546,7 +547,7 @@ impl Ecr {
     }
 
     pub(crate) async fn tag_resource(&self, input: Value) -> Result<Value, AwsError> {
-        let arn = self.tagged_repo(&string(&input, "resourceArn"))?;
+        let arn = self.tagged_repo(&input::owned(&input, "resourceArn"))?;
         let mut tags = self.repository_tags(&arn)?;
         for t in parse_tags(&input)? {
             match tags.iter_mut().find(|x| x.key == t.key) {
@@ -565,8 +566,8 @@ impl Ecr {
     }
 
     pub(crate) async fn untag_resource(&self, input: Value) -> Result<Value, AwsError> {
-        let arn = self.tagged_repo(&string(&input, "resourceArn"))?;
-        let keys: Vec<String> = crate::strings(&input, "tagKeys");
+        let arn = self.tagged_repo(&input::owned(&input, "resourceArn"))?;
+        let keys: Vec<String> = input::strings(&input, "tagKeys");
         let mut tags = self.repository_tags(&arn)?;
         tags.retain(|t| !keys.contains(&t.key));
         self.set_repository_tags(arn, tags).await?;
@@ -574,7 +575,7 @@ impl Ecr {
     }
 
     pub(crate) fn list_tags_for_resource(&self, input: Value) -> Result<Value, AwsError> {
-        let arn = self.tagged_repo(&string(&input, "resourceArn"))?;
+        let arn = self.tagged_repo(&input::owned(&input, "resourceArn"))?;
         Ok(json!({"tags": self.repository_tags(&arn)?}))
     }
 }
@@ -621,27 +622,9 @@ pub(crate) fn parse_tags(input: &Value) -> Result<Vec<ResourceTag>, AwsError> {
 
 /// `maxResults` (1–1000, default 100) / `nextToken` paging over (sort key, item).
 fn page(mut items: Vec<(String, Value)>, input: &Value, member: &str) -> Result<Value, AwsError> {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     items.sort_by(|a, b| a.0.cmp(&b.0));
-    let limit = match input.get("maxResults").and_then(Value::as_i64) {
-        None => 100,
-        Some(n) if (1..=1000).contains(&n) => n as usize,
-        Some(_) => return Err(invalid("maxResults must be between 1 and 1000.")),
-    };
-    if let Some(token) = input.get("nextToken").and_then(Value::as_str) {
-        let after = URL_SAFE_NO_PAD
-            .decode(token)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| invalid("Invalid nextToken."))?;
-        items.retain(|(k, _)| *k > after);
-    }
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let mut out = json!({ member: items.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>() });
-    if more && let Some((k, _)) = items.last() {
-        out["nextToken"] = json!(URL_SAFE_NO_PAD.encode(k));
-    }
-    Ok(out)
+    let limit = paging::max_results(input, 100, 1000)?;
+    let after = paging::decode_token(input)?;
+    let (page, token) = paging::page(items, after.as_deref(), limit, false);
+    Ok(paging::with_token(json!({ member: page }), token))
 }

@@ -6,8 +6,9 @@ use base64::engine::general_purpose::STANDARD;
 use fleetport_proto::AwsError;
 use serde_json::{Value, json};
 
+use crate::Ecr;
 use crate::blobs::BlobError;
-use crate::{Ecr, string};
+use fleetport_proto::input;
 
 /// The part size ECR announces to clients.
 const PART_SIZE: u64 = 10 * 1024 * 1024;
@@ -21,7 +22,7 @@ fn upload_not_found(id: &str) -> AwsError {
 
 impl Ecr {
     pub(crate) async fn initiate_layer_upload(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         self.find_repository(&name)
             .map_err(crate::repo::ecr_store_error)?
             .ok_or_else(|| crate::repo::repo_not_found(&name, &self.scope.account))?;
@@ -34,8 +35,8 @@ impl Ecr {
     }
 
     pub(crate) async fn upload_layer_part(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
-        let id = string(&input, "uploadId");
+        let name = input::owned(&input, "repositoryName");
+        let id = input::owned(&input, "uploadId");
         let first = input
             .get("partFirstByte")
             .and_then(Value::as_u64)
@@ -45,7 +46,7 @@ impl Ecr {
             .and_then(Value::as_u64)
             .unwrap_or(0);
         let blob = STANDARD
-            .decode(string(&input, "layerPartBlob"))
+            .decode(input::owned(&input, "layerPartBlob"))
             .map_err(|_| {
                 AwsError::client(
                     "InvalidParameterException",
@@ -92,9 +93,9 @@ impl Ecr {
     }
 
     pub(crate) async fn complete_layer_upload(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
-        let id = string(&input, "uploadId");
-        let digests: Vec<String> = crate::strings(&input, "layerDigests");
+        let name = input::owned(&input, "repositoryName");
+        let id = input::owned(&input, "uploadId");
+        let digests: Vec<String> = input::strings(&input, "layerDigests");
         let [digest] = digests.as_slice() else {
             return Err(AwsError::client(
                 "InvalidParameterException",

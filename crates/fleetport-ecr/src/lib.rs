@@ -82,26 +82,6 @@ const IMPLEMENTED: &[&str] = &[
 
 pub use fleetport_proto::clock::unix_secs as now_secs;
 
-/// A string member of a (model-validated) request document, empty when absent.
-pub(crate) fn string(input: &Value, member: &str) -> String {
-    input
-        .get(member)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// A list-of-strings member, empty when absent.
-pub(crate) fn strings(input: &Value, member: &str) -> Vec<String> {
-    input
-        .get(member)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(String::from))
-        .collect()
-}
-
 /// Reads the registry token key from `dir`, creating it on first start so that tokens survive
 /// restarts.
 fn load_or_create_key(dir: &Path) -> std::io::Result<TokenKey> {

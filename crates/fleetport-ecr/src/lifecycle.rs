@@ -13,8 +13,9 @@ use fleetport_store::{Abort, ReadTxnExt, WriteTxnExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::Ecr;
 use crate::repo::{Failure, MANIFESTS, REPOS, TAGS, now, repo_not_found};
-use crate::{Ecr, string};
+use fleetport_proto::input;
 
 pub const POLICIES: &str = "ecr.lifecycle";
 pub const PREVIEWS: &str = "ecr.lifecycle-preview";
@@ -289,8 +290,8 @@ impl Ecr {
     }
 
     pub(crate) async fn put_lifecycle_policy(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
-        let text = string(&input, "lifecyclePolicyText");
+        let name = input::owned(&input, "repositoryName");
+        let text = input::owned(&input, "lifecyclePolicyText");
         parse(&text)?;
         let (exists, _) = self.stored_policy(&name)?;
         if !exists {
@@ -319,7 +320,7 @@ impl Ecr {
     }
 
     pub(crate) fn get_lifecycle_policy(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         let (exists, policy) = self.stored_policy(&name)?;
         if !exists {
             return Err(repo_not_found(&name, &self.scope.account));
@@ -334,7 +335,7 @@ impl Ecr {
 
     pub(crate) async fn delete_lifecycle_policy(&self, input: Value) -> Result<Value, AwsError> {
         let out = self.get_lifecycle_policy(input)?;
-        let repo = string(&out, "repositoryName");
+        let repo = input::owned(&out, "repositoryName");
         fleetport_store::write(&*self.store, move |txn| {
             txn.delete(POLICIES, &repo)?;
             Ok::<_, Abort<Failure>>(())
@@ -348,7 +349,7 @@ impl Ecr {
         &self,
         input: Value,
     ) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         let (exists, stored) = self.stored_policy(&name)?;
         if !exists {
             return Err(repo_not_found(&name, &self.scope.account));
@@ -388,7 +389,7 @@ impl Ecr {
     }
 
     pub(crate) fn get_lifecycle_policy_preview(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         let preview = fleetport_store::read(&*self.store, |t| {
             Ok::<_, Failure>(t.get_json::<Value>(PREVIEWS, &name)?)
         })
@@ -432,14 +433,7 @@ impl Ecr {
         let repo_name = repo.to_string();
         fleetport_store::write(&*self.store, move |txn| {
             for d in &expiring {
-                for t in txn.scan(TAGS, &format!("{repo_name}:"), None, usize::MAX)? {
-                    let tag: crate::repo::TagRecord = serde_json::from_slice(&t.value)
-                        .map_err(|e| fleetport_store::StoreError::Backend(e.to_string()))?;
-                    if &tag.digest == d {
-                        txn.delete(TAGS, &t.key)?;
-                    }
-                }
-                txn.delete(MANIFESTS, &format!("{repo_name}@{d}"))?;
+                crate::repo::delete_image(txn, &repo_name, d)?;
             }
             if let Some(mut p) = txn.get_json::<StoredPolicy>(POLICIES, &repo_name)? {
                 p.last_evaluated_at = Some(now());

@@ -6,8 +6,9 @@ use fleetport_proto::AwsError;
 use fleetport_store::{Abort, ReadTxnExt, WriteTxnExt};
 use serde_json::{Value, json};
 
+use crate::Ecr;
 use crate::repo::{Failure, REPOS, RepoRecord, repo_not_found};
-use crate::{Ecr, string};
+use fleetport_proto::input;
 
 pub const POLICIES: &str = "ecr.policy";
 const MAX_POLICY: usize = 10240;
@@ -45,8 +46,8 @@ fn check_policy(text: &str) -> Result<(), AwsError> {
 
 impl Ecr {
     pub(crate) async fn set_repository_policy(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
-        let text = string(&input, "policyText");
+        let name = input::owned(&input, "repositoryName");
+        let text = input::owned(&input, "policyText");
         check_policy(&text)?;
         let account = self.scope.account.clone();
         let stored = text.clone();
@@ -64,7 +65,7 @@ impl Ecr {
     }
 
     pub(crate) fn get_repository_policy(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         let (repo, policy) = fleetport_store::read(&*self.store, |t| {
             Ok::<_, Failure>((
                 t.get(REPOS, &name)?.is_some(),
@@ -80,7 +81,7 @@ impl Ecr {
     }
 
     pub(crate) async fn delete_repository_policy(&self, input: Value) -> Result<Value, AwsError> {
-        let name = string(&input, "repositoryName");
+        let name = input::owned(&input, "repositoryName");
         let account = self.scope.account.clone();
         let repo = name.clone();
         let text = fleetport_store::write(&*self.store, move |txn| {

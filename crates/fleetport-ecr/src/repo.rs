@@ -104,11 +104,7 @@ pub(crate) use fleetport_proto::clock::epoch_seconds as now;
 
 pub(crate) fn ecr_store_error(e: fleetport_store::StoreError) -> AwsError {
     tracing::error!(error = %e, "state store failure");
-    AwsError::with_status(
-        "ServerException",
-        "Service encountered an internal error.",
-        StatusCode::INTERNAL_SERVER_ERROR,
-    )
+    AwsError::server_exception()
 }
 
 pub(crate) struct Failure(pub AwsError);
@@ -394,15 +390,7 @@ impl Ecr {
             if parse_digest(&reference).is_none() {
                 return Ok(txn.delete(TAGS, &format!("{repo}:{reference}"))?);
             }
-            let prefix = format!("{repo}:");
-            for t in txn.scan(TAGS, &prefix, None, usize::MAX)? {
-                let tag: TagRecord = serde_json::from_slice(&t.value)
-                    .map_err(|e| fleetport_store::StoreError::Backend(e.to_string()))?;
-                if tag.digest == reference {
-                    txn.delete(TAGS, &t.key)?;
-                }
-            }
-            Ok(txn.delete(MANIFESTS, &format!("{repo}@{reference}"))?)
+            Ok(delete_image(txn, &repo, &reference)?)
         })
         .await;
         r.map_err(|e| fleetport_store::StoreError::Backend(e.0.2))
@@ -551,6 +539,22 @@ impl Ecr {
             "proxyEndpoint": format!("http://{}", self.registry_host),
         }]}))
     }
+}
+
+/// Deletes an image (by digest) and every tag pointing at it, inside a write transaction.
+pub(crate) fn delete_image(
+    txn: &mut dyn fleetport_store::WriteTxn,
+    repo: &str,
+    digest: &str,
+) -> Result<bool, fleetport_store::StoreError> {
+    for t in txn.scan(TAGS, &format!("{repo}:"), None, usize::MAX)? {
+        let tag: TagRecord = serde_json::from_slice(&t.value)
+            .map_err(|e| fleetport_store::StoreError::Backend(e.to_string()))?;
+        if tag.digest == digest {
+            txn.delete(TAGS, &t.key)?;
+        }
+    }
+    txn.delete(MANIFESTS, &format!("{repo}@{digest}"))
 }
 
 /// A registry-side write failure carried through the store's transaction helper.

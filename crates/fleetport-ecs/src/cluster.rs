@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 
 use crate::arn::valid_name;
 use crate::error::{EcsResult, cluster_not_found, invalid, store};
-use crate::{Ecs, input, now, paging, tags};
+use fleetport_proto::{input, paging};
+
+use crate::{Ecs, now, tags};
 
 pub const COLLECTION: &str = "ecs.cluster";
 /// Collections of cluster-scoped resources, keyed `<cluster>/<id>`. DeleteCluster refuses while
@@ -347,7 +349,7 @@ impl Ecs {
     }
 
     pub fn list_clusters(&self, input: Value) -> EcsResult<Value> {
-        let limit = paging::max_results(&input, 100)?;
+        let limit = paging::max_results(&input, 100, 100)?;
         let after = paging::decode_token(&input)?;
         let all = crate::error::read(&*self.store, |txn| {
             txn.scan_json::<ClusterRecord>(COLLECTION, "", None, usize::MAX)
@@ -359,11 +361,7 @@ impl Ecs {
             .map(|(k, c)| (k, c.arn))
             .collect();
         let (arns, token) = paging::page(active, after.as_deref(), limit, false);
-        let mut out = json!({ "clusterArns": arns });
-        if let (Some(t), Value::Object(o)) = (token, &mut out) {
-            o.insert("nextToken".into(), Value::String(t));
-        }
-        Ok(out)
+        Ok(paging::with_token(json!({ "clusterArns": arns }), token))
     }
 
     /// Applies `change` to an ACTIVE cluster in one transaction and returns it rendered.

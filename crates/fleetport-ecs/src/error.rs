@@ -24,11 +24,7 @@ pub fn resource_not_found(message: impl Into<String>) -> AwsError {
 /// Store failures are internal faults; the detail goes to the log, not to the client.
 pub fn store(e: StoreError) -> AwsError {
     tracing::error!(error = %e, "state store failure");
-    AwsError::with_status(
-        "ServerException",
-        "Service encountered an internal error.",
-        fleetport_proto::error_status_500(),
-    )
+    AwsError::server_exception()
 }
 
 /// Carries an ECS error through the store's transaction helpers (which need `From<StoreError>`).

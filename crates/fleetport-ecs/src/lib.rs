@@ -8,8 +8,6 @@
 pub mod arn;
 pub mod cluster;
 pub mod error;
-pub mod input;
-pub mod paging;
 pub mod tags;
 pub mod taskdef;
 

@@ -125,7 +125,7 @@ impl crate::Ecs {
     }
 
     pub async fn tag_resource(&self, input: Value) -> EcsResult<Value> {
-        let arn = crate::input::owned(&input, "resourceArn");
+        let arn = fleetport_proto::input::owned(&input, "resourceArn");
         let new = parse(&input, "tags")?;
         let ecs = self.clone();
         crate::error::write(&*self.store, move |txn| {
@@ -137,8 +137,8 @@ impl crate::Ecs {
     }
 
     pub async fn untag_resource(&self, input: Value) -> EcsResult<Value> {
-        let arn = crate::input::owned(&input, "resourceArn");
-        let keys = crate::input::strings(&input, "tagKeys");
+        let arn = fleetport_proto::input::owned(&input, "resourceArn");
+        let keys = fleetport_proto::input::strings(&input, "tagKeys");
         let ecs = self.clone();
         crate::error::write(&*self.store, move |txn| {
             let arn = ecs.taggable(txn, &arn).map_err(Abort::Domain)?;
@@ -152,7 +152,7 @@ impl crate::Ecs {
     }
 
     pub fn list_tags_for_resource(&self, input: Value) -> EcsResult<Value> {
-        let arn = crate::input::string(&input, "resourceArn").unwrap_or_default();
+        let arn = fleetport_proto::input::string(&input, "resourceArn").unwrap_or_default();
         crate::error::read(&*self.store, |txn| {
             let arn = self.taggable(txn, arn)?;
             Ok(json!({ "tags": to_json(&get(txn, &arn).map_err(crate::error::store)?) }))

@@ -53,6 +53,16 @@ impl AwsError {
         )
     }
 
+    /// `ServerException` (HTTP 500): the internal fault ECS and ECR model. The detail goes to
+    /// the log, never to the client.
+    pub fn server_exception() -> Self {
+        Self::with_status(
+            "ServerException",
+            "Service encountered an internal error.",
+            StatusCode::INTERNAL_SERVER_ERROR,
+        )
+    }
+
     /// `SerializationException`, the awsJson answer to a body that is not the expected JSON.
     pub fn serialization(message: impl Into<String>) -> Self {
         Self::client("SerializationException", message)

@@ -7,15 +7,12 @@
 pub mod clock;
 pub mod error;
 pub mod gateway;
+pub mod input;
 pub mod model;
+pub mod paging;
 pub mod query;
 pub mod sigv4;
 pub mod validate;
 
 pub use error::AwsError;
 pub use gateway::{ApiRequest, BoxFuture, Gateway, GatewayConfig, RequestContext, Service};
-
-/// HTTP 500, for services that answer internal faults with their own modeled exception.
-pub fn error_status_500() -> http::StatusCode {
-    http::StatusCode::INTERNAL_SERVER_ERROR
-}

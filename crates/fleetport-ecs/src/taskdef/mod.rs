@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::{EcsResult, client, store};
-use crate::{Ecs, input, now, paging, tags};
+use fleetport_proto::{input, paging};
+
+use crate::{Ecs, now, tags};
 
 pub const COLLECTION: &str = "ecs.taskdef";
 pub const FAMILIES: &str = "ecs.family";
@@ -150,7 +152,7 @@ impl Ecs {
             None => String::new(),
         };
         let descending = input.get("sort").and_then(Value::as_str) == Some("DESC");
-        let limit = paging::max_results(&input, 100)?;
+        let limit = paging::max_results(&input, 100, 100)?;
         let after = paging::decode_token(&input)?;
         let all = crate::error::read(&*self.store, |txn| {
             txn.scan_json::<Value>(COLLECTION, &prefix, None, usize::MAX)
@@ -170,17 +172,16 @@ impl Ecs {
             items.reverse();
         }
         let (arns, token) = paging::page(items, after.as_deref(), limit, descending);
-        let mut out = json!({ "taskDefinitionArns": arns });
-        if let (Some(t), Value::Object(o)) = (token, &mut out) {
-            o.insert("nextToken".into(), Value::String(t));
-        }
-        Ok(out)
+        Ok(paging::with_token(
+            json!({ "taskDefinitionArns": arns }),
+            token,
+        ))
     }
 
     pub fn list_task_definition_families(&self, input: Value) -> EcsResult<Value> {
         let prefix = input::owned(&input, "familyPrefix");
         let wanted = input::string(&input, "status").unwrap_or("ALL").to_string();
-        let limit = paging::max_results(&input, 100)?;
+        let limit = paging::max_results(&input, 100, 100)?;
         let after = paging::decode_token(&input)?;
         let all = crate::error::read(&*self.store, |txn| {
             txn.scan_json::<Value>(COLLECTION, &prefix, None, usize::MAX)
@@ -207,11 +208,7 @@ impl Ecs {
             .map(|(f, _)| (f.clone(), f))
             .collect();
         let (names, token) = paging::page(items, after.as_deref(), limit, false);
-        let mut out = json!({ "families": names });
-        if let (Some(t), Value::Object(o)) = (token, &mut out) {
-            o.insert("nextToken".into(), Value::String(t));
-        }
-        Ok(out)
+        Ok(paging::with_token(json!({ "families": names }), token))
     }
 
     pub async fn deregister_task_definition(&self, input: Value) -> EcsResult<Value> {
