@@ -62,6 +62,24 @@ reg_push=$(secs skopeo copy --dest-tls-verify=false "oci:$W/image:bench" "docker
 reg_push_rss=$(hwm $REG_PID)
 fp_pull=$(secs skopeo copy --src-tls-verify=false --src-creds "AWS:$PW" "docker://127.0.0.1:$FP_PORT/bench:1" "oci:$W/pull-fp:x")
 reg_pull=$(secs skopeo copy --src-tls-verify=false "docker://127.0.0.1:$REG_PORT/bench:1" "oci:$W/pull-reg:x")
+# The server's own ingest ceiling, without skopeo's hashing and compression checks on the
+# client side: one monolithic blob PUT streamed by curl into each server.
+raw_put() { # port auth-args... -> seconds for POST + streamed PUT of the layer
+  local port=$1; shift
+  local loc
+  loc=$(curl -sf "$@" -X POST -D - -o /dev/null "http://127.0.0.1:$port/v2/raw/blobs/uploads/" |
+    awk 'tolower($1) == "location:" { sub(/\r$/, "", $2); print $2 }')
+  case $loc in http*) ;; *) loc="http://127.0.0.1:$port$loc" ;; esac
+  case $loc in *\?*) loc="$loc&" ;; *) loc="$loc?" ;; esac
+  secs curl -sf "$@" -X PUT -T "$W/image/blobs/sha256/$LAYER_FILE" \
+    -H 'Content-Type: application/octet-stream' "${loc}digest=sha256:$LAYER_FILE"
+}
+.venv/bin/aws ecr create-repository --repository-name raw >/dev/null
+fp_raw=$(raw_put "$FP_PORT" -u "AWS:$PW")
+reg_raw=$(raw_put "$REG_PORT")
+# Writing the bytes once to this disk, flushed, is the other physical limit.
+disk_secs=$(secs dd if="$W/image/blobs/sha256/$LAYER_FILE" of="$W/dd.out" bs=1M conv=fsync)
+rm -f "$W/dd.out"
 # OpenSSL's sha256 through Python (uses the CPU's SHA extensions, like Fleetport's sha2).
 sha_secs=$(secs $PY -c "import hashlib,sys
 h = hashlib.sha256()
@@ -77,5 +95,10 @@ printf 'ratio fleetport/distribution: push %sx, pull %sx\n' \
   "$(awk -v a="$reg_push" -v b="$fp_push" 'BEGIN { printf "%.2f", a / b }')" \
   "$(awk -v a="$reg_pull" -v b="$fp_pull" 'BEGIN { printf "%.2f", a / b }')"
 printf 'peak RSS during push: fleetport %s KiB, distribution %s KiB\n' "$fp_push_rss" "$reg_push_rss"
-printf 'single-core sha256 (OpenSSL, page cache): %s MB/s; fleetport push is %s%% of it\n' "$(rate "$sha_secs")" \
-  "$(awk -v p="$(rate "$fp_push")" -v s="$(rate "$sha_secs")" 'BEGIN { printf "%.0f", 100 * p / s }')"
+printf 'raw blob PUT (curl, streamed): fleetport %s MB/s, distribution %s MB/s, ratio %sx\n' \
+  "$(rate "$fp_raw")" "$(rate "$reg_raw")" "$(awk -v a="$reg_raw" -v b="$fp_raw" 'BEGIN { printf "%.2f", a / b }')"
+printf 'disk write + fsync (dd): %s MB/s; fleetport raw PUT is %s%% of it\n' "$(rate "$disk_secs")" \
+  "$(awk -v p="$(rate "$fp_raw")" -v s="$(rate "$disk_secs")" 'BEGIN { printf "%.0f", 100 * p / s }')"
+printf 'single-core sha256 (OpenSSL, page cache): %s MB/s; skopeo push is %s%%, raw PUT %s%% of it\n' "$(rate "$sha_secs")" \
+  "$(awk -v p="$(rate "$fp_push")" -v s="$(rate "$sha_secs")" 'BEGIN { printf "%.0f", 100 * p / s }')" \
+  "$(awk -v p="$(rate "$fp_raw")" -v s="$(rate "$sha_secs")" 'BEGIN { printf "%.0f", 100 * p / s }')"

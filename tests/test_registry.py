@@ -759,3 +759,105 @@ def test_idle_upload_sessions_expire(data_dir):
         assert send("GET", f"{server.endpoint}{loc}", headers=h).status == 404
     finally:
         server.stop()
+
+
+def test_download_url_and_tag_parameters(server):
+    import hashlib
+
+    ecr = server.client("ecr")
+    for r in ("dl", "other"):
+        ecr.create_repository(repositoryName=r)
+    h = registry_auth(server)
+    e = server.endpoint
+    manifest, digest = push_raw(server, "dl", "v1", b"download-me")
+    layer = "sha256:" + hashlib.sha256(b"download-me").hexdigest()
+    out = ecr.get_download_url_for_layer(repositoryName="dl", layerDigest=layer)
+    conformance.check("ecr", "GetDownloadUrlForLayer", out)
+    assert out["layerDigest"] == layer
+    # The URL works without registry credentials, for that one blob only.
+    r = send("GET", out["downloadUrl"])
+    assert r.status == 200 and r.body == b"download-me"
+    r = send("GET", out["downloadUrl"].replace("/v2/dl/", "/v2/other/"))
+    assert r.status == 403 and r.json()["errors"][0]["code"] == "DENIED"
+    r = send("GET", out["downloadUrl"].replace("X-Fleetport-Signature=", "X-Fleetport-Signature=0"))
+    assert r.status == 403
+    expired = out["downloadUrl"].split("X-Fleetport-Expires=")[0] + "X-Fleetport-Expires=1&X-Fleetport-Signature=x"
+    assert send("GET", expired).status == 403
+    # Only layers an image of the repository references are handed out.
+    for repo, d in (("other", layer), ("dl", "sha256:" + "7" * 64)):
+        with pytest.raises(botocore.exceptions.ClientError) as err:
+            ecr.get_download_url_for_layer(repositoryName=repo, layerDigest=d)
+        assert err.value.response["Error"]["Code"] == "LayersNotFoundException"
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        ecr.get_download_url_for_layer(repositoryName="nope", layerDigest=layer)
+    assert err.value.response["Error"]["Code"] == "RepositoryNotFoundException"
+    # OCI 1.1: one manifest PUT by digest may set several tags; a bad one sets none.
+    ct = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+    r = send("PUT", f"{e}/v2/dl/manifests/{digest}?tag=a&tag=b", manifest, dict(h, **ct))
+    assert r.status == 201 and r.headers["oci-tag"] in ("a", "b")
+    r = send("PUT", f"{e}/v2/dl/manifests/{digest}?tag=c&tag=bad%20tag", manifest, dict(h, **ct))
+    assert r.status == 400 and r.json()["errors"][0]["code"] == "TAG_INVALID"
+    assert send("GET", f"{e}/v2/dl/tags/list", headers=h).json()["tags"] == ["a", "b", "v1"]
+
+
+def test_docker_pulls_the_requested_platform_of_a_manifest_list(server, docker_env):
+    """A Docker manifest list with an amd64 image (docker-built) and an arm64 one (assembled here):
+    `docker pull` picks the host's platform, `--platform linux/arm64` the other."""
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    env, created = docker_env
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="multi")
+    host, _ = login(server, env)
+    amd_id = build_image("multi-amd:1", "amd64", created)
+    docker("tag", "multi-amd:1", f"{host}/multi:amd64", env=env)
+    created.append(f"{host}/multi:amd64")
+    docker("push", f"{host}/multi:amd64", env=env)
+    h = registry_auth(server)
+    e = server.endpoint
+    v2 = "application/vnd.docker.distribution.manifest.v2+json"
+    r = send("GET", f"{e}/v2/multi/manifests/amd64", headers=dict(h, Accept=v2))
+    amd_manifest = r.body
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"arm64 image\n"
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    layer_tar = buf.getvalue()
+    layer = gzip.compress(layer_tar, mtime=0)
+    config = json.dumps({"architecture": "arm64", "os": "linux", "config": {"Cmd": ["/hello.txt"]},
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]}}).encode()
+    digests = {}
+    for blob in (layer, config):
+        d = "sha256:" + hashlib.sha256(blob).hexdigest()
+        assert send("POST", f"{e}/v2/multi/blobs/uploads/?digest={d}", blob, h).status == 201
+        digests[blob] = d
+    arm_manifest = json.dumps({"schemaVersion": 2, "mediaType": v2,
+                               "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                                          "digest": digests[config], "size": len(config)},
+                               "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                           "digest": digests[layer], "size": len(layer)}]}).encode()
+    r = send("PUT", f"{e}/v2/multi/manifests/arm64", arm_manifest, dict(h, **{"Content-Type": v2}))
+    assert r.status == 201, r.text
+    arm_digest = r.headers["docker-content-digest"]
+    list_type = "application/vnd.docker.distribution.manifest.list.v2+json"
+    index = json.dumps({"schemaVersion": 2, "mediaType": list_type, "manifests": [
+        {"mediaType": v2, "digest": "sha256:" + hashlib.sha256(amd_manifest).hexdigest(), "size": len(amd_manifest),
+         "platform": {"os": "linux", "architecture": "amd64"}},
+        {"mediaType": v2, "digest": arm_digest, "size": len(arm_manifest),
+         "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]}).encode()
+    r = send("PUT", f"{e}/v2/multi/manifests/latest", index, dict(h, **{"Content-Type": list_type}))
+    assert r.status == 201, r.text
+
+    ref = f"{host}/multi:latest"
+    created.append(ref)
+    docker("pull", "--platform", "linux/arm64", ref, env=env)
+    assert docker("image", "inspect", ref, "--format", "{{.Os}}/{{.Architecture}}", env=env).stdout.strip() == "linux/arm64"
+    docker("rmi", ref, env=env)
+    docker("pull", ref, env=env)
+    assert docker("image", "inspect", ref, "--format", "{{.Id}}", env=env).stdout.strip() == amd_id

@@ -20,10 +20,14 @@ pub struct Collected {
 }
 
 impl Ecr {
-    /// Digests of every blob some stored manifest refers to (config and layers).
-    fn referenced(&self) -> Result<HashSet<String>, fleetport_store::StoreError> {
+    /// Digests of every blob (config and layers) named by a stored manifest whose key starts with
+    /// `prefix` (`""` for the whole registry, `"<repo>@"` for one repository).
+    pub(crate) fn referenced(
+        &self,
+        prefix: &str,
+    ) -> Result<HashSet<String>, fleetport_store::StoreError> {
         let manifests: Vec<(String, ManifestRecord)> = fleetport_store::read(&*self.store, |t| {
-            t.scan_json(MANIFESTS, "", None, usize::MAX)
+            t.scan_json(MANIFESTS, prefix, None, usize::MAX)
         })?;
         let mut refs = HashSet::new();
         for (_, m) in manifests {
@@ -50,7 +54,7 @@ impl Ecr {
     pub fn collect_garbage(&self, grace: Duration) -> Result<Collected, String> {
         let blobs = self.blobs.list().map_err(|e| e.to_string())?;
         // Read references after listing, so a manifest committed meanwhile is seen.
-        let refs = self.referenced().map_err(|e| e.to_string())?;
+        let refs = self.referenced("").map_err(|e| e.to_string())?;
         let cutoff = SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);

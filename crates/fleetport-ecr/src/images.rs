@@ -17,6 +17,8 @@ use crate::repo::{
 use fleetport_proto::{input, paging};
 
 pub const RESOURCE_TAGS: &str = "ecr.tags";
+/// How long a GetDownloadUrlForLayer URL works.
+const DOWNLOAD_URL_SECS: i64 = 3600;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResourceTag {
@@ -389,6 +391,7 @@ impl Ecr {
             .store_manifest(
                 &repo,
                 &reference,
+                &[],
                 media_type.clone(),
                 bytes::Bytes::from(manifest.clone()),
             )
@@ -448,6 +451,44 @@ impl Ecr {
             }
         }
         Ok(json!({"layers": layers, "failures": failures}))
+    }
+
+    /// GetDownloadUrlForLayer: a URL that fetches one layer of one repository without registry
+    /// credentials for an hour, standing in for ECR's presigned S3 URL. As on ECR, only blobs an
+    /// image of the repository references are handed out.
+    pub(crate) async fn get_download_url_for_layer(&self, input: Value) -> Result<Value, AwsError> {
+        let name = input::owned(&input, "repositoryName");
+        let digest = input::owned(&input, "layerDigest");
+        self.existing_repo(&name)?;
+        if parse_digest(&digest).is_none() {
+            return Err(AwsError::client(
+                "InvalidParameterException",
+                format!(
+                    "Invalid parameter at 'layerDigest' failed to satisfy constraint: 'not a valid sha256 digest: {digest}'"
+                ),
+            ));
+        }
+        let referenced = self
+            .referenced(&format!("{name}@"))
+            .map_err(crate::repo::ecr_store_error)?;
+        if !referenced.contains(&digest) || self.blobs.size(&digest).await.is_none() {
+            return Err(AwsError::client(
+                "LayersNotFoundException",
+                format!(
+                    "The image layer '{digest}' does not exist in the repository with name '{name}' in the registry with id '{}'",
+                    self.scope.account
+                ),
+            ));
+        }
+        let expires = crate::now_secs() + DOWNLOAD_URL_SECS;
+        let signature = self.token_key.sign_download(&name, &digest, expires);
+        Ok(json!({
+            "downloadUrl": format!(
+                "http://{}/v2/{name}/blobs/{digest}?X-Fleetport-Expires={expires}&X-Fleetport-Signature={signature}",
+                self.registry_host
+            ),
+            "layerDigest": digest,
+        }))
     }
 
     /// Applies `change` to a repository record in one transaction.

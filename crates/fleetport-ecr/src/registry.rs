@@ -214,6 +214,32 @@ impl Ecr {
         }
     }
 
+    /// A GetDownloadUrlForLayer URL stands in for credentials, for its one blob, until it expires.
+    fn verify_download_url(
+        &self,
+        name: &str,
+        digest: &str,
+        query: &str,
+    ) -> Result<(), Box<Response>> {
+        let expires = query_param(query, "X-Fleetport-Expires")
+            .and_then(|e| e.parse::<i64>().ok())
+            .unwrap_or(0);
+        let signature = query_param(query, "X-Fleetport-Signature").unwrap_or_default();
+        self.token_key
+            .verify_download(name, digest, expires, &signature, now_secs())
+            .map_err(|e| {
+                let why = match e {
+                    crate::token::TokenError::Expired => "it has expired",
+                    _ => "its signature does not match",
+                };
+                boxed(
+                    StatusCode::FORBIDDEN,
+                    "DENIED",
+                    &format!("The layer download URL is not valid: {why}."),
+                )
+            })
+    }
+
     fn repository(&self, name: &str) -> Result<RepoRecord, Box<Response>> {
         if !valid_name(name) {
             return Err(boxed(
@@ -252,16 +278,29 @@ impl Ecr {
 
     async fn registry_inner(&self, req: Request) -> Response {
         let (parts, body) = req.into_parts();
-        if let Err(r) = self.authorize(&parts.headers) {
-            return *r;
-        }
         let path = parts.uri.path();
         let rest = path
             .strip_prefix("/v2")
             .unwrap_or(path)
             .trim_start_matches('/');
         let query = parts.uri.query().unwrap_or("");
-        let Some(route) = route(rest) else {
+        let route = route(rest);
+        let presigned = match route {
+            Some(Route::Blob(name, digest))
+                if matches!(parts.method, Method::GET | Method::HEAD)
+                    && query_param(query, "X-Fleetport-Signature").is_some() =>
+            {
+                match self.verify_download_url(name, digest, query) {
+                    Ok(()) => true,
+                    Err(r) => return *r,
+                }
+            }
+            _ => false,
+        };
+        if !presigned && let Err(r) = self.authorize(&parts.headers) {
+            return *r;
+        }
+        let Some(route) = route else {
             return error(
                 StatusCode::NOT_FOUND,
                 "NAME_UNKNOWN",
@@ -293,7 +332,11 @@ impl Ecr {
                         self.get_manifest(&repo, reference, &parts.headers, method == Method::HEAD)
                     }
                     Method::PUT => {
-                        self.put_manifest(&repo, reference, &parts.headers, body)
+                        let tags: Vec<String> = form_pairs(query)
+                            .filter(|(k, _)| k == "tag")
+                            .map(|(_, v)| v)
+                            .collect();
+                        self.put_manifest(&repo, reference, &tags, &parts.headers, body)
                             .await
                     }
                     Method::DELETE => self.delete_manifest(&repo, reference).await,
@@ -435,6 +478,7 @@ impl Ecr {
         &self,
         repo: &RepoRecord,
         reference: &str,
+        tags: &[String],
         headers: &HeaderMap,
         body: Body,
     ) -> Response {
@@ -455,7 +499,7 @@ impl Ecr {
                 .map(String::from)
         });
         match self
-            .store_manifest(repo, reference, content_type, bytes)
+            .store_manifest(repo, reference, tags, content_type, bytes)
             .await
         {
             Ok(digest) => {
@@ -469,6 +513,11 @@ impl Ecr {
                     &format!("/v2/{}/manifests/{digest}", repo.name),
                 );
                 set(&mut r, "docker-content-digest", &digest);
+                for tag in tags {
+                    if let Ok(v) = HeaderValue::from_str(tag) {
+                        r.headers_mut().append("oci-tag", v);
+                    }
+                }
                 r
             }
             Err((status, code, message)) => error(status, code, &message),

@@ -174,6 +174,7 @@ impl Ecr {
         &self,
         repo: &RepoRecord,
         reference: &str,
+        extra_tags: &[String],
         content_type: Option<String>,
         bytes: Bytes,
     ) -> Result<String, RegistryError> {
@@ -197,7 +198,8 @@ impl Ecr {
             )));
         }
         let digest = digest_of(&bytes);
-        let tag = if parse_digest(reference).is_some() {
+        let mut tags = Vec::new();
+        if parse_digest(reference).is_some() {
             if reference != digest {
                 return Err((
                     StatusCode::BAD_REQUEST,
@@ -205,16 +207,18 @@ impl Ecr {
                     format!("The manifest digest is {digest}, not {reference}."),
                 ));
             }
-            None
-        } else if tag_ok(reference) {
-            Some(reference.to_string())
         } else {
+            tags.push(reference.to_string());
+        }
+        // OCI 1.1 lets one PUT name several tags (`?tag=a&tag=b`); all are checked before any is set.
+        tags.extend(extra_tags.iter().filter(|t| **t != reference).cloned());
+        if let Some(bad) = tags.iter().find(|t| !tag_ok(t)) {
             return Err((
                 StatusCode::BAD_REQUEST,
                 "TAG_INVALID",
-                format!("Invalid tag '{reference}'."),
+                format!("Invalid tag '{bad}'."),
             ));
-        };
+        }
         // Every blob and child manifest the manifest names must already be in the registry.
         let mut image_size = 0u64;
         let mut blobs: Vec<String> = Vec::new();
@@ -287,7 +291,7 @@ impl Ecr {
             if txn.get(MANIFESTS, &key)?.is_none() {
                 txn.put_json(MANIFESTS, &key, &record)?;
             }
-            if let Some(tag) = tag {
+            for tag in &tags {
                 let tag_key = format!("{}:{tag}", repo.name);
                 if let Some(existing) = txn.get_json::<TagRecord>(TAGS, &tag_key)?
                     && existing.digest != record.digest
@@ -621,7 +625,13 @@ mod tests {
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
                 "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 5}]});
             let d = ecr
-                .store_manifest(&repo, arch, None, bytes::Bytes::from(manifest.to_string()))
+                .store_manifest(
+                    &repo,
+                    arch,
+                    &[],
+                    None,
+                    bytes::Bytes::from(manifest.to_string()),
+                )
                 .await
                 .unwrap();
             digests.push(d);
@@ -634,9 +644,15 @@ mod tests {
         let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
             {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digests[0], "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
             {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digests[1], "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]});
-        ecr.store_manifest(&repo, "multi", None, bytes::Bytes::from(index.to_string()))
-            .await
-            .unwrap();
+        ecr.store_manifest(
+            &repo,
+            "multi",
+            &[],
+            None,
+            bytes::Bytes::from(index.to_string()),
+        )
+        .await
+        .unwrap();
         let multi = ecr.image_platforms("plat", "multi").await.unwrap().unwrap();
         assert_eq!(
             multi.iter().map(ToString::to_string).collect::<Vec<_>>(),

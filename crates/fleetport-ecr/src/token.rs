@@ -41,6 +41,31 @@ impl TokenKey {
         format!("{payload}.{}", self.mac(&payload))
     }
 
+    /// The signature of a layer download URL (GetDownloadUrlForLayer): it names one blob of one
+    /// repository until `expires_at`, like the presigned S3 URL ECR hands out.
+    pub fn sign_download(&self, repository: &str, digest: &str, expires_at: i64) -> String {
+        self.mac(&format!("download\n{repository}\n{digest}\n{expires_at}"))
+    }
+
+    /// Checks a download URL's signature at time `now`.
+    pub fn verify_download(
+        &self,
+        repository: &str,
+        digest: &str,
+        expires_at: i64,
+        signature: &str,
+        now: i64,
+    ) -> Result<(), TokenError> {
+        let want = self.sign_download(repository, digest, expires_at);
+        if !bool::from(want.as_bytes().ct_eq(signature.as_bytes())) {
+            return Err(TokenError::Forged);
+        }
+        if now > expires_at {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
+    }
+
     /// Checks a password at time `now`; returns the account it was issued for.
     pub fn verify(&self, token: &str, now: i64) -> Result<String, TokenError> {
         let (payload, mac) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
@@ -79,5 +104,22 @@ mod tests {
             Err(TokenError::Forged)
         );
         assert_eq!(k.verify("nope", 0), Err(TokenError::Malformed));
+        let sig = k.sign_download("web", "sha256:ab", 1000);
+        assert_eq!(
+            k.verify_download("web", "sha256:ab", 1000, &sig, 999),
+            Ok(())
+        );
+        assert_eq!(
+            k.verify_download("web", "sha256:ab", 1000, &sig, 1001),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            k.verify_download("api", "sha256:ab", 1000, &sig, 999),
+            Err(TokenError::Forged)
+        );
+        assert_eq!(
+            k.verify_download("web", "sha256:ab", 9999, &sig, 999),
+            Err(TokenError::Forged)
+        );
     }
 }
