@@ -48,9 +48,12 @@ export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-e
 .venv/bin/aws ecr create-repository --repository-name bench >/dev/null
 PW=$(.venv/bin/aws ecr get-login-password)
 
-secs() { # command... -> wall seconds
-  local t0 t1
-  t0=$(date +%s.%N); "$@" >/dev/null 2>"$W/err" || { cat "$W/err" >&2; exit 1; }; t1=$(date +%s.%N)
+secs() { # command... -> wall seconds; the command's CPU seconds (user+sys) go to $W/cpu
+  local t0 t1 TIMEFORMAT='%U %S'
+  t0=$(date +%s.%N)
+  { time "$@" >/dev/null 2>"$W/err"; } 2>"$W/time" || { cat "$W/err" >&2; exit 1; }
+  t1=$(date +%s.%N)
+  awk '{ printf "%.2f", $1 + $2 }' "$W/time" >"$W/cpu"
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }'
 }
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
@@ -58,6 +61,7 @@ rate() { awk -v mb="$MB" -v s="$1" 'BEGIN { printf "%.0f", mb / s }'; }
 
 fp_push=$(secs skopeo copy --dest-tls-verify=false --dest-creds "AWS:$PW" "oci:$W/image:bench" "docker://127.0.0.1:$FP_PORT/bench:1")
 fp_push_rss=$(hwm $FP_PID)
+skopeo_cpu=$(cat "$W/cpu")
 reg_push=$(secs skopeo copy --dest-tls-verify=false "oci:$W/image:bench" "docker://127.0.0.1:$REG_PORT/bench:1")
 reg_push_rss=$(hwm $REG_PID)
 fp_pull=$(secs skopeo copy --src-tls-verify=false --src-creds "AWS:$PW" "docker://127.0.0.1:$FP_PORT/bench:1" "oci:$W/pull-fp:x")
@@ -95,6 +99,8 @@ printf 'ratio fleetport/distribution: push %sx, pull %sx\n' \
   "$(awk -v a="$reg_push" -v b="$fp_push" 'BEGIN { printf "%.2f", a / b }')" \
   "$(awk -v a="$reg_pull" -v b="$fp_pull" 'BEGIN { printf "%.2f", a / b }')"
 printf 'peak RSS during push: fleetport %s KiB, distribution %s KiB\n' "$fp_push_rss" "$reg_push_rss"
+printf 'skopeo itself used %s CPU s for the Fleetport push: no server can take a push faster than %s MB/s from it here\n' \
+  "$skopeo_cpu" "$(rate "$skopeo_cpu")"
 printf 'raw blob PUT (curl, streamed): fleetport %s MB/s, distribution %s MB/s, ratio %sx\n' \
   "$(rate "$fp_raw")" "$(rate "$reg_raw")" "$(awk -v a="$reg_raw" -v b="$fp_raw" 'BEGIN { printf "%.2f", a / b }')"
 printf 'disk write + fsync (dd): %s MB/s; fleetport raw PUT is %s%% of it\n' "$(rate "$disk_secs")" \
