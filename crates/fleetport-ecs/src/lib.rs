@@ -5,10 +5,14 @@
 //! by the ECS model; they know nothing about HTTP. Depends only on `fleetport-proto` and
 //! `fleetport-store`.
 
+pub mod agent_api;
 pub mod arn;
 pub mod cluster;
 pub mod error;
+pub mod instance;
+pub mod placement;
 pub mod tags;
+pub mod task;
 pub mod taskdef;
 
 use std::sync::Arc;
@@ -25,6 +29,8 @@ use crate::arn::Scope;
 pub struct Ecs {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scope: Scope,
+    /// Bumped whenever task assignments may have changed; agents' long polls wait on it.
+    pub(crate) generation: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for Ecs {
@@ -53,6 +59,18 @@ const IMPLEMENTED: &[&str] = &[
     "TagResource",
     "UntagResource",
     "ListTagsForResource",
+    "RegisterContainerInstance",
+    "DeregisterContainerInstance",
+    "DescribeContainerInstances",
+    "ListContainerInstances",
+    "UpdateContainerInstancesState",
+    "RunTask",
+    "StopTask",
+    "DescribeTasks",
+    "ListTasks",
+    "SubmitTaskStateChange",
+    "SubmitContainerStateChange",
+    "DiscoverPollEndpoint",
 ];
 
 pub use fleetport_proto::clock::epoch_seconds as now;
@@ -65,7 +83,13 @@ impl Ecs {
                 region: region.into(),
                 account: account.into(),
             },
+            generation: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Wakes every waiting agent poll.
+    pub(crate) fn bump(&self) {
+        self.generation.send_modify(|g| *g += 1);
     }
 
     async fn dispatch(
@@ -91,6 +115,19 @@ impl Ecs {
             "TagResource" => self.tag_resource(input).await,
             "UntagResource" => self.untag_resource(input).await,
             "ListTagsForResource" => self.list_tags_for_resource(input),
+            "RegisterContainerInstance" => self.register_container_instance(input).await,
+            "DeregisterContainerInstance" => self.deregister_container_instance(input).await,
+            "DescribeContainerInstances" => self.describe_container_instances(input),
+            "ListContainerInstances" => self.list_container_instances(input),
+            "UpdateContainerInstancesState" => self.update_container_instances_state(input).await,
+            "RunTask" => self.run_task(input).await,
+            "StopTask" => self.stop_task(input).await,
+            "DescribeTasks" => self.describe_tasks(input),
+            "ListTasks" => self.list_tasks(input),
+            "SubmitTaskStateChange" => self.submit_task_state_change(input).await,
+            "SubmitContainerStateChange" => self.submit_container_state_change(input).await,
+            // The agent's channel is this same endpoint, under the FleetportAgent target prefix.
+            "DiscoverPollEndpoint" => Ok(serde_json::json!({})),
             _ => Err(AwsError::client(
                 "UnknownOperationException",
                 format!("Unknown operation {operation}"),

@@ -107,7 +107,7 @@ impl Gateway {
     /// A gateway that knows the ECS, ECR and ELBv2 models; services are attached with [`Self::serve`].
     pub fn new(config: GatewayConfig, verifier: Verifier) -> Self {
         let mut json = HashMap::new();
-        for m in [model::ecs(), model::ecr()] {
+        for m in [model::ecs(), model::ecr(), model::agent()] {
             if let Some(prefix) = m.metadata.target_prefix.as_deref() {
                 json.insert(prefix, (m, None));
             }

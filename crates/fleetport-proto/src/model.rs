@@ -117,6 +117,7 @@ impl ServiceModel {
 static ECS: OnceLock<ServiceModel> = OnceLock::new();
 static ECR: OnceLock<ServiceModel> = OnceLock::new();
 static ELBV2: OnceLock<ServiceModel> = OnceLock::new();
+static AGENT: OnceLock<ServiceModel> = OnceLock::new();
 
 fn load(cell: &'static OnceLock<ServiceModel>, json: &'static str) -> &'static ServiceModel {
     // The vendored files are tested to parse (see tests below), so a failure here is a build defect.
@@ -139,13 +140,19 @@ pub fn elbv2() -> &'static ServiceModel {
     load(&ELBV2, include_str!("../models/elbv2.json"))
 }
 
+/// Fleetport's own agent channel (awsJson1.1, `FleetportAgentV20261124`): the long poll that
+/// replaces ECS's ACS WebSocket. Written here in botocore's format, not vendored.
+pub fn agent() -> &'static ServiceModel {
+    load(&AGENT, include_str!("../models/fleetport-agent.json"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn vendored_models_parse_and_reference_only_known_shapes() {
-        for m in [ecs(), ecr(), elbv2()] {
+        for m in [ecs(), ecr(), elbv2(), agent()] {
             assert!(!m.operations.is_empty());
             for op in m.operations.values() {
                 for r in op

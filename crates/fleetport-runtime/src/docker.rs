@@ -306,7 +306,13 @@ impl Runtime for DockerRuntime {
     ) -> BoxFuture<'a, Result<Vec<ContainerState>, RuntimeError>> {
         Box::pin(async move {
             let mut filters = HashMap::new();
-            filters.insert("label".to_string(), vec![format!("{label}={value}")]);
+            // An empty value matches every container that has the label at all.
+            let filter = if value.is_empty() {
+                label.to_string()
+            } else {
+                format!("{label}={value}")
+            };
+            filters.insert("label".to_string(), vec![filter]);
             let opts = ListContainersOptions {
                 all: true,
                 filters: Some(filters),

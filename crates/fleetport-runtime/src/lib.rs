@@ -137,7 +137,7 @@ pub trait Runtime: Send + Sync {
     -> BoxFuture<'a, Result<(), RuntimeError>>;
     fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
     fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ContainerState, RuntimeError>>;
-    /// Every container (running or not) carrying `label=value`.
+    /// Every container (running or not) carrying `label=value` (any value when `value` is empty).
     fn list<'a>(
         &'a self,
         label: &'a str,

@@ -1,6 +1,7 @@
 //! The `fleetport` binary: parses the command line, builds the store, the gateway and the
 //! services, binds the listener and runs until SIGINT/SIGTERM. Wiring only.
 
+mod agent_cmd;
 mod config;
 mod server;
 
@@ -32,6 +33,11 @@ struct Cli {
 enum Command {
     /// Run the all-in-one node: one endpoint for the AWS APIs, with persistent state.
     Up(UpArgs),
+    /// Run one container instance ("EC2" capacity) that joins a cluster and runs its tasks on
+    /// the local Docker engine. Signs with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
+    Agent(agent_cmd::AgentArgs),
+    /// Print the logs of a task's containers that ran on this host.
+    Logs(agent_cmd::LogsArgs),
 }
 
 // mimalloc: the request path allocates many small short-lived objects (JSON trees, headers);
@@ -60,15 +66,29 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            match run(config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("fleetport: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            finish(run(config))
+        }
+        Command::Agent(args) => finish(block_on(agent_cmd::run_agent(args))),
+        Command::Logs(args) => finish(block_on(agent_cmd::run_logs(args))),
+    }
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleetport: {e:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(f)
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
@@ -109,11 +129,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         Verifier::new(config.credentials.clone()),
     );
-    gateway.serve(Arc::new(fleetport_ecs::Ecs::new(
-        store.clone(),
-        &config.region,
-        &config.account_id,
-    )));
+    let ecs = fleetport_ecs::Ecs::new(store.clone(), &config.region, &config.account_id);
+    gateway.serve(Arc::new(fleetport_ecs::agent_api::AgentApi(ecs.clone())));
+    gateway.serve(Arc::new(ecs));
     gateway.serve(Arc::new(ecr.clone()));
     let gc = tokio::spawn(
         ecr.clone()
@@ -187,7 +205,7 @@ fn print_banner(config: &Config, bound: std::net::SocketAddr) {
     let _ = out.flush();
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

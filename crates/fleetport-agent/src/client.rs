@@ -1,0 +1,123 @@
+//! A minimal awsJson1.1 client for the agent: SigV4-signed POSTs to the control plane with the
+//! credentials from the agent's environment, exactly as any AWS SDK would send them.
+
+use bytes::Bytes;
+use fleetport_proto::sigv4::Signer;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+pub const ECS: &str = "AmazonEC2ContainerServiceV20141113";
+pub const ECR: &str = "AmazonEC2ContainerRegistry_V20150921";
+pub const AGENT: &str = "FleetportAgentV20261124";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The control plane answered with an AWS error.
+    #[error("{code}: {message}")]
+    Api { code: String, message: String },
+    #[error("cannot reach the control plane: {0}")]
+    Transport(String),
+}
+
+#[derive(Clone)]
+pub struct ApiClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    endpoint: http::Uri,
+    host: String,
+    ecs: Signer,
+    ecr: Signer,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient").field("endpoint", &self.endpoint).finish_non_exhaustive()
+    }
+}
+
+impl ApiClient {
+    pub fn new(
+        endpoint: &str,
+        region: &str,
+        access_key: &str,
+        secret: &str,
+    ) -> Result<Self, ClientError> {
+        let endpoint: http::Uri = endpoint
+            .parse()
+            .map_err(|e| ClientError::Transport(format!("bad endpoint {endpoint}: {e}")))?;
+        if endpoint.scheme_str() != Some("http") {
+            return Err(ClientError::Transport("the endpoint must be an http:// URL".into()));
+        }
+        let host = endpoint
+            .authority()
+            .map(|a| a.to_string())
+            .ok_or_else(|| ClientError::Transport("the endpoint has no host".into()))?;
+        let signer = |service: &str| Signer {
+            access_key: access_key.to_string(),
+            secret: secret.to_string(),
+            region: region.to_string(),
+            service: service.to_string(),
+        };
+        Ok(Self {
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            endpoint,
+            host,
+            ecs: signer("ecs"),
+            ecr: signer("ecr"),
+        })
+    }
+
+    /// The endpoint's `host:port`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Calls one operation; `prefix` picks the API (ECS, ECR or the agent channel).
+    pub async fn call(&self, prefix: &str, operation: &str, input: &Value) -> Result<Value, ClientError> {
+        let body = serde_json::to_vec(input).map_err(|e| ClientError::Transport(e.to_string()))?;
+        let mut headers = http::HeaderMap::new();
+        let hv = |s: &str| http::HeaderValue::from_str(s).map_err(|e| ClientError::Transport(e.to_string()));
+        headers.insert(http::header::HOST, hv(&self.host)?);
+        headers.insert(http::header::CONTENT_TYPE, hv("application/x-amz-json-1.1")?);
+        headers.insert("x-amz-target", hv(&format!("{prefix}.{operation}"))?);
+        let signer = if prefix == ECR { &self.ecr } else { &self.ecs };
+        signer.sign("POST", "/", "", &mut headers, &body, fleetport_proto::clock::unix_secs());
+        let mut req = http::Request::builder().method("POST").uri(self.endpoint.clone());
+        if let Some(h) = req.headers_mut() {
+            *h = headers;
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(v);
+        }
+        let code = v
+            .get("__type")
+            .and_then(Value::as_str)
+            .map(|t| t.rsplit('#').next().unwrap_or(t).to_string())
+            .unwrap_or_else(|| status.to_string());
+        let message = v
+            .get("message")
+            .or_else(|| v.get("Message"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        Err(ClientError::Api { code, message })
+    }
+}

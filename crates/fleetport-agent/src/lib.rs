@@ -1,0 +1,243 @@
+//! The Fleetport agent: one container instance. It registers with the control plane
+//! (RegisterContainerInstance, keeping its identity across restarts), long-polls its task
+//! assignments (`FleetportAgentV20261124.PollTaskAssignments`, which is also its heartbeat), runs
+//! each task on a [`Runtime`], and reports every transition with SubmitTaskStateChange.
+//!
+//! On start it re-adopts the containers that carry its instance label instead of starting them
+//! again, so restarting the agent never restarts or duplicates a task.
+
+pub mod client;
+mod spec;
+mod task;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetport_runtime::{ContainerState, Runtime, labels};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, watch};
+
+pub use client::{ApiClient, ClientError};
+
+/// How one agent presents itself.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub cluster: String,
+    pub cpu: i64,
+    pub memory: i64,
+    /// Reserved TCP ports (ECS agent default: 22, 2375, 2376, 51678, 51679).
+    pub reserved_ports: Vec<String>,
+    pub attributes: Vec<(String, String)>,
+    /// The address published ports bind to and networkBindings report.
+    pub advertise: String,
+    pub instance_type: String,
+    /// Where the agent keeps its container-instance ARN between runs.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Api(#[from] ClientError),
+    #[error("{0}")]
+    Runtime(#[from] fleetport_runtime::RuntimeError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Shared by the poll loop and the per-task runners.
+pub(crate) struct Ctx {
+    pub cfg: AgentConfig,
+    pub api: ApiClient,
+    pub rt: Arc<dyn Runtime>,
+    pub instance_arn: String,
+    pub instance_id: String,
+}
+
+impl Ctx {
+    pub(crate) async fn submit(&self, input: Value) {
+        // A report that cannot be delivered is retried: the control plane is the record.
+        for attempt in 0..20u64 {
+            match self
+                .api
+                .call(client::ECS, "SubmitTaskStateChange", &input)
+                .await
+            {
+                Ok(_) => return,
+                Err(ClientError::Api { code, message }) => {
+                    tracing::warn!(%code, %message, "task state change refused");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "task state change not delivered; retrying");
+                    tokio::time::sleep(Duration::from_millis(250 * (attempt + 1))).await;
+                }
+            }
+        }
+    }
+}
+
+pub struct Agent {
+    ctx: Arc<Ctx>,
+    running: Mutex<HashMap<String, watch::Sender<bool>>>,
+}
+
+fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "arm64",
+        "x86_64" => "x86_64",
+        other => other,
+    }
+}
+
+impl Agent {
+    /// Registers (or re-registers) the instance and returns a ready agent.
+    pub async fn register(
+        cfg: AgentConfig,
+        api: ApiClient,
+        rt: Arc<dyn Runtime>,
+    ) -> Result<Self, AgentError> {
+        std::fs::create_dir_all(&cfg.state_dir)?;
+        let state_file = cfg.state_dir.join(format!("instance-{}.json", cfg.cluster));
+        let previous = std::fs::read(&state_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v.get("containerInstanceArn").and_then(Value::as_str).map(String::from));
+        let docker_version = rt.version().await.unwrap_or_default();
+        let mut attributes = vec![
+            json!({"name": "ecs.os-type", "value": "linux"}),
+            json!({"name": "ecs.os-family", "value": "LINUX"}),
+            json!({"name": "ecs.cpu-architecture", "value": host_architecture()}),
+            json!({"name": "ecs.instance-type", "value": cfg.instance_type}),
+            json!({"name": "com.amazonaws.ecs.capability.docker-remote-api.1.41"}),
+            json!({"name": "com.amazonaws.ecs.capability.logging-driver.json-file"}),
+            json!({"name": "ecs.capability.container-health-check"}),
+            json!({"name": "ecs.capability.container-ordering"}),
+        ];
+        for (k, v) in &cfg.attributes {
+            attributes.retain(|a| a.get("name").and_then(Value::as_str) != Some(k));
+            attributes.push(json!({"name": k, "value": v}));
+        }
+        let mut input = json!({
+            "cluster": cfg.cluster,
+            "totalResources": [
+                {"name": "CPU", "type": "INTEGER", "integerValue": cfg.cpu},
+                {"name": "MEMORY", "type": "INTEGER", "integerValue": cfg.memory},
+                {"name": "PORTS", "type": "STRINGSET", "stringSetValue": cfg.reserved_ports},
+                {"name": "PORTS_UDP", "type": "STRINGSET", "stringSetValue": []},
+            ],
+            "attributes": attributes,
+            "versionInfo": {
+                "agentVersion": env!("CARGO_PKG_VERSION"),
+                "agentHash": "fleetport",
+                "dockerVersion": format!("DockerVersion: {docker_version}"),
+            },
+        });
+        if let (Some(arn), Value::Object(o)) = (&previous, &mut input) {
+            o.insert("containerInstanceArn".into(), json!(arn));
+        }
+        let out = api
+            .call(client::ECS, "RegisterContainerInstance", &input)
+            .await?;
+        let arn = out
+            .pointer("/containerInstance/containerInstanceArn")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        std::fs::write(&state_file, json!({"containerInstanceArn": arn}).to_string())?;
+        let instance_id = arn.rsplit('/').next().unwrap_or_default().to_string();
+        tracing::info!(instance = %arn, cluster = %cfg.cluster, "container instance registered");
+        Ok(Self {
+            ctx: Arc::new(Ctx {
+                cfg,
+                api,
+                rt,
+                instance_arn: arn,
+                instance_id,
+            }),
+            running: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn instance_arn(&self) -> &str {
+        &self.ctx.instance_arn
+    }
+
+    /// Polls for assignments and runs them until `shutdown` fires. Tasks keep running after the
+    /// agent exits; the next agent re-adopts them.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let mut adopted = self.adoptable().await?;
+        let mut generation: Option<u64> = None;
+        loop {
+            let mut input = json!({
+                "cluster": self.ctx.cfg.cluster,
+                "containerInstance": self.ctx.instance_arn,
+                "waitSeconds": 20,
+            });
+            if let (Some(g), Value::Object(o)) = (generation, &mut input) {
+                o.insert("generation".into(), json!(g));
+            }
+            let poll = self
+                .ctx
+                .api
+                .call(client::AGENT, "PollTaskAssignments", &input);
+            let out = tokio::select! {
+                r = poll => r,
+                _ = shutdown.changed() => return Ok(()),
+            };
+            match out {
+                Ok(v) => {
+                    generation = v.get("generation").and_then(Value::as_u64);
+                    let tasks = v.get("tasks").and_then(Value::as_array).cloned().unwrap_or_default();
+                    self.reconcile(tasks, &mut adopted).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "poll failed; retrying");
+                    generation = None;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    /// This instance's containers already on the engine, by task ARN.
+    async fn adoptable(&self) -> Result<HashMap<String, Vec<ContainerState>>, AgentError> {
+        let mut by_task: HashMap<String, Vec<ContainerState>> = HashMap::new();
+        for c in self
+            .ctx
+            .rt
+            .list(labels::INSTANCE, &self.ctx.instance_id)
+            .await?
+        {
+            if let Some(arn) = c.labels.get(labels::TASK_ARN) {
+                by_task.entry(arn.clone()).or_default().push(c);
+            }
+        }
+        Ok(by_task)
+    }
+
+    async fn reconcile(&self, tasks: Vec<Value>, adopted: &mut HashMap<String, Vec<ContainerState>>) {
+        let mut running = self.running.lock().await;
+        running.retain(|_, tx| !tx.is_closed());
+        for t in tasks {
+            let arn = t.get("taskArn").and_then(Value::as_str).unwrap_or_default().to_string();
+            let desired_stop = t.get("desiredStatus").and_then(Value::as_str) == Some("STOPPED");
+            if let Some(tx) = running.get(&arn) {
+                if desired_stop {
+                    let _ = tx.send(true);
+                }
+                continue;
+            }
+            let (tx, rx) = watch::channel(desired_stop);
+            let found = adopted.remove(&arn).unwrap_or_default();
+            let ctx = self.ctx.clone();
+            tokio::spawn(task::run(ctx, t, found, rx));
+            running.insert(arn, tx);
+        }
+    }
+}

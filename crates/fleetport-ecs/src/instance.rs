@@ -1,0 +1,402 @@
+//! Container instances: what an agent registers (RegisterContainerInstance), what users see
+//! (List/DescribeContainerInstances with registered and remaining resources, agentConnected,
+//! task counts), draining (UpdateContainerInstancesState) and deregistration.
+//!
+//! Documents live in `ecs.instance` keyed `<cluster>/<id>`. Remaining resources are not stored:
+//! they are registered resources minus the reservations of the instance's tasks whose desired
+//! status is RUNNING, computed from the task documents at read time, so they can never drift.
+
+use fleetport_proto::input;
+use fleetport_proto::paging;
+use fleetport_store::{Abort, ReadTxn, ReadTxnExt, WriteTxnExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::Ecs;
+use crate::cluster::{INSTANCES, TASKS};
+use crate::error::{EcsResult, invalid, store};
+use crate::task::TaskRecord;
+
+/// An agent that has not polled for this long is reported disconnected and gets no new tasks.
+pub const AGENT_TIMEOUT_SECS: f64 = 60.0;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRecord {
+    pub arn: String,
+    pub id: String,
+    pub cluster: String,
+    pub ec2_instance_id: String,
+    pub status: String,
+    pub registered_at: f64,
+    pub last_seen: f64,
+    pub version: u64,
+    pub attributes: Vec<Value>,
+    pub cpu: i64,
+    pub memory: i64,
+    pub ports: Vec<String>,
+    pub ports_udp: Vec<String>,
+    pub version_info: Value,
+    #[serde(default)]
+    pub tags: Vec<Value>,
+}
+
+impl InstanceRecord {
+    pub fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|a| a.get("name").and_then(Value::as_str) == Some(name))
+            .and_then(|a| a.get("value").and_then(Value::as_str))
+    }
+
+    pub fn connected(&self, now: f64) -> bool {
+        now - self.last_seen < AGENT_TIMEOUT_SECS
+    }
+}
+
+/// What the tasks on one instance hold.
+#[derive(Debug, Default, Clone)]
+pub struct Usage {
+    pub cpu: i64,
+    pub memory: i64,
+    pub ports: Vec<String>,
+    pub ports_udp: Vec<String>,
+    pub running: u64,
+    pub pending: u64,
+}
+
+pub fn usage(tasks: &[TaskRecord], instance_arn: &str) -> Usage {
+    let mut u = Usage::default();
+    for t in tasks
+        .iter()
+        .filter(|t| t.container_instance_arn.as_deref() == Some(instance_arn))
+    {
+        if t.desired_status == "RUNNING" {
+            u.cpu += t.reserved_cpu;
+            u.memory += t.reserved_memory;
+            u.ports.extend(t.reserved_ports.iter().cloned());
+            u.ports_udp.extend(t.reserved_ports_udp.iter().cloned());
+            u.running += 1;
+        }
+        if t.last_status == "PENDING" {
+            u.pending += 1;
+        }
+    }
+    u
+}
+
+fn resource_int(name: &str, v: i64) -> Value {
+    json!({"name": name, "type": "INTEGER", "doubleValue": 0.0, "longValue": 0, "integerValue": v})
+}
+
+fn resource_set(name: &str, v: &[String]) -> Value {
+    json!({"name": name, "type": "STRINGSET", "doubleValue": 0.0, "longValue": 0, "integerValue": 0, "stringSetValue": v})
+}
+
+pub fn render(rec: &InstanceRecord, u: &Usage, now: f64, with_tags: bool) -> Value {
+    let mut ports = rec.ports.clone();
+    ports.extend(u.ports.iter().cloned());
+    let mut ports_udp = rec.ports_udp.clone();
+    ports_udp.extend(u.ports_udp.iter().cloned());
+    let mut out = json!({
+        "containerInstanceArn": rec.arn,
+        "ec2InstanceId": rec.ec2_instance_id,
+        "version": rec.version,
+        "versionInfo": rec.version_info,
+        "status": rec.status,
+        "agentConnected": rec.connected(now),
+        "runningTasksCount": u.running,
+        "pendingTasksCount": u.pending,
+        "attributes": rec.attributes,
+        "registeredAt": rec.registered_at,
+        "registeredResources": [
+            resource_int("CPU", rec.cpu),
+            resource_int("MEMORY", rec.memory),
+            resource_set("PORTS", &rec.ports),
+            resource_set("PORTS_UDP", &rec.ports_udp),
+        ],
+        "remainingResources": [
+            resource_int("CPU", rec.cpu - u.cpu),
+            resource_int("MEMORY", rec.memory - u.memory),
+            resource_set("PORTS", &ports),
+            resource_set("PORTS_UDP", &ports_udp),
+        ],
+        "attachments": [],
+    });
+    if with_tags && let Value::Object(o) = &mut out {
+        o.insert("tags".into(), Value::Array(rec.tags.clone()));
+    }
+    out
+}
+
+/// The id part of a container-instance reference (bare id or ARN).
+pub fn instance_id(reference: &str) -> &str {
+    reference.rsplit('/').next().unwrap_or(reference)
+}
+
+fn total(input: &Value, name: &str) -> Option<Value> {
+    input
+        .get("totalResources")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|r| r.get("name").and_then(Value::as_str) == Some(name))
+        .cloned()
+}
+
+pub fn tasks_of_cluster(
+    txn: &dyn ReadTxn,
+    cluster: &str,
+) -> Result<Vec<TaskRecord>, fleetport_store::StoreError> {
+    Ok(txn
+        .scan_json::<TaskRecord>(TASKS, &format!("{cluster}/"), None, usize::MAX)?
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect())
+}
+
+impl Ecs {
+    pub async fn register_container_instance(&self, input: Value) -> EcsResult<Value> {
+        let cluster = crate::error::read(&*self.store, |txn| {
+            self.active_cluster(txn, input::string(&input, "cluster"))
+        })?;
+        let int = |name: &str| -> EcsResult<i64> {
+            match total(&input, name) {
+                None => Ok(0),
+                Some(r) => r
+                    .get("integerValue")
+                    .and_then(Value::as_i64)
+                    .filter(|v| *v >= 0)
+                    .ok_or_else(|| invalid(format!("totalResources {name} must have a non-negative integerValue."))),
+            }
+        };
+        let set = |name: &str| -> Vec<String> {
+            total(&input, name)
+                .and_then(|r| r.get("stringSetValue").cloned())
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default()
+        };
+        let (cpu, memory) = (int("CPU")?, int("MEMORY")?);
+        let (ports, ports_udp) = (set("PORTS"), set("PORTS_UDP"));
+        let mut attributes = input::items(&input, "attributes");
+        for a in &attributes {
+            let name = a.get("name").and_then(Value::as_str).unwrap_or("");
+            if name.is_empty() || name.len() > 128 {
+                return Err(invalid("Attribute names must be 1 to 128 characters."));
+            }
+        }
+        let now = crate::now();
+        let existing = input::string(&input, "containerInstanceArn").map(|a| instance_id(a).to_string());
+        let id = existing
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let arn = self
+            .scope
+            .arn(&format!("container-instance/{}/{id}", cluster.name));
+        let ec2_id = format!("i-{}", &id[..17.min(id.len())]);
+        if !attributes
+            .iter()
+            .any(|a| a.get("name").and_then(Value::as_str) == Some("ecs.availability-zone"))
+        {
+            attributes.push(json!({"name": "ecs.availability-zone", "value": format!("{}a", self.scope.region)}));
+        }
+        let tags = input::items(&input, "tags");
+        let key = format!("{}/{id}", cluster.name);
+        let rec = InstanceRecord {
+            arn,
+            id: id.clone(),
+            cluster: cluster.name.clone(),
+            ec2_instance_id: ec2_id,
+            status: "ACTIVE".into(),
+            registered_at: now,
+            last_seen: now,
+            version: 1,
+            attributes,
+            cpu,
+            memory,
+            ports,
+            ports_udp,
+            version_info: input.get("versionInfo").cloned().unwrap_or_else(|| json!({})),
+            tags,
+        };
+        let rec = crate::error::write(&*self.store, move |txn| {
+            let mut rec = rec;
+            // Re-registration keeps identity and registration time.
+            if let Some(old) = txn.get_json::<InstanceRecord>(INSTANCES, &key)? {
+                rec.registered_at = old.registered_at;
+                rec.version = old.version + 1;
+                rec.ec2_instance_id = old.ec2_instance_id;
+            }
+            txn.put_json(INSTANCES, &key, &rec)?;
+            Ok::<_, Abort<_>>(rec)
+        })
+        .await?;
+        self.bump();
+        Ok(json!({"containerInstance": render(&rec, &Usage::default(), now, true)}))
+    }
+
+    fn instances_of(&self, txn: &dyn ReadTxn, cluster: &str) -> EcsResult<Vec<InstanceRecord>> {
+        Ok(txn
+            .scan_json::<InstanceRecord>(INSTANCES, &format!("{cluster}/"), None, usize::MAX)
+            .map_err(store)?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    pub fn describe_container_instances(&self, input: Value) -> EcsResult<Value> {
+        let with_tags = input::includes(&input, "include", "TAGS");
+        let now = crate::now();
+        crate::error::read(&*self.store, |txn| {
+            let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
+            let tasks = tasks_of_cluster(txn, &cluster.name).map_err(store)?;
+            let mut found = Vec::new();
+            let mut failures = Vec::new();
+            for r in input::strings(&input, "containerInstances") {
+                let key = format!("{}/{}", cluster.name, instance_id(&r));
+                match txn.get_json::<InstanceRecord>(INSTANCES, &key).map_err(store)? {
+                    Some(rec) => found.push(render(&rec, &usage(&tasks, &rec.arn), now, with_tags)),
+                    None => {
+                        let arn = if r.starts_with("arn:") {
+                            r.clone()
+                        } else {
+                            self.scope
+                                .arn(&format!("container-instance/{}/{r}", cluster.name))
+                        };
+                        failures.push(json!({"arn": arn, "reason": "MISSING"}));
+                    }
+                }
+            }
+            Ok(json!({"containerInstances": found, "failures": failures}))
+        })
+    }
+
+    pub fn list_container_instances(&self, input: Value) -> EcsResult<Value> {
+        let limit = paging::max_results(&input, 100, 100)?;
+        let after = paging::decode_token(&input)?;
+        let status = input::string(&input, "status").map(String::from);
+        if input::string(&input, "filter").is_some_and(|f| !f.trim().is_empty()) {
+            let f = input::owned(&input, "filter");
+            let all = crate::error::read(&*self.store, |txn| {
+                let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
+                self.instances_of(txn, &cluster.name)
+            })?;
+            let expr = crate::placement::Expr::parse(&f)?;
+            let now = crate::now();
+            let keys: Vec<(String, String)> = all
+                .into_iter()
+                .filter(|r| status.as_deref().is_none_or(|s| s == r.status))
+                .filter(|r| expr.matches(r, now))
+                .map(|r| (r.id.clone(), r.arn))
+                .collect();
+            let (arns, token) = paging::page(keys, after.as_deref(), limit, false);
+            return Ok(paging::with_token(json!({"containerInstanceArns": arns}), token));
+        }
+        let all = crate::error::read(&*self.store, |txn| {
+            let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
+            self.instances_of(txn, &cluster.name)
+        })?;
+        let keys: Vec<(String, String)> = all
+            .into_iter()
+            .filter(|r| match status.as_deref() {
+                Some(s) => r.status == s,
+                None => r.status != "INACTIVE",
+            })
+            .map(|r| (r.id.clone(), r.arn))
+            .collect();
+        let (arns, token) = paging::page(keys, after.as_deref(), limit, false);
+        Ok(paging::with_token(json!({"containerInstanceArns": arns}), token))
+    }
+
+    pub async fn update_container_instances_state(&self, input: Value) -> EcsResult<Value> {
+        let status = input::owned(&input, "status");
+        if status != "ACTIVE" && status != "DRAINING" {
+            return Err(invalid(format!(
+                "Container instances can only be set to ACTIVE or DRAINING, not '{status}'."
+            )));
+        }
+        let cluster = crate::error::read(&*self.store, |txn| {
+            self.active_cluster(txn, input::string(&input, "cluster"))
+        })?;
+        let refs = input::strings(&input, "containerInstances");
+        let now = crate::now();
+        let cluster_name = cluster.name.clone();
+        let scope = self.scope.clone();
+        let (found, failures) = crate::error::write(&*self.store, move |txn| {
+            let mut found = Vec::new();
+            let mut failures = Vec::new();
+            for r in refs {
+                let key = format!("{cluster_name}/{}", instance_id(&r));
+                match txn.get_json::<InstanceRecord>(INSTANCES, &key)? {
+                    Some(mut rec) if rec.status == "ACTIVE" || rec.status == "DRAINING" => {
+                        if rec.status != status {
+                            rec.status = status.clone();
+                            rec.version += 1;
+                            txn.put_json(INSTANCES, &key, &rec)?;
+                        }
+                        found.push(rec);
+                    }
+                    Some(rec) => failures.push(json!({"arn": rec.arn, "reason": "INACTIVE"})),
+                    None => failures.push(json!({
+                        "arn": scope.arn(&format!("container-instance/{cluster_name}/{}", instance_id(&r))),
+                        "reason": "MISSING"
+                    })),
+                }
+            }
+            Ok::<_, Abort<_>>((found, failures))
+        })
+        .await?;
+        let tasks = crate::error::read(&*self.store, |txn| {
+            tasks_of_cluster(txn, &cluster.name).map_err(store)
+        })?;
+        let rendered: Vec<Value> = found
+            .iter()
+            .map(|r| render(r, &usage(&tasks, &r.arn), now, false))
+            .collect();
+        Ok(json!({"containerInstances": rendered, "failures": failures}))
+    }
+
+    pub async fn deregister_container_instance(&self, input: Value) -> EcsResult<Value> {
+        let force = input.get("force").and_then(Value::as_bool).unwrap_or(false);
+        let cluster = crate::error::read(&*self.store, |txn| {
+            self.active_cluster(txn, input::string(&input, "cluster"))
+        })?;
+        let id = instance_id(&input::owned(&input, "containerInstance")).to_string();
+        let key = format!("{}/{id}", cluster.name);
+        let cluster_name = cluster.name.clone();
+        let now = crate::now();
+        let (rec, u) = crate::error::write(&*self.store, move |txn| {
+            let Some(mut rec) = txn.get_json::<InstanceRecord>(INSTANCES, &key)? else {
+                return Err(Abort::Domain(invalid("The referenced container instance was not found.")));
+            };
+            let tasks = tasks_of_cluster(txn, &cluster_name)?;
+            let u = usage(&tasks, &rec.arn);
+            if u.running > 0 && !force {
+                return Err(Abort::Domain(invalid(
+                    "Found running tasks on the instance. Use force to deregister the instance anyway.",
+                )));
+            }
+            rec.status = "INACTIVE".into();
+            rec.version += 1;
+            txn.put_json(INSTANCES, &key, &rec)?;
+            Ok((rec, u))
+        })
+        .await?;
+        self.bump();
+        Ok(json!({"containerInstance": render(&rec, &u, now, false)}))
+    }
+
+    /// Records an agent's heartbeat; returns the instance (for its status).
+    pub async fn heartbeat(&self, cluster: &str, instance: &str) -> EcsResult<InstanceRecord> {
+        let key = format!("{cluster}/{}", instance_id(instance));
+        let now = crate::now();
+        crate::error::write(&*self.store, move |txn| {
+            let Some(mut rec) = txn.get_json::<InstanceRecord>(INSTANCES, &key)? else {
+                return Err(Abort::Domain(invalid("The referenced container instance was not found.")));
+            };
+            rec.last_seen = now;
+            txn.put_json(INSTANCES, &key, &rec)?;
+            Ok(rec)
+        })
+        .await
+    }
+}

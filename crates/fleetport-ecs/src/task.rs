@@ -1,0 +1,698 @@
+//! Tasks: RunTask (placement on EC2 container instances), StopTask, DescribeTasks, ListTasks, and
+//! the agent's reports (SubmitTaskStateChange, SubmitContainerStateChange) that move a task
+//! through ECS's lifecycle.
+//!
+//! A task document (`ecs.task`, key `<cluster>/<id>`) holds desired state written by the API
+//! (desiredStatus, the resolved container definitions the agent runs, the reservation placement
+//! counted) and observed state reported by the agent (lastStatus, container runtime ids, exit
+//! codes, bindings, timestamps).
+
+use fleetport_proto::{input, paging};
+use fleetport_store::{Abort, ReadTxnExt, WriteTxnExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::Ecs;
+use crate::cluster::{INSTANCES, TASKS};
+use crate::error::{EcsResult, client, invalid, store};
+use crate::instance::{InstanceRecord, instance_id, tasks_of_cluster, usage};
+use crate::placement::{self, Candidate, Constraint, Demand};
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRecord {
+    pub task_arn: String,
+    pub id: String,
+    pub cluster: String,
+    pub cluster_arn: String,
+    pub task_definition_arn: String,
+    pub family: String,
+    pub revision: u64,
+    pub container_instance_arn: Option<String>,
+    pub launch_type: String,
+    pub last_status: String,
+    pub desired_status: String,
+    pub network_mode: String,
+    pub cpu: Option<String>,
+    pub memory: Option<String>,
+    pub containers: Vec<Value>,
+    /// The container definitions the agent runs: the task definition's, with overrides applied.
+    pub container_definitions: Vec<Value>,
+    pub overrides: Value,
+    pub started_by: Option<String>,
+    pub group: String,
+    pub version: u64,
+    pub created_at: f64,
+    pub pull_started_at: Option<f64>,
+    pub pull_stopped_at: Option<f64>,
+    pub started_at: Option<f64>,
+    pub stopping_at: Option<f64>,
+    pub stopped_at: Option<f64>,
+    pub execution_stopped_at: Option<f64>,
+    pub stop_code: Option<String>,
+    pub stopped_reason: Option<String>,
+    pub tags: Vec<Value>,
+    pub reserved_cpu: i64,
+    pub reserved_memory: i64,
+    pub reserved_ports: Vec<String>,
+    pub reserved_ports_udp: Vec<String>,
+    pub availability_zone: Option<String>,
+}
+
+/// Lifecycle order, so a late or repeated report never moves a task backwards.
+fn rank(status: &str) -> u8 {
+    match status {
+        "PROVISIONING" => 0,
+        "PENDING" => 1,
+        "ACTIVATING" => 2,
+        "RUNNING" => 3,
+        "DEACTIVATING" => 4,
+        "STOPPING" => 5,
+        "DEPROVISIONING" => 6,
+        "STOPPED" => 7,
+        _ => 0,
+    }
+}
+
+fn int_of(v: Option<&Value>) -> Option<i64> {
+    match v? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+impl TaskRecord {
+    pub fn render(&self, with_tags: bool) -> Value {
+        let mut o = Map::new();
+        let mut put = |k: &str, v: Value| {
+            if !v.is_null() {
+                o.insert(k.to_string(), v);
+            }
+        };
+        put("taskArn", json!(self.task_arn));
+        put("clusterArn", json!(self.cluster_arn));
+        put("taskDefinitionArn", json!(self.task_definition_arn));
+        put("containerInstanceArn", json!(self.container_instance_arn));
+        put("overrides", self.overrides.clone());
+        put("lastStatus", json!(self.last_status));
+        put("desiredStatus", json!(self.desired_status));
+        put("cpu", json!(self.cpu));
+        put("memory", json!(self.memory));
+        put("containers", json!(self.containers));
+        put("startedBy", json!(self.started_by));
+        put("version", json!(self.version));
+        put("stopCode", json!(self.stop_code));
+        put("stoppedReason", json!(self.stopped_reason));
+        put("connectivity", if self.started_at.is_some() { json!("CONNECTED") } else { Value::Null });
+        put("connectivityAt", json!(self.started_at));
+        put("pullStartedAt", json!(self.pull_started_at));
+        put("pullStoppedAt", json!(self.pull_stopped_at));
+        put("executionStoppedAt", json!(self.execution_stopped_at));
+        put("createdAt", json!(self.created_at));
+        put("startedAt", json!(self.started_at));
+        put("stoppingAt", json!(self.stopping_at));
+        put("stoppedAt", json!(self.stopped_at));
+        put("group", json!(self.group));
+        put("launchType", json!(self.launch_type));
+        put("availabilityZone", json!(self.availability_zone));
+        put("attachments", json!([]));
+        put("healthStatus", json!(task_health(&self.containers, &self.container_definitions)));
+        put("enableExecuteCommand", json!(false));
+        if with_tags {
+            put("tags", json!(self.tags));
+        }
+        Value::Object(o)
+    }
+
+    /// What the agent needs to run (or stop) this task.
+    pub fn assignment(&self) -> Value {
+        json!({
+            "taskArn": self.task_arn,
+            "desiredStatus": self.desired_status,
+            "lastStatus": self.last_status,
+            "family": self.family,
+            "revision": self.revision,
+            "networkMode": self.network_mode,
+            "cpu": self.cpu,
+            "memory": self.memory,
+            "containers": self.container_definitions,
+            "knownContainers": self.containers,
+        })
+    }
+}
+
+/// ECS's rule: from essential containers that have a health check; UNHEALTHY wins, then UNKNOWN.
+fn task_health(containers: &[Value], defs: &[Value]) -> &'static str {
+    let mut seen = false;
+    let mut unknown = false;
+    for d in defs {
+        let essential = d.get("essential").and_then(Value::as_bool).unwrap_or(true);
+        if !essential || d.get("healthCheck").is_none() {
+            continue;
+        }
+        let name = d.get("name").and_then(Value::as_str).unwrap_or("");
+        let status = containers
+            .iter()
+            .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
+            .and_then(|c| c.get("healthStatus").and_then(Value::as_str))
+            .unwrap_or("UNKNOWN");
+        seen = true;
+        match status {
+            "UNHEALTHY" => return "UNHEALTHY",
+            "HEALTHY" => {}
+            _ => unknown = true,
+        }
+    }
+    if !seen || unknown { "UNKNOWN" } else { "HEALTHY" }
+}
+
+/// Applies RunTask `overrides` to the task definition's container definitions.
+fn apply_overrides(defs: &[Value], overrides: &Value) -> EcsResult<Vec<Value>> {
+    let mut out = defs.to_vec();
+    for o in overrides
+        .get("containerOverrides")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = o.get("name").and_then(Value::as_str).unwrap_or("");
+        let Some(def) = out
+            .iter_mut()
+            .find(|d| d.get("name").and_then(Value::as_str) == Some(name))
+        else {
+            return Err(invalid(format!(
+                "Override for container named {name} is not a container in the TaskDefinition."
+            )));
+        };
+        let Value::Object(d) = def else { continue };
+        for k in ["command", "cpu", "memory", "memoryReservation"] {
+            if let Some(v) = o.get(k) {
+                d.insert(k.to_string(), v.clone());
+            }
+        }
+        if let Some(env) = o.get("environment").and_then(Value::as_array) {
+            let mut merged: Vec<Value> = d
+                .get("environment")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for e in env {
+                let n = e.get("name");
+                merged.retain(|x| x.get("name") != n);
+                merged.push(e.clone());
+            }
+            d.insert("environment".into(), Value::Array(merged));
+        }
+    }
+    Ok(out)
+}
+
+/// CPU, memory and static ports one task reserves on its instance.
+fn demand(td: &Value, defs: &[Value], cpu: Option<i64>, memory: Option<i64>, mode: &str) -> Demand {
+    let cpu = cpu.unwrap_or_else(|| defs.iter().filter_map(|d| int_of(d.get("cpu"))).sum());
+    let memory = memory.unwrap_or_else(|| {
+        defs.iter()
+            .filter_map(|d| int_of(d.get("memoryReservation")).or_else(|| int_of(d.get("memory"))))
+            .sum()
+    });
+    let mut ports = Vec::new();
+    let mut ports_udp = Vec::new();
+    if mode == "bridge" || mode == "host" {
+        for pm in defs
+            .iter()
+            .filter_map(|d| d.get("portMappings").and_then(Value::as_array))
+            .flatten()
+        {
+            let host = int_of(pm.get("hostPort")).unwrap_or(0);
+            let host = if mode == "host" {
+                int_of(pm.get("containerPort")).unwrap_or(0)
+            } else {
+                host
+            };
+            if host > 0 {
+                if pm.get("protocol").and_then(Value::as_str) == Some("udp") {
+                    ports_udp.push(host.to_string());
+                } else {
+                    ports.push(host.to_string());
+                }
+            }
+        }
+    }
+    let _ = td;
+    Demand {
+        cpu,
+        memory,
+        ports,
+        ports_udp,
+    }
+}
+
+fn task_id(reference: &str) -> &str {
+    reference.rsplit('/').next().unwrap_or(reference)
+}
+
+impl Ecs {
+    pub async fn run_task(&self, input: Value) -> EcsResult<Value> {
+        let count = input.get("count").and_then(Value::as_i64).unwrap_or(1);
+        if !(1..=10).contains(&count) {
+            return Err(invalid("The count must be between 1 and 10."));
+        }
+        let launch_type = input::string(&input, "launchType").unwrap_or("EC2").to_string();
+        if input.get("capacityProviderStrategy").is_some() && input.get("launchType").is_some() {
+            return Err(invalid(
+                "Specifying both a launch type and capacity provider strategy is not supported. Remove one and try again.",
+            ));
+        }
+        if launch_type != "EC2" {
+            return Err(invalid(format!(
+                "Fleetport does not run the {launch_type} launch type yet; use EC2 with a container instance (fleetport agent)."
+            )));
+        }
+        let (cluster, td) = crate::error::read(&*self.store, |txn| {
+            let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
+            let reference = input::owned(&input, "taskDefinition");
+            let td = self
+                .find_task_definition(txn, &reference)
+                .map_err(store)?
+                .ok_or_else(|| client("TaskDefinition not found."))?;
+            Ok((cluster, td))
+        })?;
+        if td.get("status").and_then(Value::as_str) != Some("ACTIVE") {
+            return Err(invalid("TaskDefinition is inactive"));
+        }
+        let mode = td
+            .get("networkMode")
+            .and_then(Value::as_str)
+            .unwrap_or("bridge")
+            .to_string();
+        if mode == "awsvpc" {
+            if input.get("networkConfiguration").is_none() {
+                return Err(invalid(
+                    "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
+                ));
+            }
+            return Err(invalid(
+                "Fleetport does not run awsvpc tasks yet; use the bridge or host network mode.",
+            ));
+        }
+        let overrides = input.get("overrides").cloned().unwrap_or_else(|| json!({}));
+        let defs: Vec<Value> = td
+            .get("containerDefinitions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let defs = apply_overrides(&defs, &overrides)?;
+        let task_cpu = int_of(overrides.get("cpu")).or_else(|| int_of(td.get("cpu")));
+        let task_memory = int_of(overrides.get("memory")).or_else(|| int_of(td.get("memory")));
+        let need = demand(&td, &defs, task_cpu, task_memory, &mode);
+        let strategies = placement::parse_strategies(&input)?;
+        let mut constraint_items = input::items(&input, "placementConstraints");
+        constraint_items.extend(
+            td.get("placementConstraints")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        let constraints = placement::parse_constraints(&constraint_items)?;
+        let family = td.get("family").and_then(Value::as_str).unwrap_or("").to_string();
+        let revision = td.get("revision").and_then(Value::as_u64).unwrap_or(0);
+        let group = input::string(&input, "group")
+            .map(String::from)
+            .unwrap_or_else(|| format!("family:{family}"));
+        let started_by = input::string(&input, "startedBy").map(String::from);
+        let tags = input::items(&input, "tags");
+        let now = crate::now();
+        let scope = self.scope.clone();
+        let td_arn = td
+            .get("taskDefinitionArn")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let template = TaskRecord {
+            cluster: cluster.name.clone(),
+            cluster_arn: cluster.arn.clone(),
+            task_definition_arn: td_arn,
+            family,
+            revision,
+            launch_type,
+            last_status: "PENDING".into(),
+            desired_status: "RUNNING".into(),
+            network_mode: mode,
+            cpu: task_cpu.map(|c| c.to_string()),
+            memory: task_memory.map(|m| m.to_string()),
+            container_definitions: defs,
+            overrides: json!({
+                "containerOverrides": overrides.get("containerOverrides").cloned().unwrap_or_else(|| json!([])),
+                "inferenceAcceleratorOverrides": [],
+            }),
+            started_by,
+            group,
+            version: 1,
+            created_at: now,
+            tags,
+            reserved_cpu: need.cpu,
+            reserved_memory: need.memory,
+            reserved_ports: need.ports.clone(),
+            reserved_ports_udp: need.ports_udp.clone(),
+            ..Default::default()
+        };
+        let seed = now.to_bits();
+        // Placement and the new task documents are one transaction, so concurrent RunTasks
+        // never both take the last free resources.
+        let (tasks, failures) = crate::error::write(&*self.store, move |txn| {
+            let instances: Vec<InstanceRecord> = txn
+                .scan_json::<InstanceRecord>(INSTANCES, &format!("{}/", template.cluster), None, usize::MAX)?
+                .into_iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.status != "INACTIVE")
+                .collect();
+            if instances.is_empty() {
+                return Err(Abort::Domain(invalid("No Container Instances were found in your cluster.")));
+            }
+            let mut existing = tasks_of_cluster(txn, &template.cluster)?;
+            let mut placed = Vec::new();
+            let mut failures = Vec::new();
+            for n in 0..count {
+                let mut cands = Vec::new();
+                let mut reasons = Vec::new();
+                for inst in &instances {
+                    let u = usage(&existing, &inst.arn);
+                    if let Some(reason) = placement::misfit(inst, &u, &need, now) {
+                        reasons.push(json!({"arn": inst.arn, "reason": reason}));
+                        continue;
+                    }
+                    let group_count = existing
+                        .iter()
+                        .filter(|t| {
+                            t.container_instance_arn.as_deref() == Some(inst.arn.as_str())
+                                && t.desired_status == "RUNNING"
+                                && t.group == template.group
+                        })
+                        .count() as u64;
+                    let ok = constraints.iter().all(|c| match c {
+                        Constraint::DistinctInstance => group_count == 0,
+                        Constraint::MemberOf(e) => e.matches(inst, now),
+                    });
+                    if !ok {
+                        reasons.push(json!({"arn": inst.arn, "reason": "ATTRIBUTE"}));
+                        continue;
+                    }
+                    cands.push(Candidate { inst: inst.clone(), usage: u, group_count });
+                }
+                if cands.is_empty() {
+                    failures.extend(reasons);
+                    continue;
+                }
+                let refs: Vec<&Candidate> = cands.iter().collect();
+                let chosen = &cands[placement::choose(&refs, &strategies, seed.wrapping_add(n as u64))];
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let mut t = template.clone();
+                t.task_arn = scope.arn(&format!("task/{}/{id}", t.cluster));
+                t.id = id;
+                t.container_instance_arn = Some(chosen.inst.arn.clone());
+                t.availability_zone = chosen.inst.attribute("ecs.availability-zone").map(String::from);
+                t.containers = t
+                    .container_definitions
+                    .iter()
+                    .map(|d| {
+                        let name = d.get("name").and_then(Value::as_str).unwrap_or("");
+                        let mut c = json!({
+                            "containerArn": scope.arn(&format!("container/{}/{}/{}", t.cluster, t.id, uuid::Uuid::new_v4())),
+                            "taskArn": t.task_arn,
+                            "name": name,
+                            "image": d.get("image").cloned().unwrap_or(Value::Null),
+                            "lastStatus": "PENDING",
+                            "networkBindings": [],
+                            "networkInterfaces": [],
+                            "healthStatus": "UNKNOWN",
+                            "cpu": int_of(d.get("cpu")).unwrap_or(0).to_string(),
+                        });
+                        if let Value::Object(o) = &mut c {
+                            if let Some(m) = int_of(d.get("memory")) {
+                                o.insert("memory".into(), json!(m.to_string()));
+                            }
+                            if let Some(m) = int_of(d.get("memoryReservation")) {
+                                o.insert("memoryReservation".into(), json!(m.to_string()));
+                            }
+                        }
+                        c
+                    })
+                    .collect();
+                txn.put_json(TASKS, &format!("{}/{}", t.cluster, t.id), &t)?;
+                if !t.tags.is_empty() {
+                    crate::tags::merge(txn, &t.task_arn, &crate::tags::parse(&json!({"tags": t.tags}), "tags").unwrap_or_default())?;
+                }
+                existing.push(t.clone());
+                placed.push(t);
+            }
+            Ok((placed, failures))
+        })
+        .await?;
+        self.bump();
+        let rendered: Vec<Value> = tasks.iter().map(|t| t.render(true)).collect();
+        Ok(json!({"tasks": rendered, "failures": failures}))
+    }
+
+    pub async fn stop_task(&self, input: Value) -> EcsResult<Value> {
+        let cluster = crate::error::read(&*self.store, |txn| {
+            self.active_cluster(txn, input::string(&input, "cluster"))
+        })?;
+        let reason = input::string(&input, "reason")
+            .filter(|r| !r.is_empty())
+            .unwrap_or("Task stopped by user")
+            .chars()
+            .take(255)
+            .collect::<String>();
+        let key = format!("{}/{}", cluster.name, task_id(&input::owned(&input, "task")));
+        let now = crate::now();
+        let task = crate::error::write(&*self.store, move |txn| {
+            let Some(mut t) = txn.get_json::<TaskRecord>(TASKS, &key)? else {
+                return Err(Abort::Domain(invalid("The referenced task was not found.")));
+            };
+            if t.desired_status != "STOPPED" {
+                t.desired_status = "STOPPED".into();
+                t.stopped_reason = Some(reason);
+                t.stop_code = Some("UserInitiated".into());
+                t.stopping_at = Some(now);
+                t.version += 1;
+                txn.put_json(TASKS, &key, &t)?;
+            }
+            Ok(t)
+        })
+        .await?;
+        self.bump();
+        Ok(json!({"task": task.render(false)}))
+    }
+
+    pub fn describe_tasks(&self, input: Value) -> EcsResult<Value> {
+        let with_tags = input::includes(&input, "include", "TAGS");
+        crate::error::read(&*self.store, |txn| {
+            let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
+            let mut tasks = Vec::new();
+            let mut failures = Vec::new();
+            for r in input::strings(&input, "tasks") {
+                let key = format!("{}/{}", cluster.name, task_id(&r));
+                match txn.get_json::<TaskRecord>(TASKS, &key).map_err(store)? {
+                    Some(t) => {
+                        let mut v = t.render(false);
+                        if with_tags && let Value::Object(o) = &mut v {
+                            let tags = crate::tags::get(txn, &t.task_arn).map_err(store)?;
+                            o.insert("tags".into(), crate::tags::to_json(&tags));
+                        }
+                        tasks.push(v);
+                    }
+                    None => {
+                        let arn = if r.starts_with("arn:") {
+                            r.clone()
+                        } else {
+                            self.scope.arn(&format!("task/{}/{r}", cluster.name))
+                        };
+                        failures.push(json!({"arn": arn, "reason": "MISSING"}));
+                    }
+                }
+            }
+            Ok(json!({"tasks": tasks, "failures": failures}))
+        })
+    }
+
+    pub fn list_tasks(&self, input: Value) -> EcsResult<Value> {
+        let limit = paging::max_results(&input, 100, 100)?;
+        let after = paging::decode_token(&input)?;
+        let desired = input::string(&input, "desiredStatus").unwrap_or("RUNNING").to_string();
+        let family = input::string(&input, "family").map(String::from);
+        let started_by = input::string(&input, "startedBy").map(String::from);
+        let service = input::string(&input, "serviceName").map(|s| format!("service:{s}"));
+        let launch_type = input::string(&input, "launchType").map(String::from);
+        let instance = input::string(&input, "containerInstance").map(|i| instance_id(i).to_string());
+        let all = crate::error::read(&*self.store, |txn| {
+            let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
+            tasks_of_cluster(txn, &cluster.name).map_err(store)
+        })?;
+        let keys: Vec<(String, String)> = all
+            .into_iter()
+            .filter(|t| t.desired_status == desired)
+            .filter(|t| family.as_deref().is_none_or(|f| t.family == f))
+            .filter(|t| started_by.as_deref().is_none_or(|s| t.started_by.as_deref() == Some(s)))
+            .filter(|t| service.as_deref().is_none_or(|s| t.group == s))
+            .filter(|t| launch_type.as_deref().is_none_or(|l| t.launch_type == l))
+            .filter(|t| {
+                instance.as_deref().is_none_or(|i| {
+                    t.container_instance_arn
+                        .as_deref()
+                        .is_some_and(|a| instance_id(a) == i)
+                })
+            })
+            .map(|t| (t.id.clone(), t.task_arn))
+            .collect();
+        let (arns, token) = paging::page(keys, after.as_deref(), limit, false);
+        Ok(paging::with_token(json!({"taskArns": arns}), token))
+    }
+
+    /// The agent's report of a task's state and its containers'.
+    pub async fn submit_task_state_change(&self, input: Value) -> EcsResult<Value> {
+        let cluster = crate::error::read(&*self.store, |txn| {
+            self.active_cluster(txn, input::string(&input, "cluster"))
+        })?;
+        let key = format!("{}/{}", cluster.name, task_id(&input::owned(&input, "task")));
+        let now = crate::now();
+        crate::error::write(&*self.store, move |txn| {
+            let Some(mut t) = txn.get_json::<TaskRecord>(TASKS, &key)? else {
+                return Err(Abort::Domain(invalid("The referenced task was not found.")));
+            };
+            for c in input::items(&input, "containers") {
+                update_container(&mut t, &c);
+            }
+            for (k, field) in [
+                ("pullStartedAt", &mut t.pull_started_at),
+                ("pullStoppedAt", &mut t.pull_stopped_at),
+                ("executionStoppedAt", &mut t.execution_stopped_at),
+            ] {
+                if field.is_none() {
+                    *field = input.get(k).and_then(Value::as_f64);
+                }
+            }
+            if let Some(status) = input::string(&input, "status")
+                && rank(status) > rank(&t.last_status)
+            {
+                let reason = input::string(&input, "reason").map(String::from);
+                transition(&mut t, status, reason, now);
+            }
+            t.version += 1;
+            txn.put_json(TASKS, &key, &t)?;
+            Ok::<_, Abort<_>>(())
+        })
+        .await?;
+        self.bump();
+        Ok(json!({"acknowledgment": "ACK"}))
+    }
+
+    pub async fn submit_container_state_change(&self, input: Value) -> EcsResult<Value> {
+        let cluster = crate::error::read(&*self.store, |txn| {
+            self.active_cluster(txn, input::string(&input, "cluster"))
+        })?;
+        let key = format!("{}/{}", cluster.name, task_id(&input::owned(&input, "task")));
+        crate::error::write(&*self.store, move |txn| {
+            let Some(mut t) = txn.get_json::<TaskRecord>(TASKS, &key)? else {
+                return Err(Abort::Domain(invalid("The referenced task was not found.")));
+            };
+            update_container(&mut t, &input);
+            t.version += 1;
+            txn.put_json(TASKS, &key, &t)?;
+            Ok::<_, Abort<_>>(())
+        })
+        .await?;
+        Ok(json!({"acknowledgment": "ACK"}))
+    }
+
+    /// Tasks assigned to an instance that the agent still has to act on.
+    pub fn assignments(&self, cluster: &str, instance_arn: &str) -> EcsResult<Vec<Value>> {
+        let tasks = crate::error::read(&*self.store, |txn| {
+            tasks_of_cluster(txn, cluster).map_err(store)
+        })?;
+        Ok(tasks
+            .iter()
+            .filter(|t| t.container_instance_arn.as_deref() == Some(instance_arn))
+            .filter(|t| t.last_status != "STOPPED")
+            .map(TaskRecord::assignment)
+            .collect())
+    }
+}
+
+fn update_container(t: &mut TaskRecord, c: &Value) {
+    let name = c.get("containerName").and_then(Value::as_str).unwrap_or("");
+    let Some(Value::Object(o)) = t
+        .containers
+        .iter_mut()
+        .find(|x| x.get("name").and_then(Value::as_str) == Some(name))
+    else {
+        return;
+    };
+    for (from, to) in [
+        ("runtimeId", "runtimeId"),
+        ("exitCode", "exitCode"),
+        ("reason", "reason"),
+        ("networkBindings", "networkBindings"),
+        ("imageDigest", "imageDigest"),
+    ] {
+        if let Some(v) = c.get(from).filter(|v| !v.is_null()) {
+            o.insert(to.into(), v.clone());
+        }
+    }
+    if let Some(s) = c.get("status").and_then(Value::as_str) {
+        let current = o.get("lastStatus").and_then(Value::as_str).unwrap_or("PENDING");
+        if rank(s) >= rank(current) {
+            o.insert("lastStatus".into(), json!(s));
+        }
+    }
+    // Health travels in `reason`-free form as Fleetport's `healthStatus` member (not in the model's
+    // ContainerStateChange, so older agents simply leave it out).
+    if let Some(h) = c.get("healthStatus").and_then(Value::as_str)
+        && matches!(h, "HEALTHY" | "UNHEALTHY" | "UNKNOWN")
+    {
+        o.insert("healthStatus".into(), json!(h));
+    }
+}
+
+fn transition(t: &mut TaskRecord, status: &str, reason: Option<String>, now: f64) {
+    let was_started = t.started_at.is_some();
+    t.last_status = status.to_string();
+    match status {
+        "RUNNING" => {
+            t.started_at.get_or_insert(now);
+        }
+        "STOPPING" | "DEACTIVATING" => {
+            t.stopping_at.get_or_insert(now);
+        }
+        "STOPPED" => {
+            t.desired_status = "STOPPED".into();
+            t.stopping_at.get_or_insert(now);
+            t.execution_stopped_at.get_or_insert(now);
+            t.stopped_at = Some(now);
+            if t.stop_code.is_none() {
+                let essential = reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("Essential container"));
+                t.stop_code = Some(
+                    if essential && was_started {
+                        "EssentialContainerExited"
+                    } else if !was_started {
+                        "TaskFailedToStart"
+                    } else {
+                        "EssentialContainerExited"
+                    }
+                    .into(),
+                );
+            }
+            if t.stopped_reason.is_none() {
+                t.stopped_reason = reason;
+            }
+            for c in &mut t.containers {
+                if let Value::Object(o) = c {
+                    o.insert("lastStatus".into(), json!("STOPPED"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
