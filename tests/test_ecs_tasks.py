@@ -1,0 +1,316 @@
+"""Tasks on real containers: `fleetport agent` processes as EC2 container instances, images built
+here from busybox-static and pushed into Fleetport's own registry, tasks driven with the AWS CLI
+and boto3, containers checked with the Docker CLI and reached with HTTP."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+
+import botocore.exceptions
+import pytest
+
+import conformance
+from conftest import BIN
+
+BUSYBOX = shutil.which("busybox") or "/bin/busybox"
+
+
+def docker(*args, check=True):
+    r = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+    if check and r.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {r.stderr}")
+    return r
+
+
+class Agent:
+    def __init__(self, server, cluster, state_dir, *extra):
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+        self.proc = subprocess.Popen([BIN, "agent", "--cluster", cluster, "--endpoint", server.endpoint,
+                                      "--state-dir", state_dir, *extra],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        line = self.proc.stdout.readline()
+        assert "container instance" in line, self.proc.stderr.read() if self.proc.poll() is not None else line
+        self.arn = line.strip().rsplit(" ", 1)[1]
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def env(server):
+    """A cluster, a registry login, an image in Fleetport's registry, and cleanup of every
+    container and agent the test made."""
+    cluster = f"t{uuid.uuid4().hex[:10]}"
+    ecs = server.client("ecs")
+    ecs.create_cluster(clusterName=cluster)
+    tmp = tempfile.mkdtemp(prefix="fleetport-agent-")
+    agents = []
+    state = {"server": server, "ecs": ecs, "cluster": cluster, "tmp": tmp, "agents": agents}
+
+    def agent(name="a", *extra):
+        a = Agent(server, cluster, os.path.join(tmp, name), *extra)
+        agents.append(a)
+        return a
+
+    state["agent"] = agent
+    state["image"] = push_image(server, tmp)
+    yield state
+    for a in agents:
+        a.stop(signal.SIGKILL)
+    ids = docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.cluster={cluster}").stdout.split()
+    if ids:
+        docker("rm", "-f", *ids, check=False)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def push_image(server, tmp):
+    """busybox-static with its applets and a web root, pushed to <registry>/app:1; the local copy is
+    removed so that tasks must pull it from Fleetport."""
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="app")
+    ctx = os.path.join(tmp, "ctx")
+    os.makedirs(f"{ctx}/bin")
+    os.makedirs(f"{ctx}/www")
+    shutil.copy(BUSYBOX, f"{ctx}/bin/busybox")
+    for applet in ("sh", "sleep", "httpd", "cat", "echo", "true", "false", "trap", "wget"):
+        os.symlink("busybox", f"{ctx}/bin/{applet}")
+    with open(f"{ctx}/www/index.html", "w") as f:
+        f.write("hello from a task\n")
+    ref = f"localhost:{server.port}/app:1"
+    tar = subprocess.run(["tar", "-C", ctx, "-c", "."], capture_output=True, check=True).stdout
+    subprocess.run(["docker", "import", "-c", 'ENV PATH=/bin', "-", ref], input=tar, capture_output=True, check=True)
+    config = os.path.join(tmp, "docker")
+    os.makedirs(config)
+    password = server.cli("ecr", "get-login-password").stdout.strip()
+    denv = dict(os.environ, DOCKER_CONFIG=config)
+    subprocess.run(["docker", "login", "-u", "AWS", "--password-stdin", f"localhost:{server.port}"], input=password,
+                   capture_output=True, text=True, env=denv, check=True)
+    subprocess.run(["docker", "push", ref], capture_output=True, env=denv, check=True)
+    docker("rmi", ref)
+    return ref
+
+
+def register(ecs, family, containers, **kw):
+    return ecs.register_task_definition(family=family, containerDefinitions=containers, **kw)["taskDefinition"]
+
+
+def describe(ecs, cluster, arns):
+    out = ecs.describe_tasks(cluster=cluster, tasks=arns, include=["TAGS"])
+    conformance.check("ecs", "DescribeTasks", out)
+    return out["tasks"]
+
+
+def wait_for(check, seconds=30, every=0.2):
+    deadline = time.monotonic() + seconds
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(every)
+
+
+def task_status(ecs, cluster, arn, status, seconds=30):
+    return wait_for(lambda: next((t for t in describe(ecs, cluster, [arn]) if t["lastStatus"] == status), None), seconds)
+
+
+def httpd(image, name="web", **kw):
+    return dict({"name": name, "image": image, "memory": 64, "stopTimeout": 2,
+                 "command": ["httpd", "-f", "-p", "8080", "-h", "/www"],
+                 "portMappings": [{"containerPort": 8080, "hostPort": 0}]}, **kw)
+
+
+def test_seed_workflow_run_serve_stop(env):
+    """The issue's walkthrough: an agent with declared resources, run-task --count 2, the waiter,
+    networkBindings, curl on each host port, stop-task with a reason, tasks-stopped."""
+    ecs, cluster, server = env["ecs"], env["cluster"], env["server"]
+    agent = env["agent"]("a", "--cpu", "2048", "--memory", "1024")
+    register(ecs, "web", [httpd(env["image"])])
+    out = json.loads(server.cli("ecs", "run-task", "--cluster", cluster, "--task-definition", "web:1",
+                                "--launch-type", "EC2", "--count", "2", "--tags", "key=team,value=a").stdout)
+    conformance.check_raw("ecs", "RunTask", out)
+    assert out["failures"] == [] and len(out["tasks"]) == 2
+    arns = [t["taskArn"] for t in out["tasks"]]
+    for t in out["tasks"]:
+        assert t["taskArn"].startswith(f"arn:aws:ecs:us-east-1:000000000000:task/{cluster}/")
+        assert t["group"] == "family:web" and t["launchType"] == "EC2" and t["containerInstanceArn"] == agent.arn
+    server.cli("ecs", "wait", "tasks-running", "--cluster", cluster, "--tasks", *arns)
+    tasks = describe(ecs, cluster, arns)
+    ports = set()
+    for t in tasks:
+        assert t["lastStatus"] == "RUNNING" and t["tags"] == [{"key": "team", "value": "a"}]
+        assert t["createdAt"] <= t["pullStartedAt"] <= t["pullStoppedAt"] <= t["startedAt"]
+        (c,) = t["containers"]
+        (b,) = c["networkBindings"]
+        assert b["bindIP"] == "127.0.0.1" and b["containerPort"] == 8080 and b["hostPort"] > 1024
+        ports.add(b["hostPort"])
+        body = urllib.request.urlopen(f"http://127.0.0.1:{b['hostPort']}/", timeout=5).read()
+        assert body == b"hello from a task\n"
+        # The container carries the ECS agent's labels.
+        labels = json.loads(docker("inspect", c["runtimeId"], "--format", "{{json .Config.Labels}}").stdout)
+        assert labels["com.amazonaws.ecs.task-arn"] == t["taskArn"]
+        assert labels["com.amazonaws.ecs.container-name"] == "web"
+        assert labels["com.amazonaws.ecs.task-definition-family"] == "web"
+        assert labels["com.amazonaws.ecs.task-definition-version"] == "1"
+    assert len(ports) == 2, "dynamic host ports differ"
+    inst = ecs.describe_container_instances(cluster=cluster, containerInstances=[agent.arn])
+    conformance.check("ecs", "DescribeContainerInstances", inst)
+    ci = inst["containerInstances"][0]
+    remaining = {r["name"]: r for r in ci["remainingResources"]}
+    assert ci["agentConnected"] and ci["runningTasksCount"] == 2
+    assert remaining["MEMORY"]["integerValue"] == 1024 - 2 * 64
+    # StopTask answers at once, keeps the reason, and the stop finishes in the background.
+    started = time.monotonic()
+    stopped = ecs.stop_task(cluster=cluster, task=arns[0], reason="done")["task"]
+    assert time.monotonic() - started < 1.5
+    assert stopped["desiredStatus"] == "STOPPED" and stopped["stoppedReason"] == "done"
+    server.cli("ecs", "wait", "tasks-stopped", "--cluster", cluster, "--tasks", arns[0])
+    t = describe(ecs, cluster, [arns[0]])[0]
+    assert t["stopCode"] == "UserInitiated" and t["stoppedReason"] == "done"
+    # httpd as PID 1 ignores SIGTERM: SIGKILL after stopTimeout (2 s).
+    assert t["containers"][0]["exitCode"] == 137
+    assert 1.5 <= (t["stoppedAt"] - t["stoppingAt"]).total_seconds() < 10
+    ci = ecs.describe_container_instances(cluster=cluster, containerInstances=[agent.arn])["containerInstances"][0]
+    assert ci["runningTasksCount"] == 1
+    assert {r["name"]: r for r in ci["remainingResources"]}["MEMORY"]["integerValue"] == 1024 - 64
+    listed = ecs.list_tasks(cluster=cluster)["taskArns"]
+    assert listed == [arns[1]]
+    assert ecs.list_tasks(cluster=cluster, desiredStatus="STOPPED")["taskArns"] == [arns[0]]
+    # fleetport logs shows the task's output.
+    logs = subprocess.run([BIN, "logs", arns[1]], capture_output=True, text=True, timeout=30)
+    assert logs.returncode == 0, logs.stderr
+
+
+def test_essential_and_non_essential_exits(env):
+    ecs, cluster = env["ecs"], env["cluster"]
+    env["agent"]()
+    image = env["image"]
+    register(ecs, "exits", [
+        {"name": "app", "image": image, "memory": 32, "command": ["sh", "-c", "sleep 1; exit 3"]},
+        {"name": "side", "image": image, "memory": 32, "essential": False, "stopTimeout": 2,
+         "command": ["sleep", "1000"]},
+    ])
+    arn = ecs.run_task(cluster=cluster, taskDefinition="exits")["tasks"][0]["taskArn"]
+    t = task_status(ecs, cluster, arn, "STOPPED")
+    assert t["stopCode"] == "EssentialContainerExited"
+    assert t["stoppedReason"] == "Essential container in task exited"
+    by_name = {c["name"]: c for c in t["containers"]}
+    assert by_name["app"]["exitCode"] == 3
+    assert by_name["side"]["lastStatus"] == "STOPPED"
+    # A non-essential container exiting leaves the task running.
+    register(ecs, "sidecar-exits", [
+        {"name": "app", "image": image, "memory": 32, "stopTimeout": 2, "command": ["sleep", "1000"]},
+        {"name": "init", "image": image, "memory": 32, "essential": False, "command": ["true"]},
+    ])
+    arn = ecs.run_task(cluster=cluster, taskDefinition="sidecar-exits")["tasks"][0]["taskArn"]
+    task_status(ecs, cluster, arn, "RUNNING")
+    wait_for(lambda: {c["name"]: c for c in describe(ecs, cluster, [arn])[0]["containers"]}["init"].get("exitCode") == 0)
+    time.sleep(1)
+    assert describe(ecs, cluster, [arn])[0]["lastStatus"] == "RUNNING"
+
+
+def test_depends_on_orders_starts(env):
+    ecs, cluster = env["ecs"], env["cluster"]
+    env["agent"]()
+    image = env["image"]
+    register(ecs, "ordered", [
+        {"name": "init", "image": image, "memory": 32, "essential": False, "command": ["sh", "-c", "sleep 2"]},
+        {"name": "app", "image": image, "memory": 32, "stopTimeout": 2, "command": ["sleep", "1000"],
+         "dependsOn": [{"containerName": "init", "condition": "SUCCESS"}]},
+    ])
+    arn = ecs.run_task(cluster=cluster, taskDefinition="ordered")["tasks"][0]["taskArn"]
+    t = task_status(ecs, cluster, arn, "RUNNING")
+    ids = {c["name"]: c["runtimeId"] for c in t["containers"]}
+    init_finished = docker("inspect", ids["init"], "--format", "{{.State.FinishedAt}}").stdout.strip()
+    app_started = docker("inspect", ids["app"], "--format", "{{.State.StartedAt}}").stdout.strip()
+    assert init_finished < app_started, (init_finished, app_started)
+    # A SUCCESS dependency that fails stops the task before it starts, leaving no container.
+    register(ecs, "broken", [
+        {"name": "init", "image": image, "memory": 32, "essential": False, "command": ["false"]},
+        {"name": "app", "image": image, "memory": 32, "command": ["sleep", "1000"],
+         "dependsOn": [{"containerName": "init", "condition": "SUCCESS"}]},
+    ])
+    arn = ecs.run_task(cluster=cluster, taskDefinition="broken")["tasks"][0]["taskArn"]
+    t = task_status(ecs, cluster, arn, "STOPPED")
+    assert t["stopCode"] == "TaskFailedToStart" and "SUCCESS" in t["stoppedReason"]
+    assert docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.task-arn={arn}").stdout.strip() == ""
+
+
+def test_placement_failures_and_strategies(env):
+    ecs, cluster = env["ecs"], env["cluster"]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        register(ecs, "x", [httpd(env["image"])])
+        ecs.run_task(cluster=cluster, taskDefinition="x")
+    assert e.value.response["Error"]["Code"] == "InvalidParameterException"
+    assert e.value.response["Error"]["Message"] == "No Container Instances were found in your cluster."
+    agents = [env["agent"](n, "--cpu", "1024", "--memory", "256", "--attribute", f"stack={s}")
+              for n, s in (("a", "prod"), ("b", "prod"), ("c", "dev"))]
+    image = env["image"]
+    register(ecs, "big", [{"name": "m", "image": image, "memory": 512, "command": ["sleep", "1000"]}])
+    out = ecs.run_task(cluster=cluster, taskDefinition="big")
+    conformance.check("ecs", "RunTask", out)
+    assert out["tasks"] == [] and {f["reason"] for f in out["failures"]} == {"RESOURCE:MEMORY"}
+    assert {f["arn"] for f in out["failures"]} == {a.arn for a in agents}
+    # memberOf keeps tasks on matching instances; spread by instanceId puts one on each.
+    register(ecs, "small", [{"name": "s", "image": image, "memory": 16, "stopTimeout": 1, "command": ["sleep", "1000"]}])
+    out = ecs.run_task(cluster=cluster, taskDefinition="small", count=2,
+                       placementConstraints=[{"type": "memberOf", "expression": "attribute:stack == prod"}],
+                       placementStrategy=[{"type": "spread", "field": "instanceId"}])
+    placed = {t["containerInstanceArn"] for t in out["tasks"]}
+    assert placed == {agents[0].arn, agents[1].arn}
+    # distinctInstance: a third task of the group has only the dev instance left.
+    out = ecs.run_task(cluster=cluster, taskDefinition="small", count=2,
+                       placementConstraints=[{"type": "distinctInstance"}])
+    assert [t["containerInstanceArn"] for t in out["tasks"]] == [agents[2].arn]
+    assert len(out["failures"]) == 3
+    # Static host ports: the second task on one instance fails RESOURCE:PORTS.
+    register(ecs, "static", [httpd(image, portMappings=[{"containerPort": 8080, "hostPort": 18080}], memory=16)])
+    first = ecs.run_task(cluster=cluster, taskDefinition="static",
+                         placementConstraints=[{"type": "memberOf", "expression": "attribute:stack == dev"}])
+    assert len(first["tasks"]) == 1
+    second = ecs.run_task(cluster=cluster, taskDefinition="static",
+                          placementConstraints=[{"type": "memberOf", "expression": "attribute:stack == dev"}])
+    assert second["tasks"] == [] and "RESOURCE:PORTS" in {f["reason"] for f in second["failures"]}
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecs.run_task(cluster=cluster, taskDefinition="small",
+                     placementConstraints=[{"type": "memberOf", "expression": "attribute:stack ~~ prod"}])
+    assert e.value.response["Error"]["Code"] == "InvalidParameterException"
+    # A DRAINING instance gets no new tasks.
+    ecs.update_container_instances_state(cluster=cluster, containerInstances=[agents[2].arn], status="DRAINING")
+    out = ecs.run_task(cluster=cluster, taskDefinition="small",
+                       placementConstraints=[{"type": "memberOf", "expression": "attribute:stack == dev"}])
+    assert out["tasks"] == [] and {f["reason"] for f in out["failures"]} >= {"INACTIVE"}
+
+
+def test_agent_restart_readopts_and_faults(env):
+    ecs, cluster = env["ecs"], env["cluster"]
+    agent = env["agent"]("a")
+    register(ecs, "web", [httpd(env["image"])])
+    arn = ecs.run_task(cluster=cluster, taskDefinition="web")["tasks"][0]["taskArn"]
+    runtime_id = task_status(ecs, cluster, arn, "RUNNING")["containers"][0]["runtimeId"]
+    agent.stop(signal.SIGKILL)
+    again = env["agent"]("a")
+    assert again.arn == agent.arn, "the instance keeps its identity"
+    time.sleep(1)
+    t = describe(ecs, cluster, [arn])[0]
+    assert t["lastStatus"] == "RUNNING" and t["containers"][0]["runtimeId"] == runtime_id
+    assert docker("ps", "-q", "--filter", f"label=com.amazonaws.ecs.task-arn={arn}").stdout.split() == [runtime_id[:12]]
+    # A container killed outside Fleetport stops its task with the reason.
+    docker("kill", runtime_id)
+    t = task_status(ecs, cluster, arn, "STOPPED")
+    assert t["stoppedReason"] == "Essential container in task exited" and t["containers"][0]["exitCode"] == 137
+    # A missing image: the task never runs, the reason names the pull, nothing is left behind.
+    register(ecs, "missing", [{"name": "m", "image": f"localhost:{env['server'].port}/app:nope", "memory": 16}])
+    arn = ecs.run_task(cluster=cluster, taskDefinition="missing")["tasks"][0]["taskArn"]
+    t = task_status(ecs, cluster, arn, "STOPPED")
+    assert t["stopCode"] == "TaskFailedToStart"
+    assert t["containers"][0]["reason"].startswith("CannotPullContainerError:")
+    assert docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.task-arn={arn}").stdout.strip() == ""
