@@ -314,3 +314,22 @@ def test_agent_restart_readopts_and_faults(env):
     assert t["stopCode"] == "TaskFailedToStart"
     assert t["containers"][0]["reason"].startswith("CannotPullContainerError:")
     assert docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.task-arn={arn}").stdout.strip() == ""
+
+
+def test_health_checks_drive_container_and_task_health(env):
+    ecs, cluster = env["ecs"], env["cluster"]
+    env["agent"]()
+    image = env["image"]
+    for family, check in (("healthy", "true"), ("sick", "false")):
+        register(ecs, family, [{"name": "app", "image": image, "memory": 16, "stopTimeout": 1,
+                                "command": ["sleep", "1000"],
+                                "healthCheck": {"command": ["CMD-SHELL", check], "interval": 5, "retries": 1,
+                                                "timeout": 2}}])
+    good = ecs.run_task(cluster=cluster, taskDefinition="healthy")["tasks"][0]["taskArn"]
+    bad = ecs.run_task(cluster=cluster, taskDefinition="sick")["tasks"][0]["taskArn"]
+    assert describe(ecs, cluster, [good])[0]["healthStatus"] == "UNKNOWN"
+    wait_for(lambda: describe(ecs, cluster, [good])[0]["healthStatus"] == "HEALTHY", 30)
+    t = wait_for(lambda: next((t for t in describe(ecs, cluster, [bad]) if t["healthStatus"] == "UNHEALTHY"), None), 30)
+    assert t["containers"][0]["healthStatus"] == "UNHEALTHY"
+    # A standalone task keeps running while unhealthy.
+    assert t["lastStatus"] == "RUNNING"

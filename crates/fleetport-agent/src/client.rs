@@ -33,7 +33,9 @@ pub struct ApiClient {
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiClient").field("endpoint", &self.endpoint).finish_non_exhaustive()
+        f.debug_struct("ApiClient")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -48,7 +50,9 @@ impl ApiClient {
             .parse()
             .map_err(|e| ClientError::Transport(format!("bad endpoint {endpoint}: {e}")))?;
         if endpoint.scheme_str() != Some("http") {
-            return Err(ClientError::Transport("the endpoint must be an http:// URL".into()));
+            return Err(ClientError::Transport(
+                "the endpoint must be an http:// URL".into(),
+            ));
         }
         let host = endpoint
             .authority()
@@ -75,16 +79,35 @@ impl ApiClient {
     }
 
     /// Calls one operation; `prefix` picks the API (ECS, ECR or the agent channel).
-    pub async fn call(&self, prefix: &str, operation: &str, input: &Value) -> Result<Value, ClientError> {
+    pub async fn call(
+        &self,
+        prefix: &str,
+        operation: &str,
+        input: &Value,
+    ) -> Result<Value, ClientError> {
         let body = serde_json::to_vec(input).map_err(|e| ClientError::Transport(e.to_string()))?;
         let mut headers = http::HeaderMap::new();
-        let hv = |s: &str| http::HeaderValue::from_str(s).map_err(|e| ClientError::Transport(e.to_string()));
+        let hv = |s: &str| {
+            http::HeaderValue::from_str(s).map_err(|e| ClientError::Transport(e.to_string()))
+        };
         headers.insert(http::header::HOST, hv(&self.host)?);
-        headers.insert(http::header::CONTENT_TYPE, hv("application/x-amz-json-1.1")?);
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            hv("application/x-amz-json-1.1")?,
+        );
         headers.insert("x-amz-target", hv(&format!("{prefix}.{operation}"))?);
         let signer = if prefix == ECR { &self.ecr } else { &self.ecs };
-        signer.sign("POST", "/", "", &mut headers, &body, fleetport_proto::clock::unix_secs());
-        let mut req = http::Request::builder().method("POST").uri(self.endpoint.clone());
+        signer.sign(
+            "POST",
+            "/",
+            "",
+            &mut headers,
+            &body,
+            fleetport_proto::clock::unix_secs(),
+        );
+        let mut req = http::Request::builder()
+            .method("POST")
+            .uri(self.endpoint.clone());
         if let Some(h) = req.headers_mut() {
             *h = headers;
         }

@@ -104,7 +104,11 @@ impl Agent {
         let previous = std::fs::read(&state_file)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v.get("containerInstanceArn").and_then(Value::as_str).map(String::from));
+            .and_then(|v| {
+                v.get("containerInstanceArn")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            });
         let docker_version = rt.version().await.unwrap_or_default();
         let mut attributes = vec![
             json!({"name": "ecs.os-type", "value": "linux"}),
@@ -146,7 +150,10 @@ impl Agent {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        std::fs::write(&state_file, json!({"containerInstanceArn": arn}).to_string())?;
+        std::fs::write(
+            &state_file,
+            json!({"containerInstanceArn": arn}).to_string(),
+        )?;
         let instance_id = arn.rsplit('/').next().unwrap_or_default().to_string();
         tracing::info!(instance = %arn, cluster = %cfg.cluster, "container instance registered");
         Ok(Self {
@@ -190,7 +197,11 @@ impl Agent {
             match out {
                 Ok(v) => {
                     generation = v.get("generation").and_then(Value::as_u64);
-                    let tasks = v.get("tasks").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let tasks = v
+                        .get("tasks")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
                     self.reconcile(tasks, &mut adopted).await;
                 }
                 Err(e) => {
@@ -221,11 +232,19 @@ impl Agent {
         Ok(by_task)
     }
 
-    async fn reconcile(&self, tasks: Vec<Value>, adopted: &mut HashMap<String, Vec<ContainerState>>) {
+    async fn reconcile(
+        &self,
+        tasks: Vec<Value>,
+        adopted: &mut HashMap<String, Vec<ContainerState>>,
+    ) {
         let mut running = self.running.lock().await;
         running.retain(|_, tx| !tx.is_closed());
         for t in tasks {
-            let arn = t.get("taskArn").and_then(Value::as_str).unwrap_or_default().to_string();
+            let arn = t
+                .get("taskArn")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             let desired_stop = t.get("desiredStatus").and_then(Value::as_str) == Some("STOPPED");
             if let Some(tx) = running.get(&arn) {
                 if desired_stop {

@@ -39,7 +39,13 @@ fn int(v: Option<&Value>) -> Option<i64> {
 /// Docker container names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
 fn docker_name(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -77,7 +83,10 @@ pub fn build(t: &TaskInfo<'_>, def: &Value) -> ContainerSpec {
         .filter_map(|e| {
             Some((
                 e.get("name")?.as_str()?.to_string(),
-                e.get("value").and_then(Value::as_str).unwrap_or("").to_string(),
+                e.get("value")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
             ))
         })
         .collect();
@@ -140,7 +149,9 @@ pub fn build(t: &TaskInfo<'_>, def: &Value) -> ContainerSpec {
         .and_then(Value::as_str)
         .unwrap_or("json-file");
     let (log_driver, mut log_options) = match requested {
-        "awslogs" | "awsfirelens" | "splunk" | "json-file" => ("json-file".to_string(), BTreeMap::new()),
+        "awslogs" | "awsfirelens" | "splunk" | "json-file" => {
+            ("json-file".to_string(), BTreeMap::new())
+        }
         other => (
             other.to_string(),
             log.and_then(|l| l.get("options"))
@@ -159,11 +170,18 @@ pub fn build(t: &TaskInfo<'_>, def: &Value) -> ContainerSpec {
     }
     ContainerSpec {
         name: container_name(t, name),
-        image: def.get("image").and_then(Value::as_str).unwrap_or_default().to_string(),
+        image: def
+            .get("image")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
         command: strings(def.get("command")).filter(|c| !c.is_empty()),
         entry_point: strings(def.get("entryPoint")).filter(|c| !c.is_empty()),
         env,
-        working_dir: def.get("workingDirectory").and_then(Value::as_str).map(String::from),
+        working_dir: def
+            .get("workingDirectory")
+            .and_then(Value::as_str)
+            .map(String::from),
         user: def.get("user").and_then(Value::as_str).map(String::from),
         // ECS gives containers without cpu 2 shares, the kernel's minimum.
         cpu_shares: Some(int(def.get("cpu")).unwrap_or(0).max(2)),
@@ -177,6 +195,9 @@ pub fn build(t: &TaskInfo<'_>, def: &Value) -> ContainerSpec {
         health_check,
         log_driver: Some(log_driver),
         log_options,
-        hostname: def.get("hostname").and_then(Value::as_str).map(String::from),
+        hostname: def
+            .get("hostname")
+            .and_then(Value::as_str)
+            .map(String::from),
     }
 }

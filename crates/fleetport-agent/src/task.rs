@@ -38,9 +38,16 @@ fn defs_of(task: &Value) -> Vec<Def> {
         .into_iter()
         .flatten()
         .map(|d| Def {
-            name: d.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+            name: d
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
             essential: d.get("essential").and_then(Value::as_bool).unwrap_or(true),
-            stop_timeout: d.get("stopTimeout").and_then(Value::as_i64).unwrap_or(DEFAULT_STOP_TIMEOUT),
+            stop_timeout: d
+                .get("stopTimeout")
+                .and_then(Value::as_i64)
+                .unwrap_or(DEFAULT_STOP_TIMEOUT),
             depends_on: d
                 .get("dependsOn")
                 .and_then(Value::as_array)
@@ -100,7 +107,10 @@ fn report_of(name: &str, s: &ContainerState) -> Value {
     if let (Some(code), Value::Object(o)) = (s.exit_code, &mut c) {
         o.insert("exitCode".into(), json!(code));
         if s.oom_killed {
-            o.insert("reason".into(), json!("OutOfMemoryError: Container killed due to memory usage"));
+            o.insert(
+                "reason".into(),
+                json!("OutOfMemoryError: Container killed due to memory usage"),
+            );
         }
     }
     c
@@ -120,7 +130,13 @@ impl Runner {
         &*self.ctx.rt
     }
 
-    async fn submit(&self, status: &str, reason: Option<&str>, containers: Vec<Value>, extra: Value) {
+    async fn submit(
+        &self,
+        status: &str,
+        reason: Option<&str>,
+        containers: Vec<Value>,
+        extra: Value,
+    ) {
         let mut input = json!({
             "cluster": self.cluster,
             "task": self.task_arn,
@@ -129,7 +145,10 @@ impl Runner {
         });
         if let Value::Object(o) = &mut input {
             if let Some(r) = reason {
-                o.insert("reason".into(), json!(r.chars().take(1024).collect::<String>()));
+                o.insert(
+                    "reason".into(),
+                    json!(r.chars().take(1024).collect::<String>()),
+                );
             }
             if let Value::Object(e) = extra {
                 o.extend(e);
@@ -151,7 +170,11 @@ impl Runner {
     }
 
     async fn reports(&self) -> Vec<Value> {
-        self.states().await.iter().map(|(n, s)| report_of(n, s)).collect()
+        self.states()
+            .await
+            .iter()
+            .map(|(n, s)| report_of(n, s))
+            .collect()
     }
 
     /// Credentials for images in this Fleetport's own registry (ECR GetAuthorizationToken).
@@ -168,13 +191,19 @@ impl Runner {
             .ok()?;
         let data = out.pointer("/authorizationData/0")?;
         let proxy = data.get("proxyEndpoint")?.as_str()?;
-        let proxy_host = proxy.split("://").nth(1).unwrap_or(proxy).trim_end_matches('/');
+        let proxy_host = proxy
+            .split("://")
+            .nth(1)
+            .unwrap_or(proxy)
+            .trim_end_matches('/');
         let ours = proxy_host == host || self.ctx.api.host() == host;
         if !ours {
             return None;
         }
         let token = data.get("authorizationToken")?.as_str()?;
-        let decoded = base64::engine::general_purpose::STANDARD.decode(token).ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .ok()?;
         let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
         Some(Credentials {
             username: user.to_string(),
@@ -191,7 +220,12 @@ impl Runner {
         };
         let mut done: Vec<String> = Vec::new();
         for d in &self.defs {
-            let image = d.def.get("image").and_then(Value::as_str).unwrap_or_default().to_string();
+            let image = d
+                .def
+                .get("image")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
             if done.contains(&image) {
                 continue;
             }
@@ -219,7 +253,12 @@ impl Runner {
     }
 
     /// Waits until `dep` satisfies `condition`; `Err` when it never can.
-    async fn wait_dependency(&self, dep: &str, condition: &str, deadline: Instant) -> Result<(), String> {
+    async fn wait_dependency(
+        &self,
+        dep: &str,
+        condition: &str,
+        deadline: Instant,
+    ) -> Result<(), String> {
         let Some(id) = self.ids.get(dep) else {
             return Err(format!("dependency container {dep} does not exist"));
         };
@@ -231,14 +270,18 @@ impl Runner {
                 "SUCCESS" => match s.exit_code {
                     Some(0) => true,
                     Some(code) => {
-                        return Err(format!("dependency {dep} exited with {code}, condition SUCCESS"));
+                        return Err(format!(
+                            "dependency {dep} exited with {code}, condition SUCCESS"
+                        ));
                     }
                     None => false,
                 },
                 "HEALTHY" => match s.health.as_str() {
                     "healthy" => true,
                     "unhealthy" => return Err(format!("dependency {dep} is unhealthy")),
-                    _ if s.exit_code.is_some() => return Err(format!("dependency {dep} exited before it was healthy")),
+                    _ if s.exit_code.is_some() => {
+                        return Err(format!("dependency {dep} exited before it was healthy"));
+                    }
                     _ => false,
                 },
                 _ => true,
@@ -247,13 +290,19 @@ impl Runner {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("DockerTimeoutError: timed out waiting for dependency {dep} ({condition})"));
+                return Err(format!(
+                    "DockerTimeoutError: timed out waiting for dependency {dep} ({condition})"
+                ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    async fn create_and_start(&mut self, info: &TaskInfo<'_>, stop: &mut watch::Receiver<bool>) -> Result<(), String> {
+    async fn create_and_start(
+        &mut self,
+        info: &TaskInfo<'_>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
         for d in &self.defs {
             let spec = spec::build(info, &d.def);
             let id = self
@@ -271,7 +320,9 @@ impl Runner {
             if *stop.borrow() {
                 return Err("Task stopped before it started".into());
             }
-            let Some(id) = self.ids.get(&d.name) else { continue };
+            let Some(id) = self.ids.get(&d.name) else {
+                continue;
+            };
             self.rt()
                 .start(id)
                 .await
@@ -283,20 +334,37 @@ impl Runner {
     /// Stops every container still running, last-started first.
     async fn stop_all(&self) {
         for d in self.defs.iter().rev() {
-            if let Some(id) = self.ids.get(&d.name) {
-                if let Err(e) = self.rt().stop(id, d.stop_timeout).await {
-                    tracing::warn!(task = %self.task_arn, container = %d.name, error = %e, "stop failed");
-                }
+            if let Some(id) = self.ids.get(&d.name)
+                && let Err(e) = self.rt().stop(id, d.stop_timeout).await
+            {
+                tracing::warn!(task = %self.task_arn, container = %d.name, error = %e, "stop failed");
             }
         }
     }
 }
 
-pub(crate) async fn run(ctx: Arc<Ctx>, task: Value, adopted: Vec<ContainerState>, mut stop: watch::Receiver<bool>) {
-    let task_arn = task.get("taskArn").and_then(Value::as_str).unwrap_or_default().to_string();
-    let family = task.get("family").and_then(Value::as_str).unwrap_or_default().to_string();
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    task: Value,
+    adopted: Vec<ContainerState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let task_arn = task
+        .get("taskArn")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let family = task
+        .get("family")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let revision = task.get("revision").and_then(Value::as_u64).unwrap_or(0);
-    let network_mode = task.get("networkMode").and_then(Value::as_str).unwrap_or("bridge").to_string();
+    let network_mode = task
+        .get("networkMode")
+        .and_then(Value::as_str)
+        .unwrap_or("bridge")
+        .to_string();
     let cluster = ctx.cfg.cluster.clone();
     let mut r = Runner {
         ctx: ctx.clone(),
@@ -331,8 +399,13 @@ pub(crate) async fn run(ctx: Arc<Ctx>, task: Value, adopted: Vec<ContainerState>
                 .iter()
                 .map(|d| json!({"containerName": d.name, "status": "STOPPED", "reason": reason}))
                 .collect();
-            r.submit("STOPPED", Some(&reason), containers, json!({"pullStartedAt": pull_started, "pullStoppedAt": now()}))
-                .await;
+            r.submit(
+                "STOPPED",
+                Some(&reason),
+                containers,
+                json!({"pullStartedAt": pull_started, "pullStoppedAt": now()}),
+            )
+            .await;
             return;
         }
         let pulled = json!({"pullStartedAt": pull_started, "pullStoppedAt": now()});
@@ -428,5 +501,11 @@ async fn watch_task(r: &Runner, stop: &mut watch::Receiver<bool>) {
     let execution_stopped = now();
     r.stop_all().await;
     let containers = r.reports().await;
-    r.submit("STOPPED", reason, containers, json!({"executionStoppedAt": execution_stopped})).await;
+    r.submit(
+        "STOPPED",
+        reason,
+        containers,
+        json!({"executionStoppedAt": execution_stopped}),
+    )
+    .await;
 }

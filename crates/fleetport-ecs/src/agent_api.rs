@@ -24,10 +24,16 @@ impl AgentApi {
             ecs.active_cluster(txn, input::string(&input, "cluster"))
         })?;
         let known = input.get("generation").and_then(Value::as_u64);
-        let wait = input.get("waitSeconds").and_then(Value::as_u64).unwrap_or(0);
+        let wait = input
+            .get("waitSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let mut rx = ecs.generation.subscribe();
         let inst = ecs
-            .heartbeat(&cluster.name, instance_id(&input::owned(&input, "containerInstance")))
+            .heartbeat(
+                &cluster.name,
+                instance_id(&input::owned(&input, "containerInstance")),
+            )
             .await?;
         if let Some(known) = known
             && *rx.borrow_and_update() == known
@@ -63,7 +69,10 @@ impl Service for AgentApi {
         Box::pin(async move {
             match operation {
                 "PollTaskAssignments" => self.poll(input).await,
-                _ => Err(AwsError::client("UnknownOperationException", format!("Unknown operation {operation}"))),
+                _ => Err(AwsError::client(
+                    "UnknownOperationException",
+                    format!("Unknown operation {operation}"),
+                )),
             }
         })
     }

@@ -166,7 +166,11 @@ impl Ecs {
                     .get("integerValue")
                     .and_then(Value::as_i64)
                     .filter(|v| *v >= 0)
-                    .ok_or_else(|| invalid(format!("totalResources {name} must have a non-negative integerValue."))),
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "totalResources {name} must have a non-negative integerValue."
+                        ))
+                    }),
             }
         };
         let set = |name: &str| -> Vec<String> {
@@ -185,7 +189,8 @@ impl Ecs {
             }
         }
         let now = crate::now();
-        let existing = input::string(&input, "containerInstanceArn").map(|a| instance_id(a).to_string());
+        let existing =
+            input::string(&input, "containerInstanceArn").map(|a| instance_id(a).to_string());
         let id = existing
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
@@ -215,7 +220,10 @@ impl Ecs {
             memory,
             ports,
             ports_udp,
-            version_info: input.get("versionInfo").cloned().unwrap_or_else(|| json!({})),
+            version_info: input
+                .get("versionInfo")
+                .cloned()
+                .unwrap_or_else(|| json!({})),
             tags,
         };
         let rec = crate::error::write(&*self.store, move |txn| {
@@ -253,7 +261,10 @@ impl Ecs {
             let mut failures = Vec::new();
             for r in input::strings(&input, "containerInstances") {
                 let key = format!("{}/{}", cluster.name, instance_id(&r));
-                match txn.get_json::<InstanceRecord>(INSTANCES, &key).map_err(store)? {
+                match txn
+                    .get_json::<InstanceRecord>(INSTANCES, &key)
+                    .map_err(store)?
+                {
                     Some(rec) => found.push(render(&rec, &usage(&tasks, &rec.arn), now, with_tags)),
                     None => {
                         let arn = if r.starts_with("arn:") {
@@ -289,7 +300,10 @@ impl Ecs {
                 .map(|r| (r.id.clone(), r.arn))
                 .collect();
             let (arns, token) = paging::page(keys, after.as_deref(), limit, false);
-            return Ok(paging::with_token(json!({"containerInstanceArns": arns}), token));
+            return Ok(paging::with_token(
+                json!({"containerInstanceArns": arns}),
+                token,
+            ));
         }
         let all = crate::error::read(&*self.store, |txn| {
             let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
@@ -304,7 +318,10 @@ impl Ecs {
             .map(|r| (r.id.clone(), r.arn))
             .collect();
         let (arns, token) = paging::page(keys, after.as_deref(), limit, false);
-        Ok(paging::with_token(json!({"containerInstanceArns": arns}), token))
+        Ok(paging::with_token(
+            json!({"containerInstanceArns": arns}),
+            token,
+        ))
     }
 
     pub async fn update_container_instances_state(&self, input: Value) -> EcsResult<Value> {
@@ -391,7 +408,9 @@ impl Ecs {
         let now = crate::now();
         crate::error::write(&*self.store, move |txn| {
             let Some(mut rec) = txn.get_json::<InstanceRecord>(INSTANCES, &key)? else {
-                return Err(Abort::Domain(invalid("The referenced container instance was not found.")));
+                return Err(Abort::Domain(invalid(
+                    "The referenced container instance was not found.",
+                )));
             };
             rec.last_seen = now;
             txn.put_json(INSTANCES, &key, &rec)?;

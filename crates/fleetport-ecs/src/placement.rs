@@ -176,12 +176,20 @@ pub fn parse_strategies(input: &Value) -> EcsResult<Vec<Strategy>> {
         out.push(match kind {
             "binpack" => match field.to_ascii_lowercase().as_str() {
                 "cpu" | "memory" => Strategy::Binpack(field.to_ascii_lowercase()),
-                _ => return Err(invalid("The binpack placement strategy requires the field cpu or memory.")),
+                _ => {
+                    return Err(invalid(
+                        "The binpack placement strategy requires the field cpu or memory.",
+                    ));
+                }
             },
             "spread" if !field.is_empty() => Strategy::Spread(field.to_string()),
             "spread" => return Err(invalid("The spread placement strategy requires a field.")),
             "random" => Strategy::Random,
-            other => return Err(invalid(format!("Unknown placement strategy type '{other}'."))),
+            other => {
+                return Err(invalid(format!(
+                    "Unknown placement strategy type '{other}'."
+                )));
+            }
         });
     }
     Ok(out)
@@ -202,7 +210,11 @@ pub fn parse_constraints(items: &[Value]) -> EcsResult<Vec<Constraint>> {
                 let e = c.get("expression").and_then(Value::as_str).unwrap_or("");
                 out.push(Constraint::MemberOf(Expr::parse(e)?));
             }
-            other => return Err(invalid(format!("Unknown placement constraint type '{other}'."))),
+            other => {
+                return Err(invalid(format!(
+                    "Unknown placement constraint type '{other}'."
+                )));
+            }
         }
     }
     Ok(out)
@@ -303,7 +315,11 @@ mod tests {
         for e in yes {
             assert!(Expr::parse(e).unwrap().matches(&i, 100.0), "{e}");
         }
-        assert!(!Expr::parse("attribute:stack == dev").unwrap().matches(&i, 100.0));
+        assert!(
+            !Expr::parse("attribute:stack == dev")
+                .unwrap()
+                .matches(&i, 100.0)
+        );
         for e in ["", "attribute:stack ==", "attribute:stack ~ x", "x in nope"] {
             assert!(Expr::parse(e).is_err(), "{e}");
         }
@@ -320,9 +336,18 @@ mod tests {
             ports_udp: vec![],
         };
         assert_eq!(misfit(&i, &u, &d(10, 10, &[]), 100.0), None);
-        assert_eq!(misfit(&i, &u, &d(2048, 10, &[]), 100.0), Some("RESOURCE:CPU"));
-        assert_eq!(misfit(&i, &u, &d(1, 1024, &[]), 100.0), Some("RESOURCE:MEMORY"));
-        assert_eq!(misfit(&i, &u, &d(1, 1, &["22"]), 100.0), Some("RESOURCE:PORTS"));
+        assert_eq!(
+            misfit(&i, &u, &d(2048, 10, &[]), 100.0),
+            Some("RESOURCE:CPU")
+        );
+        assert_eq!(
+            misfit(&i, &u, &d(1, 1024, &[]), 100.0),
+            Some("RESOURCE:MEMORY")
+        );
+        assert_eq!(
+            misfit(&i, &u, &d(1, 1, &["22"]), 100.0),
+            Some("RESOURCE:PORTS")
+        );
         assert_eq!(misfit(&i, &u, &d(1, 1, &[]), 1000.0), Some("AGENT"));
     }
 
@@ -344,7 +369,10 @@ mod tests {
         let c = [&ca, &cb];
         for seed in 1..20 {
             assert_eq!(choose(&c, &[Strategy::Binpack("memory".into())], seed), 1);
-            assert_eq!(choose(&c, &[Strategy::Spread("instanceId".into())], seed), 0);
+            assert_eq!(
+                choose(&c, &[Strategy::Spread("instanceId".into())], seed),
+                0
+            );
         }
     }
 }

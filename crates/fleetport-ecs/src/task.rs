@@ -104,7 +104,14 @@ impl TaskRecord {
         put("version", json!(self.version));
         put("stopCode", json!(self.stop_code));
         put("stoppedReason", json!(self.stopped_reason));
-        put("connectivity", if self.started_at.is_some() { json!("CONNECTED") } else { Value::Null });
+        put(
+            "connectivity",
+            if self.started_at.is_some() {
+                json!("CONNECTED")
+            } else {
+                Value::Null
+            },
+        );
         put("connectivityAt", json!(self.started_at));
         put("pullStartedAt", json!(self.pull_started_at));
         put("pullStoppedAt", json!(self.pull_stopped_at));
@@ -117,7 +124,10 @@ impl TaskRecord {
         put("launchType", json!(self.launch_type));
         put("availabilityZone", json!(self.availability_zone));
         put("attachments", json!([]));
-        put("healthStatus", json!(task_health(&self.containers, &self.container_definitions)));
+        put(
+            "healthStatus",
+            json!(task_health(&self.containers, &self.container_definitions)),
+        );
         put("enableExecuteCommand", json!(false));
         if with_tags {
             put("tags", json!(self.tags));
@@ -164,7 +174,11 @@ fn task_health(containers: &[Value], defs: &[Value]) -> &'static str {
             _ => unknown = true,
         }
     }
-    if !seen || unknown { "UNKNOWN" } else { "HEALTHY" }
+    if !seen || unknown {
+        "UNKNOWN"
+    } else {
+        "HEALTHY"
+    }
 }
 
 /// Applies RunTask `overrides` to the task definition's container definitions.
@@ -209,7 +223,7 @@ fn apply_overrides(defs: &[Value], overrides: &Value) -> EcsResult<Vec<Value>> {
 }
 
 /// CPU, memory and static ports one task reserves on its instance.
-fn demand(td: &Value, defs: &[Value], cpu: Option<i64>, memory: Option<i64>, mode: &str) -> Demand {
+fn demand(defs: &[Value], cpu: Option<i64>, memory: Option<i64>, mode: &str) -> Demand {
     let cpu = cpu.unwrap_or_else(|| defs.iter().filter_map(|d| int_of(d.get("cpu"))).sum());
     let memory = memory.unwrap_or_else(|| {
         defs.iter()
@@ -239,7 +253,6 @@ fn demand(td: &Value, defs: &[Value], cpu: Option<i64>, memory: Option<i64>, mod
             }
         }
     }
-    let _ = td;
     Demand {
         cpu,
         memory,
@@ -258,7 +271,9 @@ impl Ecs {
         if !(1..=10).contains(&count) {
             return Err(invalid("The count must be between 1 and 10."));
         }
-        let launch_type = input::string(&input, "launchType").unwrap_or("EC2").to_string();
+        let launch_type = input::string(&input, "launchType")
+            .unwrap_or("EC2")
+            .to_string();
         if input.get("capacityProviderStrategy").is_some() && input.get("launchType").is_some() {
             return Err(invalid(
                 "Specifying both a launch type and capacity provider strategy is not supported. Remove one and try again.",
@@ -305,7 +320,7 @@ impl Ecs {
         let defs = apply_overrides(&defs, &overrides)?;
         let task_cpu = int_of(overrides.get("cpu")).or_else(|| int_of(td.get("cpu")));
         let task_memory = int_of(overrides.get("memory")).or_else(|| int_of(td.get("memory")));
-        let need = demand(&td, &defs, task_cpu, task_memory, &mode);
+        let need = demand(&defs, task_cpu, task_memory, &mode);
         let strategies = placement::parse_strategies(&input)?;
         let mut constraint_items = input::items(&input, "placementConstraints");
         constraint_items.extend(
@@ -315,7 +330,11 @@ impl Ecs {
                 .unwrap_or_default(),
         );
         let constraints = placement::parse_constraints(&constraint_items)?;
-        let family = td.get("family").and_then(Value::as_str).unwrap_or("").to_string();
+        let family = td
+            .get("family")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let revision = td.get("revision").and_then(Value::as_u64).unwrap_or(0);
         let group = input::string(&input, "group")
             .map(String::from)
@@ -464,7 +483,11 @@ impl Ecs {
             .chars()
             .take(255)
             .collect::<String>();
-        let key = format!("{}/{}", cluster.name, task_id(&input::owned(&input, "task")));
+        let key = format!(
+            "{}/{}",
+            cluster.name,
+            task_id(&input::owned(&input, "task"))
+        );
         let now = crate::now();
         let task = crate::error::write(&*self.store, move |txn| {
             let Some(mut t) = txn.get_json::<TaskRecord>(TASKS, &key)? else {
@@ -519,12 +542,15 @@ impl Ecs {
     pub fn list_tasks(&self, input: Value) -> EcsResult<Value> {
         let limit = paging::max_results(&input, 100, 100)?;
         let after = paging::decode_token(&input)?;
-        let desired = input::string(&input, "desiredStatus").unwrap_or("RUNNING").to_string();
+        let desired = input::string(&input, "desiredStatus")
+            .unwrap_or("RUNNING")
+            .to_string();
         let family = input::string(&input, "family").map(String::from);
         let started_by = input::string(&input, "startedBy").map(String::from);
         let service = input::string(&input, "serviceName").map(|s| format!("service:{s}"));
         let launch_type = input::string(&input, "launchType").map(String::from);
-        let instance = input::string(&input, "containerInstance").map(|i| instance_id(i).to_string());
+        let instance =
+            input::string(&input, "containerInstance").map(|i| instance_id(i).to_string());
         let all = crate::error::read(&*self.store, |txn| {
             let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
             tasks_of_cluster(txn, &cluster.name).map_err(store)
@@ -533,7 +559,11 @@ impl Ecs {
             .into_iter()
             .filter(|t| t.desired_status == desired)
             .filter(|t| family.as_deref().is_none_or(|f| t.family == f))
-            .filter(|t| started_by.as_deref().is_none_or(|s| t.started_by.as_deref() == Some(s)))
+            .filter(|t| {
+                started_by
+                    .as_deref()
+                    .is_none_or(|s| t.started_by.as_deref() == Some(s))
+            })
             .filter(|t| service.as_deref().is_none_or(|s| t.group == s))
             .filter(|t| launch_type.as_deref().is_none_or(|l| t.launch_type == l))
             .filter(|t| {
@@ -554,7 +584,11 @@ impl Ecs {
         let cluster = crate::error::read(&*self.store, |txn| {
             self.active_cluster(txn, input::string(&input, "cluster"))
         })?;
-        let key = format!("{}/{}", cluster.name, task_id(&input::owned(&input, "task")));
+        let key = format!(
+            "{}/{}",
+            cluster.name,
+            task_id(&input::owned(&input, "task"))
+        );
         let now = crate::now();
         crate::error::write(&*self.store, move |txn| {
             let Some(mut t) = txn.get_json::<TaskRecord>(TASKS, &key)? else {
@@ -591,7 +625,11 @@ impl Ecs {
         let cluster = crate::error::read(&*self.store, |txn| {
             self.active_cluster(txn, input::string(&input, "cluster"))
         })?;
-        let key = format!("{}/{}", cluster.name, task_id(&input::owned(&input, "task")));
+        let key = format!(
+            "{}/{}",
+            cluster.name,
+            task_id(&input::owned(&input, "task"))
+        );
         crate::error::write(&*self.store, move |txn| {
             let Some(mut t) = txn.get_json::<TaskRecord>(TASKS, &key)? else {
                 return Err(Abort::Domain(invalid("The referenced task was not found.")));
@@ -640,13 +678,16 @@ fn update_container(t: &mut TaskRecord, c: &Value) {
         }
     }
     if let Some(s) = c.get("status").and_then(Value::as_str) {
-        let current = o.get("lastStatus").and_then(Value::as_str).unwrap_or("PENDING");
+        let current = o
+            .get("lastStatus")
+            .and_then(Value::as_str)
+            .unwrap_or("PENDING");
         if rank(s) >= rank(current) {
             o.insert("lastStatus".into(), json!(s));
         }
     }
-    // Health travels in `reason`-free form as Fleetport's `healthStatus` member (not in the model's
-    // ContainerStateChange, so older agents simply leave it out).
+    // Container health rides on an extra `healthStatus` member: the model's ContainerStateChange
+    // has none (ECS agents publish health over TCS), and unknown members are accepted.
     if let Some(h) = c.get("healthStatus").and_then(Value::as_str)
         && matches!(h, "HEALTHY" | "UNHEALTHY" | "UNKNOWN")
     {
@@ -670,16 +711,13 @@ fn transition(t: &mut TaskRecord, status: &str, reason: Option<String>, now: f64
             t.execution_stopped_at.get_or_insert(now);
             t.stopped_at = Some(now);
             if t.stop_code.is_none() {
-                let essential = reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("Essential container"));
+                // Never RUNNING: the start failed. Otherwise the agent stops a task on its own
+                // only when an essential container exits (user stops set UserInitiated).
                 t.stop_code = Some(
-                    if essential && was_started {
+                    if was_started {
                         "EssentialContainerExited"
-                    } else if !was_started {
-                        "TaskFailedToStart"
                     } else {
-                        "EssentialContainerExited"
+                        "TaskFailedToStart"
                     }
                     .into(),
                 );

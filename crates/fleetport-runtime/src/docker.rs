@@ -162,7 +162,10 @@ impl Runtime for DockerRuntime {
         })
     }
 
-    fn create<'a>(&'a self, spec: &'a ContainerSpec) -> BoxFuture<'a, Result<String, RuntimeError>> {
+    fn create<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+    ) -> BoxFuture<'a, Result<String, RuntimeError>> {
         Box::pin(async move {
             let opts = CreateContainerOptions {
                 name: Some(spec.name.clone()),
@@ -228,7 +231,10 @@ impl Runtime for DockerRuntime {
         Box::pin(async move {
             let c = self
                 .docker
-                .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+                .inspect_container(
+                    id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
                 .await
                 .map_err(engine)?;
             let state = c.state.unwrap_or_default();

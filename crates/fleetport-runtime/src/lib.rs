@@ -130,11 +130,15 @@ pub trait Runtime: Send + Sync {
         image: &'a str,
         credentials: Option<Credentials>,
     ) -> BoxFuture<'a, Result<ImagePlatform, RuntimeError>>;
-    fn create<'a>(&'a self, spec: &'a ContainerSpec) -> BoxFuture<'a, Result<String, RuntimeError>>;
+    fn create<'a>(&'a self, spec: &'a ContainerSpec)
+    -> BoxFuture<'a, Result<String, RuntimeError>>;
     fn start<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
     /// Stop signal, then SIGKILL after `timeout_secs`.
-    fn stop<'a>(&'a self, id: &'a str, timeout_secs: i64)
-    -> BoxFuture<'a, Result<(), RuntimeError>>;
+    fn stop<'a>(
+        &'a self,
+        id: &'a str,
+        timeout_secs: i64,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
     fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>>;
     fn inspect<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<ContainerState, RuntimeError>>;
     /// Every container (running or not) carrying `label=value` (any value when `value` is empty).

@@ -16,7 +16,11 @@ pub struct AgentArgs {
     pub cluster: String,
 
     /// Control-plane endpoint.
-    #[arg(long, env = "FLEETPORT_ENDPOINT", default_value = "http://localhost:4566")]
+    #[arg(
+        long,
+        env = "FLEETPORT_ENDPOINT",
+        default_value = "http://localhost:4566"
+    )]
     pub endpoint: String,
 
     /// Region to sign for (AWS_REGION / AWS_DEFAULT_REGION are read too).
@@ -32,7 +36,11 @@ pub struct AgentArgs {
     pub memory: Option<i64>,
 
     /// Reserved TCP ports, comma-separated (never given to tasks).
-    #[arg(long, value_delimiter = ',', default_value = "22,2375,2376,51678,51679")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "22,2375,2376,51678,51679"
+    )]
     pub reserved_ports: Vec<String>,
 
     /// Custom attribute NAME=VALUE (repeatable), for placement constraints.
@@ -70,8 +78,12 @@ fn detect_memory_mib() -> i64 {
 }
 
 fn credentials() -> anyhow::Result<(String, String)> {
-    let key = std::env::var("AWS_ACCESS_KEY_ID").ok().filter(|k| !k.is_empty());
-    let secret = std::env::var("AWS_SECRET_ACCESS_KEY").ok().filter(|k| !k.is_empty());
+    let key = std::env::var("AWS_ACCESS_KEY_ID")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let secret = std::env::var("AWS_SECRET_ACCESS_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
     match (key, secret) {
         (Some(k), Some(s)) => Ok((k, s)),
         _ => anyhow::bail!(
@@ -122,7 +134,10 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     let agent = Agent::register(cfg, api, rt)
         .await
         .context("registering the container instance")?;
-    println!("fleetport agent: container instance {}", agent.instance_arn());
+    println!(
+        "fleetport agent: container instance {}",
+        agent.instance_arn()
+    );
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown_signal().await;
@@ -152,16 +167,28 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
     let rt = DockerRuntime::connect()
         .await
         .context("connecting to the Docker engine")?;
-    let id = args.task.rsplit('/').next().unwrap_or(&args.task).to_string();
+    let id = args
+        .task
+        .rsplit('/')
+        .next()
+        .unwrap_or(&args.task)
+        .to_string();
     // Containers are named ecs-<family>-<revision>-<container>-<task id>.
-    let all = rt.list(labels::CONTAINER_NAME, "").await.unwrap_or_default();
+    let all = rt
+        .list(labels::CONTAINER_NAME, "")
+        .await
+        .unwrap_or_default();
     let mut found = false;
     for c in all {
         let task = c.labels.get(labels::TASK_ARN).cloned().unwrap_or_default();
         if !task.ends_with(&format!("/{id}")) {
             continue;
         }
-        let name = c.labels.get(labels::CONTAINER_NAME).cloned().unwrap_or_default();
+        let name = c
+            .labels
+            .get(labels::CONTAINER_NAME)
+            .cloned()
+            .unwrap_or_default();
         if args.container.as_deref().is_some_and(|w| w != name) {
             continue;
         }
