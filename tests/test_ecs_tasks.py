@@ -333,3 +333,45 @@ def test_health_checks_drive_container_and_task_health(env):
     assert t["containers"][0]["healthStatus"] == "UNHEALTHY"
     # A standalone task keeps running while unhealthy.
     assert t["lastStatus"] == "RUNNING"
+
+
+def test_fargate_awsvpc_on_the_managed_capacity(env):
+    """`fleetport up` runs FARGATE tasks itself: one network namespace and address per task, shared
+    by its containers (they reach each other on localhost), reported as an ENI attachment."""
+    ecs, cluster, server = env["ecs"], env["cluster"], env["server"]
+    image = env["image"]
+    register(ecs, "api", [
+        httpd(image, portMappings=[{"containerPort": 8080}]),
+        {"name": "probe", "image": image, "essential": False,
+         "command": ["sh", "-c", "sleep 1; wget -q -O /dev/null http://localhost:8080/"]},
+    ], requiresCompatibilities=["FARGATE"], networkMode="awsvpc", cpu="256", memory="512")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecs.run_task(cluster=cluster, taskDefinition="api", launchType="FARGATE")
+    assert e.value.response["Error"]["Message"] == \
+        "Network Configuration must be provided when networkMode 'awsvpc' is specified."
+    out = json.loads(server.cli("ecs", "run-task", "--cluster", cluster, "--task-definition", "api:1",
+                                "--launch-type", "FARGATE", "--network-configuration",
+                                "awsvpcConfiguration={subnets=[subnet-local]}").stdout)
+    conformance.check_raw("ecs", "RunTask", out)
+    t = out["tasks"][0]
+    assert t["lastStatus"] == "PROVISIONING" and t["launchType"] == "FARGATE"
+    assert "containerInstanceArn" not in t and t["platformVersion"] == "1.4.0"
+    arn = t["taskArn"]
+    server.cli("ecs", "wait", "tasks-running", "--cluster", cluster, "--tasks", arn)
+    t = describe(ecs, cluster, [arn])[0]
+    (att,) = t["attachments"]
+    details = {d["name"]: d["value"] for d in att["details"]}
+    assert att["type"] == "ElasticNetworkInterface" and att["status"] == "ATTACHED"
+    assert details["subnetId"] == "subnet-local" and details["networkInterfaceId"].startswith("eni-")
+    ip = details["privateIPv4Address"]
+    for c in t["containers"]:
+        assert c["networkInterfaces"] == [{"attachmentId": att["id"], "privateIpv4Address": ip}]
+        assert c["networkBindings"] == []
+    assert urllib.request.urlopen(f"http://{ip}:8080/", timeout=5).read() == b"hello from a task\n"
+    # The sidecar reached the web container on localhost and exited 0.
+    wait_for(lambda: {c["name"]: c for c in describe(ecs, cluster, [arn])[0]["containers"]}["probe"].get("exitCode") == 0)
+    ecs.stop_task(cluster=cluster, task=arn)
+    t = task_status(ecs, cluster, arn, "STOPPED")
+    assert t["stoppedReason"] == "Task stopped by user" and t["stopCode"] == "UserInitiated"
+    assert docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.task-arn={arn}",
+                  "--filter", "label=com.amazonaws.ecs.container-name=~internal~ecs~pause").stdout.strip() == ""

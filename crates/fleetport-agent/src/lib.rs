@@ -168,6 +168,30 @@ impl Agent {
         })
     }
 
+    /// The managed ("FARGATE") capacity that `fleetport up` runs in-process: it registers no
+    /// instance and polls as `FARGATE`, receiving the FARGATE tasks of every cluster.
+    pub fn managed(api: ApiClient, rt: Arc<dyn Runtime>, advertise: &str) -> Self {
+        Self {
+            ctx: Arc::new(Ctx {
+                cfg: AgentConfig {
+                    cluster: "-".into(),
+                    cpu: 0,
+                    memory: 0,
+                    reserved_ports: Vec::new(),
+                    attributes: Vec::new(),
+                    advertise: advertise.to_string(),
+                    instance_type: "fargate".into(),
+                    state_dir: PathBuf::new(),
+                },
+                api,
+                rt,
+                instance_arn: "FARGATE".into(),
+                instance_id: "fargate".into(),
+            }),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn instance_arn(&self) -> &str {
         &self.ctx.instance_arn
     }

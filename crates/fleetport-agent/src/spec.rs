@@ -54,7 +54,33 @@ pub fn container_name(t: &TaskInfo<'_>, name: &str) -> String {
     docker_name(&format!("ecs-{}-{}-{name}-{id}", t.family, t.revision))
 }
 
-pub fn build(t: &TaskInfo<'_>, def: &Value) -> ContainerSpec {
+/// The name the pause container of an awsvpc task is labelled with (as the ECS agent names it).
+pub const PAUSE: &str = "~internal~ecs~pause";
+
+/// The awsvpc pause container: owns the task's network namespace.
+pub fn pause(t: &TaskInfo<'_>) -> ContainerSpec {
+    let mut labels_map = BTreeMap::new();
+    for (k, v) in [
+        (labels::CLUSTER, t.cluster),
+        (labels::TASK_ARN, t.task_arn),
+        (labels::CONTAINER_NAME, PAUSE),
+        (labels::FAMILY, t.family),
+        (labels::INSTANCE, t.instance_id),
+    ] {
+        labels_map.insert(k.to_string(), v.to_string());
+    }
+    ContainerSpec {
+        name: container_name(t, "internalecspause"),
+        image: fleetport_runtime::pause::IMAGE.to_string(),
+        labels: labels_map,
+        network: Some(NetworkMode::Bridge),
+        cpu_shares: Some(2),
+        ..Default::default()
+    }
+}
+
+/// `netns`: for awsvpc tasks, the pause container whose network namespace the container joins.
+pub fn build(t: &TaskInfo<'_>, def: &Value, netns: Option<&str>) -> ContainerSpec {
     let name = def.get("name").and_then(Value::as_str).unwrap_or_default();
     let mut labels_map: BTreeMap<String, String> = def
         .get("dockerLabels")
@@ -90,9 +116,10 @@ pub fn build(t: &TaskInfo<'_>, def: &Value) -> ContainerSpec {
             ))
         })
         .collect();
-    let network = match t.network_mode {
-        "host" => NetworkMode::Host,
-        "none" => NetworkMode::None,
+    let network = match (t.network_mode, netns) {
+        (_, Some(owner)) => NetworkMode::Container(owner.to_string()),
+        ("host", _) => NetworkMode::Host,
+        ("none", _) => NetworkMode::None,
         _ => NetworkMode::Bridge,
     };
     let ports = if network == NetworkMode::Bridge {
@@ -195,9 +222,11 @@ pub fn build(t: &TaskInfo<'_>, def: &Value) -> ContainerSpec {
         health_check,
         log_driver: Some(log_driver),
         log_options,
+        // A container in another's network namespace takes that namespace's hostname.
         hostname: def
             .get("hostname")
             .and_then(Value::as_str)
+            .filter(|_| netns.is_none())
             .map(String::from),
     }
 }

@@ -123,6 +123,9 @@ struct Runner {
     defs: Vec<Def>,
     /// Container name → runtime id.
     ids: HashMap<String, String>,
+    /// awsvpc: the pause container holding the task's network namespace, and its address.
+    pause: Option<String>,
+    address: Option<String>,
 }
 
 impl Runner {
@@ -247,7 +250,7 @@ impl Runner {
     }
 
     async fn remove_all(&self) {
-        for id in self.ids.values() {
+        for id in self.ids.values().chain(self.pause.iter()) {
             let _ = self.rt().remove(id).await;
         }
     }
@@ -298,13 +301,50 @@ impl Runner {
         }
     }
 
+    /// awsvpc: starts the pause container that owns the task's network namespace.
+    async fn start_pause(&mut self, info: &TaskInfo<'_>) -> Result<(), String> {
+        let fail = |e: String| {
+            format!("ResourceInitializationError: failed to set up the task network: {e}")
+        };
+        let tar = fleetport_runtime::pause::image_tar()
+            .ok_or_else(|| fail(format!("no pause program for {}", std::env::consts::ARCH)))?;
+        self.rt()
+            .ensure_imported(
+                fleetport_runtime::pause::IMAGE,
+                tar,
+                vec!["ENTRYPOINT [\"/pause\"]".into()],
+            )
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let id = self
+            .rt()
+            .create(&spec::pause(info))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        self.pause = Some(id.clone());
+        self.rt()
+            .start(&id)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let state = self
+            .rt()
+            .inspect(&id)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        self.address = Some(state.ip_address).filter(|a| !a.is_empty());
+        Ok(())
+    }
+
     async fn create_and_start(
         &mut self,
         info: &TaskInfo<'_>,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), String> {
+        if info.network_mode == "awsvpc" {
+            self.start_pause(info).await?;
+        }
         for d in &self.defs {
-            let spec = spec::build(info, &d.def);
+            let spec = spec::build(info, &d.def, self.pause.as_deref());
             let id = self
                 .rt()
                 .create(&spec)
@@ -340,6 +380,17 @@ impl Runner {
                 tracing::warn!(task = %self.task_arn, container = %d.name, error = %e, "stop failed");
             }
         }
+        // The pause container only holds the namespace: it goes once the task's containers have.
+        if let Some(p) = &self.pause {
+            let _ = self.rt().remove(p).await;
+        }
+    }
+
+    fn network_report(&self) -> Value {
+        match &self.address {
+            Some(a) => json!({"privateIpv4Address": a}),
+            None => json!({}),
+        }
     }
 }
 
@@ -365,17 +416,31 @@ pub(crate) async fn run(
         .and_then(Value::as_str)
         .unwrap_or("bridge")
         .to_string();
-    let cluster = ctx.cfg.cluster.clone();
+    // The managed capacity serves every cluster; an instance agent only its own.
+    let cluster = task
+        .get("cluster")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .unwrap_or_else(|| ctx.cfg.cluster.clone());
     let mut r = Runner {
         ctx: ctx.clone(),
         task_arn: task_arn.clone(),
         cluster: cluster.clone(),
         defs: defs_of(&task),
         ids: HashMap::new(),
+        pause: None,
+        address: None,
     };
     for c in &adopted {
-        if let Some(name) = c.labels.get(labels::CONTAINER_NAME) {
-            r.ids.insert(name.clone(), c.id.clone());
+        match c.labels.get(labels::CONTAINER_NAME) {
+            Some(name) if name == spec::PAUSE => {
+                r.pause = Some(c.id.clone());
+                r.address = Some(c.ip_address.clone()).filter(|a| !a.is_empty());
+            }
+            Some(name) => {
+                r.ids.insert(name.clone(), c.id.clone());
+            }
+            None => {}
         }
     }
     let info = TaskInfo {
@@ -409,6 +474,8 @@ pub(crate) async fn run(
             return;
         }
         let pulled = json!({"pullStartedAt": pull_started, "pullStoppedAt": now()});
+        // Images are here: a FARGATE task moves from PROVISIONING to PENDING.
+        r.submit("PENDING", None, vec![], pulled.clone()).await;
         if let Err(reason) = r.create_and_start(&info, &mut stop).await {
             // A task that fails to start leaves no container behind.
             let mut containers = r.reports().await;
@@ -424,11 +491,13 @@ pub(crate) async fn run(
             return;
         }
         let containers = r.reports().await;
-        r.submit("RUNNING", None, containers, pulled).await;
+        r.submit("RUNNING", None, containers, r.network_report())
+            .await;
     } else {
         tracing::info!(task = %task_arn, "re-adopted running task");
         let containers = r.reports().await;
-        r.submit("RUNNING", None, containers, json!({})).await;
+        r.submit("RUNNING", None, containers, r.network_report())
+            .await;
     }
     watch_task(&r, &mut stop).await;
 }
@@ -500,6 +569,10 @@ async fn watch_task(r: &Runner, stop: &mut watch::Receiver<bool>) {
     r.submit("STOPPING", reason, vec![], json!({})).await;
     let execution_stopped = now();
     r.stop_all().await;
+    if r.pause.is_some() {
+        // awsvpc: the network interface is released after the containers stop.
+        r.submit("DEPROVISIONING", reason, vec![], json!({})).await;
+    }
     let containers = r.reports().await;
     r.submit(
         "STOPPED",

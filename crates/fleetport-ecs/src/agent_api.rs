@@ -20,6 +20,9 @@ pub struct AgentApi(pub Ecs);
 impl AgentApi {
     async fn poll(&self, input: Value) -> Result<Value, AwsError> {
         let ecs = &self.0;
+        if input::string(&input, "containerInstance") == Some(crate::task::MANAGED) {
+            return self.poll_managed(input).await;
+        }
         let cluster = crate::error::read(&*ecs.store, |txn| {
             ecs.active_cluster(txn, input::string(&input, "cluster"))
         })?;
@@ -44,6 +47,29 @@ impl AgentApi {
         let generation = *rx.borrow();
         let tasks = ecs.assignments(&cluster.name, &inst.arn)?;
         Ok(json!({"generation": generation, "instanceStatus": inst.status, "tasks": tasks}))
+    }
+}
+
+impl AgentApi {
+    /// The managed capacity (`fleetport up`'s in-process agent) polls as containerInstance
+    /// `FARGATE` and receives the FARGATE tasks of every cluster.
+    async fn poll_managed(&self, input: Value) -> Result<Value, AwsError> {
+        let ecs = &self.0;
+        let known = input.get("generation").and_then(Value::as_u64);
+        let wait = input
+            .get("waitSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let mut rx = ecs.generation.subscribe();
+        if let Some(known) = known
+            && *rx.borrow_and_update() == known
+            && wait > 0
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(wait), rx.changed()).await;
+        }
+        let generation = *rx.borrow();
+        let tasks = ecs.managed_assignments()?;
+        Ok(json!({"generation": generation, "instanceStatus": "ACTIVE", "tasks": tasks}))
     }
 }
 

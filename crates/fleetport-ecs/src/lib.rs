@@ -92,6 +92,11 @@ impl Ecs {
         self.generation.send_modify(|g| *g += 1);
     }
 
+    /// Answers every waiting agent poll now (at shutdown, so no long poll holds the listener).
+    pub fn wake_agents(&self) {
+        self.bump();
+    }
+
     async fn dispatch(
         &self,
         ctx: &RequestContext,

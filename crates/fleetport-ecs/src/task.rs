@@ -57,7 +57,14 @@ pub struct TaskRecord {
     pub reserved_ports: Vec<String>,
     pub reserved_ports_udp: Vec<String>,
     pub availability_zone: Option<String>,
+    /// awsvpc: the task's network interface (ECS `attachments` entry).
+    #[serde(default)]
+    pub attachments: Vec<Value>,
+    #[serde(default)]
+    pub platform_version: Option<String>,
 }
+
+pub const MANAGED: &str = "FARGATE";
 
 /// Lifecycle order, so a late or repeated report never moves a task backwards.
 fn rank(status: &str) -> u8 {
@@ -123,7 +130,12 @@ impl TaskRecord {
         put("group", json!(self.group));
         put("launchType", json!(self.launch_type));
         put("availabilityZone", json!(self.availability_zone));
-        put("attachments", json!([]));
+        put("attachments", json!(self.attachments));
+        if self.launch_type == MANAGED {
+            put("platformVersion", json!(self.platform_version));
+            put("platformFamily", json!("Linux"));
+            put("ephemeralStorage", json!({"sizeInGiB": 20}));
+        }
         put(
             "healthStatus",
             json!(task_health(&self.containers, &self.container_definitions)),
@@ -139,6 +151,7 @@ impl TaskRecord {
     pub fn assignment(&self) -> Value {
         json!({
             "taskArn": self.task_arn,
+            "cluster": self.cluster,
             "desiredStatus": self.desired_status,
             "lastStatus": self.last_status,
             "family": self.family,
@@ -261,6 +274,74 @@ fn demand(defs: &[Value], cpu: Option<i64>, memory: Option<i64>, mode: &str) -> 
     }
 }
 
+/// A new task from the RunTask template: its ARN, containers, and (awsvpc) its network interface.
+fn new_task(
+    template: &TaskRecord,
+    scope: &crate::arn::Scope,
+    instance: Option<String>,
+    zone: Option<String>,
+    subnet: Option<&str>,
+) -> TaskRecord {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut t = template.clone();
+    t.task_arn = scope.arn(&format!("task/{}/{id}", t.cluster));
+    t.id = id;
+    t.container_instance_arn = instance;
+    t.availability_zone = zone;
+    if let Some(subnet) = subnet {
+        let eni = uuid::Uuid::new_v4().simple().to_string();
+        t.attachments = vec![json!({
+            "id": uuid::Uuid::new_v4().to_string(),
+            "type": "ElasticNetworkInterface",
+            "status": "PRECREATED",
+            "details": [
+                {"name": "subnetId", "value": subnet},
+                {"name": "networkInterfaceId", "value": format!("eni-{}", &eni[..17])},
+            ],
+        })];
+    }
+    t.containers = t
+        .container_definitions
+        .iter()
+        .map(|d| {
+            let name = d.get("name").and_then(Value::as_str).unwrap_or("");
+            let mut c = json!({
+                "containerArn": scope.arn(&format!("container/{}/{}/{}", t.cluster, t.id, uuid::Uuid::new_v4())),
+                "taskArn": t.task_arn,
+                "name": name,
+                "image": d.get("image").cloned().unwrap_or(Value::Null),
+                "lastStatus": "PENDING",
+                "networkBindings": [],
+                "networkInterfaces": [],
+                "healthStatus": "UNKNOWN",
+                "cpu": int_of(d.get("cpu")).unwrap_or(0).to_string(),
+            });
+            if let Value::Object(o) = &mut c {
+                if let Some(m) = int_of(d.get("memory")) {
+                    o.insert("memory".into(), json!(m.to_string()));
+                }
+                if let Some(m) = int_of(d.get("memoryReservation")) {
+                    o.insert("memoryReservation".into(), json!(m.to_string()));
+                }
+            }
+            c
+        })
+        .collect();
+    t
+}
+
+fn save_task(
+    txn: &mut dyn fleetport_store::WriteTxn,
+    t: &TaskRecord,
+) -> Result<(), Abort<fleetport_proto::AwsError>> {
+    txn.put_json(TASKS, &format!("{}/{}", t.cluster, t.id), t)?;
+    if !t.tags.is_empty() {
+        let tags = crate::tags::parse(&json!({"tags": t.tags}), "tags").unwrap_or_default();
+        crate::tags::merge(txn, &t.task_arn, &tags)?;
+    }
+    Ok(())
+}
+
 fn task_id(reference: &str) -> &str {
     reference.rsplit('/').next().unwrap_or(reference)
 }
@@ -279,9 +360,9 @@ impl Ecs {
                 "Specifying both a launch type and capacity provider strategy is not supported. Remove one and try again.",
             ));
         }
-        if launch_type != "EC2" {
+        if launch_type != "EC2" && launch_type != MANAGED {
             return Err(invalid(format!(
-                "Fleetport does not run the {launch_type} launch type yet; use EC2 with a container instance (fleetport agent)."
+                "Fleetport does not run the {launch_type} launch type; use EC2 or FARGATE."
             )));
         }
         let (cluster, td) = crate::error::read(&*self.store, |txn| {
@@ -301,16 +382,32 @@ impl Ecs {
             .and_then(Value::as_str)
             .unwrap_or("bridge")
             .to_string();
-        if mode == "awsvpc" {
-            if input.get("networkConfiguration").is_none() {
+        let compatible = td
+            .get("compatibilities")
+            .and_then(Value::as_array)
+            .is_some_and(|c| c.iter().any(|x| x.as_str() == Some(launch_type.as_str())));
+        if !compatible {
+            return Err(invalid(format!(
+                "Task definition does not support launch_type {launch_type}."
+            )));
+        }
+        let subnet = if mode == "awsvpc" {
+            let Some(vpc) = input.pointer("/networkConfiguration/awsvpcConfiguration") else {
                 return Err(invalid(
                     "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
                 ));
+            };
+            let subnets = input::strings(vpc, "subnets");
+            if subnets.is_empty() {
+                return Err(invalid("subnets can not be empty."));
             }
-            return Err(invalid(
-                "Fleetport does not run awsvpc tasks yet; use the bridge or host network mode.",
-            ));
-        }
+            if subnets.len() > 16 {
+                return Err(invalid("At most 16 subnets can be provided."));
+            }
+            Some(subnets[0].clone())
+        } else {
+            None
+        };
         let overrides = input.get("overrides").cloned().unwrap_or_else(|| json!({}));
         let defs: Vec<Value> = td
             .get("containerDefinitions")
@@ -348,6 +445,7 @@ impl Ecs {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
+        let launch_type_is_managed = launch_type == MANAGED;
         let template = TaskRecord {
             cluster: cluster.name.clone(),
             cluster_arn: cluster.arn.clone(),
@@ -355,7 +453,12 @@ impl Ecs {
             family,
             revision,
             launch_type,
-            last_status: "PENDING".into(),
+            last_status: if launch_type_is_managed {
+                "PROVISIONING"
+            } else {
+                "PENDING"
+            }
+            .into(),
             desired_status: "RUNNING".into(),
             network_mode: mode,
             cpu: task_cpu.map(|c| c.to_string()),
@@ -374,20 +477,44 @@ impl Ecs {
             reserved_memory: need.memory,
             reserved_ports: need.ports.clone(),
             reserved_ports_udp: need.ports_udp.clone(),
+            platform_version: (launch_type_is_managed).then(|| "1.4.0".to_string()),
             ..Default::default()
         };
         let seed = now.to_bits();
+        let region = self.scope.region.clone();
         // Placement and the new task documents are one transaction, so concurrent RunTasks
         // never both take the last free resources.
         let (tasks, failures) = crate::error::write(&*self.store, move |txn| {
+            if launch_type_is_managed {
+                let mut placed = Vec::new();
+                for _ in 0..count {
+                    let t = new_task(
+                        &template,
+                        &scope,
+                        None,
+                        Some(format!("{region}a")),
+                        subnet.as_deref(),
+                    );
+                    save_task(txn, &t)?;
+                    placed.push(t);
+                }
+                return Ok((placed, Vec::new()));
+            }
             let instances: Vec<InstanceRecord> = txn
-                .scan_json::<InstanceRecord>(INSTANCES, &format!("{}/", template.cluster), None, usize::MAX)?
+                .scan_json::<InstanceRecord>(
+                    INSTANCES,
+                    &format!("{}/", template.cluster),
+                    None,
+                    usize::MAX,
+                )?
                 .into_iter()
                 .map(|(_, r)| r)
                 .filter(|r| r.status != "INACTIVE")
                 .collect();
             if instances.is_empty() {
-                return Err(Abort::Domain(invalid("No Container Instances were found in your cluster.")));
+                return Err(Abort::Domain(invalid(
+                    "No Container Instances were found in your cluster.",
+                )));
             }
             let mut existing = tasks_of_cluster(txn, &template.cluster)?;
             let mut placed = Vec::new();
@@ -417,51 +544,30 @@ impl Ecs {
                         reasons.push(json!({"arn": inst.arn, "reason": "ATTRIBUTE"}));
                         continue;
                     }
-                    cands.push(Candidate { inst: inst.clone(), usage: u, group_count });
+                    cands.push(Candidate {
+                        inst: inst.clone(),
+                        usage: u,
+                        group_count,
+                    });
                 }
                 if cands.is_empty() {
                     failures.extend(reasons);
                     continue;
                 }
                 let refs: Vec<&Candidate> = cands.iter().collect();
-                let chosen = &cands[placement::choose(&refs, &strategies, seed.wrapping_add(n as u64))];
-                let id = uuid::Uuid::new_v4().simple().to_string();
-                let mut t = template.clone();
-                t.task_arn = scope.arn(&format!("task/{}/{id}", t.cluster));
-                t.id = id;
-                t.container_instance_arn = Some(chosen.inst.arn.clone());
-                t.availability_zone = chosen.inst.attribute("ecs.availability-zone").map(String::from);
-                t.containers = t
-                    .container_definitions
-                    .iter()
-                    .map(|d| {
-                        let name = d.get("name").and_then(Value::as_str).unwrap_or("");
-                        let mut c = json!({
-                            "containerArn": scope.arn(&format!("container/{}/{}/{}", t.cluster, t.id, uuid::Uuid::new_v4())),
-                            "taskArn": t.task_arn,
-                            "name": name,
-                            "image": d.get("image").cloned().unwrap_or(Value::Null),
-                            "lastStatus": "PENDING",
-                            "networkBindings": [],
-                            "networkInterfaces": [],
-                            "healthStatus": "UNKNOWN",
-                            "cpu": int_of(d.get("cpu")).unwrap_or(0).to_string(),
-                        });
-                        if let Value::Object(o) = &mut c {
-                            if let Some(m) = int_of(d.get("memory")) {
-                                o.insert("memory".into(), json!(m.to_string()));
-                            }
-                            if let Some(m) = int_of(d.get("memoryReservation")) {
-                                o.insert("memoryReservation".into(), json!(m.to_string()));
-                            }
-                        }
-                        c
-                    })
-                    .collect();
-                txn.put_json(TASKS, &format!("{}/{}", t.cluster, t.id), &t)?;
-                if !t.tags.is_empty() {
-                    crate::tags::merge(txn, &t.task_arn, &crate::tags::parse(&json!({"tags": t.tags}), "tags").unwrap_or_default())?;
-                }
+                let chosen =
+                    &cands[placement::choose(&refs, &strategies, seed.wrapping_add(n as u64))];
+                let t = new_task(
+                    &template,
+                    &scope,
+                    Some(chosen.inst.arn.clone()),
+                    chosen
+                        .inst
+                        .attribute("ecs.availability-zone")
+                        .map(String::from),
+                    subnet.as_deref(),
+                );
+                save_task(txn, &t)?;
                 existing.push(t.clone());
                 placed.push(t);
             }
@@ -606,6 +712,9 @@ impl Ecs {
                     *field = input.get(k).and_then(Value::as_f64);
                 }
             }
+            if let Some(ip) = input::string(&input, "privateIpv4Address") {
+                attach_ip(&mut t, ip);
+            }
             if let Some(status) = input::string(&input, "status")
                 && rank(status) > rank(&t.last_status)
             {
@@ -643,6 +752,20 @@ impl Ecs {
         Ok(json!({"acknowledgment": "ACK"}))
     }
 
+    /// FARGATE tasks of every cluster that the managed capacity still has to act on.
+    pub fn managed_assignments(&self) -> EcsResult<Vec<Value>> {
+        let tasks = crate::error::read(&*self.store, |txn| {
+            txn.scan_json::<TaskRecord>(TASKS, "", None, usize::MAX)
+                .map_err(store)
+        })?;
+        Ok(tasks
+            .iter()
+            .map(|(_, t)| t)
+            .filter(|t| t.launch_type == MANAGED && t.last_status != "STOPPED")
+            .map(TaskRecord::assignment)
+            .collect())
+    }
+
     /// Tasks assigned to an instance that the agent still has to act on.
     pub fn assignments(&self, cluster: &str, instance_arn: &str) -> EcsResult<Vec<Value>> {
         let tasks = crate::error::read(&*self.store, |txn| {
@@ -654,6 +777,33 @@ impl Ecs {
             .filter(|t| t.last_status != "STOPPED")
             .map(TaskRecord::assignment)
             .collect())
+    }
+}
+
+/// awsvpc: the task's address, as ECS reports an attached ENI.
+fn attach_ip(t: &mut TaskRecord, ip: &str) {
+    let Some(Value::Object(att)) = t.attachments.first_mut() else {
+        return;
+    };
+    att.insert("status".into(), json!("ATTACHED"));
+    let attachment_id = att.get("id").cloned().unwrap_or(Value::Null);
+    if let Some(Value::Array(details)) = att.get_mut("details") {
+        details.retain(|d| {
+            !matches!(
+                d.get("name").and_then(Value::as_str),
+                Some("privateIPv4Address" | "privateDnsName")
+            )
+        });
+        details.push(json!({"name": "privateIPv4Address", "value": ip}));
+        details.push(json!({"name": "privateDnsName", "value": format!("ip-{}.ec2.internal", ip.replace('.', "-"))}));
+    }
+    for c in &mut t.containers {
+        if let Value::Object(o) = c {
+            o.insert(
+                "networkInterfaces".into(),
+                json!([{"attachmentId": attachment_id, "privateIpv4Address": ip}]),
+            );
+        }
     }
 }
 

@@ -375,6 +375,34 @@ impl Runtime for DockerRuntime {
         })
     }
 
+    fn ensure_imported<'a>(
+        &'a self,
+        reference: &'a str,
+        tar: Vec<u8>,
+        changes: Vec<String>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            if self.docker.inspect_image(reference).await.is_ok() {
+                return Ok(());
+            }
+            let (repo, tag) = reference.rsplit_once(':').unwrap_or((reference, "latest"));
+            let opts = CreateImageOptions {
+                from_src: Some("-".into()),
+                repo: Some(repo.into()),
+                tag: Some(tag.into()),
+                changes,
+                ..Default::default()
+            };
+            let mut stream =
+                self.docker
+                    .create_image(Some(opts), Some(bollard::body_full(tar.into())), None);
+            while let Some(item) = stream.next().await {
+                item.map_err(engine)?;
+            }
+            Ok(())
+        })
+    }
+
     fn version(&self) -> BoxFuture<'_, Result<String, RuntimeError>> {
         Box::pin(async move {
             let v = self.docker.version().await.map_err(engine)?;

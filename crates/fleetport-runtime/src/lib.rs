@@ -6,6 +6,7 @@
 //! containerd driver can be added without touching the agent.
 
 pub mod docker;
+pub mod pause;
 
 use std::collections::BTreeMap;
 
@@ -151,6 +152,13 @@ pub trait Runtime: Send + Sync {
     fn wait<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<i64, RuntimeError>>;
     /// The last `tail` lines of the container's stdout and stderr, interleaved.
     fn logs<'a>(&'a self, id: &'a str, tail: usize) -> BoxFuture<'a, Result<String, RuntimeError>>;
+    /// Makes `reference` from a root-filesystem tar (`docker import`) unless it exists already.
+    fn ensure_imported<'a>(
+        &'a self,
+        reference: &'a str,
+        tar: Vec<u8>,
+        changes: Vec<String>,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>>;
     /// Engine version, for `versionInfo.dockerVersion`.
     fn version(&self) -> BoxFuture<'_, Result<String, RuntimeError>>;
 }

@@ -51,6 +51,11 @@ pub struct UpArgs {
     #[arg(long, env = "FLEETPORT_ENABLE_RESET")]
     pub enable_reset: bool,
 
+    /// Do not run the built-in managed capacity (the FARGATE launch type) on this host's Docker
+    /// engine. FARGATE tasks then stay PROVISIONING.
+    #[arg(long, env = "FLEETPORT_NO_MANAGED_CAPACITY")]
+    pub no_managed_capacity: bool,
+
     /// Registry host:port used in repositoryUri and proxyEndpoint, so agents on other hosts can
     /// pull. Default: localhost:<port> on loopback, else the listen address.
     #[arg(long, env = "FLEETPORT_REGISTRY_HOST")]
@@ -100,6 +105,7 @@ pub struct Config {
     pub credentials: CredentialSet,
     pub using_default_credentials: bool,
     pub enable_reset: bool,
+    pub managed_capacity: bool,
     pub max_body_bytes: usize,
     pub registry_host: Option<String>,
     pub registry_gc_interval: std::time::Duration,
@@ -146,6 +152,7 @@ impl UpArgs {
             credentials,
             using_default_credentials,
             enable_reset: self.enable_reset,
+            managed_capacity: !self.no_managed_capacity,
             max_body_bytes: self.max_body_bytes,
             registry_host: self.registry_host,
             registry_gc_interval: std::time::Duration::from_secs(self.registry_gc_interval.max(1)),

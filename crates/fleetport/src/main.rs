@@ -131,7 +131,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let ecs = fleetport_ecs::Ecs::new(store.clone(), &config.region, &config.account_id);
     gateway.serve(Arc::new(fleetport_ecs::agent_api::AgentApi(ecs.clone())));
-    gateway.serve(Arc::new(ecs));
+    gateway.serve(Arc::new(ecs.clone()));
     gateway.serve(Arc::new(ecr.clone()));
     let gc = tokio::spawn(
         ecr.clone()
@@ -144,6 +144,19 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         enable_reset: config.enable_reset,
         max_body_bytes: config.max_body_bytes,
     };
+    let managed = config
+        .managed_capacity
+        .then(|| tokio::spawn(run_managed_capacity(config.clone(), bound)).abort_handle());
+    let managed_at_shutdown = managed.clone();
+    // At shutdown, long polls must not hold the listener open for their 20 s: stop the
+    // in-process agent, then answer every waiting poll.
+    let shutdown = async move {
+        shutdown_signal().await;
+        if let Some(m) = managed_at_shutdown {
+            m.abort();
+        }
+        ecs.wake_agents();
+    };
     print_banner(&config, bound);
     // Responses go out in one write; Nagle's algorithm would only hold them back.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -152,14 +165,55 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     });
     axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("serving")?;
     tracing::info!("shutting down");
     gc.abort();
+    if let Some(m) = managed {
+        m.abort();
+    }
     drop(store);
     sqlite.close();
     Ok(())
+}
+
+/// The built-in "FARGATE" capacity: the same agent as `fleetport agent`, in-process, talking to
+/// this listener over the same signed API. Without a Docker engine it logs why and stays off.
+async fn run_managed_capacity(config: Config, bound: std::net::SocketAddr) {
+    let Some(key) = config.credentials.access_keys().next().map(String::from) else {
+        return;
+    };
+    let secret = config
+        .credentials
+        .secret(&key)
+        .unwrap_or_default()
+        .to_string();
+    let port = bound.port();
+    let endpoint = if bound.ip().is_unspecified() {
+        format!("http://127.0.0.1:{port}")
+    } else {
+        format!("http://{bound}")
+    };
+    let api = match fleetport_agent::ApiClient::new(&endpoint, &config.region, &key, &secret) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "managed capacity disabled");
+            return;
+        }
+    };
+    let rt = match fleetport_runtime::DockerRuntime::connect().await {
+        Ok(rt) => Arc::new(rt),
+        Err(e) => {
+            tracing::warn!(error = %e, "no Docker engine: the FARGATE launch type is unavailable");
+            return;
+        }
+    };
+    let agent = fleetport_agent::Agent::managed(api, rt, "127.0.0.1");
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    if let Err(e) = agent.run(rx).await {
+        tracing::warn!(error = %e, "managed capacity stopped");
+    }
 }
 
 /// What image names use for this registry: `localhost:<port>` on loopback (Docker allows plain
