@@ -375,3 +375,78 @@ def test_fargate_awsvpc_on_the_managed_capacity(env):
     assert t["stoppedReason"] == "Task stopped by user" and t["stopCode"] == "UserInitiated"
     assert docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.task-arn={arn}",
                   "--filter", "label=com.amazonaws.ecs.container-name=~internal~ecs~pause").stdout.strip() == ""
+
+
+def test_start_task_server_restart_platform_and_deregister(env):
+    ecs, cluster, server = env["ecs"], env["cluster"], env["server"]
+    agent = env["agent"]("a")
+    image = env["image"]
+    register(ecs, "web", [httpd(image)])
+    out = ecs.start_task(cluster=cluster, taskDefinition="web",
+                         containerInstances=[agent.arn, "0" * 32], startedBy="me")
+    conformance.check("ecs", "StartTask", out)
+    assert [f["reason"] for f in out["failures"]] == ["MISSING"]
+    (t,) = out["tasks"]
+    assert t["containerInstanceArn"] == agent.arn and t["startedBy"] == "me"
+    arn = t["taskArn"]
+    runtime_id = task_status(ecs, cluster, arn, "RUNNING")["containers"][0]["runtimeId"]
+    assert ecs.list_tasks(cluster=cluster, startedBy="me", containerInstance=agent.arn)["taskArns"] == [arn]
+    # `fleetport up` restarted on the same port: the task and its state are intact, the agent
+    # carries on, and the container was never restarted.
+    port = server.port
+    server.stop()
+    server.start(port=port)
+    ecs = server.client("ecs")
+    t = describe(ecs, cluster, [arn])[0]
+    assert t["lastStatus"] == "RUNNING" and t["containers"][0]["runtimeId"] == runtime_id
+    started = docker("inspect", runtime_id, "--format", "{{.State.StartedAt}}").stdout.strip()
+    ecs.stop_task(cluster=cluster, task=arn)
+    t = task_status(ecs, cluster, arn, "STOPPED")
+    assert docker("inspect", runtime_id, "--format", "{{.State.StartedAt}}").stdout.strip() == started
+    # An image built for another platform is refused before it starts, naming both platforms.
+    import hashlib
+    import io
+    import tarfile
+    import gzip
+    from test_registry import registry_auth
+    from raw import send
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("hello")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    layer = gzip.compress(buf.getvalue(), mtime=0)
+    config = json.dumps({"architecture": "arm64", "os": "linux", "config": {"Cmd": ["/hello"]},
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": ["sha256:" + hashlib.sha256(buf.getvalue()).hexdigest()]}}).encode()
+    h = registry_auth(server)
+    digests = {}
+    for blob in (layer, config):
+        d = "sha256:" + hashlib.sha256(blob).hexdigest()
+        assert send("POST", f"{server.endpoint}/v2/app/blobs/uploads/?digest={d}", blob, h).status == 201
+        digests[blob] = d
+    v2 = "application/vnd.docker.distribution.manifest.v2+json"
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": v2,
+                           "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                                      "digest": digests[config], "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                       "digest": digests[layer], "size": len(layer)}]}).encode()
+    assert send("PUT", f"{server.endpoint}/v2/app/manifests/arm", manifest, dict(h, **{"Content-Type": v2})).status == 201
+    register(ecs, "arm", [{"name": "m", "image": f"localhost:{port}/app:arm", "memory": 16}])
+    arn = ecs.run_task(cluster=cluster, taskDefinition="arm")["tasks"][0]["taskArn"]
+    t = task_status(ecs, cluster, arn, "STOPPED")
+    reason = t["containers"][0]["reason"]
+    assert t["stopCode"] == "TaskFailedToStart" and reason.startswith("CannotPullContainerError:")
+    assert "arm64" in reason and "amd64" in reason, reason
+    assert docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.task-arn={arn}").stdout.strip() == ""
+    docker("rmi", "-f", f"localhost:{port}/app:arm", check=False)
+    # Deregistering: refused while tasks run unless forced; then INACTIVE and unlisted.
+    arn = ecs.run_task(cluster=cluster, taskDefinition="web")["tasks"][0]["taskArn"]
+    task_status(ecs, cluster, arn, "RUNNING")
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecs.deregister_container_instance(cluster=cluster, containerInstance=agent.arn)
+    assert e.value.response["Error"]["Code"] == "InvalidParameterException"
+    out = ecs.deregister_container_instance(cluster=cluster, containerInstance=agent.arn, force=True)
+    conformance.check("ecs", "DeregisterContainerInstance", out)
+    assert out["containerInstance"]["status"] == "INACTIVE"
+    assert ecs.list_container_instances(cluster=cluster)["containerInstanceArns"] == []

@@ -348,7 +348,33 @@ fn task_id(reference: &str) -> &str {
 
 impl Ecs {
     pub async fn run_task(&self, input: Value) -> EcsResult<Value> {
-        let count = input.get("count").and_then(Value::as_i64).unwrap_or(1);
+        self.launch(input, None).await
+    }
+
+    /// StartTask: one task on each named container instance, no placement strategy.
+    pub async fn start_task(&self, input: Value) -> EcsResult<Value> {
+        let targets: Vec<String> = input::strings(&input, "containerInstances")
+            .iter()
+            .map(|r| instance_id(r).to_string())
+            .collect();
+        if targets.is_empty() || targets.len() > 10 {
+            return Err(invalid(
+                "containerInstances must name between 1 and 10 container instances.",
+            ));
+        }
+        if input.get("launchType").is_some() || input.get("placementStrategy").is_some() {
+            return Err(invalid(
+                "StartTask takes neither a launch type nor a placement strategy.",
+            ));
+        }
+        self.launch(input, Some(targets)).await
+    }
+
+    async fn launch(&self, input: Value, targets: Option<Vec<String>>) -> EcsResult<Value> {
+        let count = match &targets {
+            Some(t) => t.len() as i64,
+            None => input.get("count").and_then(Value::as_i64).unwrap_or(1),
+        };
         if !(1..=10).contains(&count) {
             return Err(invalid("The count must be between 1 and 10."));
         }
@@ -522,7 +548,21 @@ impl Ecs {
             for n in 0..count {
                 let mut cands = Vec::new();
                 let mut reasons = Vec::new();
-                for inst in &instances {
+                // StartTask: exactly the named instance for this task, if it exists.
+                let target = targets.as_ref().and_then(|t| t.get(n as usize));
+                if let Some(id) = target
+                    && !instances.iter().any(|i| &i.id == id)
+                {
+                    failures.push(json!({
+                        "arn": scope.arn(&format!("container-instance/{}/{id}", template.cluster)),
+                        "reason": "MISSING"
+                    }));
+                    continue;
+                }
+                for inst in instances
+                    .iter()
+                    .filter(|i| target.is_none_or(|id| &i.id == id))
+                {
                     let u = usage(&existing, &inst.arn);
                     if let Some(reason) = placement::misfit(inst, &u, &need, now) {
                         reasons.push(json!({"arn": inst.arn, "reason": reason}));
