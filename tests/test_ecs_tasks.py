@@ -450,3 +450,34 @@ def test_start_task_server_restart_platform_and_deregister(env):
     conformance.check("ecs", "DeregisterContainerInstance", out)
     assert out["containerInstance"]["status"] == "INACTIVE"
     assert ecs.list_container_instances(cluster=cluster)["containerInstanceArns"] == []
+
+
+def test_task_api_bad_inputs(server):
+    """Clear AWS-shaped errors, and nothing stored, for bad task and instance requests."""
+    ecs = server.client("ecs")
+    ecs.create_cluster(clusterName="bad")
+    ecs.register_task_definition(family="f", containerDefinitions=[{"name": "c", "image": "x", "memory": 8}])
+    cases = [
+        ("run_task", dict(cluster="bad", taskDefinition="f", count=11), "InvalidParameterException"),
+        ("run_task", dict(cluster="bad", taskDefinition="nope"), "ClientException"),
+        ("run_task", dict(cluster="nope", taskDefinition="f"), "ClusterNotFoundException"),
+        ("run_task", dict(cluster="bad", taskDefinition="f", launchType="EXTERNAL"), "InvalidParameterException"),
+        ("run_task", dict(cluster="bad", taskDefinition="f", placementStrategy=[{"type": "binpack", "field": "disk"}]),
+         "InvalidParameterException"),
+        ("start_task", dict(cluster="bad", taskDefinition="f", containerInstances=[]), "InvalidParameterException"),
+        ("stop_task", dict(cluster="bad", task="0" * 32), "InvalidParameterException"),
+        ("register_container_instance", dict(cluster="bad", containerInstanceArn="arn:aws:ecs:us-east-1:000000000000:container-instance/bad/é"),
+         "InvalidParameterException"),
+        ("update_container_instances_state", dict(cluster="bad", containerInstances=["x"], status="INACTIVE"),
+         "InvalidParameterException"),
+        ("list_container_instances", dict(cluster="bad", filter="attribute:x ~ y"), "InvalidParameterException"),
+    ]
+    for op, kw, code in cases:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            getattr(ecs, op)(**kw)
+        assert e.value.response["Error"]["Code"] == code, (op, kw, e.value.response)
+    out = ecs.describe_tasks(cluster="bad", tasks=["0" * 32])
+    conformance.check("ecs", "DescribeTasks", out)
+    assert out["tasks"] == [] and out["failures"][0]["reason"] == "MISSING"
+    assert ecs.list_tasks(cluster="bad")["taskArns"] == []
+    assert ecs.list_container_instances(cluster="bad")["containerInstanceArns"] == []

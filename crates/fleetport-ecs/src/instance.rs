@@ -191,6 +191,13 @@ impl Ecs {
         let now = crate::now();
         let existing =
             input::string(&input, "containerInstanceArn").map(|a| instance_id(a).to_string());
+        if let Some(id) = &existing
+            && !(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(invalid(
+                "containerInstanceArn is not a container instance ARN of this cluster.",
+            ));
+        }
         let id = existing
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
@@ -285,36 +292,22 @@ impl Ecs {
         let limit = paging::max_results(&input, 100, 100)?;
         let after = paging::decode_token(&input)?;
         let status = input::string(&input, "status").map(String::from);
-        if input::string(&input, "filter").is_some_and(|f| !f.trim().is_empty()) {
-            let f = input::owned(&input, "filter");
-            let all = crate::error::read(&*self.store, |txn| {
-                let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
-                self.instances_of(txn, &cluster.name)
-            })?;
-            let expr = crate::placement::Expr::parse(&f)?;
-            let now = crate::now();
-            let keys: Vec<(String, String)> = all
-                .into_iter()
-                .filter(|r| status.as_deref().is_none_or(|s| s == r.status))
-                .filter(|r| expr.matches(r, now))
-                .map(|r| (r.id.clone(), r.arn))
-                .collect();
-            let (arns, token) = paging::page(keys, after.as_deref(), limit, false);
-            return Ok(paging::with_token(
-                json!({"containerInstanceArns": arns}),
-                token,
-            ));
-        }
+        let filter = input::string(&input, "filter")
+            .filter(|f| !f.trim().is_empty())
+            .map(crate::placement::Expr::parse)
+            .transpose()?;
         let all = crate::error::read(&*self.store, |txn| {
             let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
             self.instances_of(txn, &cluster.name)
         })?;
+        let now = crate::now();
         let keys: Vec<(String, String)> = all
             .into_iter()
             .filter(|r| match status.as_deref() {
                 Some(s) => r.status == s,
                 None => r.status != "INACTIVE",
             })
+            .filter(|r| filter.as_ref().is_none_or(|e| e.matches(r, now)))
             .map(|r| (r.id.clone(), r.arn))
             .collect();
         let (arns, token) = paging::page(keys, after.as_deref(), limit, false);
