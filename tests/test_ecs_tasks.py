@@ -481,3 +481,29 @@ def test_task_api_bad_inputs(server):
     assert out["tasks"] == [] and out["failures"][0]["reason"] == "MISSING"
     assert ecs.list_tasks(cluster="bad")["taskArns"] == []
     assert ecs.list_container_instances(cluster="bad")["containerInstanceArns"] == []
+
+
+def test_container_settings_are_applied(env):
+    ecs, cluster = env["ecs"], env["cluster"]
+    env["agent"]()
+    register(ecs, "settings", [{
+        "name": "app", "image": env["image"], "memory": 48, "memoryReservation": 24, "cpu": 128,
+        "command": ["sleep", "1000"], "environment": [{"name": "A", "value": "1"}, {"name": "B", "value": "td"}],
+        "workingDirectory": "/www", "user": "1000:1000", "stopTimeout": 3,
+        "ulimits": [{"name": "nofile", "softLimit": 1024, "hardLimit": 2048}],
+        "dockerLabels": {"team": "core"},
+    }])
+    arn = ecs.run_task(cluster=cluster, taskDefinition="settings", overrides={"containerOverrides": [
+        {"name": "app", "environment": [{"name": "B", "value": "override"}]}]})["tasks"][0]["taskArn"]
+    t = task_status(ecs, cluster, arn, "RUNNING")
+    c = json.loads(docker("inspect", t["containers"][0]["runtimeId"]).stdout)[0]
+    env_vars = dict(e.split("=", 1) for e in c["Config"]["Env"])
+    assert env_vars["A"] == "1" and env_vars["B"] == "override"
+    assert c["Config"]["WorkingDir"] == "/www" and c["Config"]["User"] == "1000:1000"
+    assert c["Config"]["StopTimeout"] == 3 and c["Config"]["Labels"]["team"] == "core"
+    hc = c["HostConfig"]
+    assert hc["Memory"] == 48 * 1024 * 1024 and hc["MemoryReservation"] == 24 * 1024 * 1024
+    assert hc["CpuShares"] == 128
+    assert hc["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
+    assert hc["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
+    assert {o["name"]: o for o in t["overrides"]["containerOverrides"]}["app"]["environment"] == [{"name": "B", "value": "override"}]
