@@ -507,3 +507,39 @@ def test_container_settings_are_applied(env):
     assert hc["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
     assert hc["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
     assert {o["name"]: o for o in t["overrides"]["containerOverrides"]}["app"]["environment"] == [{"name": "B", "value": "override"}]
+
+
+def test_silent_agent_is_disconnected_and_skipped(data_dir):
+    """An agent that stops polling shows agentConnected false and gets no tasks; its running tasks
+    are untouched; when it comes back it is connected again."""
+    from conftest import Server
+    server = Server(data_dir, ["--agent-timeout", "3", "--no-managed-capacity"]).start()
+    ecs = server.client("ecs")
+    cluster = f"t{uuid.uuid4().hex[:10]}"
+    ecs.create_cluster(clusterName=cluster)
+    tmp = tempfile.mkdtemp(prefix="fleetport-agent-")
+    agent = Agent(server, cluster, os.path.join(tmp, "a"))
+    try:
+        image = push_image(server, tmp)
+        register(ecs, "web", [httpd(image)])
+        arn = ecs.run_task(cluster=cluster, taskDefinition="web")["tasks"][0]["taskArn"]
+        task_status(ecs, cluster, arn, "RUNNING")
+        connected = lambda: ecs.describe_container_instances(  # noqa: E731
+            cluster=cluster, containerInstances=[agent.arn])["containerInstances"][0]["agentConnected"]
+        time.sleep(4)
+        assert connected(), "a long-polling agent stays connected"
+        agent.proc.send_signal(signal.SIGSTOP)
+        wait_for(lambda: not connected(), 10)
+        out = ecs.run_task(cluster=cluster, taskDefinition="web")
+        assert out["tasks"] == [] and out["failures"] == [{"arn": agent.arn, "reason": "AGENT"}]
+        assert describe(ecs, cluster, [arn])[0]["lastStatus"] == "RUNNING"
+        agent.proc.send_signal(signal.SIGCONT)
+        wait_for(connected, 10)
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+        agent.stop(signal.SIGKILL)
+        ids = docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.cluster={cluster}").stdout.split()
+        if ids:
+            docker("rm", "-f", *ids, check=False)
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)

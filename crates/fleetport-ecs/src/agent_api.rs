@@ -30,7 +30,9 @@ impl AgentApi {
         let wait = input
             .get("waitSeconds")
             .and_then(Value::as_u64)
-            .unwrap_or(0);
+            .unwrap_or(0)
+            // A poll must return well within the agent timeout, or a waiting agent would look gone.
+            .min((ecs.agent_timeout_secs / 3.0) as u64);
         let mut rx = ecs.generation.subscribe();
         let inst = ecs
             .heartbeat(

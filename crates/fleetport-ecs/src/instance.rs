@@ -17,7 +17,8 @@ use crate::cluster::{INSTANCES, TASKS};
 use crate::error::{EcsResult, invalid, store};
 use crate::task::TaskRecord;
 
-/// An agent that has not polled for this long is reported disconnected and gets no new tasks.
+/// An agent that has not polled for this long is reported disconnected and gets no new tasks
+/// (`fleetport up --agent-timeout` changes it).
 pub const AGENT_TIMEOUT_SECS: f64 = 60.0;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,8 +50,9 @@ impl InstanceRecord {
             .and_then(|a| a.get("value").and_then(Value::as_str))
     }
 
-    pub fn connected(&self, now: f64) -> bool {
-        now - self.last_seen < AGENT_TIMEOUT_SECS
+    /// Whether the agent has polled since `seen_after` (now minus the agent timeout).
+    pub fn connected(&self, seen_after: f64) -> bool {
+        self.last_seen > seen_after
     }
 }
 
@@ -93,7 +95,7 @@ fn resource_set(name: &str, v: &[String]) -> Value {
     json!({"name": name, "type": "STRINGSET", "doubleValue": 0.0, "longValue": 0, "integerValue": 0, "stringSetValue": v})
 }
 
-pub fn render(rec: &InstanceRecord, u: &Usage, now: f64, with_tags: bool) -> Value {
+pub fn render(rec: &InstanceRecord, u: &Usage, seen_after: f64, with_tags: bool) -> Value {
     let mut ports = rec.ports.clone();
     ports.extend(u.ports.iter().cloned());
     let mut ports_udp = rec.ports_udp.clone();
@@ -104,7 +106,7 @@ pub fn render(rec: &InstanceRecord, u: &Usage, now: f64, with_tags: bool) -> Val
         "version": rec.version,
         "versionInfo": rec.version_info,
         "status": rec.status,
-        "agentConnected": rec.connected(now),
+        "agentConnected": rec.connected(seen_after),
         "runningTasksCount": u.running,
         "pendingTasksCount": u.pending,
         "attributes": rec.attributes,
@@ -246,7 +248,7 @@ impl Ecs {
         })
         .await?;
         self.bump();
-        Ok(json!({"containerInstance": render(&rec, &Usage::default(), now, true)}))
+        Ok(json!({"containerInstance": render(&rec, &Usage::default(), self.seen_after(), true)}))
     }
 
     fn instances_of(&self, txn: &dyn ReadTxn, cluster: &str) -> EcsResult<Vec<InstanceRecord>> {
@@ -260,7 +262,7 @@ impl Ecs {
 
     pub fn describe_container_instances(&self, input: Value) -> EcsResult<Value> {
         let with_tags = input::includes(&input, "include", "TAGS");
-        let now = crate::now();
+        let seen_after = self.seen_after();
         crate::error::read(&*self.store, |txn| {
             let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
             let tasks = tasks_of_cluster(txn, &cluster.name).map_err(store)?;
@@ -272,7 +274,12 @@ impl Ecs {
                     .get_json::<InstanceRecord>(INSTANCES, &key)
                     .map_err(store)?
                 {
-                    Some(rec) => found.push(render(&rec, &usage(&tasks, &rec.arn), now, with_tags)),
+                    Some(rec) => found.push(render(
+                        &rec,
+                        &usage(&tasks, &rec.arn),
+                        seen_after,
+                        with_tags,
+                    )),
                     None => {
                         let arn = if r.starts_with("arn:") {
                             r.clone()
@@ -300,14 +307,14 @@ impl Ecs {
             let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
             self.instances_of(txn, &cluster.name)
         })?;
-        let now = crate::now();
+        let seen_after = self.seen_after();
         let keys: Vec<(String, String)> = all
             .into_iter()
             .filter(|r| match status.as_deref() {
                 Some(s) => r.status == s,
                 None => r.status != "INACTIVE",
             })
-            .filter(|r| filter.as_ref().is_none_or(|e| e.matches(r, now)))
+            .filter(|r| filter.as_ref().is_none_or(|e| e.matches(r, seen_after)))
             .map(|r| (r.id.clone(), r.arn))
             .collect();
         let (arns, token) = paging::page(keys, after.as_deref(), limit, false);
@@ -328,7 +335,7 @@ impl Ecs {
             self.active_cluster(txn, input::string(&input, "cluster"))
         })?;
         let refs = input::strings(&input, "containerInstances");
-        let now = crate::now();
+        let seen_after = self.seen_after();
         let cluster_name = cluster.name.clone();
         let scope = self.scope.clone();
         let (found, failures) = crate::error::write(&*self.store, move |txn| {
@@ -360,7 +367,7 @@ impl Ecs {
         })?;
         let rendered: Vec<Value> = found
             .iter()
-            .map(|r| render(r, &usage(&tasks, &r.arn), now, false))
+            .map(|r| render(r, &usage(&tasks, &r.arn), seen_after, false))
             .collect();
         Ok(json!({"containerInstances": rendered, "failures": failures}))
     }
@@ -373,7 +380,7 @@ impl Ecs {
         let id = instance_id(&input::owned(&input, "containerInstance")).to_string();
         let key = format!("{}/{id}", cluster.name);
         let cluster_name = cluster.name.clone();
-        let now = crate::now();
+        let seen_after = self.seen_after();
         let (rec, u) = crate::error::write(&*self.store, move |txn| {
             let Some(mut rec) = txn.get_json::<InstanceRecord>(INSTANCES, &key)? else {
                 return Err(Abort::Domain(invalid("The referenced container instance was not found.")));
@@ -392,7 +399,7 @@ impl Ecs {
         })
         .await?;
         self.bump();
-        Ok(json!({"containerInstance": render(&rec, &u, now, false)}))
+        Ok(json!({"containerInstance": render(&rec, &u, seen_after, false)}))
     }
 
     /// Records an agent's heartbeat; returns the instance (for its status).

@@ -31,6 +31,8 @@ pub struct Ecs {
     pub(crate) scope: Scope,
     /// Bumped whenever task assignments may have changed; agents' long polls wait on it.
     pub(crate) generation: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Seconds without a poll after which an agent counts as disconnected.
+    pub(crate) agent_timeout_secs: f64,
 }
 
 impl std::fmt::Debug for Ecs {
@@ -85,7 +87,19 @@ impl Ecs {
                 account: account.into(),
             },
             generation: Arc::new(tokio::sync::watch::Sender::new(0)),
+            agent_timeout_secs: instance::AGENT_TIMEOUT_SECS,
         }
+    }
+
+    /// How long an agent may go without polling before it counts as disconnected.
+    pub fn with_agent_timeout(mut self, secs: f64) -> Self {
+        self.agent_timeout_secs = secs;
+        self
+    }
+
+    /// Agents that polled after this instant are connected.
+    pub(crate) fn seen_after(&self) -> f64 {
+        now() - self.agent_timeout_secs
     }
 
     /// Wakes every waiting agent poll.

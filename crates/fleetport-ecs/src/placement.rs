@@ -63,10 +63,11 @@ impl Expr {
         Ok(Self(groups))
     }
 
-    pub fn matches(&self, inst: &InstanceRecord, now: f64) -> bool {
+    /// `seen_after`: agents that polled after it count as connected.
+    pub fn matches(&self, inst: &InstanceRecord, seen_after: f64) -> bool {
         self.0
             .iter()
-            .any(|g| g.iter().all(|t| term_matches(t, inst, now)))
+            .any(|g| g.iter().all(|t| term_matches(t, inst, seen_after)))
     }
 }
 
@@ -132,11 +133,16 @@ pub struct Demand {
 }
 
 /// Why an instance cannot take the task (ECS's failure reasons), or `None` if it can.
-pub fn misfit(inst: &InstanceRecord, u: &Usage, d: &Demand, now: f64) -> Option<&'static str> {
+pub fn misfit(
+    inst: &InstanceRecord,
+    u: &Usage,
+    d: &Demand,
+    seen_after: f64,
+) -> Option<&'static str> {
     if inst.status != "ACTIVE" {
         return Some("INACTIVE");
     }
-    if !inst.connected(now) {
+    if !inst.connected(seen_after) {
         return Some("AGENT");
     }
     if inst.cpu - u.cpu < d.cpu {
@@ -313,12 +319,12 @@ mod tests {
             "attribute:stack != dev && ec2InstanceId == i-1",
         ];
         for e in yes {
-            assert!(Expr::parse(e).unwrap().matches(&i, 100.0), "{e}");
+            assert!(Expr::parse(e).unwrap().matches(&i, 40.0), "{e}");
         }
         assert!(
             !Expr::parse("attribute:stack == dev")
                 .unwrap()
-                .matches(&i, 100.0)
+                .matches(&i, 40.0)
         );
         for e in ["", "attribute:stack ==", "attribute:stack ~ x", "x in nope"] {
             assert!(Expr::parse(e).is_err(), "{e}");
@@ -335,20 +341,20 @@ mod tests {
             ports: ports.iter().map(|p| p.to_string()).collect(),
             ports_udp: vec![],
         };
-        assert_eq!(misfit(&i, &u, &d(10, 10, &[]), 100.0), None);
+        assert_eq!(misfit(&i, &u, &d(10, 10, &[]), 40.0), None);
         assert_eq!(
-            misfit(&i, &u, &d(2048, 10, &[]), 100.0),
+            misfit(&i, &u, &d(2048, 10, &[]), 40.0),
             Some("RESOURCE:CPU")
         );
         assert_eq!(
-            misfit(&i, &u, &d(1, 1024, &[]), 100.0),
+            misfit(&i, &u, &d(1, 1024, &[]), 40.0),
             Some("RESOURCE:MEMORY")
         );
         assert_eq!(
-            misfit(&i, &u, &d(1, 1, &["22"]), 100.0),
+            misfit(&i, &u, &d(1, 1, &["22"]), 40.0),
             Some("RESOURCE:PORTS")
         );
-        assert_eq!(misfit(&i, &u, &d(1, 1, &[]), 1000.0), Some("AGENT"));
+        assert_eq!(misfit(&i, &u, &d(1, 1, &[]), 100.0), Some("AGENT"));
     }
 
     #[test]

@@ -507,6 +507,7 @@ impl Ecs {
             ..Default::default()
         };
         let seed = now.to_bits();
+        let seen_after = self.seen_after();
         let region = self.scope.region.clone();
         // Placement and the new task documents are one transaction, so concurrent RunTasks
         // never both take the last free resources.
@@ -564,7 +565,7 @@ impl Ecs {
                     .filter(|i| target.is_none_or(|id| &i.id == id))
                 {
                     let u = usage(&existing, &inst.arn);
-                    if let Some(reason) = placement::misfit(inst, &u, &need, now) {
+                    if let Some(reason) = placement::misfit(inst, &u, &need, seen_after) {
                         reasons.push(json!({"arn": inst.arn, "reason": reason}));
                         continue;
                     }
@@ -578,7 +579,7 @@ impl Ecs {
                         .count() as u64;
                     let ok = constraints.iter().all(|c| match c {
                         Constraint::DistinctInstance => group_count == 0,
-                        Constraint::MemberOf(e) => e.matches(inst, now),
+                        Constraint::MemberOf(e) => e.matches(inst, seen_after),
                     });
                     if !ok {
                         reasons.push(json!({"arn": inst.arn, "reason": "ATTRIBUTE"}));

@@ -51,6 +51,11 @@ pub struct UpArgs {
     #[arg(long, env = "FLEETPORT_ENABLE_RESET")]
     pub enable_reset: bool,
 
+    /// Seconds without a poll after which an agent reports agentConnected false and its instance
+    /// gets no new tasks.
+    #[arg(long, env = "FLEETPORT_AGENT_TIMEOUT", default_value_t = 60)]
+    pub agent_timeout: u64,
+
     /// Do not run the built-in managed capacity (the FARGATE launch type) on this host's Docker
     /// engine. FARGATE tasks then stay PROVISIONING.
     #[arg(long, env = "FLEETPORT_NO_MANAGED_CAPACITY")]
@@ -106,6 +111,7 @@ pub struct Config {
     pub using_default_credentials: bool,
     pub enable_reset: bool,
     pub managed_capacity: bool,
+    pub agent_timeout: std::time::Duration,
     pub max_body_bytes: usize,
     pub registry_host: Option<String>,
     pub registry_gc_interval: std::time::Duration,
@@ -153,6 +159,7 @@ impl UpArgs {
             using_default_credentials,
             enable_reset: self.enable_reset,
             managed_capacity: !self.no_managed_capacity,
+            agent_timeout: std::time::Duration::from_secs(self.agent_timeout.max(1)),
             max_body_bytes: self.max_body_bytes,
             registry_host: self.registry_host,
             registry_gc_interval: std::time::Duration::from_secs(self.registry_gc_interval.max(1)),

@@ -129,7 +129,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         Verifier::new(config.credentials.clone()),
     );
-    let ecs = fleetport_ecs::Ecs::new(store.clone(), &config.region, &config.account_id);
+    let ecs = fleetport_ecs::Ecs::new(store.clone(), &config.region, &config.account_id)
+        .with_agent_timeout(config.agent_timeout.as_secs_f64());
     gateway.serve(Arc::new(fleetport_ecs::agent_api::AgentApi(ecs.clone())));
     gateway.serve(Arc::new(ecs.clone()));
     gateway.serve(Arc::new(ecr.clone()));
