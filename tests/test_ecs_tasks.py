@@ -543,3 +543,24 @@ def test_silent_agent_is_disconnected_and_skipped(data_dir):
             docker("rm", "-f", *ids, check=False)
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_sigterm_handler_and_binpack(env):
+    ecs, cluster = env["ecs"], env["cluster"]
+    small = env["agent"]("small", "--memory", "256")
+    env["agent"]("big", "--memory", "4096")
+    image = env["image"]
+    # binpack on memory: the instance with the least memory left that still fits.
+    register(ecs, "term", [{"name": "app", "image": image, "memory": 32, "stopTimeout": 30,
+                            "command": ["sh", "-c", "trap 'exit 5' TERM; while true; do sleep 0.1; done"]}])
+    out = ecs.run_task(cluster=cluster, taskDefinition="term", count=2,
+                       placementStrategy=[{"type": "binpack", "field": "memory"}])
+    assert [t["containerInstanceArn"] for t in out["tasks"]] == [small.arn, small.arn]
+    arn = out["tasks"][0]["taskArn"]
+    task_status(ecs, cluster, arn, "RUNNING")
+    # A container that handles SIGTERM exits with its own code, long before stopTimeout.
+    started = time.monotonic()
+    ecs.stop_task(cluster=cluster, task=arn)
+    t = task_status(ecs, cluster, arn, "STOPPED")
+    assert time.monotonic() - started < 10
+    assert t["containers"][0]["exitCode"] == 5
