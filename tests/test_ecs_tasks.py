@@ -16,6 +16,7 @@ import pytest
 
 import conformance
 from conftest import BIN
+from test_registry import push_foreign_image
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 
@@ -404,34 +405,7 @@ def test_start_task_server_restart_platform_and_deregister(env):
     t = task_status(ecs, cluster, arn, "STOPPED")
     assert docker("inspect", runtime_id, "--format", "{{.State.StartedAt}}").stdout.strip() == started
     # An image built for another platform is refused before it starts, naming both platforms.
-    import hashlib
-    import io
-    import tarfile
-    import gzip
-    from test_registry import registry_auth
-    from raw import send
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("hello")
-        info.size = 2
-        tar.addfile(info, io.BytesIO(b"hi"))
-    layer = gzip.compress(buf.getvalue(), mtime=0)
-    config = json.dumps({"architecture": "arm64", "os": "linux", "config": {"Cmd": ["/hello"]},
-                         "rootfs": {"type": "layers",
-                                    "diff_ids": ["sha256:" + hashlib.sha256(buf.getvalue()).hexdigest()]}}).encode()
-    h = registry_auth(server)
-    digests = {}
-    for blob in (layer, config):
-        d = "sha256:" + hashlib.sha256(blob).hexdigest()
-        assert send("POST", f"{server.endpoint}/v2/app/blobs/uploads/?digest={d}", blob, h).status == 201
-        digests[blob] = d
-    v2 = "application/vnd.docker.distribution.manifest.v2+json"
-    manifest = json.dumps({"schemaVersion": 2, "mediaType": v2,
-                           "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                                      "digest": digests[config], "size": len(config)},
-                           "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                                       "digest": digests[layer], "size": len(layer)}]}).encode()
-    assert send("PUT", f"{server.endpoint}/v2/app/manifests/arm", manifest, dict(h, **{"Content-Type": v2})).status == 201
+    push_foreign_image(server, "app", "arm")
     register(ecs, "arm", [{"name": "m", "image": f"localhost:{port}/app:arm", "memory": 16}])
     arn = ecs.run_task(cluster=cluster, taskDefinition="arm")["tasks"][0]["taskArn"]
     t = task_status(ecs, cluster, arn, "STOPPED")

@@ -803,10 +803,7 @@ def test_download_url_and_tag_parameters(server):
 def test_docker_pulls_the_requested_platform_of_a_manifest_list(server, docker_env):
     """A Docker manifest list with an amd64 image (docker-built) and an arm64 one (assembled here):
     `docker pull` picks the host's platform, `--platform linux/arm64` the other."""
-    import gzip
     import hashlib
-    import io
-    import tarfile
 
     env, created = docker_env
     ecr = server.client("ecr")
@@ -822,29 +819,7 @@ def test_docker_pulls_the_requested_platform_of_a_manifest_list(server, docker_e
     r = send("GET", f"{e}/v2/multi/manifests/amd64", headers=dict(h, Accept=v2))
     amd_manifest = r.body
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = b"arm64 image\n"
-        info = tarfile.TarInfo("hello.txt")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    layer_tar = buf.getvalue()
-    layer = gzip.compress(layer_tar, mtime=0)
-    config = json.dumps({"architecture": "arm64", "os": "linux", "config": {"Cmd": ["/hello.txt"]},
-                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]}}).encode()
-    digests = {}
-    for blob in (layer, config):
-        d = "sha256:" + hashlib.sha256(blob).hexdigest()
-        assert send("POST", f"{e}/v2/multi/blobs/uploads/?digest={d}", blob, h).status == 201
-        digests[blob] = d
-    arm_manifest = json.dumps({"schemaVersion": 2, "mediaType": v2,
-                               "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
-                                          "digest": digests[config], "size": len(config)},
-                               "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                                           "digest": digests[layer], "size": len(layer)}]}).encode()
-    r = send("PUT", f"{e}/v2/multi/manifests/arm64", arm_manifest, dict(h, **{"Content-Type": v2}))
-    assert r.status == 201, r.text
-    arm_digest = r.headers["docker-content-digest"]
+    arm_manifest, arm_digest = push_foreign_image(server, "multi", "arm64")
     list_type = "application/vnd.docker.distribution.manifest.list.v2+json"
     index = json.dumps({"schemaVersion": 2, "mediaType": list_type, "manifests": [
         {"mediaType": v2, "digest": "sha256:" + hashlib.sha256(amd_manifest).hexdigest(), "size": len(amd_manifest),
@@ -861,3 +836,38 @@ def test_docker_pulls_the_requested_platform_of_a_manifest_list(server, docker_e
     docker("rmi", ref, env=env)
     docker("pull", ref, env=env)
     assert docker("image", "inspect", ref, "--format", "{{.Id}}", env=env).stdout.strip() == amd_id
+
+
+def push_foreign_image(server, repo, tag, arch="arm64"):
+    """Pushes a one-layer Docker v2 image whose config says linux/<arch> over the raw registry API;
+    returns (manifest bytes, digest)."""
+    import gzip
+    import hashlib
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = f"{arch} image\n".encode()
+        info = tarfile.TarInfo("hello.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    layer_tar = buf.getvalue()
+    layer = gzip.compress(layer_tar, mtime=0)
+    config = json.dumps({"architecture": arch, "os": "linux", "config": {"Cmd": ["/hello.txt"]},
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]}}).encode()
+    h = registry_auth(server)
+    digests = {}
+    for blob in (layer, config):
+        d = "sha256:" + hashlib.sha256(blob).hexdigest()
+        assert send("POST", f"{server.endpoint}/v2/{repo}/blobs/uploads/?digest={d}", blob, h).status == 201
+        digests[blob] = d
+    v2 = "application/vnd.docker.distribution.manifest.v2+json"
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": v2,
+                           "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                                      "digest": digests[config], "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                       "digest": digests[layer], "size": len(layer)}]}).encode()
+    r = send("PUT", f"{server.endpoint}/v2/{repo}/manifests/{tag}", manifest, dict(h, **{"Content-Type": v2}))
+    assert r.status == 201, r.text
+    return manifest, r.headers["docker-content-digest"]

@@ -18,60 +18,50 @@ use crate::instance::instance_id;
 pub struct AgentApi(pub Ecs);
 
 impl AgentApi {
-    async fn poll(&self, input: Value) -> Result<Value, AwsError> {
+    /// Waits (up to `waitSeconds`, bounded to a third of the agent timeout so a waiting agent
+    /// never looks gone) until the assignment generation moves past the one the agent saw;
+    /// returns the current generation.
+    async fn wait_for_change(&self, input: &Value) -> u64 {
         let ecs = &self.0;
-        if input::string(&input, "containerInstance") == Some(crate::task::MANAGED) {
-            return self.poll_managed(input).await;
-        }
-        let cluster = crate::error::read(&*ecs.store, |txn| {
-            ecs.active_cluster(txn, input::string(&input, "cluster"))
-        })?;
         let known = input.get("generation").and_then(Value::as_u64);
         let wait = input
             .get("waitSeconds")
             .and_then(Value::as_u64)
             .unwrap_or(0)
-            // A poll must return well within the agent timeout, or a waiting agent would look gone.
             .min((ecs.agent_timeout_secs / 3.0) as u64);
         let mut rx = ecs.generation.subscribe();
+        if let Some(known) = known
+            && *rx.borrow_and_update() == known
+            && wait > 0
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(wait), rx.changed()).await;
+        }
+        *rx.borrow()
+    }
+
+    async fn poll(&self, input: Value) -> Result<Value, AwsError> {
+        let ecs = &self.0;
+        if input::string(&input, "containerInstance") == Some(crate::task::MANAGED) {
+            // The managed capacity (`fleetport up`'s in-process agent) polls as `FARGATE` and
+            // receives the FARGATE tasks of every cluster.
+            let generation = self.wait_for_change(&input).await;
+            let tasks = ecs.managed_assignments()?;
+            return Ok(
+                json!({"generation": generation, "instanceStatus": "ACTIVE", "tasks": tasks}),
+            );
+        }
+        let cluster = crate::error::read(&*ecs.store, |txn| {
+            ecs.active_cluster(txn, input::string(&input, "cluster"))
+        })?;
         let inst = ecs
             .heartbeat(
                 &cluster.name,
                 instance_id(&input::owned(&input, "containerInstance")),
             )
             .await?;
-        if let Some(known) = known
-            && *rx.borrow_and_update() == known
-            && wait > 0
-        {
-            let _ = tokio::time::timeout(Duration::from_secs(wait), rx.changed()).await;
-        }
-        let generation = *rx.borrow();
+        let generation = self.wait_for_change(&input).await;
         let tasks = ecs.assignments(&cluster.name, &inst.arn)?;
         Ok(json!({"generation": generation, "instanceStatus": inst.status, "tasks": tasks}))
-    }
-}
-
-impl AgentApi {
-    /// The managed capacity (`fleetport up`'s in-process agent) polls as containerInstance
-    /// `FARGATE` and receives the FARGATE tasks of every cluster.
-    async fn poll_managed(&self, input: Value) -> Result<Value, AwsError> {
-        let ecs = &self.0;
-        let known = input.get("generation").and_then(Value::as_u64);
-        let wait = input
-            .get("waitSeconds")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
-        let mut rx = ecs.generation.subscribe();
-        if let Some(known) = known
-            && *rx.borrow_and_update() == known
-            && wait > 0
-        {
-            let _ = tokio::time::timeout(Duration::from_secs(wait), rx.changed()).await;
-        }
-        let generation = *rx.borrow();
-        let tasks = ecs.managed_assignments()?;
-        Ok(json!({"generation": generation, "instanceStatus": "ACTIVE", "tasks": tasks}))
     }
 }
 
