@@ -199,19 +199,20 @@ def test_repository_api(server):
     assert e.value.response["Error"]["Code"] == "RepositoryNotFoundException"
 
 
-def push_raw(server, repo, tag, layer=b"layer-bytes"):
-    """Pushes a one-layer OCI image over the raw registry API; returns (manifest bytes, digest)."""
+def upload_blob(server, repo, data, auth):
+    """One monolithic blob upload over the raw registry API; returns the digest."""
     import hashlib
 
-    ecr = server.client("ecr")
-    token = base64.b64decode(ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]).decode()
-    h = basic(*token.split(":"))
-    blobs = {}
-    for data in (layer, b"{}"):
-        d = "sha256:" + hashlib.sha256(data).hexdigest()
-        r = send("POST", f"{server.endpoint}/v2/{repo}/blobs/uploads/?digest={d}", data, h)
-        assert r.status == 201, r.text
-        blobs[data] = d
+    d = "sha256:" + hashlib.sha256(data).hexdigest()
+    r = send("POST", f"{server.endpoint}/v2/{repo}/blobs/uploads/?digest={d}", data, auth)
+    assert r.status == 201, r.text
+    return d
+
+
+def push_raw(server, repo, tag, layer=b"layer-bytes"):
+    """Pushes a one-layer OCI image over the raw registry API; returns (manifest bytes, digest)."""
+    h = registry_auth(server)
+    blobs = {data: upload_blob(server, repo, data, h) for data in (layer, b"{}")}
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blobs[b"{}"], "size": 2},
@@ -857,11 +858,7 @@ def push_foreign_image(server, repo, tag, arch="arm64"):
     config = json.dumps({"architecture": arch, "os": "linux", "config": {"Cmd": ["/hello.txt"]},
                          "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]}}).encode()
     h = registry_auth(server)
-    digests = {}
-    for blob in (layer, config):
-        d = "sha256:" + hashlib.sha256(blob).hexdigest()
-        assert send("POST", f"{server.endpoint}/v2/{repo}/blobs/uploads/?digest={d}", blob, h).status == 201
-        digests[blob] = d
+    digests = {blob: upload_blob(server, repo, blob, h) for blob in (layer, config)}
     v2 = "application/vnd.docker.distribution.manifest.v2+json"
     manifest = json.dumps({"schemaVersion": 2, "mediaType": v2,
                            "config": {"mediaType": "application/vnd.docker.container.image.v1+json",

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine;
 use fleetport_runtime::{ContainerState, Runtime, labels};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
@@ -54,9 +55,53 @@ pub(crate) struct Ctx {
     pub rt: Arc<dyn Runtime>,
     pub instance_arn: String,
     pub instance_id: String,
+    /// The last ECR login, reused until an hour before it expires (tokens last 12 hours).
+    pub login: Mutex<Option<RegistryLogin>>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RegistryLogin {
+    pub proxy_host: String,
+    pub username: String,
+    pub password: String,
+    pub expires_at: f64,
 }
 
 impl Ctx {
+    /// This Fleetport's registry login (ECR GetAuthorizationToken), fetched once and reused.
+    pub(crate) async fn registry_login(&self) -> Option<RegistryLogin> {
+        let mut cached = self.login.lock().await;
+        let now = fleetport_proto::clock::epoch_seconds();
+        if let Some(l) = cached.as_ref().filter(|l| l.expires_at - now > 3600.0) {
+            return Some(l.clone());
+        }
+        let out = self
+            .api
+            .call(client::ECR, "GetAuthorizationToken", &json!({}))
+            .await
+            .ok()?;
+        let data = out.pointer("/authorizationData/0")?;
+        let proxy = data.get("proxyEndpoint")?.as_str()?;
+        let proxy_host = proxy
+            .split("://")
+            .nth(1)
+            .unwrap_or(proxy)
+            .trim_end_matches('/');
+        let token = data.get("authorizationToken")?.as_str()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(token)
+            .ok()?;
+        let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+        let login = RegistryLogin {
+            proxy_host: proxy_host.to_string(),
+            username: user.to_string(),
+            password: password.to_string(),
+            expires_at: data.get("expiresAt").and_then(Value::as_f64).unwrap_or(now),
+        };
+        *cached = Some(login.clone());
+        Some(login)
+    }
+
     pub(crate) async fn submit(&self, input: Value) {
         // A report that cannot be delivered is retried: the control plane is the record.
         for attempt in 0..20u64 {
@@ -163,6 +208,7 @@ impl Agent {
                 rt,
                 instance_arn: arn,
                 instance_id,
+                login: Mutex::new(None),
             }),
             running: Mutex::new(HashMap::new()),
         })
@@ -187,6 +233,7 @@ impl Agent {
                 rt,
                 instance_arn: "FARGATE".into(),
                 instance_id: "fargate".into(),
+                login: Mutex::new(None),
             }),
             running: Mutex::new(HashMap::new()),
         }

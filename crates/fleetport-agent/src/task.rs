@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use fleetport_runtime::{ContainerState, Credentials, Runtime, labels};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -180,37 +179,14 @@ impl Runner {
             .collect()
     }
 
-    /// Credentials for images in this Fleetport's own registry (ECR GetAuthorizationToken).
+    /// Credentials for images in this Fleetport's own registry.
     async fn credentials(&self, image: &str) -> Option<Credentials> {
-        let host = image.split('/').next()?;
-        if !image.contains('/') {
-            return None;
-        }
-        let out = self
-            .ctx
-            .api
-            .call(client::ECR, "GetAuthorizationToken", &json!({}))
-            .await
-            .ok()?;
-        let data = out.pointer("/authorizationData/0")?;
-        let proxy = data.get("proxyEndpoint")?.as_str()?;
-        let proxy_host = proxy
-            .split("://")
-            .nth(1)
-            .unwrap_or(proxy)
-            .trim_end_matches('/');
-        let ours = proxy_host == host || self.ctx.api.host() == host;
-        if !ours {
-            return None;
-        }
-        let token = data.get("authorizationToken")?.as_str()?;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(token)
-            .ok()?;
-        let (user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-        Some(Credentials {
-            username: user.to_string(),
-            password: password.to_string(),
+        let (host, _) = image.split_once('/')?;
+        let login = self.ctx.registry_login().await?;
+        let ours = login.proxy_host == host || self.ctx.api.host() == host;
+        ours.then(|| Credentials {
+            username: login.username,
+            password: login.password,
             server: host.to_string(),
         })
     }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::Ecs;
 use crate::cluster::{INSTANCES, TASKS};
 use crate::error::{EcsResult, invalid, store};
+use crate::placement::Reservation;
 use crate::task::TaskRecord;
 
 /// An agent that has not polled for this long is reported disconnected and gets no new tasks
@@ -59,10 +60,8 @@ impl InstanceRecord {
 /// What the tasks on one instance hold.
 #[derive(Debug, Default, Clone)]
 pub struct Usage {
-    pub cpu: i64,
-    pub memory: i64,
-    pub ports: Vec<String>,
-    pub ports_udp: Vec<String>,
+    /// The reservations of the tasks whose desired status is RUNNING.
+    pub held: Reservation,
     pub running: u64,
     pub pending: u64,
 }
@@ -74,10 +73,7 @@ pub fn usage(tasks: &[TaskRecord], instance_arn: &str) -> Usage {
         .filter(|t| t.container_instance_arn.as_deref() == Some(instance_arn))
     {
         if t.desired_status == "RUNNING" {
-            u.cpu += t.reserved_cpu;
-            u.memory += t.reserved_memory;
-            u.ports.extend(t.reserved_ports.iter().cloned());
-            u.ports_udp.extend(t.reserved_ports_udp.iter().cloned());
+            u.held.add(&t.reservation);
             u.running += 1;
         }
         if t.last_status == "PENDING" {
@@ -97,9 +93,9 @@ fn resource_set(name: &str, v: &[String]) -> Value {
 
 pub fn render(rec: &InstanceRecord, u: &Usage, seen_after: f64, with_tags: bool) -> Value {
     let mut ports = rec.ports.clone();
-    ports.extend(u.ports.iter().cloned());
+    ports.extend(u.held.ports.iter().cloned());
     let mut ports_udp = rec.ports_udp.clone();
-    ports_udp.extend(u.ports_udp.iter().cloned());
+    ports_udp.extend(u.held.ports_udp.iter().cloned());
     let mut out = json!({
         "containerInstanceArn": rec.arn,
         "ec2InstanceId": rec.ec2_instance_id,
@@ -118,8 +114,8 @@ pub fn render(rec: &InstanceRecord, u: &Usage, seen_after: f64, with_tags: bool)
             resource_set("PORTS_UDP", &rec.ports_udp),
         ],
         "remainingResources": [
-            resource_int("CPU", rec.cpu - u.cpu),
-            resource_int("MEMORY", rec.memory - u.memory),
+            resource_int("CPU", rec.cpu - u.held.cpu),
+            resource_int("MEMORY", rec.memory - u.held.memory),
             resource_set("PORTS", &ports),
             resource_set("PORTS_UDP", &ports_udp),
         ],

@@ -123,20 +123,31 @@ fn term_matches(t: &Term, inst: &InstanceRecord, now: f64) -> bool {
     }
 }
 
-/// What one task needs from an instance.
-#[derive(Debug, Clone, Default)]
-pub struct Demand {
+/// CPU, memory and static host ports: what one task holds on its instance, or what all the
+/// tasks on an instance hold together.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reservation {
     pub cpu: i64,
     pub memory: i64,
     pub ports: Vec<String>,
     pub ports_udp: Vec<String>,
 }
 
+impl Reservation {
+    pub fn add(&mut self, other: &Reservation) {
+        self.cpu += other.cpu;
+        self.memory += other.memory;
+        self.ports.extend(other.ports.iter().cloned());
+        self.ports_udp.extend(other.ports_udp.iter().cloned());
+    }
+}
+
 /// Why an instance cannot take the task (ECS's failure reasons), or `None` if it can.
 pub fn misfit(
     inst: &InstanceRecord,
     u: &Usage,
-    d: &Demand,
+    d: &Reservation,
     seen_after: f64,
 ) -> Option<&'static str> {
     if inst.status != "ACTIVE" {
@@ -145,17 +156,17 @@ pub fn misfit(
     if !inst.connected(seen_after) {
         return Some("AGENT");
     }
-    if inst.cpu - u.cpu < d.cpu {
+    if inst.cpu - u.held.cpu < d.cpu {
         return Some("RESOURCE:CPU");
     }
-    if inst.memory - u.memory < d.memory {
+    if inst.memory - u.held.memory < d.memory {
         return Some("RESOURCE:MEMORY");
     }
-    let taken = |p: &String| inst.ports.contains(p) || u.ports.contains(p);
+    let taken = |p: &String| inst.ports.contains(p) || u.held.ports.contains(p);
     if d.ports.iter().any(taken) {
         return Some("RESOURCE:PORTS");
     }
-    let taken_udp = |p: &String| inst.ports_udp.contains(p) || u.ports_udp.contains(p);
+    let taken_udp = |p: &String| inst.ports_udp.contains(p) || u.held.ports_udp.contains(p);
     if d.ports_udp.iter().any(taken_udp) {
         return Some("RESOURCE:PORTS_UDP");
     }
@@ -251,9 +262,9 @@ pub fn choose(cands: &[&Candidate], strategies: &[Strategy], seed: u64) -> usize
             Strategy::Binpack(f) => idx.sort_by_key(|&i| {
                 let c = cands[i];
                 if f == "cpu" {
-                    c.inst.cpu - c.usage.cpu
+                    c.inst.cpu - c.usage.held.cpu
                 } else {
-                    c.inst.memory - c.usage.memory
+                    c.inst.memory - c.usage.held.memory
                 }
             }),
             Strategy::Spread(f) => {
@@ -335,7 +346,7 @@ mod tests {
     fn misfit_reasons() {
         let i = inst(&[]);
         let u = Usage::default();
-        let d = |cpu, memory, ports: &[&str]| Demand {
+        let d = |cpu, memory, ports: &[&str]| Reservation {
             cpu,
             memory,
             ports: ports.iter().map(|p| p.to_string()).collect(),

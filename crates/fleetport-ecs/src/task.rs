@@ -16,7 +16,7 @@ use crate::Ecs;
 use crate::cluster::{INSTANCES, TASKS};
 use crate::error::{EcsResult, client, invalid, store};
 use crate::instance::{InstanceRecord, instance_id, tasks_of_cluster, usage};
-use crate::placement::{self, Candidate, Constraint, Demand};
+use crate::placement::{self, Candidate, Constraint, Reservation};
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -52,10 +52,8 @@ pub struct TaskRecord {
     pub stop_code: Option<String>,
     pub stopped_reason: Option<String>,
     pub tags: Vec<Value>,
-    pub reserved_cpu: i64,
-    pub reserved_memory: i64,
-    pub reserved_ports: Vec<String>,
-    pub reserved_ports_udp: Vec<String>,
+    /// What placement counted for this task on its instance.
+    pub reservation: Reservation,
     pub availability_zone: Option<String>,
     /// awsvpc: the task's network interface (ECS `attachments` entry).
     #[serde(default)]
@@ -160,7 +158,6 @@ impl TaskRecord {
             "cpu": self.cpu,
             "memory": self.memory,
             "containers": self.container_definitions,
-            "knownContainers": self.containers,
         })
     }
 }
@@ -236,7 +233,7 @@ fn apply_overrides(defs: &[Value], overrides: &Value) -> EcsResult<Vec<Value>> {
 }
 
 /// CPU, memory and static ports one task reserves on its instance.
-fn demand(defs: &[Value], cpu: Option<i64>, memory: Option<i64>, mode: &str) -> Demand {
+fn demand(defs: &[Value], cpu: Option<i64>, memory: Option<i64>, mode: &str) -> Reservation {
     let cpu = cpu.unwrap_or_else(|| defs.iter().filter_map(|d| int_of(d.get("cpu"))).sum());
     let memory = memory.unwrap_or_else(|| {
         defs.iter()
@@ -266,7 +263,7 @@ fn demand(defs: &[Value], cpu: Option<i64>, memory: Option<i64>, mode: &str) -> 
             }
         }
     }
-    Demand {
+    Reservation {
         cpu,
         memory,
         ports,
@@ -360,11 +357,6 @@ impl Ecs {
         if targets.is_empty() || targets.len() > 10 {
             return Err(invalid(
                 "containerInstances must name between 1 and 10 container instances.",
-            ));
-        }
-        if input.get("launchType").is_some() || input.get("placementStrategy").is_some() {
-            return Err(invalid(
-                "StartTask takes neither a launch type nor a placement strategy.",
             ));
         }
         self.launch(input, Some(targets)).await
@@ -499,10 +491,7 @@ impl Ecs {
             version: 1,
             created_at: now,
             tags,
-            reserved_cpu: need.cpu,
-            reserved_memory: need.memory,
-            reserved_ports: need.ports.clone(),
-            reserved_ports_udp: need.ports_udp.clone(),
+            reservation: need.clone(),
             platform_version: (launch_type_is_managed).then(|| "1.4.0".to_string()),
             ..Default::default()
         };
