@@ -185,9 +185,6 @@ def test_seed_workflow_run_serve_stop(env):
     listed = ecs.list_tasks(cluster=cluster)["taskArns"]
     assert listed == [arns[1]]
     assert ecs.list_tasks(cluster=cluster, desiredStatus="STOPPED")["taskArns"] == [arns[0]]
-    # fleetport logs shows the task's output.
-    logs = subprocess.run([BIN, "logs", arns[1]], capture_output=True, text=True, timeout=30)
-    assert logs.returncode == 0, logs.stderr
 
 
 def test_essential_and_non_essential_exits(env):
@@ -195,7 +192,7 @@ def test_essential_and_non_essential_exits(env):
     env["agent"]()
     image = env["image"]
     register(ecs, "exits", [
-        {"name": "app", "image": image, "memory": 32, "command": ["sh", "-c", "sleep 1; exit 3"]},
+        {"name": "app", "image": image, "memory": 32, "command": ["sh", "-c", "echo app-started; sleep 1; exit 3"]},
         {"name": "side", "image": image, "memory": 32, "essential": False, "stopTimeout": 2,
          "command": ["sleep", "1000"]},
     ])
@@ -206,6 +203,9 @@ def test_essential_and_non_essential_exits(env):
     by_name = {c["name"]: c for c in t["containers"]}
     assert by_name["app"]["exitCode"] == 3
     assert by_name["side"]["lastStatus"] == "STOPPED"
+    # `fleetport logs` prints what the task's containers wrote, kept after the task stopped.
+    logs = subprocess.run([BIN, "logs", arn], capture_output=True, text=True, timeout=30)
+    assert logs.returncode == 0 and "app | app-started" in logs.stdout, (logs.stdout, logs.stderr)
     # A non-essential container exiting leaves the task running.
     register(ecs, "sidecar-exits", [
         {"name": "app", "image": image, "memory": 32, "stopTimeout": 2, "command": ["sleep", "1000"]},
@@ -247,8 +247,8 @@ def test_depends_on_orders_starts(env):
 
 def test_placement_failures_and_strategies(env):
     ecs, cluster = env["ecs"], env["cluster"]
+    register(ecs, "x", [httpd(env["image"])])
     with pytest.raises(botocore.exceptions.ClientError) as e:
-        register(ecs, "x", [httpd(env["image"])])
         ecs.run_task(cluster=cluster, taskDefinition="x")
     assert e.value.response["Error"]["Code"] == "InvalidParameterException"
     assert e.value.response["Error"]["Message"] == "No Container Instances were found in your cluster."

@@ -73,7 +73,6 @@ const IMPLEMENTED: &[&str] = &[
     "ListTasks",
     "SubmitTaskStateChange",
     "SubmitContainerStateChange",
-    "DiscoverPollEndpoint",
 ];
 
 pub use fleetport_proto::clock::epoch_seconds as now;
@@ -147,8 +146,6 @@ impl Ecs {
             "ListTasks" => self.list_tasks(input),
             "SubmitTaskStateChange" => self.submit_task_state_change(input).await,
             "SubmitContainerStateChange" => self.submit_container_state_change(input).await,
-            // The agent's channel is this same endpoint, under the FleetportAgent target prefix.
-            "DiscoverPollEndpoint" => Ok(serde_json::json!({})),
             _ => Err(AwsError::client(
                 "UnknownOperationException",
                 format!("Unknown operation {operation}"),
