@@ -291,6 +291,44 @@ def test_placement_failures_and_strategies(env):
     assert out["tasks"] == [] and {f["reason"] for f in out["failures"]} >= {"INACTIVE"}
 
 
+def test_spread_by_zone_random_and_the_query_language(env):
+    ecs, cluster = env["ecs"], env["cluster"]
+    layout = (("a", "us-east-1a", "t3.small"), ("b", "us-east-1a", "t3.large"), ("c", "us-east-1b", "m5.large"))
+    agents = {n: env["agent"](n, "--cpu", "1024", "--memory", "256", "--instance-type", kind,
+                              "--attribute", f"ecs.availability-zone={zone}")
+              for n, zone, kind in layout}
+    zone_of = {agents[n].arn: zone for n, zone, _ in layout}
+    register(ecs, "tiny", [{"name": "s", "image": env["image"], "memory": 8, "stopTimeout": 1,
+                            "command": ["sleep", "1000"]}])
+    # spread over zones: two zones, two tasks each, although zone a has two instances.
+    out = ecs.run_task(cluster=cluster, taskDefinition="tiny", count=4, group="zonal",
+                       placementStrategy=[{"type": "spread", "field": "attribute:ecs.availability-zone"}])
+    zones = [zone_of[t["containerInstanceArn"]] for t in out["tasks"]]
+    assert sorted(zones) == ["us-east-1a", "us-east-1a", "us-east-1b", "us-east-1b"], zones
+    # random uses every instance over ten tasks (all on one would happen 1 time in 20,000).
+    out = ecs.run_task(cluster=cluster, taskDefinition="tiny", count=10, group="scatter",
+                       placementStrategy=[{"type": "random"}])
+    assert {t["containerInstanceArn"] for t in out["tasks"]} == set(zone_of), out["failures"]
+
+    def listed(expr):
+        arns = ecs.list_container_instances(cluster=cluster, filter=expr)["containerInstanceArns"]
+        return {n for n, _, _ in layout if agents[n].arn in arns}
+
+    assert listed("attribute:ecs.instance-type =~ t3\\..* and not(attribute:ecs.availability-zone == us-east-1b)") == {"a", "b"}
+    assert listed("(attribute:ecs.instance-type == m5.large or ec2InstanceId !exists) && agentConnected == true") == {"c"}
+    assert listed("runningTasksCount >= 1 and registeredAt > 2020-01-01") == {"a", "b", "c"}
+    assert listed("task:group == zonal and attribute:ecs.availability-zone == us-east-1b") == {"c"}
+    assert listed("runningTasksCount > 100") == set()
+    # memberOf with parentheses and a regex.
+    out = ecs.run_task(cluster=cluster, taskDefinition="tiny", count=3, placementConstraints=[
+        {"type": "memberOf", "expression": "(attribute:ecs.instance-type =~ .*large) and !(attribute:ecs.availability-zone in [us-east-1b])"}])
+    assert {t["containerInstanceArn"] for t in out["tasks"]} == {agents["b"].arn}
+    for bad in ("registeredAt > yesterday", "ec2InstanceId > i-1", "(attribute:x == 1", "colour == red"):
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            ecs.list_container_instances(cluster=cluster, filter=bad)
+        assert e.value.response["Error"]["Code"] == "InvalidParameterException", bad
+
+
 def test_agent_restart_readopts_and_faults(env):
     ecs, cluster = env["ecs"], env["cluster"]
     agent = env["agent"]("a")

@@ -16,6 +16,7 @@ use crate::Ecs;
 use crate::cluster::{INSTANCES, TASKS};
 use crate::error::{EcsResult, invalid, store};
 use crate::placement::Reservation;
+use crate::query::{Facts, Query};
 use crate::task::TaskRecord;
 
 /// An agent that has not polled for this long is reported disconnected and gets no new tasks
@@ -150,6 +151,24 @@ pub fn tasks_of_cluster(
         .into_iter()
         .map(|(_, t)| t)
         .collect())
+}
+
+/// What the cluster query language can ask about `inst`, given its cluster's tasks.
+pub fn facts<'a>(inst: &'a InstanceRecord, tasks: &'a [TaskRecord], seen_after: f64) -> Facts<'a> {
+    let groups: Vec<&str> = tasks
+        .iter()
+        .filter(|t| {
+            t.container_instance_arn.as_deref() == Some(inst.arn.as_str())
+                && t.desired_status == "RUNNING"
+        })
+        .map(|t| t.group.as_str())
+        .collect();
+    Facts {
+        inst,
+        connected: inst.connected(seen_after),
+        running_tasks: groups.len() as u64,
+        groups,
+    }
 }
 
 impl Ecs {
@@ -297,11 +316,15 @@ impl Ecs {
         let status = input::string(&input, "status").map(String::from);
         let filter = input::string(&input, "filter")
             .filter(|f| !f.trim().is_empty())
-            .map(crate::placement::Expr::parse)
+            .map(Query::parse)
             .transpose()?;
-        let all = crate::error::read(&*self.store, |txn| {
+        let (all, tasks) = crate::error::read(&*self.store, |txn| {
             let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
-            self.instances_of(txn, &cluster.name)
+            let tasks = match filter {
+                Some(_) => tasks_of_cluster(txn, &cluster.name).map_err(store)?,
+                None => Vec::new(),
+            };
+            Ok((self.instances_of(txn, &cluster.name)?, tasks))
         })?;
         let seen_after = self.seen_after();
         let keys: Vec<(String, String)> = all
@@ -310,7 +333,11 @@ impl Ecs {
                 Some(s) => r.status == s,
                 None => r.status != "INACTIVE",
             })
-            .filter(|r| filter.as_ref().is_none_or(|e| e.matches(r, seen_after)))
+            .filter(|r| {
+                filter
+                    .as_ref()
+                    .is_none_or(|q| q.matches(&facts(r, &tasks, seen_after)))
+            })
             .map(|r| (r.id.clone(), r.arn))
             .collect();
         let (arns, token) = paging::page(keys, after.as_deref(), limit, false);

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod error;
 pub mod instance;
 pub mod placement;
+pub mod query;
 pub mod tags;
 pub mod task;
 pub mod taskdef;

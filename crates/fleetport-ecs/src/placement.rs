@@ -9,119 +9,7 @@ use serde_json::Value;
 
 use crate::error::{EcsResult, invalid};
 use crate::instance::{InstanceRecord, Usage};
-
-/// One comparison of the cluster query language.
-#[derive(Debug, Clone, PartialEq)]
-enum Term {
-    Eq(String, String),
-    Ne(String, String),
-    Exists(String),
-    NotExists(String),
-    In(String, Vec<String>),
-    NotIn(String, Vec<String>),
-}
-
-/// A cluster query: terms joined by `and` within groups, groups joined by `or`
-/// (`and` binds tighter, as in ECS). Parentheses and regex matches are not supported yet.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Expr(Vec<Vec<Term>>);
-
-fn bad(expr: &str) -> crate::error::EcsResult<Expr> {
-    Err(invalid(format!("Invalid expression: {expr}")))
-}
-
-fn split_words<'a>(s: &'a str, word: &str) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    let pat = format!(" {word} ");
-    while let Some(i) = rest.to_ascii_lowercase().find(&pat) {
-        out.push(&rest[..i]);
-        rest = &rest[i + pat.len()..];
-    }
-    out.push(rest);
-    out
-}
-
-impl Expr {
-    pub fn parse(expr: &str) -> EcsResult<Self> {
-        let normal = expr.replace("&&", " and ").replace("||", " or ");
-        let mut groups = Vec::new();
-        for group in split_words(&normal, "or") {
-            let mut terms = Vec::new();
-            for t in split_words(group, "and") {
-                let t = t.trim();
-                let Some(term) = parse_term(t) else {
-                    return bad(expr);
-                };
-                terms.push(term);
-            }
-            groups.push(terms);
-        }
-        if groups.is_empty() {
-            return bad(expr);
-        }
-        Ok(Self(groups))
-    }
-
-    /// `seen_after`: agents that polled after it count as connected.
-    pub fn matches(&self, inst: &InstanceRecord, seen_after: f64) -> bool {
-        self.0
-            .iter()
-            .any(|g| g.iter().all(|t| term_matches(t, inst, seen_after)))
-    }
-}
-
-fn parse_list(s: &str) -> Option<Vec<String>> {
-    let inner = s.trim().strip_prefix('[')?.strip_suffix(']')?;
-    Some(
-        inner
-            .split(',')
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-            .collect(),
-    )
-}
-
-fn parse_term(t: &str) -> Option<Term> {
-    let words: Vec<&str> = t.splitn(3, char::is_whitespace).collect();
-    let subject = words.first()?.trim().to_string();
-    if subject.is_empty() {
-        return None;
-    }
-    let op = words.get(1).map(|s| s.trim()).unwrap_or("");
-    let arg = words.get(2).map(|s| s.trim()).unwrap_or("");
-    match (op, arg.is_empty()) {
-        ("exists", true) => Some(Term::Exists(subject)),
-        ("!exists", true) => Some(Term::NotExists(subject)),
-        ("==" | "equals", false) => Some(Term::Eq(subject, arg.to_string())),
-        ("!=" | "not_equals", false) => Some(Term::Ne(subject, arg.to_string())),
-        ("in", false) => Some(Term::In(subject, parse_list(arg)?)),
-        ("!in" | "not_in", false) => Some(Term::NotIn(subject, parse_list(arg)?)),
-        _ => None,
-    }
-}
-
-fn subject_value(subject: &str, inst: &InstanceRecord, now: f64) -> Option<String> {
-    if let Some(name) = subject.strip_prefix("attribute:") {
-        return inst.attribute(name).map(String::from);
-    }
-    match subject {
-        "ec2InstanceId" => Some(inst.ec2_instance_id.clone()),
-        "agentConnected" => Some(inst.connected(now).to_string()),
-        _ => None,
-    }
-}
-
-fn term_matches(t: &Term, inst: &InstanceRecord, now: f64) -> bool {
-    match t {
-        Term::Eq(s, v) => subject_value(s, inst, now).as_deref() == Some(v.as_str()),
-        Term::Ne(s, v) => subject_value(s, inst, now).as_deref() != Some(v.as_str()),
-        Term::Exists(s) => subject_value(s, inst, now).is_some(),
-        Term::NotExists(s) => subject_value(s, inst, now).is_none(),
-        Term::In(s, vs) => subject_value(s, inst, now).is_some_and(|v| vs.contains(&v)),
-        Term::NotIn(s, vs) => !subject_value(s, inst, now).is_some_and(|v| vs.contains(&v)),
-    }
-}
+use crate::query::Query;
 
 /// CPU, memory and static host ports: what one task holds on its instance, or what all the
 /// tasks on an instance hold together.
@@ -215,7 +103,7 @@ pub fn parse_strategies(input: &Value) -> EcsResult<Vec<Strategy>> {
 #[derive(Debug, Clone)]
 pub enum Constraint {
     DistinctInstance,
-    MemberOf(Expr),
+    MemberOf(Query),
 }
 
 pub fn parse_constraints(items: &[Value]) -> EcsResult<Vec<Constraint>> {
@@ -225,7 +113,7 @@ pub fn parse_constraints(items: &[Value]) -> EcsResult<Vec<Constraint>> {
             "distinctInstance" => out.push(Constraint::DistinctInstance),
             "memberOf" => {
                 let e = c.get("expression").and_then(Value::as_str).unwrap_or("");
-                out.push(Constraint::MemberOf(Expr::parse(e)?));
+                out.push(Constraint::MemberOf(Query::parse(e)?));
             }
             other => {
                 return Err(invalid(format!(
@@ -250,7 +138,11 @@ pub struct Candidate {
 pub fn choose(cands: &[&Candidate], strategies: &[Strategy], seed: u64) -> usize {
     let mut idx: Vec<usize> = (0..cands.len()).collect();
     // Random first so that every later (stable) sort keeps a random order among equals.
-    let mut x = seed | 1;
+    // splitmix64 spreads nearby seeds (one per task of a RunTask) before xorshift runs.
+    let mut x = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x = (x ^ (x >> 31)) | 1;
     for i in (1..idx.len()).rev() {
         x ^= x << 13;
         x ^= x >> 7;
@@ -320,29 +212,6 @@ mod tests {
     }
 
     #[test]
-    fn query_language_subset() {
-        let i = inst(&[("stack", "prod"), ("ecs.instance-type", "t3.small")]);
-        let yes = [
-            "attribute:stack == prod",
-            "attribute:stack exists and attribute:ecs.instance-type in [t3.small, t3.large]",
-            "attribute:stack == dev or attribute:stack == prod",
-            "attribute:missing !exists",
-            "attribute:stack != dev && ec2InstanceId == i-1",
-        ];
-        for e in yes {
-            assert!(Expr::parse(e).unwrap().matches(&i, 40.0), "{e}");
-        }
-        assert!(
-            !Expr::parse("attribute:stack == dev")
-                .unwrap()
-                .matches(&i, 40.0)
-        );
-        for e in ["", "attribute:stack ==", "attribute:stack ~ x", "x in nope"] {
-            assert!(Expr::parse(e).is_err(), "{e}");
-        }
-    }
-
-    #[test]
     fn misfit_reasons() {
         let i = inst(&[]);
         let u = Usage::default();
@@ -390,6 +259,29 @@ mod tests {
                 choose(&c, &[Strategy::Spread("instanceId".into())], seed),
                 0
             );
+        }
+    }
+
+    #[test]
+    fn random_spreads_consecutive_seeds_over_every_candidate() {
+        let cands: Vec<Candidate> = (0..3)
+            .map(|_| Candidate {
+                inst: inst(&[]),
+                usage: Usage::default(),
+                group_count: 0,
+            })
+            .collect();
+        let refs: Vec<&Candidate> = cands.iter().collect();
+        // A RunTask's tasks get seeds base, base+1, …; each pick must still be random.
+        for base in [0u64, 2, 1 << 40, 1_763_900_000_000] {
+            let picks: Vec<usize> = (0..30)
+                .map(|n| choose(&refs, &[Strategy::Random], base + n))
+                .collect();
+            let mut hits = [0; 3];
+            picks.iter().for_each(|&p| hits[p] += 1);
+            assert!(hits.iter().all(|h| (4..=18).contains(h)), "{base}: {hits:?}");
+            let same_as_neighbour = picks.chunks(2).filter(|p| p[0] == p[1]).count();
+            assert!(same_as_neighbour <= 10, "{base}: {picks:?}");
         }
     }
 }

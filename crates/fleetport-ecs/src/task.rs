@@ -568,7 +568,9 @@ impl Ecs {
                         .count() as u64;
                     let ok = constraints.iter().all(|c| match c {
                         Constraint::DistinctInstance => group_count == 0,
-                        Constraint::MemberOf(e) => e.matches(inst, seen_after),
+                        Constraint::MemberOf(q) => {
+                            q.matches(&crate::instance::facts(inst, &existing, seen_after))
+                        }
                     });
                     if !ok {
                         reasons.push(json!({"arn": inst.arn, "reason": "ATTRIBUTE"}));
