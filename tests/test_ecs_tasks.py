@@ -557,6 +557,44 @@ def test_silent_agent_is_disconnected_and_skipped(data_dir):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def test_stopped_containers_and_tasks_are_cleaned_up(data_dir):
+    """The agent removes a stopped task's containers after its cleanup wait (not those of tasks
+    still running), and the server forgets stopped tasks after their retention."""
+    from conftest import Server
+    server = Server(data_dir, ["--stopped-task-retention", "12", "--no-managed-capacity"]).start()
+    ecs = server.client("ecs")
+    cluster = f"t{uuid.uuid4().hex[:10]}"
+    ecs.create_cluster(clusterName=cluster)
+    tmp = tempfile.mkdtemp(prefix="fleetport-agent-")
+    agent = Agent(server, cluster, os.path.join(tmp, "a"), "--task-cleanup-wait", "4")
+    by_task = lambda arn: docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.task-arn={arn}").stdout.split()  # noqa: E731
+    try:
+        image = push_image(server, tmp)
+        register(ecs, "once", [{"name": "job", "image": image, "memory": 16, "command": ["echo", "done"]}])
+        register(ecs, "keep", [
+            {"name": "main", "image": image, "memory": 16, "stopTimeout": 1, "command": ["sleep", "1000"]},
+            {"name": "side", "image": image, "memory": 16, "essential": False, "command": ["true"]}])
+        once = ecs.run_task(cluster=cluster, taskDefinition="once")["tasks"][0]["taskArn"]
+        keep = ecs.run_task(cluster=cluster, taskDefinition="keep")["tasks"][0]["taskArn"]
+        task_status(ecs, cluster, once, "STOPPED")
+        task_status(ecs, cluster, keep, "RUNNING")
+        assert len(by_task(once)) == 1, "kept for the cleanup wait, for logs and inspect"
+        wait_for(lambda: by_task(once) == [], 20)
+        assert describe(ecs, cluster, [once])[0]["lastStatus"] == "STOPPED", "still describable"
+        assert len(by_task(keep)) == 2, "a running task's exited non-essential container stays"
+        wait_for(lambda: ecs.describe_tasks(cluster=cluster, tasks=[once])["failures"] == [
+            {"arn": once, "reason": "MISSING"}], 30)
+        assert once not in ecs.list_tasks(cluster=cluster, desiredStatus="STOPPED")["taskArns"]
+        assert describe(ecs, cluster, [keep])[0]["lastStatus"] == "RUNNING"
+    finally:
+        agent.stop(signal.SIGKILL)
+        ids = docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.cluster={cluster}").stdout.split()
+        if ids:
+            docker("rm", "-f", *ids, check=False)
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_sigterm_handler_and_binpack(env):
     ecs, cluster = env["ecs"], env["cluster"]
     small = env["agent"]("small", "--memory", "256")

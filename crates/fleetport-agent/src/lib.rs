@@ -126,8 +126,13 @@ impl Ctx {
 
 pub struct Agent {
     ctx: Arc<Ctx>,
-    running: Mutex<HashMap<String, watch::Sender<bool>>>,
+    running: Arc<Mutex<HashMap<String, watch::Sender<bool>>>>,
+    cleanup_wait: Duration,
 }
+
+/// How long a stopped task's containers stay on the engine (the ECS agent's
+/// `ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION` default).
+pub const DEFAULT_CLEANUP_WAIT: Duration = Duration::from_secs(3 * 3600);
 
 fn host_architecture() -> &'static str {
     match std::env::consts::ARCH {
@@ -210,7 +215,8 @@ impl Agent {
                 instance_id,
                 login: Mutex::new(None),
             }),
-            running: Mutex::new(HashMap::new()),
+            running: Arc::new(Mutex::new(HashMap::new())),
+            cleanup_wait: DEFAULT_CLEANUP_WAIT,
         })
     }
 
@@ -235,8 +241,15 @@ impl Agent {
                 instance_id: "fargate".into(),
                 login: Mutex::new(None),
             }),
-            running: Mutex::new(HashMap::new()),
+            running: Arc::new(Mutex::new(HashMap::new())),
+            cleanup_wait: DEFAULT_CLEANUP_WAIT,
         }
+    }
+
+    /// How long to keep a stopped task's containers before removing them.
+    pub fn with_cleanup_wait(mut self, wait: Duration) -> Self {
+        self.cleanup_wait = wait;
+        self
     }
 
     pub fn instance_arn(&self) -> &str {
@@ -248,6 +261,7 @@ impl Agent {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
         let mut adopted = self.adoptable().await?;
         let mut generation: Option<u64> = None;
+        let mut sweeper: Option<AbortOnDrop> = None;
         loop {
             let mut input = json!({
                 "cluster": self.ctx.cfg.cluster,
@@ -274,6 +288,15 @@ impl Agent {
                         .cloned()
                         .unwrap_or_default();
                     self.reconcile(tasks, &mut adopted).await;
+                    // Only after a reconcile: before it, an adopted task's exited non-essential
+                    // container could look like a stopped task's.
+                    if sweeper.is_none() {
+                        sweeper = Some(AbortOnDrop(tokio::spawn(remove_stopped_containers(
+                            self.ctx.clone(),
+                            self.running.clone(),
+                            self.cleanup_wait,
+                        ))));
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "poll failed; retrying");
@@ -328,6 +351,67 @@ impl Agent {
             let ctx = self.ctx.clone();
             tokio::spawn(task::run(ctx, t, found, rx));
             running.insert(arn, tx);
+        }
+    }
+}
+
+/// Aborts the task when dropped, so the sweeper ends with the poll loop.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Removes the containers of tasks this agent no longer runs once they have been stopped for
+/// `wait`, as the ECS agent does; checks a few times per wait, at least once a minute.
+async fn remove_stopped_containers(
+    ctx: Arc<Ctx>,
+    running: Arc<Mutex<HashMap<String, watch::Sender<bool>>>>,
+    wait: Duration,
+) {
+    let every = (wait / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        let active: std::collections::HashSet<String> = {
+            let mut running = running.lock().await;
+            running.retain(|_, tx| !tx.is_closed());
+            running.keys().cloned().collect()
+        };
+        let found = match ctx.rt.list(labels::INSTANCE, &ctx.instance_id).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list containers for cleanup");
+                continue;
+            }
+        };
+        let cutoff = jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::try_from(wait).unwrap_or_default())
+            .unwrap_or(jiff::Timestamp::MIN);
+        for c in found {
+            let Some(arn) = c.labels.get(labels::TASK_ARN) else {
+                continue;
+            };
+            if c.running || active.contains(arn) {
+                continue;
+            }
+            // A container that never ran has no finish time; its task is over all the same.
+            let finished = c
+                .finished_at
+                .parse::<jiff::Timestamp>()
+                .unwrap_or(jiff::Timestamp::MIN);
+            if finished > cutoff {
+                continue;
+            }
+            match ctx.rt.remove(&c.id).await {
+                Ok(()) => {
+                    tracing::info!(task = %arn, container = %c.name, "removed stopped container")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, container = %c.name, "could not remove stopped container")
+                }
+            }
         }
     }
 }

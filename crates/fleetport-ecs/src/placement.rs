@@ -279,7 +279,10 @@ mod tests {
                 .collect();
             let mut hits = [0; 3];
             picks.iter().for_each(|&p| hits[p] += 1);
-            assert!(hits.iter().all(|h| (4..=18).contains(h)), "{base}: {hits:?}");
+            assert!(
+                hits.iter().all(|h| (4..=18).contains(h)),
+                "{base}: {hits:?}"
+            );
             let same_as_neighbour = picks.chunks(2).filter(|p| p[0] == p[1]).count();
             assert!(same_as_neighbour <= 10, "{base}: {picks:?}");
         }

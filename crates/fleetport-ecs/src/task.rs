@@ -798,6 +798,28 @@ impl Ecs {
             .collect())
     }
 
+    /// Forgets tasks that stopped more than `retention_secs` ago (ECS keeps stopped tasks
+    /// describable for about an hour), with their tags. Returns how many went.
+    pub async fn expire_stopped(&self, retention_secs: f64) -> EcsResult<usize> {
+        let cutoff = crate::now() - retention_secs;
+        crate::error::write(&*self.store, move |txn| {
+            let old: Vec<(String, String)> = txn
+                .scan_json::<TaskRecord>(TASKS, "", None, usize::MAX)?
+                .into_iter()
+                .filter(|(_, t)| {
+                    t.last_status == "STOPPED" && t.stopped_at.is_some_and(|s| s < cutoff)
+                })
+                .map(|(key, t)| (key, t.task_arn))
+                .collect();
+            for (key, arn) in &old {
+                txn.delete(TASKS, key)?;
+                crate::tags::set(txn, arn, &[])?;
+            }
+            Ok(old.len())
+        })
+        .await
+    }
+
     /// Tasks assigned to an instance that the agent still has to act on.
     pub fn assignments(&self, cluster: &str, instance_arn: &str) -> EcsResult<Vec<Value>> {
         let tasks = crate::error::read(&*self.store, |txn| {

@@ -59,6 +59,11 @@ pub struct AgentArgs {
     /// different directory for each agent on one host.
     #[arg(long, env = "FLEETPORT_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// Seconds a stopped task's containers are kept (for `fleetport logs` and `docker inspect`)
+    /// before the agent removes them; the ECS agent's default is 3 hours.
+    #[arg(long, env = "FLEETPORT_TASK_CLEANUP_WAIT", default_value_t = 10800)]
+    pub task_cleanup_wait: u64,
 }
 
 fn detect_cpu() -> i64 {
@@ -133,7 +138,8 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     };
     let agent = Agent::register(cfg, api, rt)
         .await
-        .context("registering the container instance")?;
+        .context("registering the container instance")?
+        .with_cleanup_wait(std::time::Duration::from_secs(args.task_cleanup_wait));
     println!(
         "fleetport agent: container instance {}",
         agent.instance_arn()

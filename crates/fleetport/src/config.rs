@@ -56,6 +56,15 @@ pub struct UpArgs {
     #[arg(long, env = "FLEETPORT_AGENT_TIMEOUT", default_value_t = 60)]
     pub agent_timeout: u64,
 
+    /// Seconds a stopped task stays describable before it is forgotten (ECS: about an hour).
+    #[arg(long, env = "FLEETPORT_STOPPED_TASK_RETENTION", default_value_t = 3600)]
+    pub stopped_task_retention: u64,
+
+    /// Seconds the managed capacity keeps a stopped task's containers (for `fleetport logs` and
+    /// `docker inspect`) before removing them; the ECS agent's default is 3 hours.
+    #[arg(long, env = "FLEETPORT_TASK_CLEANUP_WAIT", default_value_t = 10800)]
+    pub task_cleanup_wait: u64,
+
     /// Do not run the built-in managed capacity (the FARGATE launch type) on this host's Docker
     /// engine. FARGATE tasks then stay PROVISIONING.
     #[arg(long, env = "FLEETPORT_NO_MANAGED_CAPACITY")]
@@ -112,6 +121,8 @@ pub struct Config {
     pub enable_reset: bool,
     pub managed_capacity: bool,
     pub agent_timeout: std::time::Duration,
+    pub stopped_task_retention: std::time::Duration,
+    pub task_cleanup_wait: std::time::Duration,
     pub max_body_bytes: usize,
     pub registry_host: Option<String>,
     pub registry_gc_interval: std::time::Duration,
@@ -160,6 +171,8 @@ impl UpArgs {
             enable_reset: self.enable_reset,
             managed_capacity: !self.no_managed_capacity,
             agent_timeout: std::time::Duration::from_secs(self.agent_timeout.max(1)),
+            stopped_task_retention: std::time::Duration::from_secs(self.stopped_task_retention),
+            task_cleanup_wait: std::time::Duration::from_secs(self.task_cleanup_wait),
             max_body_bytes: self.max_body_bytes,
             registry_host: self.registry_host,
             registry_gc_interval: std::time::Duration::from_secs(self.registry_gc_interval.max(1)),

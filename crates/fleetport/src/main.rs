@@ -138,6 +138,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ecr.clone()
             .run_gc(config.registry_gc_interval, config.registry_gc_grace),
     );
+    let expiry = tokio::spawn(expire_stopped_tasks(
+        ecs.clone(),
+        config.stopped_task_retention,
+    ));
     let state = server::AppState {
         gateway: Arc::new(gateway),
         ecr,
@@ -171,6 +175,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("serving")?;
     tracing::info!("shutting down");
     gc.abort();
+    expiry.abort();
     if let Some(m) = managed {
         m.abort();
     }
@@ -210,10 +215,28 @@ async fn run_managed_capacity(config: Config, bound: std::net::SocketAddr) {
             return;
         }
     };
-    let agent = fleetport_agent::Agent::managed(api, rt, "127.0.0.1");
+    let agent = fleetport_agent::Agent::managed(api, rt, "127.0.0.1")
+        .with_cleanup_wait(config.task_cleanup_wait);
     let (_tx, rx) = tokio::sync::watch::channel(false);
     if let Err(e) = agent.run(rx).await {
         tracing::warn!(error = %e, "managed capacity stopped");
+    }
+}
+
+/// Forgets stopped tasks once their retention has passed, checking a few times per retention
+/// period (at least once a minute), so the store and the agents' polls stay bounded.
+async fn expire_stopped_tasks(ecs: fleetport_ecs::Ecs, retention: std::time::Duration) {
+    let every = (retention / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    loop {
+        tokio::time::sleep(every).await;
+        match ecs.expire_stopped(retention.as_secs_f64()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(tasks = n, "forgot stopped tasks"),
+            Err(e) => tracing::warn!(error = %e, "could not expire stopped tasks"),
+        }
     }
 }
 
