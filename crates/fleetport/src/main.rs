@@ -134,6 +134,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gateway.serve(Arc::new(fleetport_ecs::agent_api::AgentApi(ecs.clone())));
     gateway.serve(Arc::new(ecs.clone()));
     gateway.serve(Arc::new(ecr.clone()));
+    let elb = fleetport_elb::Elb::open(store.clone(), &config.region, &config.account_id)
+        .context("loading the load balancer configuration")?;
+    gateway.serve(Arc::new(elb.clone()));
+    let elb_plane = tokio::spawn(elb.clone().run_data_plane());
+    let elb_maintenance = tokio::spawn(elb.clone().run_maintenance());
     let gc = tokio::spawn(
         ecr.clone()
             .run_gc(config.registry_gc_interval, config.registry_gc_grace),
@@ -145,6 +150,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let state = server::AppState {
         gateway: Arc::new(gateway),
         ecr,
+        elb,
         store: store.clone(),
         enable_reset: config.enable_reset,
         max_body_bytes: config.max_body_bytes,
@@ -176,6 +182,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     gc.abort();
     expiry.abort();
+    elb_plane.abort();
+    elb_maintenance.abort();
     if let Some(m) = managed {
         m.abort();
     }

@@ -18,6 +18,7 @@ use http::StatusCode;
 pub struct AppState {
     pub gateway: Arc<Gateway>,
     pub ecr: fleetport_ecr::Ecr,
+    pub elb: fleetport_elb::Elb,
     pub store: Arc<dyn Store>,
     pub enable_reset: bool,
     pub max_body_bytes: usize,
@@ -90,6 +91,7 @@ async fn reset(State(state): State<AppState>) -> Response {
     }
     match state.store.reset().await {
         Ok(()) => {
+            state.elb.forget_all().await;
             tracing::info!("all state reset by POST /_fleetport/reset");
             (
                 [(http::header::CONTENT_TYPE, "application/json")],

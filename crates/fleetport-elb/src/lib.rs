@@ -1,0 +1,263 @@
+//! Elastic Load Balancing (v2) for Fleetport: the awsQuery API version 2015-12-01 and the data
+//! plane behind it.
+//!
+//! API handlers check each change against the whole configuration ([`state::ElbState`]),
+//! persist it, and publish it; the data plane ([`plane`]) follows every published
+//! configuration: it opens and closes listener ports, compiles rules, and runs the health
+//! checks whose results DescribeTargetHealth reports. Depends only on `fleetport-proto` and
+//! `fleetport-store`.
+
+mod attrs;
+mod error;
+mod lb;
+mod listener;
+mod misc;
+pub mod plane;
+pub mod state;
+mod tags;
+mod tg;
+
+use std::sync::Arc;
+
+use fleetport_proto::model::{self, ServiceModel};
+use fleetport_proto::{AwsError, BoxFuture, RequestContext, Service};
+use fleetport_store::{ReadTxnExt, Store};
+use serde_json::Value;
+use tokio::sync::{Mutex, watch};
+
+use crate::error::store_error;
+use crate::plane::health::HealthBoard;
+use crate::state::ElbState;
+
+/// The ELB service. Cheap to clone.
+#[derive(Clone)]
+pub struct Elb {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    region: String,
+    account_id: String,
+    /// Serialises changes; the value is the last persisted configuration.
+    state: Mutex<ElbState>,
+    current: watch::Sender<Arc<ElbState>>,
+    health: Arc<HealthBoard>,
+    ports: Arc<plane::Ports>,
+}
+
+impl std::fmt::Debug for Elb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Elb")
+            .field("region", &self.inner.region)
+            .finish_non_exhaustive()
+    }
+}
+
+const IMPLEMENTED: &[&str] = &[
+    "CreateLoadBalancer",
+    "DescribeLoadBalancers",
+    "DeleteLoadBalancer",
+    "DescribeLoadBalancerAttributes",
+    "ModifyLoadBalancerAttributes",
+    "SetSecurityGroups",
+    "SetSubnets",
+    "SetIpAddressType",
+    "CreateTargetGroup",
+    "DescribeTargetGroups",
+    "ModifyTargetGroup",
+    "DeleteTargetGroup",
+    "DescribeTargetGroupAttributes",
+    "ModifyTargetGroupAttributes",
+    "RegisterTargets",
+    "DeregisterTargets",
+    "DescribeTargetHealth",
+    "CreateListener",
+    "DescribeListeners",
+    "ModifyListener",
+    "DeleteListener",
+    "DescribeListenerAttributes",
+    "ModifyListenerAttributes",
+    "CreateRule",
+    "DescribeRules",
+    "ModifyRule",
+    "DeleteRule",
+    "SetRulePriorities",
+    "AddTags",
+    "RemoveTags",
+    "DescribeTags",
+    "DescribeAccountLimits",
+    "DescribeSSLPolicies",
+];
+
+impl Elb {
+    /// Loads the saved configuration; the data plane starts with [`Elb::start_data_plane`].
+    pub fn open(
+        store: Arc<dyn Store>,
+        region: &str,
+        account_id: &str,
+    ) -> Result<Self, fleetport_store::StoreError> {
+        let saved = fleetport_store::read(&*store, |txn| {
+            txn.get_json::<ElbState>(state::COLLECTION, state::KEY)
+        })?
+        .unwrap_or_default();
+        let (current, _) = watch::channel(Arc::new(saved.clone()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                region: region.to_string(),
+                account_id: account_id.to_string(),
+                state: Mutex::new(saved),
+                current,
+                health: Arc::new(HealthBoard::default()),
+                ports: Arc::new(plane::Ports::default()),
+            }),
+        })
+    }
+
+    /// Runs listeners and health checks for every published configuration until aborted.
+    pub async fn run_data_plane(self) {
+        plane::run(
+            self.inner.current.subscribe(),
+            self.inner.health.clone(),
+            self.inner.ports.clone(),
+        )
+        .await;
+    }
+
+    /// Expires drained targets; runs until aborted.
+    pub async fn run_maintenance(self) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let now = fleetport_proto::clock::epoch_seconds();
+            let due = {
+                let cur = self.snapshot();
+                cur.target_groups.iter().any(|tg| {
+                    tg.targets
+                        .iter()
+                        .any(|t| t.draining_until.is_some_and(|d| d <= now))
+                })
+            };
+            if due {
+                let r = self
+                    .change(|s| {
+                        for tg in &mut s.target_groups {
+                            tg.targets
+                                .retain(|t| t.draining_until.is_none_or(|d| d > now));
+                        }
+                        Ok(())
+                    })
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e.message, "could not remove drained targets");
+                }
+            }
+        }
+    }
+
+    /// Drops the configuration held in memory after the store was emptied (test resets), which
+    /// closes every listener.
+    pub async fn forget_all(&self) {
+        let mut guard = self.inner.state.lock().await;
+        *guard = ElbState::default();
+        self.inner
+            .current
+            .send_replace(Arc::new(ElbState::default()));
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<ElbState> {
+        self.inner.current.borrow().clone()
+    }
+
+    /// Applies `f` to a copy of the configuration; if it succeeds, persists and publishes it.
+    pub(crate) async fn change<T>(
+        &self,
+        f: impl FnOnce(&mut ElbState) -> Result<T, AwsError>,
+    ) -> Result<T, AwsError> {
+        let mut guard = self.inner.state.lock().await;
+        let mut next = guard.clone();
+        let out = f(&mut next)?;
+        let doc = serde_json::to_vec(&next).map_err(|_| AwsError::internal())?;
+        fleetport_store::write(&*self.inner.store, move |txn| {
+            txn.put(state::COLLECTION, state::KEY, &doc)
+                .map_err(fleetport_store::Abort::Store)
+        })
+        .await
+        .map_err(|e: fleetport_store::StoreError| store_error(e))?;
+        *guard = next.clone();
+        self.inner.current.send_replace(Arc::new(next));
+        Ok(out)
+    }
+
+    pub(crate) fn arn(&self, resource: &str) -> String {
+        format!(
+            "arn:aws:elasticloadbalancing:{}:{}:{resource}",
+            self.inner.region, self.inner.account_id
+        )
+    }
+
+    async fn dispatch(&self, operation: &str, input: Value) -> Result<Value, AwsError> {
+        match operation {
+            "CreateLoadBalancer" => self.create_load_balancer(input).await,
+            "DescribeLoadBalancers" => self.describe_load_balancers(input),
+            "DeleteLoadBalancer" => self.delete_load_balancer(input).await,
+            "DescribeLoadBalancerAttributes" => self.describe_load_balancer_attributes(input),
+            "ModifyLoadBalancerAttributes" => self.modify_load_balancer_attributes(input).await,
+            "SetSecurityGroups" => self.set_security_groups(input).await,
+            "SetSubnets" => self.set_subnets(input).await,
+            "SetIpAddressType" => self.set_ip_address_type(input).await,
+            "CreateTargetGroup" => self.create_target_group(input).await,
+            "DescribeTargetGroups" => self.describe_target_groups(input),
+            "ModifyTargetGroup" => self.modify_target_group(input).await,
+            "DeleteTargetGroup" => self.delete_target_group(input).await,
+            "DescribeTargetGroupAttributes" => self.describe_target_group_attributes(input),
+            "ModifyTargetGroupAttributes" => self.modify_target_group_attributes(input).await,
+            "RegisterTargets" => self.register_targets(input).await,
+            "DeregisterTargets" => self.deregister_targets(input).await,
+            "DescribeTargetHealth" => self.describe_target_health(input),
+            "CreateListener" => self.create_listener(input).await,
+            "DescribeListeners" => self.describe_listeners(input),
+            "ModifyListener" => self.modify_listener(input).await,
+            "DeleteListener" => self.delete_listener(input).await,
+            "DescribeListenerAttributes" => self.describe_listener_attributes(input),
+            "ModifyListenerAttributes" => self.modify_listener_attributes(input).await,
+            "CreateRule" => self.create_rule(input).await,
+            "DescribeRules" => self.describe_rules(input),
+            "ModifyRule" => self.modify_rule(input).await,
+            "DeleteRule" => self.delete_rule(input).await,
+            "SetRulePriorities" => self.set_rule_priorities(input).await,
+            "AddTags" => self.add_tags(input).await,
+            "RemoveTags" => self.remove_tags(input).await,
+            "DescribeTags" => self.describe_tags(input),
+            "DescribeAccountLimits" => self.describe_account_limits(input),
+            "DescribeSSLPolicies" => self.describe_ssl_policies(input),
+            _ => Err(AwsError::client(
+                "InvalidAction",
+                format!("The action {operation} is not valid for this web service."),
+            )),
+        }
+    }
+}
+
+impl Service for Elb {
+    fn model(&self) -> &'static ServiceModel {
+        model::elbv2()
+    }
+
+    fn constraint_error_code(&self) -> &'static str {
+        "ValidationError"
+    }
+
+    fn implements(&self, operation: &str) -> bool {
+        IMPLEMENTED.contains(&operation)
+    }
+
+    fn call<'a>(
+        &'a self,
+        _ctx: &'a RequestContext,
+        operation: &'a str,
+        input: Value,
+    ) -> BoxFuture<'a, Result<Value, AwsError>> {
+        Box::pin(self.dispatch(operation, input))
+    }
+}

@@ -1,0 +1,267 @@
+//! Target health: one checker task per target group that a listener uses, probing every
+//! registered (not draining) target each interval, and the board that DescribeTargetHealth and
+//! the proxy read.
+//!
+//! States follow AWS: a new target is `initial` (`Elb.InitialHealthChecking`) until its first
+//! passing check makes it `healthy`, or UnhealthyThresholdCount failures make it `unhealthy`; a
+//! healthy target turns unhealthy after UnhealthyThresholdCount consecutive failures, and an
+//! unhealthy one healthy after HealthyThresholdCount consecutive passes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::state::{HealthCheck, TargetGroup};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Initial,
+    Healthy,
+    Unhealthy,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    state: State,
+    reason: &'static str,
+    description: String,
+    passes: u32,
+    failures: u32,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Self {
+            state: State::Initial,
+            reason: "Elb.InitialHealthChecking",
+            description: "Initial health checks in progress".into(),
+            passes: 0,
+            failures: 0,
+        }
+    }
+}
+
+type Key = (String, String, u16);
+
+/// Health of every checked target, by (target group ARN, target id, port).
+#[derive(Debug, Default)]
+pub struct HealthBoard {
+    entries: RwLock<HashMap<Key, Entry>>,
+}
+
+/// Why a probe failed, in AWS's reason codes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    Timeout,
+    Failed,
+    Code(u16),
+}
+
+impl HealthBoard {
+    pub fn state(&self, tg: &str, id: &str, port: u16) -> State {
+        self.entries
+            .read()
+            .get(&(tg.to_string(), id.to_string(), port))
+            .map_or(State::Initial, |e| e.state)
+    }
+
+    pub fn describe(&self, tg: &str, id: &str, port: u16) -> Value {
+        let e = self
+            .entries
+            .read()
+            .get(&(tg.to_string(), id.to_string(), port))
+            .cloned()
+            .unwrap_or_default();
+        match e.state {
+            State::Healthy => json!({"State": "healthy"}),
+            State::Initial => {
+                json!({"State": "initial", "Reason": e.reason, "Description": e.description})
+            }
+            State::Unhealthy => {
+                json!({"State": "unhealthy", "Reason": e.reason, "Description": e.description})
+            }
+        }
+    }
+
+    fn record(&self, key: Key, hc: &HealthCheck, result: Result<(), Failure>) {
+        let mut map = self.entries.write();
+        let e = map.entry(key).or_default();
+        match result {
+            Ok(()) => {
+                e.passes += 1;
+                e.failures = 0;
+                let needed = if e.state == State::Unhealthy {
+                    hc.healthy_threshold
+                } else {
+                    1
+                };
+                if e.passes >= needed {
+                    e.state = State::Healthy;
+                }
+            }
+            Err(f) => {
+                e.failures += 1;
+                e.passes = 0;
+                let (reason, description) = match f {
+                    Failure::Timeout => ("Target.Timeout", "Request timed out".to_string()),
+                    Failure::Failed => (
+                        "Target.FailedHealthChecks",
+                        "Health checks failed".to_string(),
+                    ),
+                    Failure::Code(c) => (
+                        "Target.ResponseCodeMismatch",
+                        format!("Health checks failed with these codes: [{c}]"),
+                    ),
+                };
+                if e.state == State::Unhealthy || e.failures >= hc.unhealthy_threshold {
+                    e.state = State::Unhealthy;
+                    e.reason = reason;
+                    e.description = description;
+                }
+            }
+        }
+    }
+
+    /// Forgets every target of `tg` not in `keep`.
+    pub fn retain(&self, tg: &str, keep: &[(String, u16)]) {
+        self.entries
+            .write()
+            .retain(|(t, id, port), _| t != tg || keep.iter().any(|(i, p)| i == id && p == port));
+    }
+
+    pub fn forget_group(&self, tg: &str) {
+        self.entries.write().retain(|(t, _, _), _| t != tg);
+    }
+}
+
+fn matches_code(matcher: &str, code: u16) -> bool {
+    matcher.split(',').any(|part| {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
+            (Ok(a), Ok(b)) => (a..=b).contains(&code),
+            _ => false,
+        }
+    })
+}
+
+/// One probe: a TCP connect, or `GET <path>` on a fresh connection as ELB-HealthChecker/2.0.
+pub async fn probe(addr: SocketAddr, hc: &HealthCheck) -> Result<(), Failure> {
+    let timeout = Duration::from_secs(hc.timeout);
+    let work = async {
+        let mut conn = TcpStream::connect(addr)
+            .await
+            .map_err(|_| Failure::Failed)?;
+        if hc.protocol == "TCP" {
+            return Ok(());
+        }
+        let path = hc.path.as_deref().unwrap_or("/");
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ELB-HealthChecker/2.0\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+        );
+        conn.write_all(req.as_bytes())
+            .await
+            .map_err(|_| Failure::Failed)?;
+        let mut head = Vec::with_capacity(64);
+        let mut buf = [0u8; 256];
+        while !head.contains(&b'\n') {
+            let n = conn.read(&mut buf).await.map_err(|_| Failure::Failed)?;
+            if n == 0 || head.len() > 4096 {
+                return Err(Failure::Failed);
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let line = String::from_utf8_lossy(&head);
+        let code = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .filter(|_| line.starts_with("HTTP/"))
+            .ok_or(Failure::Failed)?;
+        if matches_code(hc.matcher.as_deref().unwrap_or("200"), code) {
+            Ok(())
+        } else {
+            Err(Failure::Code(code))
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or(Err(Failure::Timeout))
+}
+
+/// Checks every live target of `tg` each interval, the first round at once.
+pub async fn check_group(board: std::sync::Arc<HealthBoard>, tg: TargetGroup) {
+    let interval = Duration::from_secs(tg.health.interval.max(1));
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut probes = tokio::task::JoinSet::new();
+        for t in tg.targets.iter().filter(|t| t.draining_until.is_none()) {
+            let Ok(ip) = t.id.parse::<std::net::IpAddr>() else {
+                continue;
+            };
+            let port = match tg.health.port.parse::<u16>() {
+                Ok(p) => p,
+                Err(_) => t.port,
+            };
+            let hc = tg.health.clone();
+            let key = (tg.arn.clone(), t.id.clone(), t.port);
+            let board = board.clone();
+            probes.spawn(async move {
+                let r = probe(SocketAddr::new(ip, port), &hc).await;
+                board.record(key, &hc, r);
+            });
+        }
+        while probes.join_next().await.is_some() {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hc() -> HealthCheck {
+        HealthCheck {
+            enabled: true,
+            protocol: "HTTP".into(),
+            port: "traffic-port".into(),
+            path: Some("/".into()),
+            interval: 5,
+            timeout: 2,
+            healthy_threshold: 3,
+            unhealthy_threshold: 2,
+            matcher: Some("200-299,302".into()),
+        }
+    }
+
+    #[test]
+    fn transitions_follow_the_thresholds() {
+        let b = HealthBoard::default();
+        let k = || ("tg".to_string(), "10.0.0.1".to_string(), 80);
+        let h = hc();
+        assert_eq!(b.state("tg", "10.0.0.1", 80), State::Initial);
+        b.record(k(), &h, Err(Failure::Code(404)));
+        assert_eq!(b.state("tg", "10.0.0.1", 80), State::Initial);
+        b.record(k(), &h, Err(Failure::Code(404)));
+        assert_eq!(b.state("tg", "10.0.0.1", 80), State::Unhealthy);
+        assert_eq!(
+            b.describe("tg", "10.0.0.1", 80)["Description"],
+            "Health checks failed with these codes: [404]"
+        );
+        b.record(k(), &h, Ok(()));
+        b.record(k(), &h, Ok(()));
+        assert_eq!(b.state("tg", "10.0.0.1", 80), State::Unhealthy);
+        b.record(k(), &h, Ok(()));
+        assert_eq!(b.state("tg", "10.0.0.1", 80), State::Healthy);
+        b.record(k(), &h, Err(Failure::Timeout));
+        assert_eq!(b.state("tg", "10.0.0.1", 80), State::Healthy);
+        b.record(k(), &h, Err(Failure::Timeout));
+        assert_eq!(b.describe("tg", "10.0.0.1", 80)["Reason"], "Target.Timeout");
+        assert!(matches_code("200-299,302", 302) && !matches_code("200-299,302", 301));
+    }
+}

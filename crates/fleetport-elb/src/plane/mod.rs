@@ -1,0 +1,405 @@
+//! The data plane: follows every published configuration, opening a port on 127.0.0.1 for
+//! each listener and closing it when the listener goes (connections already accepted carry on),
+//! compiling rules and target groups into [`Routes`], and running health checks.
+//!
+//! Requests read the current [`Routes`] once when they start, so a change never disturbs a
+//! request in flight. Counters that must outlive a change (round-robin positions, requests in
+//! flight per target) live in [`Counters`] and are shared by every compiled version.
+
+pub mod health;
+pub mod proxy;
+pub mod route;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::plane::health::{HealthBoard, State};
+use crate::plane::route::Cond;
+use crate::state::{ElbState, forward_targets};
+
+/// Ports opened by API calls (so a port that cannot be opened fails the call) and handed to
+/// the data plane when it starts serving them.
+#[derive(Debug, Default)]
+pub struct Ports {
+    reserved: Mutex<HashMap<u16, std::net::TcpListener>>,
+}
+
+impl Ports {
+    pub fn reserve(&self, port: u16) -> std::io::Result<()> {
+        let mut r = self.reserved.lock();
+        if r.contains_key(&port) {
+            return Ok(());
+        }
+        let l = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
+        l.set_nonblocking(true)?;
+        r.insert(port, l);
+        Ok(())
+    }
+
+    fn take_or_bind(&self, port: u16) -> std::io::Result<tokio::net::TcpListener> {
+        let std = match self.reserved.lock().remove(&port) {
+            Some(l) => l,
+            None => {
+                let l = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
+                l.set_nonblocking(true)?;
+                l
+            }
+        };
+        tokio::net::TcpListener::from_std(std)
+    }
+}
+
+/// A target as the proxy sees it.
+#[derive(Debug)]
+pub struct TargetPlan {
+    pub id: String,
+    pub port: u16,
+    pub addr: SocketAddr,
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+#[derive(Debug)]
+pub struct GroupPlan {
+    pub arn: String,
+    /// Registered targets that are not draining.
+    pub targets: Vec<TargetPlan>,
+    pub least_outstanding: bool,
+    pub next: Arc<AtomicUsize>,
+}
+
+impl GroupPlan {
+    /// Picks a target: healthy ones only, or all of them when none is healthy (fail-open).
+    /// None when the group has no target that is not draining (the caller answers 503).
+    pub fn pick(&self, board: &HealthBoard) -> Option<&TargetPlan> {
+        if self.targets.is_empty() {
+            return None;
+        }
+        let healthy: Vec<&TargetPlan> = self
+            .targets
+            .iter()
+            .filter(|t| board.state(&self.arn, &t.id, t.port) == State::Healthy)
+            .collect();
+        let pool: Vec<&TargetPlan> = if healthy.is_empty() {
+            self.targets.iter().collect()
+        } else {
+            healthy
+        };
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        if self.least_outstanding {
+            let min = pool
+                .iter()
+                .map(|t| t.in_flight.load(Ordering::Relaxed))
+                .min()
+                .unwrap_or(0);
+            let least: Vec<&&TargetPlan> = pool
+                .iter()
+                .filter(|t| t.in_flight.load(Ordering::Relaxed) == min)
+                .collect();
+            return least.get(n % least.len().max(1)).map(|t| **t);
+        }
+        pool.get(n % pool.len()).copied()
+    }
+}
+
+#[derive(Debug)]
+pub enum Action {
+    Forward(Vec<(Arc<GroupPlan>, u64)>),
+    Redirect(Value),
+    Fixed {
+        status: u16,
+        content_type: Option<String>,
+        body: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct RulePlan {
+    pub conditions: Vec<Cond>,
+    pub action: Action,
+}
+
+#[derive(Debug)]
+pub struct ListenerPlan {
+    pub lb_arn: String,
+    pub dns_name: String,
+    pub port: u16,
+    pub protocol: String,
+    /// By priority; the default rule (no conditions) last.
+    pub rules: Vec<RulePlan>,
+    pub idle_timeout: Duration,
+    pub preserve_host: bool,
+    pub xff_mode: String,
+}
+
+/// Everything the proxy needs, compiled from one configuration.
+#[derive(Debug, Default)]
+pub struct Routes {
+    pub ports: HashMap<u16, Vec<Arc<ListenerPlan>>>,
+}
+
+impl Routes {
+    /// The listener a request on `port` with `host` is for: the only one, or the one whose load
+    /// balancer's DNS name is the host (several load balancers share 127.0.0.1).
+    pub fn listener(&self, port: u16, host: &str) -> Option<&Arc<ListenerPlan>> {
+        let all = self.ports.get(&port)?;
+        if all.len() == 1 {
+            return all.first();
+        }
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        all.iter()
+            .find(|l| l.dns_name.eq_ignore_ascii_case(name))
+            .or_else(|| all.first())
+    }
+}
+
+/// Round-robin positions and in-flight counts, kept across configuration changes.
+#[derive(Debug, Default)]
+pub struct Counters {
+    next: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    in_flight: Mutex<HashMap<(String, SocketAddr), Arc<AtomicUsize>>>,
+}
+
+fn compile(s: &ElbState, counters: &Counters) -> Routes {
+    let mut groups: HashMap<String, Arc<GroupPlan>> = HashMap::new();
+    for tg in &s.target_groups {
+        let targets = tg
+            .targets
+            .iter()
+            .filter(|t| t.draining_until.is_none())
+            .filter_map(|t| {
+                let addr = SocketAddr::new(t.id.parse::<IpAddr>().ok()?, t.port);
+                let in_flight = counters
+                    .in_flight
+                    .lock()
+                    .entry((tg.arn.clone(), addr))
+                    .or_default()
+                    .clone();
+                Some(TargetPlan {
+                    id: t.id.clone(),
+                    port: t.port,
+                    addr,
+                    in_flight,
+                })
+            })
+            .collect();
+        let next = counters
+            .next
+            .lock()
+            .entry(tg.arn.clone())
+            .or_default()
+            .clone();
+        groups.insert(
+            tg.arn.clone(),
+            Arc::new(GroupPlan {
+                arn: tg.arn.clone(),
+                targets,
+                least_outstanding: tg
+                    .attributes
+                    .get("load_balancing.algorithm.type")
+                    .map(String::as_str)
+                    == Some("least_outstanding_requests"),
+                next,
+            }),
+        );
+    }
+    let action_of = |actions: &[Value]| -> Action {
+        let Some(last) = actions.last() else {
+            return Action::Fixed {
+                status: 503,
+                content_type: None,
+                body: String::new(),
+            };
+        };
+        match last.get("Type").and_then(Value::as_str) {
+            Some("redirect") => {
+                Action::Redirect(last.get("RedirectConfig").cloned().unwrap_or(Value::Null))
+            }
+            Some("fixed-response") => {
+                let f = last
+                    .get("FixedResponseConfig")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                Action::Fixed {
+                    status: f
+                        .get("StatusCode")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(503),
+                    content_type: f
+                        .get("ContentType")
+                        .and_then(Value::as_str)
+                        .map(String::from),
+                    body: f
+                        .get("MessageBody")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string(),
+                }
+            }
+            _ => Action::Forward(
+                forward_targets(last)
+                    .into_iter()
+                    .filter_map(|(arn, w)| groups.get(&arn).map(|g| (g.clone(), w)))
+                    .collect(),
+            ),
+        }
+    };
+    let mut routes = Routes::default();
+    for l in &s.listeners {
+        let Some(lb) = s.lb(&l.load_balancer_arn) else {
+            continue;
+        };
+        let mut rules: Vec<&crate::state::Rule> =
+            s.rules.iter().filter(|r| r.listener_arn == l.arn).collect();
+        rules.sort_by_key(|r| r.priority);
+        let mut plans: Vec<RulePlan> = rules
+            .iter()
+            .map(|r| RulePlan {
+                conditions: r.conditions.iter().filter_map(Cond::compile).collect(),
+                action: action_of(&r.actions),
+            })
+            .collect();
+        plans.push(RulePlan {
+            conditions: Vec::new(),
+            action: action_of(&l.default_actions),
+        });
+        let attr = |k: &str| lb.attributes.get(k).cloned().unwrap_or_default();
+        routes
+            .ports
+            .entry(l.port)
+            .or_default()
+            .push(Arc::new(ListenerPlan {
+                lb_arn: lb.arn.clone(),
+                dns_name: lb.dns_name.clone(),
+                port: l.port,
+                protocol: l.protocol.clone(),
+                rules: plans,
+                idle_timeout: Duration::from_secs(
+                    attr("idle_timeout.timeout_seconds").parse().unwrap_or(60),
+                ),
+                preserve_host: attr("routing.http.preserve_host_header.enabled") == "true",
+                xff_mode: attr("routing.http.xff_header_processing.mode"),
+            }));
+    }
+    routes
+}
+
+/// A running listener port: aborting the accept loop closes the port; accepted connections
+/// run in their own tasks and finish normally.
+struct OpenPort {
+    protocol: String,
+    accept: tokio::task::AbortHandle,
+}
+
+/// Follows the configuration until aborted.
+pub async fn run(
+    mut config: watch::Receiver<Arc<ElbState>>,
+    board: Arc<HealthBoard>,
+    ports: Arc<Ports>,
+) {
+    let counters = Counters::default();
+    let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
+    let client = proxy::client();
+    let mut open: HashMap<u16, OpenPort> = HashMap::new();
+    let mut checkers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
+    loop {
+        let state = config.borrow_and_update().clone();
+        let routes = compile(&state, &counters);
+        let wanted: HashMap<u16, String> = routes
+            .ports
+            .iter()
+            .filter_map(|(p, ls)| ls.first().map(|l| (*p, l.protocol.clone())))
+            .collect();
+        routes_tx.send_replace(Arc::new(routes));
+        open.retain(|port, o| {
+            let keep = wanted.get(port) == Some(&o.protocol);
+            if !keep {
+                o.accept.abort();
+            }
+            keep
+        });
+        for (port, protocol) in wanted {
+            if open.contains_key(&port) {
+                continue;
+            }
+            let listener = match ports.take_or_bind(port) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(port, error = %e, "cannot open listener port; retrying with the next change");
+                    continue;
+                }
+            };
+            let accept = if protocol == "TCP" {
+                tokio::spawn(proxy::serve_tcp(
+                    listener,
+                    port,
+                    routes_rx.clone(),
+                    board.clone(),
+                ))
+            } else {
+                tokio::spawn(proxy::serve_http(
+                    listener,
+                    port,
+                    routes_rx.clone(),
+                    board.clone(),
+                    client.clone(),
+                ))
+            };
+            open.insert(
+                port,
+                OpenPort {
+                    protocol,
+                    accept: accept.abort_handle(),
+                },
+            );
+        }
+        sync_checkers(&state, &board, &mut checkers);
+        if config.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One checker per target group in use, restarted when its health check or targets change.
+fn sync_checkers(
+    state: &ElbState,
+    board: &Arc<HealthBoard>,
+    checkers: &mut HashMap<String, (String, tokio::task::AbortHandle)>,
+) {
+    let mut live = Vec::new();
+    for tg in &state.target_groups {
+        if state.lbs_of_tg(&tg.arn).is_empty() {
+            continue;
+        }
+        live.push(tg.arn.clone());
+        let fingerprint = serde_json::to_string(&(&tg.health, &tg.targets)).unwrap_or_default();
+        if checkers
+            .get(&tg.arn)
+            .is_some_and(|(f, _)| *f == fingerprint)
+        {
+            continue;
+        }
+        if let Some((_, h)) = checkers.remove(&tg.arn) {
+            h.abort();
+        }
+        let keep: Vec<(String, u16)> = tg.targets.iter().map(|t| (t.id.clone(), t.port)).collect();
+        board.retain(&tg.arn, &keep);
+        let h = tokio::spawn(health::check_group(board.clone(), tg.clone()));
+        checkers.insert(tg.arn.clone(), (fingerprint, h.abort_handle()));
+    }
+    checkers.retain(|arn, (_, h)| {
+        let keep = live.contains(arn);
+        if !keep {
+            h.abort();
+            board.forget_group(arn);
+        }
+        keep
+    });
+}

@@ -1,0 +1,189 @@
+//! The ELB configuration: load balancers, target groups with their registered targets,
+//! listeners, rules and tags, as one document.
+//!
+//! Configurations are small (AWS caps them at tens of listeners and hundreds of rules per load
+//! balancer), and nearly every change must be checked against the rest (duplicate ports,
+//! priorities in use, target groups referenced by actions). So the whole configuration is one
+//! value: a change is applied to a copy, checked, written to the store as one document, and only
+//! then becomes current. A failed check or write leaves nothing half-done.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const COLLECTION: &str = "elb.state";
+pub const KEY: &str = "config";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ElbState {
+    pub load_balancers: Vec<LoadBalancer>,
+    pub target_groups: Vec<TargetGroup>,
+    pub listeners: Vec<Listener>,
+    pub rules: Vec<Rule>,
+    /// Resource ARN → tags in the order they were added.
+    pub tags: BTreeMap<String, Vec<(String, String)>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancer {
+    pub arn: String,
+    pub name: String,
+    /// `application` or `network`.
+    pub kind: String,
+    pub scheme: String,
+    pub dns_name: String,
+    pub created_at: f64,
+    pub subnets: Vec<String>,
+    pub security_groups: Vec<String>,
+    pub ip_address_type: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub enabled: bool,
+    pub protocol: String,
+    /// `traffic-port` or a port number.
+    pub port: String,
+    pub path: Option<String>,
+    pub interval: u64,
+    pub timeout: u64,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// HTTP codes such as `200`, `200,202` or `200-299`; none for TCP checks.
+    pub matcher: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetGroup {
+    pub arn: String,
+    pub name: String,
+    pub protocol: String,
+    pub port: u16,
+    pub vpc_id: Option<String>,
+    pub target_type: String,
+    pub protocol_version: Option<String>,
+    pub ip_address_type: String,
+    pub health: HealthCheck,
+    pub attributes: BTreeMap<String, String>,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Target {
+    pub id: String,
+    pub port: u16,
+    pub availability_zone: Option<String>,
+    /// Set at deregistration: the target drains until then, and is gone after.
+    pub draining_until: Option<f64>,
+}
+
+impl Target {
+    pub fn key(&self) -> (String, u16) {
+        (self.id.clone(), self.port)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Listener {
+    pub arn: String,
+    pub load_balancer_arn: String,
+    pub port: u16,
+    pub protocol: String,
+    /// The default actions as the API returns them (normalised at create/modify).
+    pub default_actions: Vec<Value>,
+    pub certificates: Vec<Value>,
+    pub ssl_policy: Option<String>,
+    pub alpn_policy: Vec<String>,
+    pub attributes: BTreeMap<String, String>,
+    /// Every listener has a default rule that DescribeRules lists; its ARN is fixed at create.
+    pub default_rule_arn: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    pub arn: String,
+    pub listener_arn: String,
+    pub priority: u32,
+    pub conditions: Vec<Value>,
+    pub actions: Vec<Value>,
+}
+
+impl ElbState {
+    pub fn lb(&self, arn: &str) -> Option<&LoadBalancer> {
+        self.load_balancers.iter().find(|l| l.arn == arn)
+    }
+
+    pub fn tg(&self, arn: &str) -> Option<&TargetGroup> {
+        self.target_groups.iter().find(|t| t.arn == arn)
+    }
+
+    pub fn tg_mut(&mut self, arn: &str) -> Option<&mut TargetGroup> {
+        self.target_groups.iter_mut().find(|t| t.arn == arn)
+    }
+
+    pub fn listener(&self, arn: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.arn == arn)
+    }
+
+    /// Every action of every listener and rule, with the load balancer it belongs to.
+    pub fn actions(&self) -> impl Iterator<Item = (&str, &Value)> + '_ {
+        let defaults = self.listeners.iter().flat_map(|l| {
+            l.default_actions
+                .iter()
+                .map(move |a| (l.load_balancer_arn.as_str(), a))
+        });
+        let rules = self.rules.iter().flat_map(move |r| {
+            let lb = self
+                .listener(&r.listener_arn)
+                .map(|l| l.load_balancer_arn.as_str())
+                .unwrap_or_default();
+            r.actions.iter().map(move |a| (lb, a))
+        });
+        defaults.chain(rules)
+    }
+
+    /// The load balancers whose listeners or rules forward to `tg_arn`.
+    pub fn lbs_of_tg(&self, tg_arn: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .actions()
+            .filter(|(_, a)| forward_targets(a).iter().any(|(t, _)| t == tg_arn))
+            .map(|(lb, _)| lb.to_string())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+}
+
+/// The target groups (and weights) a forward action sends to; empty for other actions.
+pub fn forward_targets(action: &Value) -> Vec<(String, u64)> {
+    if action.get("Type").and_then(Value::as_str) != Some("forward") {
+        return Vec::new();
+    }
+    if let Some(groups) = action
+        .pointer("/ForwardConfig/TargetGroups")
+        .and_then(Value::as_array)
+    {
+        return groups
+            .iter()
+            .filter_map(|g| {
+                let arn = g.get("TargetGroupArn")?.as_str()?.to_string();
+                Some((arn, g.get("Weight").and_then(Value::as_u64).unwrap_or(1)))
+            })
+            .collect();
+    }
+    action
+        .get("TargetGroupArn")
+        .and_then(Value::as_str)
+        .map(|t| vec![(t.to_string(), 1)])
+        .unwrap_or_default()
+}
