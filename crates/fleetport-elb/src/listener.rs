@@ -323,16 +323,10 @@ fn check_conditions(conditions: &[Value]) -> ElbResult<Vec<Value>> {
             c.insert(key.into(), json!({"Values": l}));
         }
         let config = c.get(key).cloned().unwrap_or(Value::Null);
-        let count = match field.as_str() {
-            "query-string" => config
-                .get("Values")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len),
-            _ => config
-                .get("Values")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len),
-        };
+        let count = config
+            .get("Values")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
         if count == 0 {
             return Err(validation(format!(
                 "Condition '{field}' needs at least one value"
@@ -543,12 +537,10 @@ impl Elb {
                     return Err(code("TooManyListeners", "A load balancer can have at most 50 listeners"));
                 }
                 this.claim_port(s, &lb.arn, port, &protocol)?;
-                let (short, lb_tail) = lb
+                let lb_tail = lb
                     .arn
                     .split_once(":loadbalancer/")
-                    .map(|(_, t)| ("", t))
-                    .unwrap_or(("", ""));
-                let _ = short;
+                    .map_or("", |(_, t)| t);
                 let lid = new_id();
                 let listener = Listener {
                     arn: this.arn(&format!("listener/{lb_tail}/{lid}")),

@@ -1,0 +1,499 @@
+"""ELBv2 black-box tests: the control API through boto3 and the AWS CLI, and the data plane
+through real HTTP/TCP backends started here and plain sockets/curl."""
+import http.client
+import http.server
+import json
+import socket
+import socketserver
+import subprocess
+import threading
+import time
+import urllib.parse
+
+import boto3
+import botocore.config
+import botocore.exceptions
+import pytest
+
+import conformance
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Backend:
+    """A small HTTP server: `/health` answers `self.health` (or hangs when None), `/slow?s=N`
+    sleeps, anything else echoes the request as JSON with the backend's name."""
+
+    def __init__(self, name):
+        self.name = name
+        self.health = 200
+        self.hits = 0
+        backend = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # One write per response: a header write and a body write would meet Nagle's
+            # algorithm and delayed ACKs (40 ms per request).
+            wbufsize = 65536
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                url = urllib.parse.urlsplit(self.path)
+                if url.path == "/health":
+                    if backend.health is None:
+                        time.sleep(5)
+                    return self.reply(backend.health or 200, b"ok")
+                backend.hits += 1
+                if url.path == "/slow":
+                    time.sleep(float(urllib.parse.parse_qs(url.query).get("s", ["1"])[0]))
+                body = json.dumps({"backend": backend.name, "path": self.path,
+                                   "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+                self.reply(200, body)
+
+            do_POST = do_GET
+
+            def reply(self, code, body):
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("X-Backend", backend.name)
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Threaded(socketserver.ThreadingMixIn, http.server.HTTPServer):
+            daemon_threads = True
+
+        self.httpd = Threaded(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def backends():
+    made = []
+
+    def make(name):
+        b = Backend(name)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.close()
+
+
+def get(port, path="/", host=None, headers=None, method="GET"):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+    h = dict(headers or {})
+    if host:
+        h["Host"] = host
+    c.request(method, path, headers=h)
+    r = c.getresponse()
+    body = r.read()
+    c.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+
+
+def wait_for(check, seconds=30, every=0.2):
+    deadline = time.monotonic() + seconds
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(every)
+
+
+def error_code(call):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    return e.value.response["Error"]["Code"]
+
+
+def make_tg(elb, name, **kw):
+    args = dict(Name=name, Protocol="HTTP", Port=80, TargetType="ip", VpcId="vpc-local",
+                HealthCheckPath="/health", HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2,
+                HealthyThresholdCount=2, UnhealthyThresholdCount=2)
+    args.update(kw)
+    out = elb.create_target_group(**args)
+    conformance.check("elbv2", "CreateTargetGroup", out)
+    return out["TargetGroups"][0]["TargetGroupArn"]
+
+
+def health(elb, tg):
+    out = elb.describe_target_health(TargetGroupArn=tg)
+    conformance.check("elbv2", "DescribeTargetHealth", out)
+    return {d["Target"]["Port"]: d["TargetHealth"] for d in out["TargetHealthDescriptions"]}
+
+
+def test_cli_walkthrough_routes_real_traffic(server, backends):
+    """The issue's walkthrough with the AWS CLI; curl reaches the targets by the LB's DNS name."""
+    b1, b2, api = backends("b1"), backends("b2"), backends("api")
+    cli = lambda *a: json.loads(server.cli(*a).stdout or "{}")  # noqa: E731
+    lb = cli("elbv2", "create-load-balancer", "--name", "web-alb", "--type", "application",
+             "--subnets", "subnet-a", "subnet-b")["LoadBalancers"][0]
+    assert lb["State"]["Code"] == "provisioning" and lb["DNSName"].endswith(".elb.localhost")
+    server.cli("elbv2", "wait", "load-balancer-available", "--load-balancer-arns", lb["LoadBalancerArn"])
+    tg = cli("elbv2", "create-target-group", "--name", "web-tg", "--protocol", "HTTP", "--port", "3000",
+             "--target-type", "ip", "--vpc-id", "vpc-local", "--health-check-path", "/health",
+             "--health-check-interval-seconds", "5", "--health-check-timeout-seconds", "2")["TargetGroups"][0]
+    assert (tg["HealthyThresholdCount"], tg["UnhealthyThresholdCount"], tg["Matcher"]) == (5, 2, {"HttpCode": "200"})
+    tg2 = cli("elbv2", "create-target-group", "--name", "api-tg", "--protocol", "HTTP", "--port", "3000",
+              "--target-type", "ip", "--vpc-id", "vpc-local", "--health-check-path", "/health",
+              "--health-check-interval-seconds", "5", "--health-check-timeout-seconds", "2")["TargetGroups"][0]
+    cli("elbv2", "register-targets", "--target-group-arn", tg["TargetGroupArn"], "--targets",
+        f"Id=127.0.0.1,Port={b1.port}", f"Id=127.0.0.1,Port={b2.port}")
+    cli("elbv2", "register-targets", "--target-group-arn", tg2["TargetGroupArn"], "--targets",
+        f"Id=127.0.0.1,Port={api.port}")
+    unused = cli("elbv2", "describe-target-health", "--target-group-arn", tg["TargetGroupArn"])
+    assert {d["TargetHealth"]["Reason"] for d in unused["TargetHealthDescriptions"]} == {"Target.NotInUse"}
+    port = free_port()
+    listener = cli("elbv2", "create-listener", "--load-balancer-arn", lb["LoadBalancerArn"], "--protocol", "HTTP",
+                   "--port", str(port), "--default-actions",
+                   f"Type=forward,TargetGroupArn={tg['TargetGroupArn']}")["Listeners"][0]
+    cli("elbv2", "create-rule", "--listener-arn", listener["ListenerArn"], "--priority", "10", "--conditions",
+        "Field=path-pattern,Values=/api/*", "--actions", f"Type=forward,TargetGroupArn={tg2['TargetGroupArn']}")
+    server.cli("elbv2", "wait", "target-in-service", "--target-group-arn", tg["TargetGroupArn"])
+    url = f"http://{lb['DNSName']}:{port}"
+    seen = [subprocess.run(["curl", "-sf", url + "/"], capture_output=True, text=True, timeout=10).stdout
+            for _ in range(4)]
+    assert sorted(json.loads(s)["backend"] for s in seen) == ["b1", "b1", "b2", "b2"], "round robin"
+    out = json.loads(subprocess.run(["curl", "-sf", url + "/api/users?x=1"], capture_output=True, text=True,
+                                    timeout=10).stdout)
+    assert out["backend"] == "api" and out["path"] == "/api/users?x=1", "the path is forwarded unchanged"
+    h = out["headers"]
+    assert h["x-forwarded-for"] == "127.0.0.1" and h["x-forwarded-proto"] == "http"
+    assert h["x-forwarded-port"] == str(port) and h["host"] == f"{lb['DNSName']}:{port}"
+    assert h["x-amzn-trace-id"].startswith("Root=1-") and len(h["x-amzn-trace-id"]) == len("Root=1-") + 8 + 1 + 24
+    rules = cli("elbv2", "describe-rules", "--listener-arn", listener["ListenerArn"])["Rules"]
+    assert [(r["Priority"], r["IsDefault"]) for r in rules] == [("10", False), ("default", True)]
+
+
+def test_rules_conditions_and_actions(server, backends):
+    elb = server.client("elbv2")
+    a, b = backends("a"), backends("b")
+    lb = elb.create_load_balancer(Name="rules", Subnets=["s-1", "s-2"])["LoadBalancers"][0]["LoadBalancerArn"]
+    tga, tgb = make_tg(elb, "tg-a"), make_tg(elb, "tg-b")
+    elb.register_targets(TargetGroupArn=tga, Targets=[{"Id": "127.0.0.1", "Port": a.port}])
+    elb.register_targets(TargetGroupArn=tgb, Targets=[{"Id": "127.0.0.1", "Port": b.port}])
+    port = free_port()
+    ln = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port, DefaultActions=[
+        {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404", "ContentType": "text/plain",
+                                                          "MessageBody": "no route"}}])["Listeners"][0]["ListenerArn"]
+    fwd = lambda tg: [{"Type": "forward", "TargetGroupArn": tg}]  # noqa: E731
+    rules = [
+        (5, [{"Field": "path-pattern", "Values": ["/api/*"]}], fwd(tga)),
+        (10, [{"Field": "path-pattern", "Values": ["/api/v1/*"]}], fwd(tgb)),
+        (20, [{"Field": "host-header", "HostHeaderConfig": {"Values": ["*.example.com"]}}], fwd(tgb)),
+        (30, [{"Field": "http-header", "HttpHeaderConfig": {"HttpHeaderName": "X-Env", "Values": ["stag?ng"]}}], fwd(tgb)),
+        (40, [{"Field": "http-request-method", "HttpRequestMethodConfig": {"Values": ["POST"]}}], fwd(tgb)),
+        (50, [{"Field": "query-string", "QueryStringConfig": {"Values": [{"Key": "v", "Value": "2"}, {"Value": "beta"}]}}], fwd(tgb)),
+        (60, [{"Field": "source-ip", "SourceIpConfig": {"Values": ["10.0.0.0/8"]}}], fwd(tgb)),
+        (70, [{"Field": "source-ip", "SourceIpConfig": {"Values": ["127.0.0.0/8"]}},
+              {"Field": "path-pattern", "Values": ["/img/?.png"]}], fwd(tga)),
+        (80, [{"Field": "path-pattern", "Values": ["/old/*"]}],
+         [{"Type": "redirect", "RedirectConfig": {"Path": "/new/#{path}", "StatusCode": "HTTP_301"}}]),
+        (90, [{"Field": "path-pattern", "Values": ["/secure"]}],
+         [{"Type": "redirect", "RedirectConfig": {"Protocol": "HTTPS", "Port": "443", "StatusCode": "HTTP_302"}}]),
+    ]
+    for prio, conds, actions in rules:
+        out = elb.create_rule(ListenerArn=ln, Priority=prio, Conditions=conds, Actions=actions)
+        conformance.check("elbv2", "CreateRule", out)
+    wait_for(lambda: set(s["State"] for s in health(elb, tga).values()) == {"healthy"})
+    wait_for(lambda: set(s["State"] for s in health(elb, tgb).values()) == {"healthy"})
+    who = lambda *a, **k: json.loads(get(port, *a, **k)[2])["backend"]  # noqa: E731
+    assert who("/api/v1/x") == "a", "priority 5 beats 10"
+    assert who("/x", host="www.EXAMPLE.com") == "b" and get(port, "/x", host="example.com")[0] == 404
+    assert who("/x", headers={"X-Env": "STAGING"}) == "b"
+    assert who("/x", method="POST") == "b"
+    assert who("/x?v=2") == "b" and who("/x?anything=beta") == "b" and get(port, "/x?v=3")[0] == 404
+    assert who("/img/a.png") == "a" and get(port, "/img/ab.png")[0] == 404
+    status, headers, body = get(port, "/API/v1/x")
+    assert (status, body) == (404, b"no route") and headers["content-type"] == "text/plain", "paths are case-sensitive"
+    status, headers, _ = get(port, "/old/page?q=1", host="site.test")
+    assert status == 301 and headers["location"] == f"http://site.test:{port}/new/old/page?q=1"
+    status, headers, _ = get(port, "/secure?a=b", host=f"site.test:{port}")
+    assert status == 302 and headers["location"] == "https://site.test/secure?a=b"
+    assert get(port, "/x", method="TRACE")[0] == 405
+    # Weighted forward: 80/20 over 1,000 requests, within a few percent.
+    elb.modify_rule(RuleArn=elb.describe_rules(ListenerArn=ln)["Rules"][0]["RuleArn"], Actions=[
+        {"Type": "forward", "ForwardConfig": {"TargetGroups": [{"TargetGroupArn": tga, "Weight": 80},
+                                                               {"TargetGroupArn": tgb, "Weight": 20}]}}])
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    counts = {"a": 0, "b": 0}
+    for _ in range(1000):
+        c.request("GET", "/api/w")
+        r = c.getresponse()
+        counts[r.getheader("X-Backend")] += 1
+        r.read()
+    assert 760 <= counts["a"] <= 840, counts
+    # SetRulePriorities swaps two rules at once; the default rule cannot move or go.
+    listed = elb.describe_rules(ListenerArn=ln)["Rules"]
+    r5, r10, default = listed[0]["RuleArn"], listed[1]["RuleArn"], listed[-1]["RuleArn"]
+    out = elb.set_rule_priorities(RulePriorities=[{"RuleArn": r5, "Priority": 10}, {"RuleArn": r10, "Priority": 5}])
+    assert {r["RuleArn"]: r["Priority"] for r in out["Rules"]} == {r5: "10", r10: "5"}
+    wait_for(lambda: who("/api/v1/x") == "b", 1, 0.05)  # changes apply within a second
+    assert error_code(lambda: elb.delete_rule(RuleArn=default)) == "OperationNotPermitted"
+    assert error_code(lambda: elb.set_rule_priorities(RulePriorities=[{"RuleArn": default, "Priority": 3}])) == "OperationNotPermitted"
+
+
+def test_health_states_fail_open_and_alb_errors(server, backends):
+    elb = server.client("elbv2")
+    good, sick = backends("good"), backends("sick")
+    sick.health = 404
+    closed = free_port()
+    lb = elb.create_load_balancer(Name="health", Subnets=["s-1", "s-2"])["LoadBalancers"][0]["LoadBalancerArn"]
+    tg = make_tg(elb, "hc", Matcher={"HttpCode": "200-299,302"})
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": p} for p in (good.port, sick.port, closed)])
+    port = free_port()
+    elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    first = health(elb, tg)
+    assert all(h["State"] in ("initial", "healthy", "unhealthy") for h in first.values())
+    wait_for(lambda: health(elb, tg)[sick.port]["State"] == "unhealthy", 20)
+    h = health(elb, tg)
+    assert h[good.port] == {"State": "healthy"}
+    assert h[sick.port]["Reason"] == "Target.ResponseCodeMismatch" and "[404]" in h[sick.port]["Description"]
+    wait_for(lambda: health(elb, tg)[closed]["State"] == "unhealthy", 20)
+    assert health(elb, tg)[closed]["Reason"] == "Target.FailedHealthChecks"
+    # Only the healthy target gets traffic.
+    assert {get(port, "/x")[1]["x-backend"] for _ in range(10)} == {"good"}
+    # Recovery needs HealthyThresholdCount (2) passes: about two intervals.
+    sick.health = 302
+    wait_for(lambda: health(elb, tg)[sick.port]["State"] == "healthy", 20)
+    # Every target unhealthy: the ALB fails open to all of them; the closed one gives 502.
+    good.health = sick.health = 500
+    wait_for(lambda: {s["State"] for s in health(elb, tg).values()} == {"unhealthy"}, 25)
+    statuses = [get(port, "/x")[0] for _ in range(9)]
+    assert statuses.count(200) == 6 and statuses.count(502) == 3, statuses
+    # A slow target with idle_timeout 2 s gets a 504 after about 2 s.
+    elb.modify_load_balancer_attributes(LoadBalancerArn=lb, Attributes=[{"Key": "idle_timeout.timeout_seconds", "Value": "2"}])
+    elb.deregister_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": p} for p in (sick.port, closed)])
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": "0"}])
+    started = time.monotonic()
+    status, headers, body = get(port, "/slow?s=4")
+    assert status == 504 and 1.5 < time.monotonic() - started < 3.5
+    assert headers["server"] == "awselb/2.0"
+    # No registered target: 503 with the ALB's page.
+    elb.deregister_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": good.port}])
+    wait_for(lambda: get(port, "/x")[0] == 503, 5)
+    status, headers, body = get(port, "/x")
+    assert b"503 Service Temporarily Unavailable" in body and headers["content-type"] == "text/html"
+    h = elb.describe_target_health(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": good.port}])
+    assert h["TargetHealthDescriptions"][0]["TargetHealth"]["Reason"] == "Target.NotRegistered"
+
+
+def test_draining_finishes_in_flight_requests(server, backends):
+    elb = server.client("elbv2")
+    a, b = backends("a"), backends("b")
+    lb = elb.create_load_balancer(Name="drain", Subnets=["s-1", "s-2"])["LoadBalancers"][0]["LoadBalancerArn"]
+    tg = make_tg(elb, "drain")
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": "4"}])
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": p} for p in (a.port, b.port)])
+    port = free_port()
+    elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    wait_for(lambda: {s["State"] for s in health(elb, tg).values()} == {"healthy"})
+    results = []
+    slow = [threading.Thread(target=lambda: results.append(get(port, "/slow?s=2"))) for _ in range(4)]
+    for t in slow:
+        t.start()
+    time.sleep(0.5)
+    elb.deregister_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": a.port}])
+    h = health(elb, tg)[a.port]
+    assert h == {"State": "draining", "Reason": "Target.DeregistrationInProgress",
+                 "Description": "Target deregistration is in progress"}
+    assert {get(port, "/x")[1]["x-backend"] for _ in range(6)} == {"b"}, "no new requests to a draining target"
+    for t in slow:
+        t.join()
+    assert [r[0] for r in results] == [200] * 4 and {r[1]["x-backend"] for r in results} == {"a", "b"}
+    wait_for(lambda: a.port not in health(elb, tg), 8)
+    server.cli("elbv2", "wait", "target-deregistered", "--target-group-arn", tg,
+               "--targets", f"Id=127.0.0.1,Port={a.port}")
+
+
+def test_live_changes_under_load_and_restart(data_dir, backends):
+    from conftest import Server
+    server = Server(data_dir).start()
+    try:
+        elb = server.client("elbv2")
+        a, b = backends("a"), backends("b")
+        lb = elb.create_load_balancer(Name="live", Subnets=["s-1", "s-2"])["LoadBalancers"][0]
+        tg = make_tg(elb, "live")
+        elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": a.port}])
+        port = free_port()
+        ln = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port,
+                                 DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])["Listeners"][0]
+        wait_for(lambda: health(elb, tg)[a.port]["State"] == "healthy")
+        failures, done, count = [], threading.Event(), [0]
+
+        def load():
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            while not done.is_set():
+                try:
+                    c.request("GET", "/x")
+                    r = c.getresponse()
+                    r.read()
+                    count[0] += 1
+                    if r.status != 200:
+                        failures.append(r.status)
+                except Exception as e:  # noqa: BLE001
+                    failures.append(repr(e))
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        for w in workers:
+            w.start()
+        elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": b.port}])
+        for p in range(1, 20):
+            elb.create_rule(ListenerArn=ln["ListenerArn"], Priority=p,
+                            Conditions=[{"Field": "path-pattern", "Values": [f"/r{p}/*"]}],
+                            Actions=[{"Type": "forward", "TargetGroupArn": tg}])
+        second = free_port()
+        elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=second,
+                            DefaultActions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "200"}}])
+        started = time.monotonic()
+        wait_for(lambda: get(second, "/")[0] == 200, 5)
+        assert time.monotonic() - started < 1.0, "a new listener serves within a second"
+        wait_for(lambda: health(elb, tg)[b.port]["State"] == "healthy")
+        time.sleep(1)
+        done.set()
+        for w in workers:
+            w.join()
+        assert failures == [] and count[0] > 100, (failures[:5], count[0])
+        assert b.hits > 0, "the new target took traffic"
+        before = elb.describe_rules(ListenerArn=ln["ListenerArn"])["Rules"]
+        server.stop()
+        server.start()
+        elb = server.client("elbv2")
+        assert elb.describe_load_balancers()["LoadBalancers"][0]["DNSName"] == lb["DNSName"]
+        assert elb.describe_rules(ListenerArn=ln["ListenerArn"])["Rules"] == before
+        wait_for(lambda: health(elb, tg).get(a.port, {}).get("State") == "healthy", 10)
+        assert get(port, "/x")[0] == 200 and get(second, "/")[0] == 200
+    finally:
+        server.stop()
+
+
+def test_nlb_tcp_forwarding_and_tcp_health(server):
+    elb = server.client("elbv2")
+    echo = socket.socket()
+    echo.bind(("127.0.0.1", 0))
+    echo.listen(16)
+
+    def serve_echo():
+        while True:
+            conn = echo.accept()[0]
+            threading.Thread(target=lambda c: (c.sendall(b"".join(iter(lambda: c.recv(65536), b""))), c.close()),
+                             args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve_echo, daemon=True).start()
+    closed = free_port()
+    lb = elb.create_load_balancer(Name="tcp", Type="network", Subnets=["s-1"])["LoadBalancers"][0]
+    assert "/net/" in lb["LoadBalancerArn"]
+    defaults = elb.create_target_group(Name="tcp-defaults", Protocol="TCP", Port=1, TargetType="ip",
+                                       VpcId="vpc-local")["TargetGroups"][0]
+    assert (defaults["HealthCheckProtocol"], defaults["HealthCheckTimeoutSeconds"]) == ("TCP", 10)
+    assert "Matcher" not in defaults and "HealthCheckPath" not in defaults
+    tg = elb.create_target_group(Name="tcp", Protocol="TCP", Port=1, TargetType="ip", VpcId="vpc-local",
+                                 HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2)["TargetGroups"][0]
+    arn = tg["TargetGroupArn"]
+    elb.register_targets(TargetGroupArn=arn, Targets=[{"Id": "127.0.0.1", "Port": p} for p in (echo.getsockname()[1], closed)])
+    port = free_port()
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TCP", Port=port,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": arn}])
+    wait_for(lambda: health(elb, arn).get(closed, {}).get("State") == "unhealthy", 20)
+    assert health(elb, arn)[closed]["Reason"] == "Target.FailedHealthChecks"
+    wait_for(lambda: health(elb, arn)[echo.getsockname()[1]]["State"] == "healthy")
+    payload = bytes(range(256)) * 4096
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        threading.Thread(target=lambda: (s.sendall(payload), s.shutdown(socket.SHUT_WR)), daemon=True).start()
+        got = b"".join(iter(lambda: s.recv(65536), b""))
+        s.close()
+        assert got == payload
+
+
+def test_invalid_requests_get_aws_error_codes(server):
+    # The server must refuse what botocore would catch on the client side too.
+    elb = boto3.client("elbv2", endpoint_url=server.endpoint, region_name="us-east-1",
+                       aws_access_key_id="test", aws_secret_access_key="test",
+                       config=botocore.config.Config(parameter_validation=False, retries={"max_attempts": 1}))
+    lb = elb.create_load_balancer(Name="errs", Subnets=["s-1", "s-2"])["LoadBalancers"][0]["LoadBalancerArn"]
+    conformance.check("elbv2", "DescribeLoadBalancers", elb.describe_load_balancers())
+    tg = make_tg(elb, "errs")
+    tcp_tg = elb.create_target_group(Name="errs-tcp", Protocol="TCP", Port=80, TargetType="ip",
+                                     VpcId="vpc-local")["TargetGroups"][0]["TargetGroupArn"]
+    port = free_port()
+    ln = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port,
+                             DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])["Listeners"][0]["ListenerArn"]
+    again = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port,
+                                DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    assert again["Listeners"][0]["ListenerArn"] == ln, "CreateListener is idempotent"
+    assert elb.create_load_balancer(Name="errs", Subnets=["s-1", "s-2"])["LoadBalancers"][0]["LoadBalancerArn"] == lb
+    fixed = lambda code: [{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": code}}]  # noqa: E731
+    missing_lb = lb[:-4] + "0000"
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    cases = [
+        ("LoadBalancerNotFound", lambda: elb.describe_load_balancers(LoadBalancerArns=[missing_lb])),
+        ("LoadBalancerNotFound", lambda: elb.describe_load_balancers(Names=["nope"])),
+        ("TargetGroupNotFound", lambda: elb.describe_target_health(TargetGroupArn=tg[:-4] + "0000")),
+        ("ListenerNotFound", lambda: elb.describe_listeners(ListenerArns=[ln[:-4] + "0000"])),
+        ("RuleNotFound", lambda: elb.describe_rules(RuleArns=[ln.replace(":listener/", ":listener-rule/") + "/0000000000000000"])),
+        ("DuplicateLoadBalancerName", lambda: elb.create_load_balancer(Name="errs", Type="network", Subnets=["s-1"])),
+        ("DuplicateTargetGroupName", lambda: make_tg(elb, "errs", Port=81)),
+        ("DuplicateListener", lambda: elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port, DefaultActions=fixed("200"))),
+        ("ValidationError", lambda: elb.create_load_balancer(Name="-bad")),
+        ("ValidationError", lambda: elb.create_load_balancer(Name="a" * 33)),
+        ("ValidationError", lambda: elb.create_load_balancer(Name="internal-x")),
+        ("ValidationError", lambda: elb.create_load_balancer(Name="a_b")),
+        ("ValidationError", lambda: make_tg(elb, "t1", HealthCheckIntervalSeconds=4)),
+        ("ValidationError", lambda: make_tg(elb, "t2", HealthyThresholdCount=11)),
+        ("ValidationError", lambda: make_tg(elb, "t3", HealthCheckTimeoutSeconds=5, HealthCheckIntervalSeconds=5)),
+        ("ValidationError", lambda: make_tg(elb, "t4", Matcher={"HttpCode": "600"})),
+        ("ValidationError", lambda: elb.modify_load_balancer_attributes(LoadBalancerArn=lb, Attributes=[{"Key": "no.such", "Value": "1"}])),
+        ("ValidationError", lambda: elb.create_rule(ListenerArn=ln, Priority=1, Conditions=[{"Field": "path-pattern", "Values": ["/x"]}], Actions=fixed("301"))),
+        ("PriorityInUse", lambda: [elb.create_rule(ListenerArn=ln, Priority=7, Conditions=[{"Field": "path-pattern", "Values": [f"/{i}"]}], Actions=fixed("200")) for i in range(2)]),
+        ("ResourceInUse", lambda: elb.delete_target_group(TargetGroupArn=tg)),
+        ("IncompatibleProtocols", lambda: elb.create_rule(ListenerArn=ln, Priority=2, Conditions=[{"Field": "path-pattern", "Values": ["/t"]}], Actions=[{"Type": "forward", "TargetGroupArn": tcp_tg}])),
+        ("InvalidLoadBalancerAction", lambda: elb.create_rule(ListenerArn=ln, Priority=3, Conditions=[{"Field": "path-pattern", "Values": ["/r"]}], Actions=[{"Type": "redirect", "RedirectConfig": {"StatusCode": "HTTP_301"}}])),
+        ("InvalidTarget", lambda: elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "not-an-ip"}])),
+        ("InvalidConfigurationRequest", lambda: elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=taken.getsockname()[1], DefaultActions=fixed("200"))),
+        ("OperationNotPermitted", lambda: (elb.modify_load_balancer_attributes(LoadBalancerArn=lb, Attributes=[{"Key": "deletion_protection.enabled", "Value": "true"}]), elb.delete_load_balancer(LoadBalancerArn=lb))),
+        ("ValidationError", lambda: elb.create_rule(ListenerArn=ln, Priority=4, Conditions=[{"Field": "path-pattern", "Values": ["/1", "/2", "/3"]}, {"Field": "host-header", "Values": ["a.b", "c.d", "e.f"]}], Actions=fixed("200"))),
+        ("DuplicateTagKeys", lambda: elb.add_tags(ResourceArns=[lb], Tags=[{"Key": "k", "Value": "1"}, {"Key": "k", "Value": "2"}])),
+    ]
+    for expected, call in cases:
+        assert error_code(call) == expected, expected
+    taken.close()
+    # Failed changes changed nothing.
+    attrs = {a["Key"]: a["Value"] for a in elb.describe_load_balancer_attributes(LoadBalancerArn=lb)["Attributes"]}
+    assert attrs["idle_timeout.timeout_seconds"] == "60" and "no.such" not in attrs
+    assert [t["TargetGroupName"] for t in elb.describe_target_groups()["TargetGroups"]] == ["errs", "errs-tcp"]
+    assert len(elb.describe_rules(ListenerArn=ln)["Rules"]) == 2
+    # Deleting what is gone succeeds; deleting an LB takes its listeners but not its target groups.
+    elb.modify_load_balancer_attributes(LoadBalancerArn=lb, Attributes=[{"Key": "deletion_protection.enabled", "Value": "false"}])
+    elb.delete_load_balancer(LoadBalancerArn=missing_lb)
+    elb.add_tags(ResourceArns=[lb, tg], Tags=[{"Key": "team", "Value": "web"}])
+    tags = elb.describe_tags(ResourceArns=[lb, tg])
+    conformance.check("elbv2", "DescribeTags", tags)
+    assert [d["Tags"] for d in tags["TagDescriptions"]] == [[{"Key": "team", "Value": "web"}]] * 2
+    elb.delete_load_balancer(LoadBalancerArn=lb)
+    assert error_code(lambda: elb.describe_listeners(ListenerArns=[ln])) == "ListenerNotFound"
+    elb.delete_target_group(TargetGroupArn=tg)
+    attrs = {a["Key"]: a["Value"] for a in elb.describe_target_group_attributes(TargetGroupArn=tcp_tg)["Attributes"]}
+    assert attrs["deregistration_delay.timeout_seconds"] == "300" and attrs["stickiness.type"] == "source_ip"
+    limits = elb.describe_account_limits()
+    conformance.check("elbv2", "DescribeAccountLimits", limits)
+    assert elb.describe_ssl_policies(Names=["ELBSecurityPolicy-2016-08"])["SslPolicies"][0]["Name"] == "ELBSecurityPolicy-2016-08"
