@@ -82,12 +82,18 @@ def test_query_protocol_errors_are_xml(server):
     assert xml_error(query_call(e, {"Action": "Explode", "Version": "2015-12-01"}))[:2] == (400, "InvalidAction")
     assert xml_error(query_call(e, {"Version": "2015-12-01"}))[:2] == (400, "MissingAction")
     assert xml_error(query_call(e, {"Action": "DescribeLoadBalancers", "Version": "2012-06-01"}))[:2] == (400, "InvalidAction")
-    r = query_call(e, base)
+    r = query_call(e, {"Action": "DescribeTrustStores", "Version": "2015-12-01"})
     assert xml_error(r)[:2] == (400, "InvalidAction") and b"not implement" in r.body
     assert r.headers["x-amzn-requestid"] and r.headers["content-type"] == "text/xml"
     with pytest.raises(botocore.exceptions.ClientError) as ex:
-        server.client("elbv2").describe_load_balancers()
+        server.client("elbv2").describe_trust_stores()
     assert ex.value.response["Error"]["Code"] == "InvalidAction"
+    # An implemented action answers <ActionResponse> in the ELB namespace with its RequestId.
+    r = query_call(e, base)
+    root = ET.fromstring(r.body)
+    assert r.status == 200 and root.tag == f"{ELB_NS}DescribeLoadBalancersResponse"
+    assert root.find(f"{ELB_NS}DescribeLoadBalancersResult") is not None
+    assert root.find(f"{ELB_NS}ResponseMetadata/{ELB_NS}RequestId").text == r.headers["x-amzn-requestid"]
 
 
 def test_unimplemented_ecr_operations_answer_clearly(server):
