@@ -199,40 +199,9 @@ impl Cond {
 }
 
 fn form_pairs(query: &str) -> Vec<(String, String)> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (decode(k), decode(v))
-        })
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
-}
-
-fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -271,6 +240,12 @@ mod tests {
         );
         assert!(Cidr::parse("10.0.0.0/33").is_none());
         assert!(Cidr::parse("::/0").is_some());
-        assert_eq!(decode("a%20b+c%zz"), "a b c%zz");
+        assert_eq!(
+            form_pairs("a=1%202&b+c=%zz"),
+            [
+                ("a".to_string(), "1 2".to_string()),
+                ("b c".to_string(), "%zz".to_string())
+            ]
+        );
     }
 }
