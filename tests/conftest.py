@@ -19,6 +19,18 @@ BIN = os.environ.get("FLEETPORT_BIN", os.path.join(ROOT, "target", "debug", "fle
 AWS_CLI = os.environ.get("FLEETPORT_AWS_CLI", os.path.join(ROOT, ".venv", "bin", "aws"))
 
 
+def wait_for(check, seconds=30, every=0.2):
+    """Polls `check` until it returns something truthy, which it returns; fails after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        v = check()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(every)
+
+
 class Server:
     """One running `fleetport up` process."""
 

@@ -15,7 +15,7 @@ import botocore.exceptions
 import pytest
 
 import conformance
-from conftest import BIN
+from conftest import BIN, wait_for
 from test_registry import push_foreign_image
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
@@ -106,17 +106,6 @@ def describe(ecs, cluster, arns):
     out = ecs.describe_tasks(cluster=cluster, tasks=arns, include=["TAGS"])
     conformance.check("ecs", "DescribeTasks", out)
     return out["tasks"]
-
-
-def wait_for(check, seconds=30, every=0.2):
-    deadline = time.monotonic() + seconds
-    while True:
-        v = check()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(every)
 
 
 def task_status(ecs, cluster, arn, status, seconds=30):

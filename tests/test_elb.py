@@ -16,6 +16,7 @@ import botocore.exceptions
 import pytest
 
 import conformance
+from conftest import wait_for
 
 
 def free_port():
@@ -101,17 +102,6 @@ def get(port, path="/", host=None, headers=None, method="GET"):
     body = r.read()
     c.close()
     return r.status, {k.lower(): v for k, v in r.getheaders()}, body
-
-
-def wait_for(check, seconds=30, every=0.2):
-    deadline = time.monotonic() + seconds
-    while True:
-        v = check()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(every)
 
 
 def error_code(call):

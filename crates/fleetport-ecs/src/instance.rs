@@ -442,3 +442,29 @@ impl Ecs {
         .await
     }
 }
+
+/// An ACTIVE instance with 1024 CPU units, 512 MiB, port 22 reserved, agent 1.82.3, registered
+/// 2024-03-01T00:00:00Z and last seen at t=100, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_instance(attrs: &[(&str, &str)]) -> InstanceRecord {
+    InstanceRecord {
+        arn: "arn".into(),
+        id: "id".into(),
+        cluster: "c".into(),
+        ec2_instance_id: "i-1".into(),
+        status: "ACTIVE".into(),
+        registered_at: 1_709_251_200.0,
+        last_seen: 100.0,
+        version: 1,
+        attributes: attrs
+            .iter()
+            .map(|(n, v)| json!({"name": n, "value": v}))
+            .collect(),
+        cpu: 1024,
+        memory: 512,
+        ports: vec!["22".into()],
+        ports_udp: vec![],
+        version_info: json!({"agentVersion": "1.82.3"}),
+        tags: vec![],
+    }
+}

@@ -188,28 +188,7 @@ pub fn choose(cands: &[&Candidate], strategies: &[Strategy], seed: u64) -> usize
 mod tests {
     use super::*;
 
-    fn inst(attrs: &[(&str, &str)]) -> InstanceRecord {
-        InstanceRecord {
-            arn: "arn".into(),
-            id: "id".into(),
-            cluster: "c".into(),
-            ec2_instance_id: "i-1".into(),
-            status: "ACTIVE".into(),
-            registered_at: 0.0,
-            last_seen: 100.0,
-            version: 1,
-            attributes: attrs
-                .iter()
-                .map(|(n, v)| serde_json::json!({"name": n, "value": v}))
-                .collect(),
-            cpu: 1024,
-            memory: 512,
-            ports: vec!["22".into()],
-            ports_udp: vec![],
-            version_info: Value::Null,
-            tags: vec![],
-        }
-    }
+    use crate::instance::test_instance as inst;
 
     #[test]
     fn misfit_reasons() {

@@ -373,31 +373,8 @@ fn eval(node: &Node, f: &Facts<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Value, json};
 
-    fn inst(attrs: &[(&str, &str)]) -> InstanceRecord {
-        InstanceRecord {
-            arn: "arn".into(),
-            id: "id".into(),
-            cluster: "c".into(),
-            ec2_instance_id: "i-1".into(),
-            status: "ACTIVE".into(),
-            // 2024-03-01T00:00:00Z
-            registered_at: 1_709_251_200.0,
-            last_seen: 100.0,
-            version: 1,
-            attributes: attrs
-                .iter()
-                .map(|(n, v)| json!({"name": n, "value": v}))
-                .collect(),
-            cpu: 1024,
-            memory: 512,
-            ports: vec!["22".into()],
-            ports_udp: vec![],
-            version_info: json!({"agentVersion": "1.82.3"}),
-            tags: Vec::<Value>::new(),
-        }
-    }
+    use crate::instance::test_instance as inst;
 
     fn check(e: &str, f: &Facts<'_>) -> bool {
         match Query::parse(e) {

@@ -802,20 +802,34 @@ impl Ecs {
     /// describable for about an hour), with their tags. Returns how many went.
     pub async fn expire_stopped(&self, retention_secs: f64) -> EcsResult<usize> {
         let cutoff = crate::now() - retention_secs;
-        crate::error::write(&*self.store, move |txn| {
-            let old: Vec<(String, String)> = txn
-                .scan_json::<TaskRecord>(TASKS, "", None, usize::MAX)?
+        let expired = move |t: &TaskRecord| {
+            t.last_status == "STOPPED" && t.stopped_at.is_some_and(|s| s < cutoff)
+        };
+        // Find them on the read copy first, so a pass with nothing to forget writes nothing.
+        let due: Vec<String> = crate::error::read(&*self.store, |txn| {
+            Ok(txn
+                .scan_json::<TaskRecord>(TASKS, "", None, usize::MAX)
+                .map_err(store)?
                 .into_iter()
-                .filter(|(_, t)| {
-                    t.last_status == "STOPPED" && t.stopped_at.is_some_and(|s| s < cutoff)
-                })
-                .map(|(key, t)| (key, t.task_arn))
-                .collect();
-            for (key, arn) in &old {
-                txn.delete(TASKS, key)?;
-                crate::tags::set(txn, arn, &[])?;
+                .filter(|(_, t)| expired(t))
+                .map(|(key, _)| key)
+                .collect())
+        })?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        crate::error::write(&*self.store, move |txn| {
+            let mut gone = 0;
+            for key in &due {
+                if let Some(t) = txn.get_json::<TaskRecord>(TASKS, key)?
+                    && expired(&t)
+                {
+                    txn.delete(TASKS, key)?;
+                    crate::tags::set(txn, &t.task_arn, &[])?;
+                    gone += 1;
+                }
             }
-            Ok(old.len())
+            Ok(gone)
         })
         .await
     }

@@ -1,7 +1,7 @@
 //! ELB's error vocabulary (awsQuery codes as the model names them on the wire) and the
 //! `Marker`/`NextMarker` paging of its Describe calls.
 
-use fleetport_proto::AwsError;
+use fleetport_proto::{AwsError, paging};
 use fleetport_store::StoreError;
 use serde_json::Value;
 
@@ -48,8 +48,8 @@ pub fn store_error(e: StoreError) -> AwsError {
 }
 
 /// One page of `items` (already in their listing order, each with a stable key) after
-/// `Marker`, at most `PageSize` (1–400, default 400) long, and the `NextMarker` if more follow.
-pub fn page<T>(input: &Value, items: Vec<(String, T)>) -> ElbResult<(Vec<T>, Option<String>)> {
+/// `Marker`, at most `PageSize` (1–400, default 400) long, as `{member: [...], NextMarker}`.
+pub fn page(input: &Value, member: &str, items: Vec<(String, Value)>) -> ElbResult<Value> {
     let size = match input.get("PageSize").and_then(Value::as_i64) {
         None => 400,
         Some(n) if (1..=400).contains(&n) => n as usize,
@@ -58,10 +58,7 @@ pub fn page<T>(input: &Value, items: Vec<(String, T)>) -> ElbResult<(Vec<T>, Opt
     let start = match input.get("Marker").and_then(Value::as_str) {
         None => 0,
         Some(m) => {
-            let after = fleetport_proto::paging::decode_token(&serde_json::json!({"nextToken": m}))
-                .ok()
-                .flatten()
-                .ok_or_else(|| validation("Invalid Marker"))?;
+            let after = paging::decode_key(m).ok_or_else(|| validation("Invalid Marker"))?;
             items
                 .iter()
                 .position(|(k, _)| *k == after)
@@ -69,17 +66,21 @@ pub fn page<T>(input: &Value, items: Vec<(String, T)>) -> ElbResult<(Vec<T>, Opt
                 .ok_or_else(|| validation("Invalid Marker"))?
         }
     };
-    let rest: Vec<(String, T)> = items.into_iter().skip(start).collect();
+    let mut rest: Vec<(String, Value)> = items.into_iter().skip(start).collect();
     let more = rest.len() > size;
-    let mut rest = rest;
     rest.truncate(size);
-    let marker = if more {
-        rest.last()
-            .map(|(k, _)| fleetport_proto::paging::encode_token(k))
-    } else {
-        None
-    };
-    Ok((rest.into_iter().map(|(_, v)| v).collect(), marker))
+    let marker = more
+        .then(|| rest.last().map(|(k, _)| paging::encode_token(k)))
+        .flatten();
+    let mut out = serde_json::Map::new();
+    out.insert(
+        member.to_string(),
+        Value::Array(rest.into_iter().map(|(_, v)| v).collect()),
+    );
+    if let Some(m) = marker {
+        out.insert("NextMarker".into(), Value::String(m));
+    }
+    Ok(Value::Object(out))
 }
 
 /// Load balancer, target group and listener names: 1–32 of `[A-Za-z0-9-]`, no hyphen at

@@ -209,12 +209,7 @@ impl Elb {
             .into_iter()
             .map(|l| (l.arn.clone(), self.render_lb(l, "active")))
             .collect();
-        let (page, marker) = crate::error::page(&input, items)?;
-        let mut out = json!({"LoadBalancers": page});
-        if let Some(m) = marker {
-            out["NextMarker"] = json!(m);
-        }
-        Ok(out)
+        crate::error::page(&input, "LoadBalancers", items)
     }
 
     pub(crate) async fn delete_load_balancer(&self, input: Value) -> ElbResult<Value> {
@@ -260,11 +255,7 @@ impl Elb {
         let arn = fleetport_proto::input::owned(&input, "LoadBalancerArn");
         let attributes = self
             .change(move |s| {
-                let lb = s
-                    .load_balancers
-                    .iter_mut()
-                    .find(|l| l.arn == arn)
-                    .ok_or_else(lb_not_found)?;
+                let lb = s.lb_mut(&arn).ok_or_else(lb_not_found)?;
                 attrs::apply("Load balancer", &mut lb.attributes, &input)?;
                 Ok(lb.attributes.clone())
             })
@@ -277,11 +268,7 @@ impl Elb {
         let groups = fleetport_proto::input::strings(&input, "SecurityGroups");
         let ids = groups.clone();
         self.change(move |s| {
-            let lb = s
-                .load_balancers
-                .iter_mut()
-                .find(|l| l.arn == arn)
-                .ok_or_else(lb_not_found)?;
+            let lb = s.lb_mut(&arn).ok_or_else(lb_not_found)?;
             lb.security_groups = groups;
             Ok(())
         })
@@ -294,11 +281,7 @@ impl Elb {
         let subnets = subnets_of(&input);
         let lb = self
             .change(move |s| {
-                let lb = s
-                    .load_balancers
-                    .iter_mut()
-                    .find(|l| l.arn == arn)
-                    .ok_or_else(lb_not_found)?;
+                let lb = s.lb_mut(&arn).ok_or_else(lb_not_found)?;
                 check_subnets(&lb.kind, &subnets)?;
                 if subnets.is_empty() {
                     return Err(validation("At least one subnet must be specified"));
@@ -318,11 +301,7 @@ impl Elb {
         let kind = fleetport_proto::input::owned(&input, "IpAddressType");
         let out = kind.clone();
         self.change(move |s| {
-            let lb = s
-                .load_balancers
-                .iter_mut()
-                .find(|l| l.arn == arn)
-                .ok_or_else(lb_not_found)?;
+            let lb = s.lb_mut(&arn).ok_or_else(lb_not_found)?;
             lb.ip_address_type = kind;
             Ok(())
         })

@@ -271,6 +271,15 @@ fn check_fixed(a: &Map<String, Value>) -> ElbResult<()> {
     Ok(())
 }
 
+/// The string values of a condition's `*Config` (non-strings read as empty, and refused).
+fn config_values(config: &Value) -> Vec<&str> {
+    config
+        .get("Values")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|v| v.as_str().unwrap_or_default()).collect())
+        .unwrap_or_default()
+}
+
 /// The condition fields and where each keeps its values.
 fn config_key(field: &str) -> Option<&'static str> {
     Some(match field {
@@ -335,13 +344,7 @@ fn check_conditions(conditions: &[Value]) -> ElbResult<Vec<Value>> {
         values_total += count;
         match field.as_str() {
             "path-pattern" | "host-header" => {
-                for v in config
-                    .get("Values")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let v = v.as_str().unwrap_or_default();
+                for v in config_values(&config) {
                     if v.is_empty() || v.len() > 128 {
                         return Err(validation(format!(
                             "Condition value '{v}' must be 1 to 128 characters long"
@@ -365,13 +368,7 @@ fn check_conditions(conditions: &[Value]) -> ElbResult<Vec<Value>> {
                 }
             }
             "http-request-method" => {
-                for v in config
-                    .get("Values")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let v = v.as_str().unwrap_or_default();
+                for v in config_values(&config) {
                     if v.is_empty()
                         || v.len() > 40
                         || !v
@@ -385,13 +382,7 @@ fn check_conditions(conditions: &[Value]) -> ElbResult<Vec<Value>> {
                 }
             }
             "source-ip" => {
-                for v in config
-                    .get("Values")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let v = v.as_str().unwrap_or_default();
+                for v in config_values(&config) {
                     if crate::plane::route::Cidr::parse(v).is_none() {
                         return Err(validation(format!(
                             "Source IP '{v}' is not a valid CIDR block"
@@ -592,12 +583,7 @@ impl Elb {
             .into_iter()
             .map(|l| (l.arn.clone(), render_listener(l)))
             .collect();
-        let (page, marker) = crate::error::page(&input, items)?;
-        let mut out = json!({"Listeners": page});
-        if let Some(m) = marker {
-            out["NextMarker"] = json!(m);
-        }
-        Ok(out)
+        crate::error::page(&input, "Listeners", items)
     }
 
     pub(crate) async fn modify_listener(&self, input: Value) -> ElbResult<Value> {
@@ -645,18 +631,11 @@ impl Elb {
                             "A listener already exists on this port for this load balancer",
                         ));
                     }
-                    let others = ElbState {
-                        listeners: s
-                            .listeners
-                            .iter()
-                            .filter(|l| l.arn != arn)
-                            .cloned()
-                            .collect(),
-                        ..Default::default()
-                    };
-                    this.claim_port(&others, &lb.arn, next.port, &next.protocol)?;
+                    // The listener itself still holds its old port in `s`, so it is not
+                    // counted as a user of the new one.
+                    this.claim_port(s, &lb.arn, next.port, &next.protocol)?;
                 }
-                if let Some(l) = s.listeners.iter_mut().find(|l| l.arn == arn) {
+                if let Some(l) = s.listener_mut(&arn) {
                     *l = next.clone();
                 }
                 Ok(next)
@@ -699,11 +678,7 @@ impl Elb {
         let arn = fleetport_proto::input::owned(&input, "ListenerArn");
         let attributes = self
             .change(move |s| {
-                let l = s
-                    .listeners
-                    .iter_mut()
-                    .find(|l| l.arn == arn)
-                    .ok_or_else(listener_not_found)?;
+                let l = s.listener_mut(&arn).ok_or_else(listener_not_found)?;
                 attrs::apply("Listener", &mut l.attributes, &input)?;
                 Ok(l.attributes.clone())
             })
@@ -788,12 +763,7 @@ impl Elb {
         }
         found.sort_by_key(|(p, _, _)| *p);
         let items = found.into_iter().map(|(_, k, v)| (k, v)).collect();
-        let (page, marker) = crate::error::page(&input, items)?;
-        let mut out = json!({"Rules": page});
-        if let Some(m) = marker {
-            out["NextMarker"] = json!(m);
-        }
-        Ok(out)
+        crate::error::page(&input, "Rules", items)
     }
 
     pub(crate) async fn modify_rule(&self, input: Value) -> ElbResult<Value> {
@@ -820,7 +790,7 @@ impl Elb {
                         next.default_actions =
                             check_actions(s, &lb.arn, &lb.kind, &l.protocol, &a)?;
                     }
-                    if let Some(x) = s.listeners.iter_mut().find(|x| x.arn == l.arn) {
+                    if let Some(x) = s.listener_mut(&l.arn) {
                         *x = next.clone();
                     }
                     return Ok(render_default_rule(&next));

@@ -37,12 +37,7 @@ impl Elb {
             .iter()
             .map(|(n, m)| (n.to_string(), json!({"Name": n, "Max": m.to_string()})))
             .collect();
-        let (page, marker) = crate::error::page(&input, items)?;
-        let mut out = json!({"Limits": page});
-        if let Some(m) = marker {
-            out["NextMarker"] = json!(m);
-        }
-        Ok(out)
+        crate::error::page(&input, "Limits", items)
     }
 
     pub(crate) fn describe_ssl_policies(&self, input: Value) -> ElbResult<Value> {
@@ -76,11 +71,6 @@ impl Elb {
             .filter(|p| names.is_empty() || names.iter().any(|n| n == *p))
             .map(|p| (p.to_string(), render(p)))
             .collect();
-        let (page, marker) = crate::error::page(&input, items)?;
-        let mut out = json!({"SslPolicies": page});
-        if let Some(m) = marker {
-            out["NextMarker"] = json!(m);
-        }
-        Ok(out)
+        crate::error::page(&input, "SslPolicies", items)
     }
 }

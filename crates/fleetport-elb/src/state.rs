@@ -122,6 +122,14 @@ impl ElbState {
         self.load_balancers.iter().find(|l| l.arn == arn)
     }
 
+    pub fn lb_mut(&mut self, arn: &str) -> Option<&mut LoadBalancer> {
+        self.load_balancers.iter_mut().find(|l| l.arn == arn)
+    }
+
+    pub fn listener_mut(&mut self, arn: &str) -> Option<&mut Listener> {
+        self.listeners.iter_mut().find(|l| l.arn == arn)
+    }
+
     pub fn tg(&self, arn: &str) -> Option<&TargetGroup> {
         self.target_groups.iter().find(|t| t.arn == arn)
     }

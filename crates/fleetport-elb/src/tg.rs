@@ -355,12 +355,7 @@ impl Elb {
             .into_iter()
             .map(|t| (t.arn.clone(), self.render_tg(&s, t)))
             .collect();
-        let (page, marker) = crate::error::page(&input, items)?;
-        let mut out = json!({"TargetGroups": page});
-        if let Some(m) = marker {
-            out["NextMarker"] = json!(m);
-        }
-        Ok(out)
+        crate::error::page(&input, "TargetGroups", items)
     }
 
     pub(crate) async fn modify_target_group(&self, input: Value) -> ElbResult<Value> {

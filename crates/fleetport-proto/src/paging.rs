@@ -26,12 +26,17 @@ pub fn decode_token(input: &Value) -> Result<Option<String>, AwsError> {
     let Some(token) = input.get("nextToken").and_then(Value::as_str) else {
         return Ok(None);
     };
+    decode_key(token)
+        .map(Some)
+        .ok_or_else(|| invalid("Invalid nextToken."))
+}
+
+/// The key a token (from [`encode_token`]) carries, or None when it is not one of ours.
+pub fn decode_key(token: &str) -> Option<String> {
     URL_SAFE_NO_PAD
         .decode(token)
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
-        .map(Some)
-        .ok_or_else(|| invalid("Invalid nextToken."))
 }
 
 pub fn encode_token(key: &str) -> String {

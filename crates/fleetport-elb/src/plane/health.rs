@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -19,15 +21,35 @@ use tokio::net::TcpStream;
 use crate::state::{HealthCheck, TargetGroup};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum State {
-    Initial,
-    Healthy,
-    Unhealthy,
+    Initial = 0,
+    Healthy = 1,
+    Unhealthy = 2,
 }
+
+impl State {
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(c: u8) -> Self {
+        match c {
+            1 => State::Healthy,
+            2 => State::Unhealthy,
+            _ => State::Initial,
+        }
+    }
+}
+
+/// A target's state as the proxy reads it on every request: one atomic load, no lock and no
+/// allocation.
+pub type Cell = Arc<AtomicU8>;
 
 #[derive(Debug, Clone)]
 struct Entry {
     state: State,
+    cell: Cell,
     reason: &'static str,
     description: String,
     passes: u32,
@@ -38,6 +60,7 @@ impl Default for Entry {
     fn default() -> Self {
         Self {
             state: State::Initial,
+            cell: Arc::new(AtomicU8::new(State::Initial.code())),
             reason: "Elb.InitialHealthChecking",
             description: "Initial health checks in progress".into(),
             passes: 0,
@@ -63,11 +86,22 @@ pub enum Failure {
 }
 
 impl HealthBoard {
-    pub fn state(&self, tg: &str, id: &str, port: u16) -> State {
+    #[cfg(test)]
+    fn state(&self, tg: &str, id: &str, port: u16) -> State {
         self.entries
             .read()
             .get(&(tg.to_string(), id.to_string(), port))
             .map_or(State::Initial, |e| e.state)
+    }
+
+    /// The shared cell of a target's state, created (as `initial`) if the target is new.
+    pub fn cell(&self, tg: &str, id: &str, port: u16) -> Cell {
+        self.entries
+            .write()
+            .entry((tg.to_string(), id.to_string(), port))
+            .or_default()
+            .cell
+            .clone()
     }
 
     pub fn describe(&self, tg: &str, id: &str, port: u16) -> Value {
@@ -125,6 +159,7 @@ impl HealthBoard {
                 }
             }
         }
+        e.cell.store(e.state.code(), Ordering::Relaxed);
     }
 
     /// Forgets every target of `tg` not in `keep`.
@@ -194,7 +229,7 @@ pub async fn probe(addr: SocketAddr, hc: &HealthCheck) -> Result<(), Failure> {
 }
 
 /// Checks every live target of `tg` each interval, the first round at once.
-pub async fn check_group(board: std::sync::Arc<HealthBoard>, tg: TargetGroup) {
+pub async fn check_group(board: Arc<HealthBoard>, tg: TargetGroup) {
     let interval = Duration::from_secs(tg.health.interval.max(1));
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

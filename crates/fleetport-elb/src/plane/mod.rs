@@ -63,6 +63,13 @@ pub struct TargetPlan {
     pub port: u16,
     pub addr: SocketAddr,
     pub in_flight: Arc<AtomicUsize>,
+    pub health: health::Cell,
+}
+
+impl TargetPlan {
+    fn healthy(&self) -> bool {
+        State::from_code(self.health.load(Ordering::Relaxed)) == State::Healthy
+    }
 }
 
 #[derive(Debug)]
@@ -77,34 +84,30 @@ pub struct GroupPlan {
 impl GroupPlan {
     /// Picks a target: healthy ones only, or all of them when none is healthy (fail-open).
     /// None when the group has no target that is not draining (the caller answers 503).
-    pub fn pick(&self, board: &HealthBoard) -> Option<&TargetPlan> {
-        if self.targets.is_empty() {
-            return None;
-        }
-        let healthy: Vec<&TargetPlan> = self
-            .targets
-            .iter()
-            .filter(|t| board.state(&self.arn, &t.id, t.port) == State::Healthy)
-            .collect();
-        let pool: Vec<&TargetPlan> = if healthy.is_empty() {
-            self.targets.iter().collect()
+    pub fn pick(&self) -> Option<&TargetPlan> {
+        let healthy = self.targets.iter().filter(|t| t.healthy()).count();
+        let in_pool = |t: &&TargetPlan| healthy == 0 || t.healthy();
+        let pool_len = if healthy == 0 {
+            self.targets.len()
         } else {
             healthy
         };
+        if pool_len == 0 {
+            return None;
+        }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         if self.least_outstanding {
-            let min = pool
+            let load = |t: &TargetPlan| t.in_flight.load(Ordering::Relaxed);
+            let min = self.targets.iter().filter(in_pool).map(load).min()?;
+            let least = self
+                .targets
                 .iter()
-                .map(|t| t.in_flight.load(Ordering::Relaxed))
-                .min()
-                .unwrap_or(0);
-            let least: Vec<&&TargetPlan> = pool
-                .iter()
-                .filter(|t| t.in_flight.load(Ordering::Relaxed) == min)
-                .collect();
-            return least.get(n % least.len().max(1)).map(|t| **t);
+                .filter(in_pool)
+                .filter(|t| load(t) == min);
+            let count = least.clone().count();
+            return least.clone().nth(n % count.max(1));
         }
-        pool.get(n % pool.len()).copied()
+        self.targets.iter().filter(in_pool).nth(n % pool_len)
     }
 }
 
@@ -166,7 +169,7 @@ pub struct Counters {
     in_flight: Mutex<HashMap<(String, SocketAddr), Arc<AtomicUsize>>>,
 }
 
-fn compile(s: &ElbState, counters: &Counters) -> Routes {
+fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes {
     let mut groups: HashMap<String, Arc<GroupPlan>> = HashMap::new();
     for tg in &s.target_groups {
         let targets = tg
@@ -186,6 +189,7 @@ fn compile(s: &ElbState, counters: &Counters) -> Routes {
                     port: t.port,
                     addr,
                     in_flight,
+                    health: board.cell(&tg.arn, &t.id, t.port),
                 })
             })
             .collect();
@@ -311,7 +315,7 @@ pub async fn run(
     let mut checkers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
     loop {
         let state = config.borrow_and_update().clone();
-        let routes = compile(&state, &counters);
+        let routes = compile(&state, &counters, &board);
         let wanted: HashMap<u16, String> = routes
             .ports
             .iter()
@@ -337,18 +341,12 @@ pub async fn run(
                 }
             };
             let accept = if protocol == "TCP" {
-                tokio::spawn(proxy::serve_tcp(
-                    listener,
-                    port,
-                    routes_rx.clone(),
-                    board.clone(),
-                ))
+                tokio::spawn(proxy::serve_tcp(listener, port, routes_rx.clone()))
             } else {
                 tokio::spawn(proxy::serve_http(
                     listener,
                     port,
                     routes_rx.clone(),
-                    board.clone(),
                     client.clone(),
                 ))
             };

@@ -17,7 +17,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
-use crate::plane::health::HealthBoard;
 use crate::plane::route::RequestView;
 use crate::plane::{Action, GroupPlan, ListenerPlan, Routes};
 
@@ -84,7 +83,6 @@ pub async fn serve_http(
     listener: tokio::net::TcpListener,
     port: u16,
     routes: watch::Receiver<Arc<Routes>>,
-    board: Arc<HealthBoard>,
     client: UpstreamClient,
 ) {
     loop {
@@ -98,16 +96,12 @@ pub async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let routes = routes.clone();
-        let board = board.clone();
         let client = client.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let routes = routes.borrow().clone();
-                let board = board.clone();
                 let client = client.clone();
-                async move {
-                    Ok::<_, Infallible>(handle(req, port, peer, &routes, &board, &client).await)
-                }
+                async move { Ok::<_, Infallible>(handle(req, port, peer, &routes, &client).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -133,7 +127,6 @@ pub async fn handle(
     port: u16,
     peer: SocketAddr,
     routes: &Routes,
-    board: &HealthBoard,
     client: &UpstreamClient,
 ) -> Response<Body> {
     if req.method() == http::Method::TRACE {
@@ -179,9 +172,7 @@ pub async fn handle(
             r
         }
         Some(Action::Redirect(cfg)) => redirect(&req, cfg, &host, port),
-        Some(Action::Forward(groups)) => {
-            forward(req, listener, groups, peer, &host, board, client).await
-        }
+        Some(Action::Forward(groups)) => forward(req, listener, groups, peer, &host, client).await,
     }
 }
 
@@ -270,13 +261,12 @@ async fn forward(
     groups: &[(Arc<GroupPlan>, u64)],
     peer: SocketAddr,
     host: &str,
-    board: &HealthBoard,
     client: &UpstreamClient,
 ) -> Response<Body> {
     let Some(group) = pick_group(groups) else {
         return page(StatusCode::SERVICE_UNAVAILABLE);
     };
-    let Some(target) = group.pick(board) else {
+    let Some(target) = group.pick() else {
         return page(StatusCode::SERVICE_UNAVAILABLE);
     };
     let (mut parts, body) = req.into_parts();
@@ -373,7 +363,6 @@ pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     port: u16,
     routes: watch::Receiver<Arc<Routes>>,
-    board: Arc<HealthBoard>,
 ) {
     loop {
         let Ok((mut inbound, _peer)) = listener.accept().await else {
@@ -382,7 +371,6 @@ pub async fn serve_tcp(
         };
         let _ = inbound.set_nodelay(true);
         let routes = routes.borrow().clone();
-        let board = board.clone();
         tokio::spawn(async move {
             let Some(l) = routes.ports.get(&port).and_then(|ls| ls.first()) else {
                 return;
@@ -390,7 +378,7 @@ pub async fn serve_tcp(
             let Some(Action::Forward(groups)) = l.rules.last().map(|r| &r.action) else {
                 return;
             };
-            let Some(target) = pick_group(groups).and_then(|g| g.pick(&board)) else {
+            let Some(target) = pick_group(groups).and_then(|g| g.pick()) else {
                 return;
             };
             let connect = tokio::net::TcpStream::connect(target.addr);
