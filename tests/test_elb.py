@@ -146,7 +146,8 @@ def test_cli_walkthrough_routes_real_traffic(server, backends):
     cli("elbv2", "register-targets", "--target-group-arn", tg2["TargetGroupArn"], "--targets",
         f"Id=127.0.0.1,Port={api.port}")
     unused = cli("elbv2", "describe-target-health", "--target-group-arn", tg["TargetGroupArn"])
-    assert {d["TargetHealth"]["Reason"] for d in unused["TargetHealthDescriptions"]} == {"Target.NotInUse"}
+    assert {(d["TargetHealth"]["Reason"], d["TargetHealth"]["Description"]) for d in unused["TargetHealthDescriptions"]} == {
+        ("Target.NotInUse", "Given target group is not configured to receive traffic from ELB")}
     port = free_port()
     listener = cli("elbv2", "create-listener", "--load-balancer-arn", lb["LoadBalancerArn"], "--protocol", "HTTP",
                    "--port", str(port), "--default-actions",
@@ -231,6 +232,8 @@ def test_rules_conditions_and_actions(server, backends):
     listed = elb.describe_rules(ListenerArn=ln)["Rules"]
     r5, r10, default = listed[0]["RuleArn"], listed[1]["RuleArn"], listed[-1]["RuleArn"]
     out = elb.set_rule_priorities(RulePriorities=[{"RuleArn": r5, "Priority": 10}, {"RuleArn": r10, "Priority": 5}])
+    conformance.check("elbv2", "SetRulePriorities", out)
+    conformance.check("elbv2", "DescribeRules", elb.describe_rules(ListenerArn=ln))
     assert {r["RuleArn"]: r["Priority"] for r in out["Rules"]} == {r5: "10", r10: "5"}
     wait_for(lambda: who("/api/v1/x") == "b", 1, 0.05)  # changes apply within a second
     assert error_code(lambda: elb.delete_rule(RuleArn=default)) == "OperationNotPermitted"
@@ -279,6 +282,7 @@ def test_health_states_fail_open_and_alb_errors(server, backends):
     wait_for(lambda: get(port, "/x")[0] == 503, 5)
     status, headers, body = get(port, "/x")
     assert b"503 Service Temporarily Unavailable" in body and headers["content-type"] == "text/html"
+    assert len(body) == 162, "the ALB's own 503 page, byte for byte in length"
     h = elb.describe_target_health(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": good.port}])
     assert h["TargetHealthDescriptions"][0]["TargetHealth"]["Reason"] == "Target.NotRegistered"
 
@@ -426,6 +430,9 @@ def test_invalid_requests_get_aws_error_codes(server):
     port = free_port()
     ln = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port,
                              DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])["Listeners"][0]["ListenerArn"]
+    conformance.check("elbv2", "DescribeListeners", elb.describe_listeners(LoadBalancerArn=lb))
+    conformance.check("elbv2", "DescribeListenerAttributes", elb.describe_listener_attributes(ListenerArn=ln))
+    conformance.check("elbv2", "DescribeLoadBalancerAttributes", elb.describe_load_balancer_attributes(LoadBalancerArn=lb))
     again = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port,
                                 DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
     assert again["Listeners"][0]["ListenerArn"] == ln, "CreateListener is idempotent"
@@ -484,6 +491,10 @@ def test_invalid_requests_get_aws_error_codes(server):
     elb.delete_target_group(TargetGroupArn=tg)
     attrs = {a["Key"]: a["Value"] for a in elb.describe_target_group_attributes(TargetGroupArn=tcp_tg)["Attributes"]}
     assert attrs["deregistration_delay.timeout_seconds"] == "300" and attrs["stickiness.type"] == "source_ip"
+    for op, out in [("DescribeTargetGroups", elb.describe_target_groups()),
+                    ("DescribeTargetGroupAttributes", elb.describe_target_group_attributes(TargetGroupArn=tcp_tg)),
+                    ("DescribeSSLPolicies", elb.describe_ssl_policies())]:
+        conformance.check("elbv2", op, out)
     limits = elb.describe_account_limits()
     conformance.check("elbv2", "DescribeAccountLimits", limits)
     assert elb.describe_ssl_policies(Names=["ELBSecurityPolicy-2016-08"])["SslPolicies"][0]["Name"] == "ELBSecurityPolicy-2016-08"

@@ -499,7 +499,7 @@ impl Elb {
                        "Description": "Target deregistration is in progress"})
             } else if !in_use {
                 json!({"State": "unused", "Reason": "Target.NotInUse",
-                       "Description": "Target group is not configured to receive traffic from the load balancer"})
+                       "Description": "Given target group is not configured to receive traffic from ELB"})
             } else {
                 self.inner.health.describe(&tg.arn, &t.id, t.port)
             };
