@@ -115,12 +115,14 @@ impl Elb {
         })
     }
 
-    /// Runs listeners and health checks for every published configuration until aborted.
-    pub async fn run_data_plane(self) {
+    /// Runs listeners (on `workers` threads of their own) and health checks for every
+    /// published configuration until aborted.
+    pub async fn run_data_plane(self, workers: usize) {
         plane::run(
             self.inner.current.subscribe(),
             self.inner.health.clone(),
             self.inner.ports.clone(),
+            workers,
         )
         .await;
     }

@@ -65,6 +65,11 @@ pub struct UpArgs {
     #[arg(long, env = "FLEETPORT_TASK_CLEANUP_WAIT", default_value_t = 10800)]
     pub task_cleanup_wait: u64,
 
+    /// Threads serving load balancer listeners, each with its own connections to targets
+    /// (default: one per CPU).
+    #[arg(long, env = "FLEETPORT_ELB_WORKERS")]
+    pub elb_workers: Option<usize>,
+
     /// Do not run the built-in managed capacity (the FARGATE launch type) on this host's Docker
     /// engine. FARGATE tasks then stay PROVISIONING.
     #[arg(long, env = "FLEETPORT_NO_MANAGED_CAPACITY")]
@@ -123,6 +128,7 @@ pub struct Config {
     pub agent_timeout: std::time::Duration,
     pub stopped_task_retention: std::time::Duration,
     pub task_cleanup_wait: std::time::Duration,
+    pub elb_workers: usize,
     pub max_body_bytes: usize,
     pub registry_host: Option<String>,
     pub registry_gc_interval: std::time::Duration,
@@ -173,6 +179,11 @@ impl UpArgs {
             agent_timeout: std::time::Duration::from_secs(self.agent_timeout.max(1)),
             stopped_task_retention: std::time::Duration::from_secs(self.stopped_task_retention),
             task_cleanup_wait: std::time::Duration::from_secs(self.task_cleanup_wait),
+            elb_workers: self
+                .elb_workers
+                .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+                .unwrap_or(1)
+                .clamp(1, 256),
             max_body_bytes: self.max_body_bytes,
             registry_host: self.registry_host,
             registry_gc_interval: std::time::Duration::from_secs(self.registry_gc_interval.max(1)),

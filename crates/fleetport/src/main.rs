@@ -137,7 +137,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let elb = fleetport_elb::Elb::open(store.clone(), &config.region, &config.account_id)
         .context("loading the load balancer configuration")?;
     gateway.serve(Arc::new(elb.clone()));
-    let elb_plane = tokio::spawn(elb.clone().run_data_plane());
+    let elb_plane = tokio::spawn(elb.clone().run_data_plane(config.elb_workers));
     let elb_maintenance = tokio::spawn(elb.clone().run_maintenance());
     let gc = tokio::spawn(
         ecr.clone()

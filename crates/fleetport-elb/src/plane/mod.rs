@@ -9,6 +9,7 @@
 pub mod health;
 pub mod proxy;
 pub mod route;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -37,22 +38,15 @@ impl Ports {
         if r.contains_key(&port) {
             return Ok(());
         }
-        let l = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
-        l.set_nonblocking(true)?;
-        r.insert(port, l);
+        r.insert(port, workers::bind_shared(port)?);
         Ok(())
     }
 
-    fn take_or_bind(&self, port: u16) -> std::io::Result<tokio::net::TcpListener> {
-        let std = match self.reserved.lock().remove(&port) {
-            Some(l) => l,
-            None => {
-                let l = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port))?;
-                l.set_nonblocking(true)?;
-                l
-            }
-        };
-        tokio::net::TcpListener::from_std(std)
+    fn take_or_bind(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
+        match self.reserved.lock().remove(&port) {
+            Some(l) => Ok(l),
+            None => workers::bind_shared(port),
+        }
     }
 }
 
@@ -299,18 +293,25 @@ fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes {
 /// run in their own tasks and finish normally.
 struct OpenPort {
     protocol: String,
-    accept: tokio::task::AbortHandle,
+    accept: Vec<tokio::task::AbortHandle>,
 }
 
-/// Follows the configuration until aborted.
+/// Follows the configuration until aborted, serving listeners on `workers` threads.
 pub async fn run(
     mut config: watch::Receiver<Arc<ElbState>>,
     board: Arc<HealthBoard>,
     ports: Arc<Ports>,
+    workers: usize,
 ) {
+    let workers = match workers::Workers::start(workers) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the load balancer's worker threads");
+            return;
+        }
+    };
     let counters = Counters::default();
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
-    let client = proxy::client();
     let mut open: HashMap<u16, OpenPort> = HashMap::new();
     let mut checkers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
     loop {
@@ -325,7 +326,7 @@ pub async fn run(
         open.retain(|port, o| {
             let keep = wanted.get(port) == Some(&o.protocol);
             if !keep {
-                o.accept.abort();
+                o.accept.iter().for_each(tokio::task::AbortHandle::abort);
             }
             keep
         });
@@ -333,30 +334,17 @@ pub async fn run(
             if open.contains_key(&port) {
                 continue;
             }
-            let listener = match ports.take_or_bind(port) {
-                Ok(l) => l,
+            let accept = ports
+                .take_or_bind(port)
+                .and_then(|first| workers.open(first, port, &protocol, &routes_rx));
+            match accept {
+                Ok(accept) => {
+                    open.insert(port, OpenPort { protocol, accept });
+                }
                 Err(e) => {
                     tracing::error!(port, error = %e, "cannot open listener port; retrying with the next change");
-                    continue;
                 }
-            };
-            let accept = if protocol == "TCP" {
-                tokio::spawn(proxy::serve_tcp(listener, port, routes_rx.clone()))
-            } else {
-                tokio::spawn(proxy::serve_http(
-                    listener,
-                    port,
-                    routes_rx.clone(),
-                    client.clone(),
-                ))
-            };
-            open.insert(
-                port,
-                OpenPort {
-                    protocol,
-                    accept: accept.abort_handle(),
-                },
-            );
+            }
         }
         sync_checkers(&state, &board, &mut checkers);
         if config.changed().await.is_err() {

@@ -80,11 +80,15 @@ fn trace_id() -> String {
 
 /// Accepts HTTP connections on one listener port until aborted.
 pub async fn serve_http(
-    listener: tokio::net::TcpListener,
+    listener: std::net::TcpListener,
     port: u16,
     routes: watch::Receiver<Arc<Routes>>,
     client: UpstreamClient,
 ) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        tracing::error!(port, "cannot register the listener with the runtime");
+        return;
+    };
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -360,10 +364,14 @@ async fn forward(
 
 /// Relays TCP connections on one NLB listener port until aborted.
 pub async fn serve_tcp(
-    listener: tokio::net::TcpListener,
+    listener: std::net::TcpListener,
     port: u16,
     routes: watch::Receiver<Arc<Routes>>,
 ) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        tracing::error!(port, "cannot register the listener with the runtime");
+        return;
+    };
     loop {
         let Ok((mut inbound, _peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
