@@ -3,8 +3,10 @@
 //! compiling rules and target groups into [`Routes`], and running health checks.
 //!
 //! Requests read the current [`Routes`] once when they start, so a change never disturbs a
-//! request in flight. Counters that must outlive a change (round-robin positions, requests in
-//! flight per target) live in [`Counters`] and are shared by every compiled version.
+//! request in flight. Each worker thread gets its own compiled copy, so the reference counts and
+//! round-robin positions a request touches are never shared between cores. Counters that must
+//! outlive a change (round-robin positions, requests in flight per target) live in
+//! [`Counters`] and are shared by every compiled version.
 
 pub mod health;
 pub mod proxy;
@@ -56,6 +58,8 @@ pub struct TargetPlan {
     pub id: String,
     pub port: u16,
     pub addr: SocketAddr,
+    /// `addr` ready for the request URI.
+    pub authority: http::uri::Authority,
     pub in_flight: Arc<AtomicUsize>,
     pub health: health::Cell,
 }
@@ -133,6 +137,8 @@ pub struct ListenerPlan {
     pub idle_timeout: Duration,
     pub preserve_host: bool,
     pub xff_mode: String,
+    /// `port` ready for X-Forwarded-Port.
+    pub port_value: http::HeaderValue,
 }
 
 /// Everything the proxy needs, compiled from one configuration.
@@ -156,14 +162,28 @@ impl Routes {
     }
 }
 
-/// Round-robin positions and in-flight counts, kept across configuration changes.
-#[derive(Debug, Default)]
+/// Round-robin positions (one set per worker) and in-flight counts (shared by all workers,
+/// since least-outstanding-requests must see every worker's load), kept across changes.
+#[derive(Debug, Default, Clone)]
 pub struct Counters {
-    next: Mutex<HashMap<String, Arc<AtomicUsize>>>,
-    in_flight: Mutex<HashMap<(String, SocketAddr), Arc<AtomicUsize>>>,
+    next: Slots<String>,
+    in_flight: Slots<(String, SocketAddr)>,
 }
 
-fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes {
+/// Counters by key, each shared with every compiled plan that uses it.
+type Slots<K> = Arc<Mutex<HashMap<K, Arc<AtomicUsize>>>>;
+
+impl Counters {
+    /// Counters for another worker: its own round-robin positions, the same in-flight counts.
+    pub fn for_another_worker(&self) -> Self {
+        Self {
+            next: Arc::default(),
+            in_flight: self.in_flight.clone(),
+        }
+    }
+}
+
+pub fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes {
     let mut groups: HashMap<String, Arc<GroupPlan>> = HashMap::new();
     for tg in &s.target_groups {
         let targets = tg
@@ -172,6 +192,7 @@ fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes {
             .filter(|t| t.draining_until.is_none())
             .filter_map(|t| {
                 let addr = SocketAddr::new(t.id.parse::<IpAddr>().ok()?, t.port);
+                let authority = addr.to_string().parse().ok()?;
                 let in_flight = counters
                     .in_flight
                     .lock()
@@ -182,6 +203,7 @@ fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes {
                     id: t.id.clone(),
                     port: t.port,
                     addr,
+                    authority,
                     in_flight,
                     health: board.cell(&tg.arn, &t.id, t.port),
                 })
@@ -284,6 +306,7 @@ fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes {
                 ),
                 preserve_host: attr("routing.http.preserve_host_header.enabled") == "true",
                 xff_mode: attr("routing.http.xff_header_processing.mode"),
+                port_value: http::HeaderValue::from(l.port),
             }));
     }
     routes
@@ -310,19 +333,16 @@ pub async fn run(
             return;
         }
     };
-    let counters = Counters::default();
-    let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let mut open: HashMap<u16, OpenPort> = HashMap::new();
     let mut checkers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
     loop {
         let state = config.borrow_and_update().clone();
-        let routes = compile(&state, &counters, &board);
-        let wanted: HashMap<u16, String> = routes
-            .ports
+        let wanted: HashMap<u16, String> = state
+            .listeners
             .iter()
-            .filter_map(|(p, ls)| ls.first().map(|l| (*p, l.protocol.clone())))
+            .map(|l| (l.port, l.protocol.clone()))
             .collect();
-        routes_tx.send_replace(Arc::new(routes));
+        workers.publish(&state, &board);
         open.retain(|port, o| {
             let keep = wanted.get(port) == Some(&o.protocol);
             if !keep {
@@ -336,7 +356,7 @@ pub async fn run(
             }
             let accept = ports
                 .take_or_bind(port)
-                .and_then(|first| workers.open(first, port, &protocol, &routes_rx));
+                .and_then(|first| workers.open(first, port, &protocol));
             match accept {
                 Ok(accept) => {
                     open.insert(port, OpenPort { protocol, accept });

@@ -2,14 +2,17 @@
 //! connections and streamed bodies, redirects, fixed responses, and the ALB's own 405/463/502/
 //! 503/504 pages) and plain TCP relaying for NLB listeners.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::header::HeaderName;
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -61,21 +64,74 @@ fn page(status: StatusCode) -> Response<Body> {
     r
 }
 
-static RANDOM: AtomicU64 = AtomicU64::new(0x2545_F491_4F6C_DD1D);
-
-fn random() -> u64 {
-    let mut x = RANDOM.load(Ordering::Relaxed);
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    RANDOM.store(x, Ordering::Relaxed);
-    x
+thread_local! {
+    // Per thread, so workers never contend for it; seeded apart so they differ.
+    static RANDOM: Cell<u64> = Cell::new(uuid::Uuid::new_v4().as_u64_pair().0 | 1);
 }
 
-fn trace_id() -> String {
-    let secs = fleetport_proto::clock::unix_secs();
-    let rand = uuid::Uuid::new_v4().simple().to_string();
-    format!("Root=1-{secs:08x}-{}", &rand[..24])
+/// xorshift64: spreads weighted picks and fills trace IDs; not for anything secret.
+fn random() -> u64 {
+    RANDOM.with(|r| {
+        let mut x = r.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        r.set(x);
+        x
+    })
+}
+
+/// A trace ID's `1-<8 hex seconds>-<24 hex random>` part, built without allocating.
+fn trace_part() -> [u8; 35] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [b'-'; 35];
+    out[0] = b'1';
+    let secs = fleetport_proto::clock::unix_secs() as u32;
+    for i in 0..8 {
+        out[2 + i] = HEX[((secs >> (28 - 4 * i)) & 0xf) as usize];
+    }
+    let (a, b) = (random(), random());
+    for i in 0..24 {
+        let word = if i < 16 {
+            a >> (60 - 4 * i)
+        } else {
+            b >> (60 - 4 * (i - 16))
+        };
+        out[11 + i] = HEX[(word & 0xf) as usize];
+    }
+    out
+}
+
+/// X-Amzn-Trace-Id for the target: a new `Root=`, or `Self=` added before a Root the client
+/// sent.
+fn trace_header(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let part = trace_part();
+    match incoming.and_then(|v| v.to_str().ok()) {
+        Some(t) if t.contains("Root=") => {
+            let mut v = Vec::with_capacity(t.len() + 41);
+            v.extend_from_slice(b"Self=");
+            v.extend_from_slice(&part);
+            v.push(b';');
+            v.extend_from_slice(t.as_bytes());
+            HeaderValue::from_maybe_shared(Bytes::from(v)).ok()
+        }
+        _ => {
+            let mut v = [0u8; 40];
+            v[..5].copy_from_slice(b"Root=");
+            v[5..].copy_from_slice(&part);
+            HeaderValue::from_bytes(&v).ok()
+        }
+    }
+}
+
+/// What every request on one client connection shares.
+struct Conn {
+    port: u16,
+    peer: SocketAddr,
+    /// The peer's address as X-Forwarded-For carries it.
+    peer_value: HeaderValue,
+    routes: watch::Receiver<Arc<Routes>>,
+    client: UpstreamClient,
 }
 
 /// Accepts HTTP connections on one listener port until aborted.
@@ -99,13 +155,20 @@ pub async fn serve_http(
             }
         };
         let _ = stream.set_nodelay(true);
-        let routes = routes.clone();
-        let client = client.clone();
+        let Ok(peer_value) = HeaderValue::from_str(&peer.ip().to_string()) else {
+            continue;
+        };
+        let conn = Arc::new(Conn {
+            port,
+            peer,
+            peer_value,
+            routes: routes.clone(),
+            client: client.clone(),
+        });
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let routes = routes.borrow().clone();
-                let client = client.clone();
-                async move { Ok::<_, Infallible>(handle(req, port, peer, &routes, &client).await) }
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(handle(req, &conn).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
@@ -117,27 +180,28 @@ pub async fn serve_http(
     }
 }
 
-fn host_of(req: &Request<Incoming>) -> String {
+/// The Host header (or the authority of an absolute-form request line), as a cheap copy.
+fn host_of(req: &Request<Incoming>) -> HeaderValue {
     req.headers()
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(String::from)
-        .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .unwrap_or_default()
+        .cloned()
+        .or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
+        .unwrap_or_else(|| HeaderValue::from_static(""))
 }
 
-pub async fn handle(
-    req: Request<Incoming>,
-    port: u16,
-    peer: SocketAddr,
-    routes: &Routes,
-    client: &UpstreamClient,
-) -> Response<Body> {
+async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     if req.method() == http::Method::TRACE {
         return page(StatusCode::METHOD_NOT_ALLOWED);
     }
-    let host = host_of(&req);
-    let Some(listener) = routes.listener(port, &host) else {
+    let (port, peer) = (conn.port, conn.peer);
+    let routes = conn.routes.borrow().clone();
+    let host_value = host_of(&req);
+    let host = host_value.to_str().unwrap_or("");
+    let Some(listener) = routes.listener(port, host) else {
         return page(StatusCode::SERVICE_UNAVAILABLE);
     };
     let action = {
@@ -145,7 +209,7 @@ pub async fn handle(
             method: req.method().as_str(),
             path: req.uri().path(),
             query: req.uri().query().unwrap_or(""),
-            host: &host,
+            host,
             headers: req.headers(),
             peer: peer.ip(),
         };
@@ -175,8 +239,8 @@ pub async fn handle(
             }
             r
         }
-        Some(Action::Redirect(cfg)) => redirect(&req, cfg, &host, port),
-        Some(Action::Forward(groups)) => forward(req, listener, groups, peer, &host, client).await,
+        Some(Action::Redirect(cfg)) => redirect(&req, cfg, host, port),
+        Some(Action::Forward(groups)) => forward(req, listener, groups, conn, host).await,
     }
 }
 
@@ -249,23 +313,66 @@ fn pick_group(groups: &[(Arc<GroupPlan>, u64)]) -> Option<&Arc<GroupPlan>> {
     None
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
+
+fn remove_hop_by_hop(h: &mut http::HeaderMap) {
+    for name in &HOP_BY_HOP {
+        h.remove(name);
+    }
+}
+
+/// Sets X-Forwarded-For as the listener's mode says; Err when the client already sent 30 or
+/// more addresses (the ALB answers 463).
+fn forwarded_for(h: &mut http::HeaderMap, mode: &str, peer: &HeaderValue) -> Result<(), ()> {
+    if !h.contains_key(&X_FORWARDED_FOR) {
+        if mode != "remove" && mode != "preserve" {
+            h.insert(X_FORWARDED_FOR.clone(), peer.clone());
+        }
+        return Ok(());
+    }
+    let xff = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if xff.split(',').filter(|s| !s.trim().is_empty()).count() >= 30 {
+        return Err(());
+    }
+    match mode {
+        "remove" => {
+            h.remove(&X_FORWARDED_FOR);
+        }
+        "preserve" => {}
+        _ => {
+            let peer = peer.to_str().unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(&format!("{xff}, {peer}")) {
+                h.insert(X_FORWARDED_FOR.clone(), v);
+            }
+        }
+    }
+    Ok(())
+}
 
 async fn forward(
     req: Request<Incoming>,
     listener: &ListenerPlan,
     groups: &[(Arc<GroupPlan>, u64)],
-    peer: SocketAddr,
+    conn: &Conn,
     host: &str,
-    client: &UpstreamClient,
 ) -> Response<Body> {
     let Some(group) = pick_group(groups) else {
         return page(StatusCode::SERVICE_UNAVAILABLE);
@@ -274,54 +381,30 @@ async fn forward(
         return page(StatusCode::SERVICE_UNAVAILABLE);
     };
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    let Ok(uri) = format!("http://{}{path}", target.addr).parse::<http::Uri>() else {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(target.authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    let Ok(uri) = Uri::from_parts(uri) else {
         return page(StatusCode::BAD_REQUEST);
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;
     let h = &mut parts.headers;
-    for name in HOP_BY_HOP {
-        h.remove(*name);
-    }
-    let xff = h
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(", ");
-    if xff.split(',').filter(|s| !s.trim().is_empty()).count() >= 30 {
+    remove_hop_by_hop(h);
+    if forwarded_for(h, &listener.xff_mode, &conn.peer_value).is_err() {
         return page(StatusCode::from_u16(463).unwrap_or(StatusCode::BAD_REQUEST));
     }
-    match listener.xff_mode.as_str() {
-        "remove" => {
-            h.remove("x-forwarded-for");
-        }
-        "preserve" => {}
-        _ => {
-            let value = if xff.is_empty() {
-                peer.ip().to_string()
-            } else {
-                format!("{xff}, {}", peer.ip())
-            };
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                h.insert("x-forwarded-for", v);
-            }
-        }
-    }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    h.insert("x-forwarded-port", HeaderValue::from(listener.port));
-    let trace = match h.get("x-amzn-trace-id").and_then(|v| v.to_str().ok()) {
-        Some(t) if t.contains("Root=") => format!("Self={};{t}", &trace_id()[5..]),
-        _ => trace_id(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&trace) {
-        h.insert("x-amzn-trace-id", v);
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    h.insert(X_FORWARDED_PORT.clone(), listener.port_value.clone());
+    if let Some(v) = trace_header(h.get(&X_AMZN_TRACE_ID)) {
+        h.insert(X_AMZN_TRACE_ID.clone(), v);
     }
     if !listener.preserve_host && !host.is_empty() {
         let has_port = host
@@ -337,17 +420,21 @@ async fn forward(
         }
     }
     let upstream = Request::from_parts(parts, body);
-    target.in_flight.fetch_add(1, Ordering::Relaxed);
-    let result = tokio::time::timeout(listener.idle_timeout, client.request(upstream)).await;
-    target.in_flight.fetch_sub(1, Ordering::Relaxed);
+    // Only least-outstanding-requests reads the count; others skip the shared cache line.
+    let counted = group.least_outstanding;
+    if counted {
+        target.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+    let result = tokio::time::timeout(listener.idle_timeout, conn.client.request(upstream)).await;
+    if counted {
+        target.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
     match result {
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             // The client's connection keeps its own version, whatever the target spoke.
             parts.version = http::Version::HTTP_11;
-            for name in HOP_BY_HOP {
-                parts.headers.remove(*name);
-            }
+            remove_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
         }
         Ok(Err(e)) => {
@@ -398,5 +485,48 @@ pub async fn serve_tcp(
             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             target.in_flight.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_trace_part(s: &str) -> bool {
+        let parts: Vec<&str> = s.split('-').collect();
+        parts.len() == 3
+            && parts[0] == "1"
+            && parts[1].len() == 8
+            && parts[2].len() == 24
+            && parts[1..].iter().all(|p| {
+                p.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
+    }
+
+    #[test]
+    fn trace_header_starts_a_root_or_adds_self() {
+        let new = trace_header(None).map(|v| v.to_str().map(String::from));
+        let Some(Ok(new)) = new else {
+            panic!("no header")
+        };
+        let root = new.strip_prefix("Root=").unwrap_or_default();
+        assert!(is_trace_part(root), "{new}");
+        assert_ne!(trace_header(None), trace_header(None));
+        let sent = HeaderValue::from_static("Root=1-5759e988-bd862e3fe1be46a994272793");
+        let Some(Ok(out)) = trace_header(Some(&sent)).map(|v| v.to_str().map(String::from)) else {
+            panic!("no header")
+        };
+        let (own, rest) = out.split_once(';').unwrap_or_default();
+        assert!(
+            is_trace_part(own.strip_prefix("Self=").unwrap_or_default()),
+            "{out}"
+        );
+        assert_eq!(rest, "Root=1-5759e988-bd862e3fe1be46a994272793");
+        let other = HeaderValue::from_static("Parent=abc");
+        let Some(Ok(out)) = trace_header(Some(&other)).map(|v| v.to_str().map(String::from)) else {
+            panic!("no header")
+        };
+        assert!(out.starts_with("Root=1-"), "{out}");
     }
 }

@@ -11,8 +11,10 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
-use crate::plane::Routes;
+use crate::plane::health::HealthBoard;
 use crate::plane::proxy::{self, UpstreamClient};
+use crate::plane::{Counters, Routes, compile};
+use crate::state::ElbState;
 
 /// Backlog of each listening socket: bursts of new connections wait here, not in SYN retries.
 const BACKLOG: i32 = 1024;
@@ -32,6 +34,8 @@ pub fn bind_shared(port: u16) -> std::io::Result<std::net::TcpListener> {
 struct Worker {
     handle: Handle,
     client: UpstreamClient,
+    routes: watch::Sender<Arc<Routes>>,
+    counters: Counters,
     /// Dropping it ends the worker's thread and everything running on it.
     _stop: oneshot::Sender<()>,
 }
@@ -44,6 +48,7 @@ pub struct Workers {
 impl Workers {
     pub fn start(count: usize) -> std::io::Result<Self> {
         let mut workers = Vec::with_capacity(count.max(1));
+        let shared = Counters::default();
         for i in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -58,10 +63,20 @@ impl Workers {
             workers.push(Worker {
                 handle,
                 client: proxy::client(),
+                routes: watch::Sender::new(Arc::new(Routes::default())),
+                counters: shared.for_another_worker(),
                 _stop: stop,
             });
         }
         Ok(Self { workers })
+    }
+
+    /// Gives every worker its own compiled copy of `state`.
+    pub fn publish(&self, state: &ElbState, board: &HealthBoard) {
+        for w in &self.workers {
+            w.routes
+                .send_replace(Arc::new(compile(state, &w.counters, board)));
+        }
     }
 
     /// Serves `port` on every worker, the first one on `first` (the socket reserved when the
@@ -72,7 +87,6 @@ impl Workers {
         first: std::net::TcpListener,
         port: u16,
         protocol: &str,
-        routes: &watch::Receiver<Arc<Routes>>,
     ) -> std::io::Result<Vec<AbortHandle>> {
         let mut sockets = vec![first];
         for _ in 1..self.workers.len() {
@@ -80,7 +94,7 @@ impl Workers {
         }
         let mut handles = Vec::with_capacity(sockets.len());
         for (worker, socket) in self.workers.iter().zip(sockets) {
-            let routes = routes.clone();
+            let routes = worker.routes.subscribe();
             let task = if protocol == "TCP" {
                 worker.handle.spawn(proxy::serve_tcp(socket, port, routes))
             } else {
