@@ -1,5 +1,7 @@
 """ELBv2 black-box tests: the control API through boto3 and the AWS CLI, and the data plane
 through real HTTP/TCP backends started here and plain sockets/curl."""
+import datetime
+import email.utils
 import http.client
 import http.server
 import json
@@ -27,7 +29,8 @@ def free_port():
 
 class Backend:
     """A small HTTP server: `/health` answers `self.health` (or hangs when None), `/slow?s=N`
-    sleeps, anything else echoes the request as JSON with the backend's name."""
+    sleeps, `/login` sets an application cookie `SESSION`, anything else echoes the request as
+    JSON with the backend's name."""
 
     def __init__(self, name):
         self.name = name
@@ -55,14 +58,17 @@ class Backend:
                     time.sleep(float(urllib.parse.parse_qs(url.query).get("s", ["1"])[0]))
                 body = json.dumps({"backend": backend.name, "path": self.path,
                                    "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
-                self.reply(200, body)
+                extra = {"Set-Cookie": f"SESSION={backend.name}; Path=/"} if url.path == "/login" else {}
+                self.reply(200, body, extra)
 
             do_POST = do_GET
 
-            def reply(self, code, body):
+            def reply(self, code, body, extra=None):
                 self.send_response(code)
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("X-Backend", backend.name)
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -314,6 +320,92 @@ def test_draining_finishes_in_flight_requests(server, backends):
     wait_for(lambda: a.port not in health(elb, tg), 8)
     server.cli("elbv2", "wait", "target-deregistered", "--target-group-arn", tg,
                "--targets", f"Id=127.0.0.1,Port={a.port}")
+
+
+def sticky_get(port, path="/x", cookies=None):
+    """(backend name, {cookie name: (value, attributes)}) for one request with these cookies."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    h = {"Cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())} if cookies else {}
+    c.request("GET", path, headers=h)
+    r = c.getresponse()
+    r.read()
+    c.close()
+    assert r.status == 200
+    set_cookies = {}
+    for line in r.msg.get_all("Set-Cookie") or []:
+        pair, _, attrs = line.partition(";")
+        name, _, value = pair.partition("=")
+        set_cookies[name.strip()] = (value, attrs.strip())
+    return r.getheader("X-Backend"), set_cookies
+
+
+def test_sticky_sessions(server, backends):
+    """lb_cookie, app_cookie and target-group stickiness (AWSALB, AWSALBAPP-0, AWSALBTG)."""
+    elb = server.client("elbv2")
+    a, b, c, d = backends("a"), backends("b"), backends("c"), backends("d")
+    lb = elb.create_load_balancer(Name="sticky", Subnets=["s-1", "s-2"])["LoadBalancers"][0]["LoadBalancerArn"]
+    tg = make_tg(elb, "sticky")
+    out = elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "stickiness.enabled", "Value": "true"}, {"Key": "stickiness.type", "Value": "lb_cookie"},
+        {"Key": "stickiness.lb_cookie.duration_seconds", "Value": "120"},
+        {"Key": "deregistration_delay.timeout_seconds", "Value": "0"}])
+    conformance.check("elbv2", "ModifyTargetGroupAttributes", out)
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": x.port} for x in (a, b, c)])
+    port = free_port()
+    ln = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port,
+                             DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])["Listeners"][0]["ListenerArn"]
+    wait_for(lambda: len(health(elb, tg)) == 3 and {s["State"] for s in health(elb, tg).values()} == {"healthy"})
+    # Without a cookie: round robin, and every response offers a cookie that expires in 120 s.
+    first, cookies = sticky_get(port)
+    value, attrs = cookies["AWSALB"]
+    assert attrs.startswith("Expires=") and attrs.endswith("GMT; Path=/"), attrs
+    expires = email.utils.parsedate_to_datetime(attrs.split(";")[0][len("Expires="):])
+    assert 100 < (expires - datetime.datetime.now(datetime.timezone.utc)).total_seconds() <= 121
+    assert cookies["AWSALBCORS"][0] == value and cookies["AWSALBCORS"][1].endswith("SameSite=None; Secure")
+    assert {sticky_get(port)[0] for _ in range(6)} == {"a", "b", "c"}
+    # With it: always the same target, and the cookie comes back (its expiry refreshed).
+    for _ in range(10):
+        who, again = sticky_get(port, cookies={"AWSALB": value})
+        assert who == first and again["AWSALB"][0] == value
+    assert sticky_get(port, cookies={"AWSALBCORS": value})[0] == first
+    # A cookie that names no target gets a fresh pick and a new cookie.
+    who, fresh = sticky_get(port, cookies={"AWSALB": "garbage"})
+    assert fresh["AWSALB"][0] != "garbage"
+    # Its target leaves: the next request moves, the cookie is rewritten, and it sticks again.
+    elb.deregister_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": {"a": a, "b": b, "c": c}[first].port}])
+    time.sleep(1)
+    moved, rewritten = sticky_get(port, cookies={"AWSALB": value})
+    assert moved != first and rewritten["AWSALB"][0] != value
+    assert {sticky_get(port, cookies={"AWSALB": rewritten["AWSALB"][0]})[0] for _ in range(6)} == {moved}
+    # Application-cookie stickiness starts when the application sets its cookie.
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "stickiness.type", "Value": "app_cookie"}, {"Key": "stickiness.app_cookie.cookie_name", "Value": "SESSION"}])
+    time.sleep(1)
+    assert "AWSALBAPP-0" not in sticky_get(port)[1]
+    who, cookies = sticky_get(port, "/login")
+    assert cookies["SESSION"][0] == who and "AWSALBAPP-0" in cookies
+    jar = {"SESSION": who, "AWSALBAPP-0": cookies["AWSALBAPP-0"][0]}
+    assert {sticky_get(port, cookies=jar)[0] for _ in range(6)} == {who}
+    # Target-group stickiness over weighted groups: AWSALBTG keeps a client in one group.
+    tg2 = make_tg(elb, "sticky-2")
+    elb.register_targets(TargetGroupArn=tg2, Targets=[{"Id": "127.0.0.1", "Port": d.port}])
+    elb.modify_listener(ListenerArn=ln, DefaultActions=[{"Type": "forward", "ForwardConfig": {
+        "TargetGroups": [{"TargetGroupArn": tg, "Weight": 50}, {"TargetGroupArn": tg2, "Weight": 50}],
+        "TargetGroupStickinessConfig": {"Enabled": True, "DurationSeconds": 300}}}])
+    wait_for(lambda: health(elb, tg2)[d.port]["State"] == "healthy")
+    seen = [sticky_get(port) for _ in range(20)]
+    assert {w == "d" for w, _ in seen} == {True, False}, "both groups get new clients"
+    for who, cookies in seen[:4]:
+        group = cookies["AWSALBTG"][0]
+        assert cookies["AWSALBTGCORS"][0] == group
+        assert {sticky_get(port, cookies={"AWSALBTG": group})[0] == "d" for _ in range(8)} == {who == "d"}
+    # Stickiness types belong to a protocol.
+    assert error_code(lambda: elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "stickiness.type", "Value": "source_ip"}])) == "InvalidConfigurationRequest"
+    tcp = elb.create_target_group(Name="sticky-tcp", Protocol="TCP", Port=1, TargetType="ip",
+                                  VpcId="vpc-local")["TargetGroups"][0]["TargetGroupArn"]
+    assert error_code(lambda: elb.modify_target_group_attributes(TargetGroupArn=tcp, Attributes=[
+        {"Key": "stickiness.enabled", "Value": "true"}, {"Key": "stickiness.type", "Value": "lb_cookie"}])) == "InvalidConfigurationRequest"
 
 
 def test_live_changes_under_load_and_restart(data_dir, backends):

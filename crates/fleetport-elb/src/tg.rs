@@ -413,6 +413,24 @@ impl Elb {
                         "The least outstanding requests algorithm cannot be used with slow start",
                     ));
                 }
+                let kind = a.get("stickiness.type").map_or("", String::as_str);
+                if a.get("stickiness.enabled").map(String::as_str) == Some("true") {
+                    let http = matches!(tg.protocol.as_str(), "HTTP" | "HTTPS");
+                    if http == (kind == "source_ip") {
+                        return Err(invalid_config(format!(
+                            "Stickiness type '{kind}' is not supported for target groups with the {} protocol",
+                            tg.protocol
+                        )));
+                    }
+                    if kind == "app_cookie"
+                        && a.get("stickiness.app_cookie.cookie_name")
+                            .is_none_or(String::is_empty)
+                    {
+                        return Err(invalid_config(
+                            "An application cookie name must be specified for stickiness type 'app_cookie'",
+                        ));
+                    }
+                }
                 Ok(tg.attributes.clone())
             })
             .await?;

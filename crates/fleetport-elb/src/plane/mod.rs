@@ -11,6 +11,7 @@
 pub mod health;
 pub mod proxy;
 pub mod route;
+pub mod sticky;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -60,6 +61,8 @@ pub struct TargetPlan {
     pub addr: SocketAddr,
     /// `addr` ready for the request URI.
     pub authority: http::uri::Authority,
+    /// The sticky-session cookie value that names this target.
+    pub token: String,
     pub in_flight: Arc<AtomicUsize>,
     pub health: health::Cell,
 }
@@ -77,9 +80,37 @@ pub struct GroupPlan {
     pub targets: Vec<TargetPlan>,
     pub least_outstanding: bool,
     pub next: Arc<AtomicUsize>,
+    pub sticky: Option<sticky::Sticky>,
+    /// The `AWSALBTG` value that names this group.
+    pub token: String,
 }
 
 impl GroupPlan {
+    /// The target a sticky cookie names, if it may still get traffic (registered, not
+    /// draining, and healthy unless none is); otherwise a new pick.
+    pub fn pick_sticky(&self, token: Option<&str>) -> Option<&TargetPlan> {
+        let Some(token) = token else {
+            return self.pick();
+        };
+        let any_healthy = self.targets.iter().any(TargetPlan::healthy);
+        self.targets
+            .iter()
+            .find(|t| t.token == token && (t.healthy() || !any_healthy))
+            .or_else(|| self.pick())
+    }
+
+    /// The same target for the same `key` (a hash of the client's address) while the pool
+    /// stays the same.
+    pub fn pick_by_key(&self, key: u64) -> Option<&TargetPlan> {
+        let any_healthy = self.targets.iter().any(TargetPlan::healthy);
+        let pool = || self.targets.iter().filter(|t| t.healthy() || !any_healthy);
+        let len = pool().count();
+        if len == 0 {
+            return None;
+        }
+        pool().nth((key % len as u64) as usize)
+    }
+
     /// Picks a target: healthy ones only, or all of them when none is healthy (fail-open).
     /// None when the group has no target that is not draining (the caller answers 503).
     pub fn pick(&self) -> Option<&TargetPlan> {
@@ -109,9 +140,17 @@ impl GroupPlan {
     }
 }
 
+/// A forward action: weighted target groups, and the `AWSALBTG` cookie's lifetime in seconds
+/// when group stickiness is on.
+#[derive(Debug)]
+pub struct Forward {
+    pub groups: Vec<(Arc<GroupPlan>, u64)>,
+    pub group_stickiness: Option<u64>,
+}
+
 #[derive(Debug)]
 pub enum Action {
-    Forward(Vec<(Arc<GroupPlan>, u64)>),
+    Forward(Forward),
     Redirect(Value),
     Fixed {
         status: u16,
@@ -204,6 +243,7 @@ pub fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes
                     port: t.port,
                     addr,
                     authority,
+                    token: sticky::token(&[&tg.arn, &t.id, &t.port.to_string()]),
                     in_flight,
                     health: board.cell(&tg.arn, &t.id, t.port),
                 })
@@ -226,6 +266,8 @@ pub fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes
                     .map(String::as_str)
                     == Some("least_outstanding_requests"),
                 next,
+                sticky: sticky::Sticky::from_attributes(&tg.attributes),
+                token: sticky::token(&[&tg.arn]),
             }),
         );
     }
@@ -263,12 +305,20 @@ pub fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes
                         .to_string(),
                 }
             }
-            _ => Action::Forward(
-                forward_targets(last)
+            _ => Action::Forward(Forward {
+                groups: forward_targets(last)
                     .into_iter()
                     .filter_map(|(arn, w)| groups.get(&arn).map(|g| (g.clone(), w)))
                     .collect(),
-            ),
+                group_stickiness: last
+                    .pointer("/ForwardConfig/TargetGroupStickinessConfig")
+                    .filter(|c| c.get("Enabled").and_then(Value::as_bool) == Some(true))
+                    .map(|c| {
+                        c.get("DurationSeconds")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(3600)
+                    }),
+            }),
         }
     };
     let mut routes = Routes::default();

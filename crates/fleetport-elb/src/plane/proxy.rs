@@ -21,7 +21,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
 use crate::plane::route::RequestView;
-use crate::plane::{Action, GroupPlan, ListenerPlan, Routes};
+use crate::plane::sticky::{self, Sticky};
+use crate::plane::{Action, Forward, GroupPlan, ListenerPlan, Routes, TargetPlan};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 pub type UpstreamClient = Client<HttpConnector, Incoming>;
@@ -240,7 +241,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
             r
         }
         Some(Action::Redirect(cfg)) => redirect(&req, cfg, host, port),
-        Some(Action::Forward(groups)) => forward(req, listener, groups, conn, host).await,
+        Some(Action::Forward(fwd)) => forward(req, listener, fwd, conn, host).await,
     }
 }
 
@@ -293,6 +294,64 @@ fn redirect(
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
+}
+
+/// The group an `AWSALBTG` cookie names, while it still has weight; otherwise a weighted pick.
+fn pick_group_sticky<'a>(
+    fwd: &'a Forward,
+    headers: &http::HeaderMap,
+) -> Option<&'a Arc<GroupPlan>> {
+    if fwd.group_stickiness.is_some()
+        && let Some(token) = sticky::cookie(headers, &[sticky::TG_COOKIE, sticky::TG_COOKIE_CORS])
+        && let Some((g, _)) = fwd.groups.iter().find(|(g, w)| *w > 0 && g.token == token)
+    {
+        return Some(g);
+    }
+    pick_group(&fwd.groups)
+}
+
+/// A sticky cookie to set on the response: name, cross-origin twin, lifetime in seconds.
+type Keep = (&'static str, Option<&'static str>, u64);
+
+/// The target for a request to `group`, honouring its stickiness, and the cookie to set on
+/// the response (name, cross-origin twin, lifetime) when there is one.
+fn pick_target<'a>(
+    group: &'a GroupPlan,
+    headers: &http::HeaderMap,
+    peer: &SocketAddr,
+) -> Option<(&'a TargetPlan, Option<Keep>)> {
+    match &group.sticky {
+        None => group.pick().map(|t| (t, None)),
+        Some(Sticky::LbCookie { duration }) => {
+            let token = sticky::cookie(headers, &[sticky::LB_COOKIE, sticky::LB_COOKIE_CORS]);
+            let t = group.pick_sticky(token)?;
+            Some((
+                t,
+                Some((sticky::LB_COOKIE, Some(sticky::LB_COOKIE_CORS), *duration)),
+            ))
+        }
+        Some(Sticky::AppCookie { duration, .. }) => {
+            let t = group.pick_sticky(sticky::cookie(headers, &[sticky::APP_COOKIE]))?;
+            Some((t, Some((sticky::APP_COOKIE, None, *duration))))
+        }
+        Some(Sticky::SourceIp) => group.pick_by_key(source_key(peer)).map(|t| (t, None)),
+    }
+}
+
+/// A stable hash of the client's address, for source-IP stickiness.
+fn source_key(peer: &SocketAddr) -> u64 {
+    let digits = match peer.ip() {
+        std::net::IpAddr::V4(ip) => u64::from(u32::from(ip)),
+        std::net::IpAddr::V6(ip) => {
+            let n = u128::from(ip);
+            (n as u64) ^ ((n >> 64) as u64)
+        }
+    };
+    // splitmix64's finaliser: neighbouring addresses land far apart.
+    let mut z = digits.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 fn pick_group(groups: &[(Arc<GroupPlan>, u64)]) -> Option<&Arc<GroupPlan>> {
@@ -370,16 +429,18 @@ fn forwarded_for(h: &mut http::HeaderMap, mode: &str, peer: &HeaderValue) -> Res
 async fn forward(
     req: Request<Incoming>,
     listener: &ListenerPlan,
-    groups: &[(Arc<GroupPlan>, u64)],
+    fwd: &Forward,
     conn: &Conn,
     host: &str,
 ) -> Response<Body> {
-    let Some(group) = pick_group(groups) else {
+    let Some(group) = pick_group_sticky(fwd, req.headers()) else {
         return page(StatusCode::SERVICE_UNAVAILABLE);
     };
-    let Some(target) = group.pick() else {
+    let Some((target, keep)) = pick_target(group, req.headers(), &conn.peer) else {
         return page(StatusCode::SERVICE_UNAVAILABLE);
     };
+    let sent_app_cookie = matches!(group.sticky, Some(Sticky::AppCookie { .. }))
+        && sticky::cookie(req.headers(), &[sticky::APP_COOKIE]).is_some();
     let (mut parts, body) = req.into_parts();
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
@@ -435,6 +496,27 @@ async fn forward(
             // The client's connection keeps its own version, whatever the target spoke.
             parts.version = http::Version::HTTP_11;
             remove_hop_by_hop(&mut parts.headers);
+            if let Some((name, cors, duration)) = keep {
+                // Application stickiness starts only once the application sets its cookie.
+                let app_started = match &group.sticky {
+                    Some(Sticky::AppCookie { name: app, .. }) => {
+                        sent_app_cookie || sticky::sets_cookie(&parts.headers, app)
+                    }
+                    _ => true,
+                };
+                if app_started {
+                    sticky::set(&mut parts.headers, name, cors, &target.token, duration);
+                }
+            }
+            if let Some(duration) = fwd.group_stickiness {
+                sticky::set(
+                    &mut parts.headers,
+                    sticky::TG_COOKIE,
+                    Some(sticky::TG_COOKIE_CORS),
+                    &group.token,
+                    duration,
+                );
+            }
             Response::from_parts(parts, body.boxed())
         }
         Ok(Err(e)) => {
@@ -460,7 +542,7 @@ pub async fn serve_tcp(
         return;
     };
     loop {
-        let Ok((mut inbound, _peer)) = listener.accept().await else {
+        let Ok((mut inbound, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
@@ -470,10 +552,17 @@ pub async fn serve_tcp(
             let Some(l) = routes.ports.get(&port).and_then(|ls| ls.first()) else {
                 return;
             };
-            let Some(Action::Forward(groups)) = l.rules.last().map(|r| &r.action) else {
+            let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
                 return;
             };
-            let Some(target) = pick_group(groups).and_then(|g| g.pick()) else {
+            let Some(group) = pick_group(&fwd.groups) else {
+                return;
+            };
+            let target = match group.sticky {
+                Some(Sticky::SourceIp) => group.pick_by_key(source_key(&peer)),
+                _ => group.pick(),
+            };
+            let Some(target) = target else {
                 return;
             };
             let connect = tokio::net::TcpStream::connect(target.addr);
