@@ -408,6 +408,66 @@ def test_sticky_sessions(server, backends):
         {"Key": "stickiness.enabled", "Value": "true"}, {"Key": "stickiness.type", "Value": "lb_cookie"}])) == "InvalidConfigurationRequest"
 
 
+def scrape(server):
+    """{(name, frozenset(labels)): value} from /metrics, checking every line's syntax."""
+    import re
+    import urllib.request
+    with urllib.request.urlopen(server.endpoint + "/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert re.fullmatch(r"# (HELP \w+ .+|TYPE \w+ (counter|gauge|histogram))", line), line
+            continue
+        m = re.fullmatch(r'(\w+)\{((?:\w+="[^"]*",?)*)\} (\S+)', line)
+        assert m, line
+        labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        out[(m.group(1), labels)] = float(m.group(3))
+    return out
+
+
+def test_metrics_count_requests_connections_and_bytes(server, backends):
+    elb = server.client("elbv2")
+    a = backends("a")
+    lb = elb.create_load_balancer(Name="metered", Subnets=["s-1", "s-2"])["LoadBalancers"][0]["LoadBalancerArn"]
+    tg = make_tg(elb, "metered")
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": p} for p in (a.port, free_port())])
+    port = free_port()
+    ln = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port,
+                             DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])["Listeners"][0]["ListenerArn"]
+    elb.create_rule(ListenerArn=ln, Priority=1, Conditions=[{"Field": "path-pattern", "Values": ["/none"]}],
+                    Actions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "404"}}])
+    wait_for(lambda: sorted(s["State"] for s in health(elb, tg).values()) == ["healthy", "unhealthy"], 20)
+    lbl = {("load_balancer", lb.split(":loadbalancer/")[1])}
+    tgl = {("target_group", tg.rsplit(":", 1)[1]), ("load_balancer", lb.split(":loadbalancer/")[1])}
+    m = lambda name, labels, extra=(): scrape(server).get((f"fleetport_elb_{name}", frozenset(set(labels) | set(extra))))  # noqa: E731
+    assert m("requests_total", lbl) == 0 and m("healthy_hosts", tgl) == 1 and m("unhealthy_hosts", tgl) == 1
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for path, method in [("/x", "GET")] * 10 + [("/none", "GET"), ("/x", "TRACE")]:
+        c.request(method, path)
+        c.getresponse().read()
+    assert m("active_connections", lbl) == 1 and m("new_connections_total", lbl) == 1
+    c.close()
+    wait_for(lambda: m("active_connections", lbl) == 0, 5)
+    assert m("requests_total", lbl) == 12
+    assert m("elb_responses_total", lbl, {("code", "4xx")}) == 2
+    assert m("target_responses_total", tgl, {("code", "2xx")}) == 10
+    assert m("target_response_time_seconds_count", tgl) == 10
+    assert m("target_response_time_seconds_bucket", tgl, {("le", "+Inf")}) == 10
+    assert 0 < m("target_response_time_seconds_sum", tgl) < 10
+    # ProcessedBytes counts exactly what crossed the client connection, both ways.
+    before = m("processed_bytes_total", lbl)
+    request = f"GET /x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(request)
+    response = b"".join(iter(lambda: s.recv(65536), b""))
+    s.close()
+    assert response.startswith(b"HTTP/1.1 200")
+    wait_for(lambda: m("processed_bytes_total", lbl) - before == len(request) + len(response), 5)
+    assert m("new_connections_total", lbl) == 2
+
+
 def test_live_changes_under_load_and_restart(data_dir, backends):
     from conftest import Server
     server = Server(data_dir).start()

@@ -44,6 +44,7 @@ struct Inner {
     current: watch::Sender<Arc<ElbState>>,
     health: Arc<HealthBoard>,
     ports: Arc<plane::Ports>,
+    metrics: Arc<plane::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Elb {
@@ -111,6 +112,7 @@ impl Elb {
                 current,
                 health: Arc::new(HealthBoard::default()),
                 ports: Arc::new(plane::Ports::default()),
+                metrics: Arc::default(),
             }),
         })
     }
@@ -123,8 +125,16 @@ impl Elb {
             self.inner.health.clone(),
             self.inner.ports.clone(),
             workers,
+            self.inner.metrics.clone(),
         )
         .await;
+    }
+
+    /// Every load balancer's and target group's counters in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.inner
+            .metrics
+            .render(&self.snapshot(), &self.inner.health)
     }
 
     /// Expires drained targets; runs until aborted.

@@ -1,5 +1,5 @@
-//! The one listener: AWS APIs (awsJson and awsQuery) on `/`, the registry under `/v2/`, and
-//! Fleetport's own `/_fleetport/*` endpoints. Bytes in, bytes out; all AWS semantics live in
+//! The one listener: AWS APIs (awsJson and awsQuery) on `/`, the registry under `/v2/`,
+//! Prometheus metrics on `/metrics`, and Fleetport's own `/_fleetport/*` endpoints. Bytes in, bytes out; all AWS semantics live in
 //! the gateway and the service crates.
 
 use std::sync::Arc;
@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/_fleetport/health", get(health))
         .route("/_fleetport/reset", post(reset))
+        .route("/metrics", get(metrics))
         .route("/v2", any(registry))
         .route("/v2/", any(registry))
         .route("/v2/{*rest}", any(registry))
@@ -76,6 +77,17 @@ async fn health() -> impl IntoResponse {
     (
         [(http::header::CONTENT_TYPE, "application/json")],
         r#"{"status":"ok"}"#,
+    )
+}
+
+/// Load balancer counters for Prometheus.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.elb.metrics_text(),
     )
 }
 

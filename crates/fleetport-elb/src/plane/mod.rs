@@ -8,7 +8,9 @@
 //! outlive a change (round-robin positions, requests in flight per target) live in
 //! [`Counters`] and are shared by every compiled version.
 
+pub mod counted;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod sticky;
@@ -83,6 +85,7 @@ pub struct GroupPlan {
     pub sticky: Option<sticky::Sticky>,
     /// The `AWSALBTG` value that names this group.
     pub token: String,
+    pub counters: Arc<metrics::TgCounters>,
 }
 
 impl GroupPlan {
@@ -178,6 +181,7 @@ pub struct ListenerPlan {
     pub xff_mode: String,
     /// `port` ready for X-Forwarded-Port.
     pub port_value: http::HeaderValue,
+    pub counters: Arc<metrics::LbCounters>,
 }
 
 /// Everything the proxy needs, compiled from one configuration.
@@ -222,7 +226,12 @@ impl Counters {
     }
 }
 
-pub fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes {
+pub fn compile(
+    s: &ElbState,
+    counters: &Counters,
+    board: &HealthBoard,
+    metrics: &metrics::WorkerMetrics,
+) -> Routes {
     let mut groups: HashMap<String, Arc<GroupPlan>> = HashMap::new();
     for tg in &s.target_groups {
         let targets = tg
@@ -268,6 +277,7 @@ pub fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes
                 next,
                 sticky: sticky::Sticky::from_attributes(&tg.attributes),
                 token: sticky::token(&[&tg.arn]),
+                counters: metrics.tg(&tg.arn),
             }),
         );
     }
@@ -357,6 +367,7 @@ pub fn compile(s: &ElbState, counters: &Counters, board: &HealthBoard) -> Routes
                 preserve_host: attr("routing.http.preserve_host_header.enabled") == "true",
                 xff_mode: attr("routing.http.xff_header_processing.mode"),
                 port_value: http::HeaderValue::from(l.port),
+                counters: metrics.lb(&lb.arn),
             }));
     }
     routes
@@ -375,8 +386,9 @@ pub async fn run(
     board: Arc<HealthBoard>,
     ports: Arc<Ports>,
     workers: usize,
+    metrics: Arc<metrics::Metrics>,
 ) {
-    let workers = match workers::Workers::start(workers) {
+    let workers = match workers::Workers::start(workers, &metrics) {
         Ok(w) => w,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the load balancer's worker threads");

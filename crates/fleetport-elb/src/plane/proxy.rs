@@ -20,6 +20,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
+use crate::plane::counted::Counted;
 use crate::plane::route::RequestView;
 use crate::plane::sticky::{self, Sticky};
 use crate::plane::{Action, Forward, GroupPlan, ListenerPlan, Routes, TargetPlan};
@@ -46,6 +47,10 @@ fn full(body: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// Marks a response the load balancer made itself, for its metrics.
+#[derive(Clone, Copy)]
+struct ElbMade;
+
 fn page(status: StatusCode) -> Response<Body> {
     let reason = status.canonical_reason().unwrap_or("Error");
     let title = match status.as_u16() {
@@ -59,6 +64,7 @@ fn page(status: StatusCode) -> Response<Body> {
     );
     let mut r = Response::new(full(html));
     *r.status_mut() = status;
+    r.extensions_mut().insert(ElbMade);
     let h = r.headers_mut();
     h.insert(header::SERVER, HeaderValue::from_static("awselb/2.0"));
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
@@ -159,6 +165,13 @@ pub async fn serve_http(
         let Ok(peer_value) = HeaderValue::from_str(&peer.ip().to_string()) else {
             continue;
         };
+        // Connection counts and bytes go to the load balancer serving the port (the first
+        // one when several share it).
+        let lb_counters = routes
+            .borrow()
+            .listener(port, "")
+            .map(|l| l.counters.clone());
+        let stream = Counted::new(stream, lb_counters);
         let conn = Arc::new(Conn {
             port,
             peer,
@@ -195,16 +208,30 @@ fn host_of(req: &Request<Incoming>) -> HeaderValue {
 }
 
 async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
+    let routes = conn.routes.borrow().clone();
+    let host_value = host_of(&req);
+    let host = host_value.to_str().unwrap_or("");
+    let Some(listener) = routes.listener(conn.port, host) else {
+        return page(StatusCode::SERVICE_UNAVAILABLE);
+    };
+    listener.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let resp = respond(req, conn, listener, host).await;
+    if resp.extensions().get::<ElbMade>().is_some() {
+        listener.counters.elb_response(resp.status().as_u16());
+    }
+    resp
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    conn: &Conn,
+    listener: &ListenerPlan,
+    host: &str,
+) -> Response<Body> {
     if req.method() == http::Method::TRACE {
         return page(StatusCode::METHOD_NOT_ALLOWED);
     }
     let (port, peer) = (conn.port, conn.peer);
-    let routes = conn.routes.borrow().clone();
-    let host_value = host_of(&req);
-    let host = host_value.to_str().unwrap_or("");
-    let Some(listener) = routes.listener(port, host) else {
-        return page(StatusCode::SERVICE_UNAVAILABLE);
-    };
     let action = {
         let view = RequestView {
             method: req.method().as_str(),
@@ -230,6 +257,7 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
             let mut r = Response::new(full(body.clone()));
             *r.status_mut() =
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            r.extensions_mut().insert(ElbMade);
             let h = r.headers_mut();
             h.insert(header::SERVER, HeaderValue::from_static("awselb/2.0"));
             if let Some(ct) = content_type
@@ -486,12 +514,22 @@ async fn forward(
     if counted {
         target.in_flight.fetch_add(1, Ordering::Relaxed);
     }
+    let started = std::time::Instant::now();
     let result = tokio::time::timeout(listener.idle_timeout, conn.client.request(upstream)).await;
     if counted {
         target.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+    if !matches!(result, Ok(Ok(_))) {
+        group
+            .counters
+            .connection_errors
+            .fetch_add(1, Ordering::Relaxed);
+    }
     match result {
         Ok(Ok(resp)) => {
+            group
+                .counters
+                .target_response(resp.status().as_u16(), started.elapsed());
             let (mut parts, body) = resp.into_parts();
             // The client's connection keeps its own version, whatever the target spoke.
             parts.version = http::Version::HTTP_11;
@@ -542,7 +580,7 @@ pub async fn serve_tcp(
         return;
     };
     loop {
-        let Ok((mut inbound, peer)) = listener.accept().await else {
+        let Ok((inbound, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
@@ -552,6 +590,7 @@ pub async fn serve_tcp(
             let Some(l) = routes.ports.get(&port).and_then(|ls| ls.first()) else {
                 return;
             };
+            let mut inbound = Counted::new(inbound, Some(l.counters.clone()));
             let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
                 return;
             };
@@ -571,6 +610,7 @@ pub async fn serve_tcp(
             };
             let _ = outbound.set_nodelay(true);
             target.in_flight.fetch_add(1, Ordering::Relaxed);
+            // Counted on the inbound side: every relayed byte crosses it once each way.
             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             target.in_flight.fetch_sub(1, Ordering::Relaxed);
         });

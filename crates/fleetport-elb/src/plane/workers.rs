@@ -12,6 +12,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::plane::health::HealthBoard;
+use crate::plane::metrics::{Metrics, WorkerMetrics};
 use crate::plane::proxy::{self, UpstreamClient};
 use crate::plane::{Counters, Routes, compile};
 use crate::state::ElbState;
@@ -36,6 +37,7 @@ struct Worker {
     client: UpstreamClient,
     routes: watch::Sender<Arc<Routes>>,
     counters: Counters,
+    metrics: Arc<WorkerMetrics>,
     /// Dropping it ends the worker's thread and everything running on it.
     _stop: oneshot::Sender<()>,
 }
@@ -46,7 +48,7 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn start(count: usize) -> std::io::Result<Self> {
+    pub fn start(count: usize, metrics: &Metrics) -> std::io::Result<Self> {
         let mut workers = Vec::with_capacity(count.max(1));
         let shared = Counters::default();
         for i in 0..count.max(1) {
@@ -65,6 +67,7 @@ impl Workers {
                 client: proxy::client(),
                 routes: watch::Sender::new(Arc::new(Routes::default())),
                 counters: shared.for_another_worker(),
+                metrics: metrics.add_worker(),
                 _stop: stop,
             });
         }
@@ -74,8 +77,9 @@ impl Workers {
     /// Gives every worker its own compiled copy of `state`.
     pub fn publish(&self, state: &ElbState, board: &HealthBoard) {
         for w in &self.workers {
+            w.metrics.retain(state);
             w.routes
-                .send_replace(Arc::new(compile(state, &w.counters, board)));
+                .send_replace(Arc::new(compile(state, &w.counters, board, &w.metrics)));
         }
     }
 
