@@ -468,6 +468,58 @@ def test_metrics_count_requests_connections_and_bytes(server, backends):
     assert m("new_connections_total", lbl) == 2
 
 
+def test_websockets_and_http2_prior_knowledge(server, backends):
+    """A WebSocket upgrade is tunnelled to the target that answered 101 (1,000 frames echoed);
+    an HTTP/2 client speaking h2c with prior knowledge is served and forwarded as HTTP/1.1."""
+    import http as http_status
+    import websockets.sync.client
+    import websockets.sync.server
+
+    def echo(ws):
+        for message in ws:
+            ws.send(message)
+
+    def health_or_upgrade(connection, request):
+        if request.path == "/health":
+            return connection.respond(http_status.HTTPStatus.OK, "ok\n")
+        return None
+
+    ws_server = websockets.sync.server.serve(echo, "127.0.0.1", 0, process_request=health_or_upgrade)
+    threading.Thread(target=ws_server.serve_forever, daemon=True).start()
+    try:
+        elb = server.client("elbv2")
+        h = backends("h")
+        lb = elb.create_load_balancer(Name="ws", Subnets=["s-1", "s-2"])["LoadBalancers"][0]["LoadBalancerArn"]
+        tg_ws, tg_h = make_tg(elb, "ws"), make_tg(elb, "h")
+        elb.register_targets(TargetGroupArn=tg_ws, Targets=[{"Id": "127.0.0.1", "Port": ws_server.socket.getsockname()[1]}])
+        elb.register_targets(TargetGroupArn=tg_h, Targets=[{"Id": "127.0.0.1", "Port": h.port}])
+        port = free_port()
+        ln = elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port,
+                                 DefaultActions=[{"Type": "forward", "TargetGroupArn": tg_h}])["Listeners"][0]["ListenerArn"]
+        elb.create_rule(ListenerArn=ln, Priority=1, Conditions=[{"Field": "path-pattern", "Values": ["/chat"]}],
+                        Actions=[{"Type": "forward", "TargetGroupArn": tg_ws}])
+        wait_for(lambda: health(elb, tg_ws)[ws_server.socket.getsockname()[1]]["State"] == "healthy")
+        wait_for(lambda: health(elb, tg_h)[h.port]["State"] == "healthy")
+        with websockets.sync.client.connect(f"ws://127.0.0.1:{port}/chat", open_timeout=10) as ws:
+            for i in range(1000):
+                message = f"frame {i} " + "x" * (i % 300)
+                ws.send(message)
+                assert ws.recv(timeout=10) == message
+            ws.send(b"\x00\x01binary")
+            assert ws.recv(timeout=10) == b"\x00\x01binary"
+        # HTTP/2 with prior knowledge (curl's nghttp2), on the same port as HTTP/1.1 clients.
+        out = subprocess.run(["curl", "-s", "--http2-prior-knowledge", "-w", "\n%{http_version} %{http_code}",
+                              f"http://127.0.0.1:{port}/h2?x=1"], capture_output=True, text=True, timeout=30)
+        body, _, status = out.stdout.rpartition("\n")
+        assert status == "2 200", out
+        seen = json.loads(body)
+        assert seen["backend"] == "h" and seen["path"] == "/h2?x=1"
+        assert seen["headers"]["host"] == f"127.0.0.1:{port}" and seen["headers"]["x-forwarded-proto"] == "http"
+        assert get(port, "/h1")[0] == 200
+    finally:
+        ws_server.shutdown()
+
+
 def test_live_changes_under_load_and_restart(data_dir, backends):
     from conftest import Server
     server = Server(data_dir).start()

@@ -184,10 +184,11 @@ pub async fn serve_http(
                 let conn = conn.clone();
                 async move { Ok::<_, Infallible>(handle(req, &conn).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            if let Err(e) = conn.await {
+            // HTTP/1.1 (with upgrades, for WebSockets), or HTTP/2 when the client opens with
+            // the HTTP/2 preface (h2c with prior knowledge; an HTTP/1.1 client never does).
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            if let Err(e) = served.await {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
         });
@@ -454,8 +455,33 @@ fn forwarded_for(h: &mut http::HeaderMap, mode: &str, peer: &HeaderValue) -> Res
     Ok(())
 }
 
+/// Whether a request asks to switch protocols (a WebSocket handshake).
+fn is_upgrade(h: &http::HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Joins the client's and the target's upgraded connections until either side closes.
+fn tunnel(client: hyper::upgrade::OnUpgrade, target: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        match tokio::try_join!(client, target) {
+            Ok((c, t)) => {
+                let (mut c, mut t) = (TokioIo::new(c), TokioIo::new(t));
+                if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut t).await {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "protocol switch failed"),
+        }
+    });
+}
+
 async fn forward(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     listener: &ListenerPlan,
     fwd: &Forward,
     conn: &Conn,
@@ -469,6 +495,11 @@ async fn forward(
     };
     let sent_app_cookie = matches!(group.sticky, Some(Sticky::AppCookie { .. }))
         && sticky::cookie(req.headers(), &[sticky::APP_COOKIE]).is_some();
+    let client_version = req.version();
+    let upgrade = is_upgrade(req.headers())
+        .then(|| req.headers().get(header::UPGRADE).cloned())
+        .flatten()
+        .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
@@ -487,6 +518,10 @@ async fn forward(
     parts.version = http::Version::HTTP_11;
     let h = &mut parts.headers;
     remove_hop_by_hop(h);
+    if let Some((protocol, _)) = &upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, protocol.clone());
+    }
     if forwarded_for(h, &listener.xff_mode, &conn.peer_value).is_err() {
         return page(StatusCode::from_u16(463).unwrap_or(StatusCode::BAD_REQUEST));
     }
@@ -508,6 +543,12 @@ async fn forward(
             h.insert(header::HOST, v);
         }
     }
+    // HTTP/2 requests carry the host in `:authority`; the target speaks HTTP/1.1.
+    if !h.contains_key(header::HOST)
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        h.insert(header::HOST, v);
+    }
     let upstream = Request::from_parts(parts, body);
     // Only least-outstanding-requests reads the count; others skip the shared cache line.
     let counted = group.least_outstanding;
@@ -526,14 +567,28 @@ async fn forward(
             .fetch_add(1, Ordering::Relaxed);
     }
     match result {
-        Ok(Ok(resp)) => {
+        Ok(Ok(mut resp)) => {
             group
                 .counters
                 .target_response(resp.status().as_u16(), started.elapsed());
+            let switched = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            let upgraded = match upgrade {
+                Some((_, client)) if switched => {
+                    tunnel(client, hyper::upgrade::on(&mut resp));
+                    resp.headers().get(header::UPGRADE).cloned()
+                }
+                _ => None,
+            };
             let (mut parts, body) = resp.into_parts();
             // The client's connection keeps its own version, whatever the target spoke.
-            parts.version = http::Version::HTTP_11;
+            parts.version = client_version;
             remove_hop_by_hop(&mut parts.headers);
+            if let Some(protocol) = upgraded {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                parts.headers.insert(header::UPGRADE, protocol);
+            }
             if let Some((name, cors, duration)) = keep {
                 // Application stickiness starts only once the application sets its cookie.
                 let app_started = match &group.sticky {
