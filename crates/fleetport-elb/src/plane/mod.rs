@@ -3,10 +3,10 @@
 //! compiling rules and target groups into [`Routes`], and running health checks.
 //!
 //! Requests read the current [`Routes`] once when they start, so a change never disturbs a
-//! request in flight. Each worker thread gets its own compiled copy, so the reference counts and
-//! round-robin positions a request touches are never shared between cores. Counters that must
-//! outlive a change (round-robin positions, requests in flight per target) live in
-//! [`Counters`] and are shared by every compiled version.
+//! request in flight. Each worker thread gets its own compiled copy, so the reference counts a
+//! request touches are not shared between cores. Counters that must outlive a change and span
+//! workers (round-robin positions, requests in flight per target) live in [`Counters`] and are
+//! shared by every compiled version.
 
 pub mod counted;
 pub mod health;
@@ -205,8 +205,9 @@ impl Routes {
     }
 }
 
-/// Round-robin positions (one set per worker) and in-flight counts (shared by all workers,
-/// since least-outstanding-requests must see every worker's load), kept across changes.
+/// Round-robin positions and in-flight counts, kept across changes and shared by all workers:
+/// round robin stays exact over the whole load balancer (not per worker), and
+/// least-outstanding-requests sees every worker's load.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
     next: Slots<String>,
@@ -215,16 +216,6 @@ pub struct Counters {
 
 /// Counters by key, each shared with every compiled plan that uses it.
 type Slots<K> = Arc<Mutex<HashMap<K, Arc<AtomicUsize>>>>;
-
-impl Counters {
-    /// Counters for another worker: its own round-robin positions, the same in-flight counts.
-    pub fn for_another_worker(&self) -> Self {
-        Self {
-            next: Arc::default(),
-            in_flight: self.in_flight.clone(),
-        }
-    }
-}
 
 pub fn compile(
     s: &ElbState,

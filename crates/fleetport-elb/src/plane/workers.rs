@@ -66,7 +66,7 @@ impl Workers {
                 handle,
                 client: proxy::client(),
                 routes: watch::Sender::new(Arc::new(Routes::default())),
-                counters: shared.for_another_worker(),
+                counters: shared.clone(),
                 metrics: metrics.add_worker(),
                 _stop: stop,
             });
