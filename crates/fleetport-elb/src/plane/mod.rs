@@ -368,7 +368,7 @@ pub fn compile(
 /// run in their own tasks and finish normally.
 struct OpenPort {
     protocol: String,
-    accept: Vec<tokio::task::AbortHandle>,
+    accept: tokio::task::AbortHandle,
 }
 
 /// Follows the configuration until aborted, serving listeners on `workers` threads.
@@ -399,7 +399,7 @@ pub async fn run(
         open.retain(|port, o| {
             let keep = wanted.get(port) == Some(&o.protocol);
             if !keep {
-                o.accept.iter().for_each(tokio::task::AbortHandle::abort);
+                o.accept.abort();
             }
             keep
         });
@@ -409,7 +409,7 @@ pub async fn run(
             }
             let accept = ports
                 .take_or_bind(port)
-                .and_then(|first| workers.open(first, port, &protocol));
+                .map(|socket| workers.open(socket, port, &protocol));
             match accept {
                 Ok(accept) => {
                     open.insert(port, OpenPort { protocol, accept });

@@ -1,7 +1,7 @@
 //! The proxy's threads: one single-threaded runtime per worker, each with its own pool of
-//! connections to targets. Every listener port is bound once per worker with `SO_REUSEPORT`,
-//! so the kernel spreads new connections over the workers and a connection stays on one core
-//! for its whole life (no work stealing, no pool shared between cores).
+//! connections to targets. Each listener port has one accept loop that hands connections to the
+//! workers in turn; a connection then stays on its worker for its whole life (no work stealing,
+//! no pool shared between cores).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -13,15 +13,15 @@ use tokio::task::AbortHandle;
 
 use crate::plane::health::HealthBoard;
 use crate::plane::metrics::{Metrics, WorkerMetrics};
-use crate::plane::proxy::{self, UpstreamClient};
+use crate::plane::proxy::{self, Lane, UpstreamClient};
 use crate::plane::{Counters, Routes, compile};
 use crate::state::ElbState;
 
 /// Backlog of each listening socket: bursts of new connections wait here, not in SYN retries.
 const BACKLOG: i32 = 1024;
 
-/// A listening socket on 127.0.0.1 that other workers (and only sockets of this user that also
-/// ask for it) can bind beside.
+/// A listening socket on 127.0.0.1. `SO_REUSEPORT` lets a listener deleted and created again
+/// bind its port while the old socket is still closing.
 pub fn bind_shared(port: u16) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -83,32 +83,23 @@ impl Workers {
         }
     }
 
-    /// Serves `port` on every worker, the first one on `first` (the socket reserved when the
-    /// listener was created). Aborting the returned handles closes the port; connections
-    /// already accepted carry on.
-    pub fn open(
-        &self,
-        first: std::net::TcpListener,
-        port: u16,
-        protocol: &str,
-    ) -> std::io::Result<Vec<AbortHandle>> {
-        let mut sockets = vec![first];
-        for _ in 1..self.workers.len() {
-            sockets.push(bind_shared(port)?);
-        }
-        let mut handles = Vec::with_capacity(sockets.len());
-        for (worker, socket) in self.workers.iter().zip(sockets) {
-            let routes = worker.routes.subscribe();
-            let task = if protocol == "TCP" {
-                worker.handle.spawn(proxy::serve_tcp(socket, port, routes))
-            } else {
-                let client = worker.client.clone();
-                worker
-                    .handle
-                    .spawn(proxy::serve_http(socket, port, routes, client))
-            };
-            handles.push(task.abort_handle());
-        }
-        Ok(handles)
+    /// Serves `port` from `socket` (the one reserved when the listener was created): one
+    /// accept loop, on a worker chosen by the port, hands connections to every worker in turn.
+    /// Aborting the returned handle closes the port; connections already accepted carry on.
+    pub fn open(&self, socket: std::net::TcpListener, port: u16, protocol: &str) -> AbortHandle {
+        let lanes: Vec<Lane> = self
+            .workers
+            .iter()
+            .map(|w| Lane {
+                handle: w.handle.clone(),
+                routes: w.routes.subscribe(),
+                client: w.client.clone(),
+            })
+            .collect();
+        let acceptor = &self.workers[usize::from(port) % self.workers.len()];
+        acceptor
+            .handle
+            .spawn(proxy::accept(socket, port, protocol == "TCP", lanes))
+            .abort_handle()
     }
 }
