@@ -520,6 +520,38 @@ def test_websockets_and_http2_prior_knowledge(server, backends):
         ws_server.shutdown()
 
 
+def test_slow_start_holds_back_a_new_target(server, backends):
+    elb = server.client("elbv2")
+    a, b = backends("a"), backends("b")
+    lb = elb.create_load_balancer(Name="slow", Subnets=["s-1", "s-2"])["LoadBalancers"][0]["LoadBalancerArn"]
+    tg = make_tg(elb, "slow")
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[{"Key": "slow_start.duration_seconds", "Value": "60"}])
+    assert error_code(lambda: elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "load_balancing.algorithm.type", "Value": "least_outstanding_requests"}])) == "InvalidConfigurationRequest"
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": a.port}])
+    port = free_port()
+    elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=port,
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    wait_for(lambda: health(elb, tg)[a.port]["State"] == "healthy")
+    # Slow start needs a target healthy for at least one interval (5 s) to yield to; targets
+    # that turn healthy together, as the first batch, all take full traffic at once.
+    time.sleep(5.5)
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": b.port}])
+    wait_for(lambda: health(elb, tg)[b.port]["State"] == "healthy", 10, 0.05)
+    # A few seconds into a 60 s ramp the new target gets a few percent, not half.
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    counts = {"a": 0, "b": 0}
+    for _ in range(400):
+        c.request("GET", "/x")
+        r = c.getresponse()
+        counts[r.getheader("X-Backend")] += 1
+        r.read()
+    assert counts["b"] < 60, counts
+    # Off again: plain round robin.
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[{"Key": "slow_start.duration_seconds", "Value": "0"}])
+    wait_for(lambda: {get(port, "/x")[1]["x-backend"] for _ in range(4)} == {"a", "b"}, 5)
+
+
 def test_live_changes_under_load_and_restart(data_dir, backends):
     from conftest import Server
     server = Server(data_dir).start()

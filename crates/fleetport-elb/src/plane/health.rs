@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -44,7 +44,35 @@ impl State {
 
 /// A target's state as the proxy reads it on every request: one atomic load, no lock and no
 /// allocation.
-pub type Cell = Arc<AtomicU8>;
+pub type Cell = Arc<Shared>;
+
+#[derive(Debug, Default)]
+pub struct Shared {
+    state: AtomicU8,
+    /// When the target last became healthy (ms since the epoch).
+    healthy_at_ms: AtomicU64,
+    /// When its slow start began (ms since the epoch); 0 when it takes full traffic at once.
+    ramp_from_ms: AtomicU64,
+}
+
+impl Shared {
+    pub fn state(&self) -> State {
+        State::from_code(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn ramp_from_ms(&self) -> u64 {
+        self.ramp_from_ms.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    pub fn new_for_test(state: State, ramp_from_ms: u64) -> Self {
+        Self {
+            state: AtomicU8::new(state.code()),
+            healthy_at_ms: AtomicU64::new(ramp_from_ms),
+            ramp_from_ms: AtomicU64::new(ramp_from_ms),
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -60,7 +88,7 @@ impl Default for Entry {
     fn default() -> Self {
         Self {
             state: State::Initial,
-            cell: Arc::new(AtomicU8::new(State::Initial.code())),
+            cell: Arc::default(),
             reason: "Elb.InitialHealthChecking",
             description: "Initial health checks in progress".into(),
             passes: 0,
@@ -124,7 +152,18 @@ impl HealthBoard {
 
     fn record(&self, key: Key, hc: &HealthCheck, result: Result<(), Failure>) {
         let mut map = self.entries.write();
+        let now = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
+        // Slow start applies only beside a target healthy for at least an interval: targets
+        // that turn healthy together (the first batch) take full traffic at once.
+        let settled_peer = map.iter().any(|((tg, id, port), other)| {
+            *tg == key.0
+                && (*id != key.1 || *port != key.2)
+                && other.state == State::Healthy
+                && now.saturating_sub(other.cell.healthy_at_ms.load(Ordering::Relaxed))
+                    >= hc.interval * 1000
+        });
         let e = map.entry(key).or_default();
+        let was_healthy = e.state == State::Healthy;
         match result {
             Ok(()) => {
                 e.passes += 1;
@@ -159,7 +198,12 @@ impl HealthBoard {
                 }
             }
         }
-        e.cell.store(e.state.code(), Ordering::Relaxed);
+        if e.state == State::Healthy && !was_healthy {
+            e.cell.healthy_at_ms.store(now, Ordering::Relaxed);
+            let ramp_from = if settled_peer { now } else { 0 };
+            e.cell.ramp_from_ms.store(ramp_from, Ordering::Relaxed);
+        }
+        e.cell.state.store(e.state.code(), Ordering::Relaxed);
     }
 
     /// Forgets every target of `tg` not in `keep`.

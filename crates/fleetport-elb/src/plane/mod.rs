@@ -71,7 +71,15 @@ pub struct TargetPlan {
 
 impl TargetPlan {
     fn healthy(&self) -> bool {
-        State::from_code(self.health.load(Ordering::Relaxed)) == State::Healthy
+        self.health.state() == State::Healthy
+    }
+
+    /// The share of its traffic a target in slow start gets now (0 to 1), None once it is
+    /// past it.
+    fn ramp(&self, slow_start_ms: u64, now_ms: u64) -> Option<f64> {
+        let since = self.health.ramp_from_ms();
+        let elapsed = now_ms.saturating_sub(since);
+        (elapsed < slow_start_ms).then(|| elapsed as f64 / slow_start_ms as f64)
     }
 }
 
@@ -86,6 +94,8 @@ pub struct GroupPlan {
     /// The `AWSALBTG` value that names this group.
     pub token: String,
     pub counters: Arc<metrics::TgCounters>,
+    /// `slow_start.duration_seconds` in ms; 0 when off.
+    pub slow_start_ms: u64,
 }
 
 impl GroupPlan {
@@ -139,7 +149,32 @@ impl GroupPlan {
             let count = least.clone().count();
             return least.clone().nth(n % count.max(1));
         }
-        self.targets.iter().filter(in_pool).nth(n % pool_len)
+        let picked = self.targets.iter().filter(in_pool).nth(n % pool_len)?;
+        if self.slow_start_ms == 0 || healthy == 0 {
+            return Some(picked);
+        }
+        Some(self.slow_start(picked, n))
+    }
+
+    /// Slow start: a target that became healthy less than the duration ago keeps a pick with
+    /// the probability of its ramp (linear from 0 to 1); otherwise the pick moves to a target
+    /// past its ramp. Targets that all became healthy together (the first batch) have no
+    /// one to yield to, so they take full traffic at once, as on AWS.
+    fn slow_start<'a>(&'a self, picked: &'a TargetPlan, n: usize) -> &'a TargetPlan {
+        let now = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
+        let Some(share) = picked.ramp(self.slow_start_ms, now) else {
+            return picked;
+        };
+        let settled = || {
+            self.targets
+                .iter()
+                .filter(|t| t.healthy() && t.ramp(self.slow_start_ms, now).is_none())
+        };
+        let count = settled().count();
+        if count == 0 || (random_unit() < share) {
+            return picked;
+        }
+        settled().nth(n % count).unwrap_or(picked)
     }
 }
 
@@ -203,6 +238,11 @@ impl Routes {
             .find(|l| l.dns_name.eq_ignore_ascii_case(name))
             .or_else(|| all.first())
     }
+}
+
+/// A uniform number in [0, 1).
+fn random_unit() -> f64 {
+    (proxy::random() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Round-robin positions and in-flight counts, kept across changes and shared by all workers:
@@ -269,6 +309,12 @@ pub fn compile(
                 sticky: sticky::Sticky::from_attributes(&tg.attributes),
                 token: sticky::token(&[&tg.arn]),
                 counters: metrics.tg(&tg.arn),
+                slow_start_ms: tg
+                    .attributes
+                    .get("slow_start.duration_seconds")
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    * 1000,
             }),
         );
     }
@@ -461,4 +507,55 @@ fn sync_checkers(
         }
         keep
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(port: u16, ramp_from_ms: u64) -> TargetPlan {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        TargetPlan {
+            id: "127.0.0.1".into(),
+            port,
+            addr,
+            authority: http::uri::Authority::from_static("127.0.0.1:1"),
+            token: String::new(),
+            in_flight: Arc::default(),
+            health: Arc::new(health::Shared::new_for_test(State::Healthy, ramp_from_ms)),
+        }
+    }
+
+    fn group(targets: Vec<TargetPlan>, slow_start_ms: u64) -> GroupPlan {
+        GroupPlan {
+            arn: "tg".into(),
+            targets,
+            least_outstanding: false,
+            next: Arc::default(),
+            sticky: None,
+            token: String::new(),
+            counters: Arc::default(),
+            slow_start_ms,
+        }
+    }
+
+    fn share_of_new(g: &GroupPlan) -> usize {
+        (0..1000)
+            .filter(|_| g.pick().is_some_and(|t| t.port == 2))
+            .count()
+    }
+
+    #[test]
+    fn slow_start_holds_back_a_target_that_just_became_healthy() {
+        let now = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
+        let ramping = group(vec![target(1, 1), target(2, now)], 60_000);
+        assert!(share_of_new(&ramping) < 30, "{}", share_of_new(&ramping));
+        let halfway = group(vec![target(1, 1), target(2, now - 30_000)], 60_000);
+        assert!((150..350).contains(&share_of_new(&halfway)));
+        let off = group(vec![target(1, 1), target(2, now)], 0);
+        assert_eq!(share_of_new(&off), 500);
+        // Healthy together (the first batch): nobody to yield to, full share at once.
+        let batch = group(vec![target(1, now), target(2, now)], 60_000);
+        assert_eq!(share_of_new(&batch), 500);
+    }
 }

@@ -77,7 +77,7 @@ thread_local! {
 }
 
 /// xorshift64: spreads weighted picks and fills trace IDs; not for anything secret.
-fn random() -> u64 {
+pub(crate) fn random() -> u64 {
     RANDOM.with(|r| {
         let mut x = r.get();
         x ^= x << 13;
