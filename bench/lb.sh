@@ -31,6 +31,15 @@ on_proxy_cpu() { if [ "$PIN" = 1 ]; then exec taskset -c 1 "$@"; else exec "$@";
 on_wrk_cpu() { if [ "$PIN" = 1 ]; then taskset -c 0 "$@"; else "$@"; fi; }
 
 printf 'ok\n' >"$W/index.html"
+# Shared by the nginx backend and the nginx proxy: no logs, temp files in $W, and keep-alive
+# connections that last the whole run.
+NGINX_HTTP_COMMON="  access_log off;
+  client_body_temp_path $W/tmp;
+  proxy_temp_path $W/tmp;
+  fastcgi_temp_path $W/tmp;
+  uwsgi_temp_path $W/tmp;
+  scgi_temp_path $W/tmp;
+  keepalive_requests 1000000;"
 cat >"$W/backend.conf" <<EOF
 user root;
 daemon off;
@@ -39,13 +48,7 @@ pid $W/backend.pid;
 error_log $W/backend.err warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
-  client_body_temp_path $W/tmp;
-  proxy_temp_path $W/tmp;
-  fastcgi_temp_path $W/tmp;
-  uwsgi_temp_path $W/tmp;
-  scgi_temp_path $W/tmp;
-  keepalive_requests 1000000;
+$NGINX_HTTP_COMMON
   server { listen 127.0.0.1:$B1; root $W; add_header X-Backend b1; }
   server { listen 127.0.0.1:$B2; root $W; add_header X-Backend b2; }
 }
@@ -58,13 +61,7 @@ pid $W/nginx.pid;
 error_log $W/nginx.err warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
-  client_body_temp_path $W/tmp;
-  proxy_temp_path $W/tmp;
-  fastcgi_temp_path $W/tmp;
-  uwsgi_temp_path $W/tmp;
-  scgi_temp_path $W/tmp;
-  keepalive_requests 1000000;
+$NGINX_HTTP_COMMON
   upstream backends { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 128; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$NG;

@@ -110,6 +110,19 @@ def get(port, path="/", host=None, headers=None, method="GET"):
     return r.status, {k.lower(): v for k, v in r.getheaders()}, body
 
 
+def count_backends(port, path, n):
+    """How many of n requests on one keep-alive connection each backend answered."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    counts = {}
+    for _ in range(n):
+        c.request("GET", path)
+        r = c.getresponse()
+        counts[r.getheader("X-Backend")] = counts.get(r.getheader("X-Backend"), 0) + 1
+        r.read()
+    c.close()
+    return counts
+
+
 def error_code(call):
     with pytest.raises(botocore.exceptions.ClientError) as e:
         call()
@@ -226,13 +239,7 @@ def test_rules_conditions_and_actions(server, backends):
     elb.modify_rule(RuleArn=elb.describe_rules(ListenerArn=ln)["Rules"][0]["RuleArn"], Actions=[
         {"Type": "forward", "ForwardConfig": {"TargetGroups": [{"TargetGroupArn": tga, "Weight": 80},
                                                                {"TargetGroupArn": tgb, "Weight": 20}]}}])
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    counts = {"a": 0, "b": 0}
-    for _ in range(1000):
-        c.request("GET", "/api/w")
-        r = c.getresponse()
-        counts[r.getheader("X-Backend")] += 1
-        r.read()
+    counts = count_backends(port, "/api/w", 1000)
     assert 760 <= counts["a"] <= 840, counts
     # SetRulePriorities swaps two rules at once; the default rule cannot move or go.
     listed = elb.describe_rules(ListenerArn=ln)["Rules"]
@@ -539,14 +546,8 @@ def test_slow_start_holds_back_a_new_target(server, backends):
     elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": b.port}])
     wait_for(lambda: health(elb, tg)[b.port]["State"] == "healthy", 10, 0.05)
     # A few seconds into a 60 s ramp the new target gets a few percent, not half.
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    counts = {"a": 0, "b": 0}
-    for _ in range(400):
-        c.request("GET", "/x")
-        r = c.getresponse()
-        counts[r.getheader("X-Backend")] += 1
-        r.read()
-    assert counts["b"] < 60, counts
+    counts = count_backends(port, "/x", 400)
+    assert counts.get("b", 0) < 60, counts
     # Off again: plain round robin.
     elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[{"Key": "slow_start.duration_seconds", "Value": "0"}])
     wait_for(lambda: {get(port, "/x")[1]["x-backend"] for _ in range(4)} == {"a", "b"}, 5)
