@@ -142,9 +142,9 @@ def test_credentials_file_and_loopback_rule(data_dir, tmp_path):
         s2.stop()
 
 
-def rss_kib(pid):
+def rss_kib(pid, kind="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+        return int(re.search(kind + r":\s+(\d+)", f.read()).group(1))
 
 
 def test_reset_wipes_state_and_returns_memory(server):
@@ -196,8 +196,10 @@ def test_flags_version_startup_and_idle_memory(data_dir):
         arn = s.client("ecs", region="eu-west-1").create_cluster(clusterName="x")["cluster"]["clusterArn"]
         assert arn == "arn:aws:ecs:eu-west-1:123456789012:cluster/x"
         # The product target (ready < 100 ms, idle RSS < 30 MiB) is for the release build and is
-        # measured by bench/api.sh; this debug build carries unoptimised code and debug info.
-        assert rss_kib(s.proc.pid) < 40 * 1024
+        # measured by bench/api.sh. In this debug build the file-backed part of RSS is the
+        # unoptimised binary's own pages and grows with its code, so the check is on the memory
+        # the process allocated itself (anonymous pages).
+        assert rss_kib(s.proc.pid, "RssAnon") < 30 * 1024
     finally:
         s.stop()
     bad = subprocess.run([BIN, "up", "--account-id", "12", "--data-dir", data_dir], capture_output=True, text=True)

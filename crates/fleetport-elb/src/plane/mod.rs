@@ -417,21 +417,16 @@ struct OpenPort {
     accept: tokio::task::AbortHandle,
 }
 
-/// Follows the configuration until aborted, serving listeners on `workers` threads.
+/// Follows the configuration until aborted, serving listeners on `count` worker threads,
+/// started with the first listener (a Fleetport without load balancers runs none).
 pub async fn run(
     mut config: watch::Receiver<Arc<ElbState>>,
     board: Arc<HealthBoard>,
     ports: Arc<Ports>,
-    workers: usize,
+    count: usize,
     metrics: Arc<metrics::Metrics>,
 ) {
-    let workers = match workers::Workers::start(workers, &metrics) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the load balancer's worker threads");
-            return;
-        }
-    };
+    let mut started: Option<workers::Workers> = None;
     let mut open: HashMap<u16, OpenPort> = HashMap::new();
     let mut checkers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
     loop {
@@ -441,7 +436,17 @@ pub async fn run(
             .iter()
             .map(|l| (l.port, l.protocol.clone()))
             .collect();
-        workers.publish(&state, &board);
+        if started.is_none() && !wanted.is_empty() {
+            match workers::Workers::start(count, &metrics) {
+                Ok(w) => started = Some(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the load balancer's worker threads; retrying with the next change");
+                }
+            }
+        }
+        if let Some(workers) = &started {
+            workers.publish(&state, &board);
+        }
         open.retain(|port, o| {
             let keep = wanted.get(port) == Some(&o.protocol);
             if !keep {
@@ -450,6 +455,9 @@ pub async fn run(
             keep
         });
         for (port, protocol) in wanted {
+            let Some(workers) = &started else {
+                break;
+            };
             if open.contains_key(&port) {
                 continue;
             }
