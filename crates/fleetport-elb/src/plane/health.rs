@@ -114,8 +114,8 @@ pub enum Failure {
 }
 
 impl HealthBoard {
-    #[cfg(test)]
-    fn state(&self, tg: &str, id: &str, port: u16) -> State {
+    /// A target's state, without adding the target to the board.
+    pub fn state(&self, tg: &str, id: &str, port: u16) -> State {
         self.entries
             .read()
             .get(&(tg.to_string(), id.to_string(), port))

@@ -193,7 +193,7 @@ impl Metrics {
             );
             let (mut healthy, mut unhealthy) = (0, 0);
             for t in &tg.targets {
-                match board.cell(&tg.arn, &t.id, t.port).state() {
+                match board.state(&tg.arn, &t.id, t.port) {
                     State::Healthy if t.draining_until.is_none() => healthy += 1,
                     State::Unhealthy if t.draining_until.is_none() => unhealthy += 1,
                     _ => {}

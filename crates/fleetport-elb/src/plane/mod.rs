@@ -248,14 +248,14 @@ fn random_unit() -> f64 {
 /// Round-robin positions and in-flight counts, kept across changes and shared by all workers:
 /// round robin stays exact over the whole load balancer (not per worker), and
 /// least-outstanding-requests sees every worker's load.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Counters {
     next: Slots<String>,
     in_flight: Slots<(String, SocketAddr)>,
 }
 
 /// Counters by key, each shared with every compiled plan that uses it.
-type Slots<K> = Arc<Mutex<HashMap<K, Arc<AtomicUsize>>>>;
+type Slots<K> = Mutex<HashMap<K, Arc<AtomicUsize>>>;
 
 pub fn compile(
     s: &ElbState,

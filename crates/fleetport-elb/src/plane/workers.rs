@@ -36,7 +36,6 @@ struct Worker {
     handle: Handle,
     client: UpstreamClient,
     routes: watch::Sender<Arc<Routes>>,
-    counters: Counters,
     metrics: Arc<WorkerMetrics>,
     /// Dropping it ends the worker's thread and everything running on it.
     _stop: oneshot::Sender<()>,
@@ -45,12 +44,13 @@ struct Worker {
 /// The worker threads; dropping this stops them.
 pub struct Workers {
     workers: Vec<Worker>,
+    /// Shared by every worker's compiled routes.
+    counters: Counters,
 }
 
 impl Workers {
     pub fn start(count: usize, metrics: &Metrics) -> std::io::Result<Self> {
         let mut workers = Vec::with_capacity(count.max(1));
-        let shared = Counters::default();
         for i in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -66,12 +66,14 @@ impl Workers {
                 handle,
                 client: proxy::client(),
                 routes: watch::Sender::new(Arc::new(Routes::default())),
-                counters: shared.clone(),
                 metrics: metrics.add_worker(),
                 _stop: stop,
             });
         }
-        Ok(Self { workers })
+        Ok(Self {
+            workers,
+            counters: Counters::default(),
+        })
     }
 
     /// Gives every worker its own compiled copy of `state`.
@@ -79,7 +81,7 @@ impl Workers {
         for w in &self.workers {
             w.metrics.retain(state);
             w.routes
-                .send_replace(Arc::new(compile(state, &w.counters, board, &w.metrics)));
+                .send_replace(Arc::new(compile(state, &self.counters, board, &w.metrics)));
         }
     }
 
