@@ -654,6 +654,46 @@ def test_nlb_tcp_forwarding_and_tcp_health(server):
         assert got == payload
 
 
+def test_instance_targets_resolve_to_container_instances(server, backends, tmp_path):
+    """`instance` targets name ECS container instances (their ec2InstanceId); traffic goes to
+    the address the agent registered with, and stops when the instance is deregistered."""
+    from test_ecs_tasks import Agent
+
+    elb, ecs = server.client("elbv2"), server.client("ecs")
+    ecs.create_cluster(clusterName="lb")
+    agent = Agent(server, "lb", str(tmp_path / "agent"))
+    try:
+        inst = ecs.describe_container_instances(cluster="lb", containerInstances=[agent.arn])["containerInstances"][0]
+        iid = inst["ec2InstanceId"]
+        b1, b2 = backends("b1"), backends("b2")
+        lb = elb.create_load_balancer(Name="inst", Subnets=["s-1", "s-2"])["LoadBalancers"][0]
+        tg = make_tg(elb, "inst", TargetType="instance")
+        assert error_code(lambda: elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1"}])) == "ValidationError"
+        assert error_code(lambda: elb.register_targets(
+            TargetGroupArn=tg, Targets=[{"Id": "i-0123456789abcdef0"}])) == "InvalidTarget"
+        server.cli("elbv2", "register-targets", "--target-group-arn", tg,
+                   "--targets", f"Id={iid},Port={b1.port}", f"Id={iid},Port={b2.port}")
+        port = free_port()
+        elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port,
+                            DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+        wait_for(lambda: all(h["State"] == "healthy" for h in health(elb, tg).values()), 20)
+        out = elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+        assert sorted((d["Target"]["Id"], d["Target"]["Port"]) for d in out) == sorted([(iid, b1.port), (iid, b2.port)])
+        assert count_backends(port, "/x", 10) == {"b1": 5, "b2": 5}
+
+        # A deregistered instance stops getting traffic and cannot be registered again.
+        agent.stop()
+        ecs.deregister_container_instance(cluster="lb", containerInstance=agent.arn, force=True)
+        wait_for(lambda: all(h.get("Reason") == "Target.InvalidState" for h in health(elb, tg).values()), 10)
+        assert {h["State"] for h in health(elb, tg).values()} == {"unused"}
+        assert get(port, "/x")[0] == 503
+        r = server.cli("elbv2", "register-targets", "--target-group-arn", tg, "--targets", f"Id={iid},Port=81",
+                       check=False)
+        assert r.returncode != 0 and "InvalidTarget" in r.stderr and "not in a running state" in r.stderr
+    finally:
+        agent.stop()
+
+
 def test_invalid_requests_get_aws_error_codes(server):
     # The server must refuse what botocore would catch on the client side too.
     elb = boto3.client("elbv2", endpoint_url=server.endpoint, region_name="us-east-1",

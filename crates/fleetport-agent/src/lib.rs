@@ -142,6 +142,22 @@ fn host_architecture() -> &'static str {
     }
 }
 
+/// What an EC2 instance's metadata service would say about this host. `privateIp` is where
+/// load balancers reach the instance's `instance` targets: the advertised address, unless that
+/// is a wildcard.
+fn identity_document(cfg: &AgentConfig) -> String {
+    let mut doc = json!({
+        "instanceType": cfg.instance_type,
+        "architecture": host_architecture(),
+    });
+    if let Ok(ip) = cfg.advertise.parse::<std::net::IpAddr>()
+        && !ip.is_unspecified()
+    {
+        doc["privateIp"] = json!(ip.to_string());
+    }
+    doc.to_string()
+}
+
 impl Agent {
     /// Registers (or re-registers) the instance and returns a ready agent.
     pub async fn register(
@@ -183,6 +199,7 @@ impl Agent {
                 {"name": "PORTS_UDP", "type": "STRINGSET", "stringSetValue": []},
             ],
             "attributes": attributes,
+            "instanceIdentityDocument": identity_document(&cfg),
             "versionInfo": {
                 "agentVersion": env!("CARGO_PKG_VERSION"),
                 "agentHash": "fleetport",

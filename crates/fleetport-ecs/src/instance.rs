@@ -42,6 +42,10 @@ pub struct InstanceRecord {
     pub version_info: Value,
     #[serde(default)]
     pub tags: Vec<Value>,
+    /// `privateIp` of the instance identity document the agent registered with: where load
+    /// balancers reach the instance's `instance` targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<std::net::IpAddr>,
 }
 
 impl InstanceRecord {
@@ -228,6 +232,7 @@ impl Ecs {
         {
             attributes.push(json!({"name": "ecs.availability-zone", "value": format!("{}a", self.scope.region)}));
         }
+        let private_ip = private_ip(&input)?;
         let tags = input::items(&input, "tags");
         let key = format!("{}/{id}", cluster.name);
         let rec = InstanceRecord {
@@ -249,6 +254,7 @@ impl Ecs {
                 .cloned()
                 .unwrap_or_else(|| json!({})),
             tags,
+            private_ip,
         };
         let rec = crate::error::write(&*self.store, move |txn| {
             let mut rec = rec;
@@ -264,6 +270,24 @@ impl Ecs {
         .await?;
         self.bump();
         Ok(json!({"containerInstance": render(&rec, &Usage::default(), self.seen_after(), true)}))
+    }
+
+    /// The instance of any cluster whose `ec2InstanceId` is `ec2_id`, for load balancers that
+    /// resolve `instance` targets. A re-registered instance keeps its ID, so at most one is
+    /// not INACTIVE; that one wins.
+    pub fn instance_by_ec2_id(&self, ec2_id: &str) -> Option<InstanceRecord> {
+        let all = fleetport_store::read(&*self.store, |txn| {
+            txn.scan_json::<InstanceRecord>(INSTANCES, "", None, usize::MAX)
+        })
+        .map_err(|e| tracing::warn!(error = %e, "could not read container instances"))
+        .ok()?;
+        let mut found: Vec<InstanceRecord> = all
+            .into_iter()
+            .map(|(_, r)| r)
+            .filter(|r| r.ec2_instance_id == ec2_id)
+            .collect();
+        found.sort_by_key(|r| r.status == "INACTIVE");
+        found.into_iter().next()
     }
 
     fn instances_of(&self, txn: &dyn ReadTxn, cluster: &str) -> EcsResult<Vec<InstanceRecord>> {
@@ -443,6 +467,26 @@ impl Ecs {
     }
 }
 
+/// The `privateIp` of RegisterContainerInstance's `instanceIdentityDocument` (the EC2 document
+/// the ECS agent reads from instance metadata, which Fleetport agents write themselves).
+fn private_ip(input: &Value) -> EcsResult<Option<std::net::IpAddr>> {
+    let Some(doc) = input::string(input, "instanceIdentityDocument") else {
+        return Ok(None);
+    };
+    let doc: Value = serde_json::from_str(doc)
+        .map_err(|_| invalid("instanceIdentityDocument must be a JSON document."))?;
+    match doc.get("privateIp") {
+        None | Some(Value::Null) => Ok(None),
+        Some(ip) => ip
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .map(Some)
+            .ok_or_else(|| {
+                invalid("privateIp of the instanceIdentityDocument must be an IP address.")
+            }),
+    }
+}
+
 /// An ACTIVE instance with 1024 CPU units, 512 MiB, port 22 reserved, agent 1.82.3, registered
 /// 2024-03-01T00:00:00Z and last seen at t=100, for unit tests.
 #[cfg(test)]
@@ -466,5 +510,27 @@ pub(crate) fn test_instance(attrs: &[(&str, &str)]) -> InstanceRecord {
         ports_udp: vec![],
         version_info: json!({"agentVersion": "1.82.3"}),
         tags: vec![],
+        private_ip: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_ip_comes_from_the_identity_document() {
+        let with = |doc: &str| private_ip(&json!({"instanceIdentityDocument": doc}));
+        assert_eq!(
+            with(r#"{"privateIp":"10.0.0.7","instanceType":"t3.micro"}"#)
+                .ok()
+                .flatten(),
+            "10.0.0.7".parse().ok()
+        );
+        assert!(matches!(with(r#"{"region":"us-east-1"}"#), Ok(None)));
+        assert!(matches!(private_ip(&json!({})), Ok(None)));
+        assert!(with("not json").is_err());
+        assert!(with(r#"{"privateIp":"ten"}"#).is_err());
+        assert!(with(r#"{"privateIp":7}"#).is_err());
     }
 }

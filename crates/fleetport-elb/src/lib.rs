@@ -9,6 +9,7 @@
 
 mod attrs;
 mod error;
+pub mod instances;
 mod lb;
 mod listener;
 mod misc;
@@ -26,6 +27,7 @@ use serde_json::Value;
 use tokio::sync::{Mutex, watch};
 
 use crate::error::store_error;
+use crate::instances::InstanceDirectory;
 use crate::plane::health::HealthBoard;
 use crate::state::ElbState;
 
@@ -45,6 +47,7 @@ struct Inner {
     health: Arc<HealthBoard>,
     ports: Arc<plane::Ports>,
     metrics: Arc<plane::metrics::Metrics>,
+    instances: Arc<dyn InstanceDirectory>,
 }
 
 impl std::fmt::Debug for Elb {
@@ -92,11 +95,13 @@ const IMPLEMENTED: &[&str] = &[
 ];
 
 impl Elb {
-    /// Loads the saved configuration; the data plane starts with [`Elb::start_data_plane`].
+    /// Loads the saved configuration; the data plane starts with [`Elb::run_data_plane`].
+    /// `instances` resolves the IDs of `instance` targets.
     pub fn open(
         store: Arc<dyn Store>,
         region: &str,
         account_id: &str,
+        instances: Arc<dyn InstanceDirectory>,
     ) -> Result<Self, fleetport_store::StoreError> {
         let saved = fleetport_store::read(&*store, |txn| {
             txn.get_json::<ElbState>(state::COLLECTION, state::KEY)
@@ -113,6 +118,7 @@ impl Elb {
                 health: Arc::new(HealthBoard::default()),
                 ports: Arc::new(plane::Ports::default()),
                 metrics: Arc::default(),
+                instances,
             }),
         })
     }
@@ -137,10 +143,14 @@ impl Elb {
             .render(&self.snapshot(), &self.inner.health)
     }
 
-    /// Expires drained targets; runs until aborted.
+    /// Expires drained targets and follows the addresses of `instance` targets (every two
+    /// seconds); runs until aborted.
     pub async fn run_maintenance(self) {
-        loop {
+        for round in 0u64.. {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            if round % 8 == 0 {
+                self.refresh_instance_addresses().await;
+            }
             let now = fleetport_proto::clock::epoch_seconds();
             let due = {
                 let cur = self.snapshot();
@@ -164,6 +174,39 @@ impl Elb {
                     tracing::warn!(error = %e.message, "could not remove drained targets");
                 }
             }
+        }
+    }
+
+    /// Instances stop, go away or come back: their targets follow, so traffic and health checks
+    /// reach an instance only while it runs.
+    async fn refresh_instance_addresses(&self) {
+        let dir = &*self.inner.instances;
+        let stale = |s: &ElbState| {
+            s.target_groups
+                .iter()
+                .filter(|tg| tg.target_type == "instance")
+                .flat_map(|tg| tg.targets.iter())
+                .any(|t| instances::address(dir, &t.id) != t.address)
+        };
+        if !stale(&self.snapshot()) {
+            return;
+        }
+        let r = self
+            .change(|s| {
+                for tg in s
+                    .target_groups
+                    .iter_mut()
+                    .filter(|tg| tg.target_type == "instance")
+                {
+                    for t in &mut tg.targets {
+                        t.address = instances::address(dir, &t.id);
+                    }
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e.message, "could not update instance target addresses");
         }
     }
 

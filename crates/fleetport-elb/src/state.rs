@@ -82,11 +82,21 @@ pub struct Target {
     pub availability_zone: Option<String>,
     /// Set at deregistration: the target drains until then, and is gone after.
     pub draining_until: Option<f64>,
+    /// For `instance` targets: the instance's private address, resolved at registration and
+    /// kept current by maintenance; `None` while the instance is not running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 impl Target {
     pub fn key(&self) -> (String, u16) {
         (self.id.clone(), self.port)
+    }
+
+    /// Where traffic and health checks go: the ID of an `ip` target, the resolved address of an
+    /// `instance` target (none while that instance is not running).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.address.as_deref().unwrap_or(&self.id).parse().ok()
     }
 }
 

@@ -10,6 +10,7 @@ use crate::attrs;
 use crate::error::{
     ElbResult, check_name, code, invalid_config, lb_not_found, new_id, tg_not_found, validation,
 };
+use crate::instances::{self, InstanceState};
 use crate::state::{ElbState, HealthCheck, Target, TargetGroup};
 use crate::tags;
 
@@ -193,6 +194,7 @@ fn targets_of(input: &Value, tg: &TargetGroup) -> ElbResult<Vec<Target>> {
                 .and_then(Value::as_str)
                 .map(String::from),
             draining_until: None,
+            address: None,
         });
     }
     Ok(out)
@@ -441,8 +443,8 @@ impl Elb {
         let arn = fleetport_proto::input::owned(&input, "TargetGroupArn");
         self.change(move |s| {
             let tg = s.tg_mut(&arn).ok_or_else(tg_not_found)?;
-            let new = targets_of(&input, tg)?;
-            for t in &new {
+            let mut new = targets_of(&input, tg)?;
+            for t in &mut new {
                 match tg.target_type.as_str() {
                     "ip" => {
                         if t.id.parse::<IpAddr>().is_err() {
@@ -453,20 +455,37 @@ impl Elb {
                         }
                     }
                     _ => {
-                        return Err(code(
-                            "InvalidTarget",
-                            format!(
-                                "Target '{}' cannot be registered: Fleetport does not resolve 'instance' targets yet; use a target group with target type 'ip'",
-                                t.id
-                            ),
-                        ));
+                        if !instances::well_formed(&t.id) {
+                            return Err(validation(format!("Instance ID '{}' is not valid", t.id)));
+                        }
+                        match self.inner.instances.lookup(&t.id) {
+                            InstanceState::Running(ip) => t.address = Some(ip.to_string()),
+                            InstanceState::Unknown => {
+                                return Err(code(
+                                    "InvalidTarget",
+                                    format!("The following targets are not valid instances: '{}'", t.id),
+                                ));
+                            }
+                            InstanceState::Stopped => {
+                                return Err(code(
+                                    "InvalidTarget",
+                                    format!(
+                                        "The following targets are not in a running state and cannot be registered: '{}'",
+                                        t.id
+                                    ),
+                                ));
+                            }
+                        }
                     }
                 }
             }
             for t in new {
                 match tg.targets.iter_mut().find(|o| o.key() == t.key()) {
                     // Registering a draining target again brings it back.
-                    Some(old) => old.draining_until = None,
+                    Some(old) => {
+                        old.draining_until = None;
+                        old.address = t.address;
+                    }
                     None => tg.targets.push(t),
                 }
             }
@@ -515,6 +534,9 @@ impl Elb {
             let health = if t.draining_until.is_some() {
                 json!({"State": "draining", "Reason": "Target.DeregistrationInProgress",
                        "Description": "Target deregistration is in progress"})
+            } else if tg.target_type == "instance" && t.address.is_none() {
+                json!({"State": "unused", "Reason": "Target.InvalidState",
+                       "Description": "Target is in the stopped state"})
             } else if !in_use {
                 json!({"State": "unused", "Reason": "Target.NotInUse",
                        "Description": "Given target group is not configured to receive traffic from ELB"})

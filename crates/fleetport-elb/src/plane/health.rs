@@ -281,7 +281,7 @@ pub async fn check_group(board: Arc<HealthBoard>, tg: TargetGroup) {
         tick.tick().await;
         let mut probes = tokio::task::JoinSet::new();
         for t in tg.targets.iter().filter(|t| t.draining_until.is_none()) {
-            let Ok(ip) = t.id.parse::<std::net::IpAddr>() else {
+            let Some(ip) = t.ip() else {
                 continue;
             };
             let port = match tg.health.port.parse::<u16>() {

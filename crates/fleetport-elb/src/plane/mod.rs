@@ -17,7 +17,7 @@ pub mod sticky;
 pub mod workers;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use crate::plane::health::{HealthBoard, State};
 use crate::plane::route::Cond;
-use crate::state::{ElbState, forward_targets};
+use crate::state::{ElbState, Target, forward_targets};
 
 /// Ports opened by API calls (so a port that cannot be opened fails the call) and handed to
 /// the data plane when it starts serving them.
@@ -270,7 +270,7 @@ pub fn compile(
             .iter()
             .filter(|t| t.draining_until.is_none())
             .filter_map(|t| {
-                let addr = SocketAddr::new(t.id.parse::<IpAddr>().ok()?, t.port);
+                let addr = SocketAddr::new(t.ip()?, t.port);
                 let authority = addr.to_string().parse().ok()?;
                 let in_flight = counters
                     .in_flight
@@ -502,7 +502,13 @@ fn sync_checkers(
         if let Some((_, h)) = checkers.remove(&tg.arn) {
             h.abort();
         }
-        let keep: Vec<(String, u16)> = tg.targets.iter().map(|t| (t.id.clone(), t.port)).collect();
+        // A stopped instance starts over at `initial` when it comes back.
+        let keep: Vec<(String, u16)> = tg
+            .targets
+            .iter()
+            .filter(|t| t.ip().is_some())
+            .map(Target::key)
+            .collect();
         board.retain(&tg.arn, &keep);
         let h = tokio::spawn(health::check_group(board.clone(), tg.clone()));
         checkers.insert(tg.arn.clone(), (fingerprint, h.abort_handle()));
