@@ -12,7 +12,7 @@ import sys
 
 import botocore
 
-SERVICES = [("ecs", "2014-11-13"), ("ecr", "2015-09-21"), ("elbv2", "2015-12-01")]
+SERVICES = [("ecs", "2014-11-13"), ("ecr", "2015-09-21"), ("elbv2", "2015-12-01"), ("acm", "2015-12-08")]
 DROP = {"documentation", "documentationUrl", "examples"}
 
 

@@ -694,6 +694,175 @@ def test_instance_targets_resolve_to_container_instances(server, backends, tmp_p
         agent.stop()
 
 
+def make_cert(tmp, name, cn, sans=(), ec=False):
+    """A self-signed certificate and its key, made with the openssl CLI; returns the paths."""
+    crt, key = str(tmp / f"{name}.crt"), str(tmp / f"{name}.key")
+    algo = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if ec else ["-newkey", "rsa:2048"]
+    args = ["openssl", "req", "-x509", *algo, "-nodes", "-keyout", key, "-out", crt, "-days", "30", "-subj", f"/CN={cn}"]
+    if sans:
+        args += ["-addext", "subjectAltName=" + ",".join(f"DNS:{n}" for n in sans)]
+    subprocess.run(args, check=True, capture_output=True, timeout=60)
+    return crt, key
+
+
+def import_cert(acm, crt, key, **kw):
+    with open(crt, "rb") as c, open(key, "rb") as k:
+        return acm.import_certificate(Certificate=c.read(), PrivateKey=k.read(), **kw)["CertificateArn"]
+
+
+def tls_peek(port, server_name, alpn=("h2", "http/1.1")):
+    """Handshakes with the listener: the certificate it served (DER), the ALPN protocol and the
+    TLS version."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(list(alpn))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as t:
+            return t.getpeercert(binary_form=True), t.selected_alpn_protocol(), t.version()
+
+
+def der_of(crt):
+    import ssl
+    with open(crt) as f:
+        return ssl.PEM_cert_to_DER_cert(f.read())
+
+
+def test_https_listeners_serve_acm_certificates_with_alpn_and_sni(server, backends, tmp_path):
+    """ACM import → HTTPS listener: TLS with the policy's versions, HTTP/2 by ALPN, the
+    certificate chosen by SNI, re-import served at once, and a certificate in use kept."""
+    acm, elb = server.client("acm"), server.client("elbv2")
+    www_crt, www_key = make_cert(tmp_path, "www", "www.example.test", ["www.example.test", "*.example.test"])
+    api_crt, api_key = make_cert(tmp_path, "api", "api.other.test", ec=True)
+    out = json.loads(server.cli("acm", "import-certificate", "--certificate", f"fileb://{www_crt}",
+                                "--private-key", f"fileb://{www_key}", "--tags", "Key=team,Value=web").stdout)
+    www = out["CertificateArn"]
+    assert www.startswith("arn:aws:acm:us-east-1:")
+    api = import_cert(acm, api_crt, api_key)
+    d = acm.describe_certificate(CertificateArn=www)
+    conformance.check("acm", "DescribeCertificate", d)
+    c = d["Certificate"]
+    assert (c["DomainName"], c["SubjectAlternativeNames"]) == ("www.example.test", ["www.example.test", "*.example.test"])
+    assert (c["Type"], c["Status"], c["KeyAlgorithm"], c["InUseBy"]) == ("IMPORTED", "ISSUED", "RSA_2048", [])
+    assert c["NotAfter"] > c["NotBefore"]
+    assert acm.list_tags_for_certificate(CertificateArn=www)["Tags"] == [{"Key": "team", "Value": "web"}]
+    assert acm.get_certificate(CertificateArn=www)["Certificate"].strip() == open(www_crt).read().strip()
+    # ACM lists only RSA_1024/RSA_2048 certificates unless asked for other key types.
+    listed = acm.list_certificates()
+    conformance.check("acm", "ListCertificates", listed)
+    assert [x["CertificateArn"] for x in listed["CertificateSummaryList"]] == [www]
+    ec = acm.list_certificates(Includes={"keyTypes": ["EC_prime256v1"]})["CertificateSummaryList"]
+    assert [(x["CertificateArn"], x["KeyAlgorithm"]) for x in ec] == [(api, "EC_prime256v1")]
+    with open(www_crt, "rb") as crt, open(api_key, "rb") as key:
+        bad = dict(Certificate=crt.read(), PrivateKey=key.read())
+    assert error_code(lambda: acm.import_certificate(**bad)) == "ValidationException"
+    assert error_code(lambda: acm.describe_certificate(CertificateArn=www[:-4] + "0000")) == "ResourceNotFoundException"
+    assert error_code(lambda: acm.describe_certificate(CertificateArn="certificate-without-an-arn")) == "InvalidArnException"
+
+    b = backends("b1")
+    lb = elb.create_load_balancer(Name="tls", Subnets=["s-1", "s-2"])["LoadBalancers"][0]
+    tg = make_tg(elb, "tls")
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": b.port}])
+    port = free_port()
+    listen = dict(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTPS", Port=port,
+                  DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+    assert error_code(lambda: elb.create_listener(**listen)) == "ValidationError"
+    assert error_code(lambda: elb.create_listener(**listen, Certificates=[{"CertificateArn": www[:-4] + "0000"}])) \
+        == "CertificateNotFound"
+    assert error_code(lambda: elb.create_listener(**listen, Certificates=[{"CertificateArn": www}],
+                                                  SslPolicy="Nope")) == "SSLPolicyNotFound"
+    created = elb.create_listener(**listen, Certificates=[{"CertificateArn": www}],
+                                  SslPolicy="ELBSecurityPolicy-TLS13-1-2-2021-06")
+    conformance.check("elbv2", "CreateListener", created)
+    listener = created["Listeners"][0]
+    assert listener["Certificates"] == [{"CertificateArn": www}]
+    wait_for(lambda: health(elb, tg)[b.port]["State"] == "healthy", 20)
+
+    # Verified against the certificate as a CA, by name, over HTTP/2.
+    url = f"https://www.example.test:{port}/x"
+    r = subprocess.run(["curl", "-s", "--cacert", www_crt, "--resolve", f"www.example.test:{port}:127.0.0.1",
+                        "-w", "\n%{http_version} %{http_code}", url], capture_output=True, text=True, timeout=20)
+    body, _, status = r.stdout.rpartition("\n")
+    assert status == "2 200", r.stderr
+    headers = json.loads(body)["headers"]
+    assert headers["x-forwarded-proto"] == "https" and headers["x-forwarded-port"] == str(port)
+    assert headers["host"] == f"www.example.test:{port}"
+    cert, alpn, version = tls_peek(port, "www.example.test")
+    assert (cert, alpn, version) == (der_of(www_crt), "h2", "TLSv1.3")
+    assert tls_peek(port, "x.example.test", alpn=("http/1.1",))[1:] == ("http/1.1", "TLSv1.3")
+
+    # A second certificate for another name, chosen by SNI; unknown names get the default.
+    added = elb.add_listener_certificates(ListenerArn=listener["ListenerArn"], Certificates=[{"CertificateArn": api}])
+    conformance.check("elbv2", "AddListenerCertificates", added)
+    listed = elb.describe_listener_certificates(ListenerArn=listener["ListenerArn"])["Certificates"]
+    assert sorted((x["CertificateArn"], x["IsDefault"]) for x in listed) == sorted([(www, True), (api, False)])
+    wait_for(lambda: tls_peek(port, "api.other.test")[0] == der_of(api_crt), 5)
+    assert tls_peek(port, "unknown.test")[0] == der_of(www_crt)
+    assert error_code(lambda: elb.remove_listener_certificates(
+        ListenerArn=listener["ListenerArn"], Certificates=[{"CertificateArn": www}])) == "OperationNotPermitted"
+
+    # In use: described so, and kept.
+    assert acm.describe_certificate(CertificateArn=www)["Certificate"]["InUseBy"] == [lb["LoadBalancerArn"]]
+    assert error_code(lambda: acm.delete_certificate(CertificateArn=www)) == "ResourceInUseException"
+    # Re-importing rotates the certificate behind the same ARN; the next handshake gets it.
+    new_crt, new_key = make_cert(tmp_path, "www2", "www.example.test", ["www.example.test"])
+    assert import_cert(acm, new_crt, new_key, CertificateArn=www) == www
+    wait_for(lambda: tls_peek(port, "www.example.test")[0] == der_of(new_crt), 5)
+    r = subprocess.run(["curl", "-s", "--cacert", new_crt, "--resolve", f"www.example.test:{port}:127.0.0.1",
+                        "-o", "/dev/null", "-w", "%{http_code}", url], capture_output=True, text=True, timeout=20)
+    assert r.stdout == "200", r.stderr
+
+    # Back to plain HTTP: the certificates are released and can be deleted.
+    elb.remove_listener_certificates(ListenerArn=listener["ListenerArn"], Certificates=[{"CertificateArn": api}])
+    elb.modify_listener(ListenerArn=listener["ListenerArn"], Protocol="HTTP")
+    wait_for(lambda: get(port, "/x")[0] == 200, 5)
+    acm.delete_certificate(CertificateArn=www)
+    assert error_code(lambda: acm.get_certificate(CertificateArn=www)) == "ResourceNotFoundException"
+
+
+def test_nlb_tls_listener_terminates_tls(server, tmp_path):
+    acm, elb = server.client("acm"), server.client("elbv2")
+    crt, key = make_cert(tmp_path, "nlb", "tcp.example.test")
+    arn = import_cert(acm, crt, key)
+    echo = socket.socket()
+    echo.bind(("127.0.0.1", 0))
+    echo.listen(16)
+
+    def serve_echo():
+        while True:
+            conn = echo.accept()[0]
+            threading.Thread(target=lambda c: [c.sendall(d) for d in iter(lambda: c.recv(65536), b"")],
+                             args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve_echo, daemon=True).start()
+    lb = elb.create_load_balancer(Name="tlsnlb", Type="network", Subnets=["s-1"])["LoadBalancers"][0]
+    tg = elb.create_target_group(Name="tlsnlb", Protocol="TCP", Port=1, TargetType="ip", VpcId="vpc-local",
+                                 HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2)["TargetGroups"][0]
+    elb.register_targets(TargetGroupArn=tg["TargetGroupArn"], Targets=[{"Id": "127.0.0.1", "Port": echo.getsockname()[1]}])
+    port = free_port()
+    assert error_code(lambda: elb.create_listener(
+        LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TLS", Port=port, Certificates=[{"CertificateArn": arn}],
+        AlpnPolicy=["HTTP3"], DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}])) \
+        == "ALPNPolicyNotFound"
+    elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TLS", Port=port,
+                        Certificates=[{"CertificateArn": arn}], AlpnPolicy=["HTTP2Preferred"],
+                        DefaultActions=[{"Type": "forward", "TargetGroupArn": tg["TargetGroupArn"]}])
+    cert, alpn, version = tls_peek(port, "tcp.example.test")
+    # ELBSecurityPolicy-2016-08 (the default) has no TLS 1.3.
+    assert (cert, alpn, version) == (der_of(crt), "h2", "TLSv1.2")
+    import ssl
+    ctx = ssl.create_default_context(cafile=crt)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="tcp.example.test") as t:
+            payload = bytes(range(256)) * 64
+            t.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                got += t.recv(65536)
+            assert got == payload
+
+
 def test_invalid_requests_get_aws_error_codes(server):
     # The server must refuse what botocore would catch on the client side too.
     elb = boto3.client("elbv2", endpoint_url=server.endpoint, region_name="us-east-1",

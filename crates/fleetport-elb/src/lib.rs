@@ -8,10 +8,12 @@
 //! `fleetport-store`.
 
 mod attrs;
+pub mod certificates;
 mod error;
 pub mod instances;
 mod lb;
 mod listener;
+mod listener_certs;
 mod misc;
 pub mod plane;
 pub mod state;
@@ -26,6 +28,7 @@ use fleetport_store::{ReadTxnExt, Store};
 use serde_json::Value;
 use tokio::sync::{Mutex, watch};
 
+use crate::certificates::CertificateSource;
 use crate::error::store_error;
 use crate::instances::InstanceDirectory;
 use crate::plane::health::HealthBoard;
@@ -48,6 +51,7 @@ struct Inner {
     ports: Arc<plane::Ports>,
     metrics: Arc<plane::metrics::Metrics>,
     instances: Arc<dyn InstanceDirectory>,
+    certificates: Arc<dyn CertificateSource>,
 }
 
 impl std::fmt::Debug for Elb {
@@ -92,16 +96,21 @@ const IMPLEMENTED: &[&str] = &[
     "DescribeTags",
     "DescribeAccountLimits",
     "DescribeSSLPolicies",
+    "AddListenerCertificates",
+    "RemoveListenerCertificates",
+    "DescribeListenerCertificates",
 ];
 
 impl Elb {
     /// Loads the saved configuration; the data plane starts with [`Elb::run_data_plane`].
-    /// `instances` resolves the IDs of `instance` targets.
+    /// `instances` resolves the IDs of `instance` targets; `certificates` gives HTTPS and TLS
+    /// listeners their certificates.
     pub fn open(
         store: Arc<dyn Store>,
         region: &str,
         account_id: &str,
         instances: Arc<dyn InstanceDirectory>,
+        certificates: Arc<dyn CertificateSource>,
     ) -> Result<Self, fleetport_store::StoreError> {
         let saved = fleetport_store::read(&*store, |txn| {
             txn.get_json::<ElbState>(state::COLLECTION, state::KEY)
@@ -119,6 +128,7 @@ impl Elb {
                 ports: Arc::new(plane::Ports::default()),
                 metrics: Arc::default(),
                 instances,
+                certificates,
             }),
         })
     }
@@ -128,6 +138,7 @@ impl Elb {
     pub async fn run_data_plane(self, workers: usize) {
         plane::run(
             self.inner.current.subscribe(),
+            self.inner.certificates.clone(),
             self.inner.health.clone(),
             self.inner.ports.clone(),
             workers,
@@ -274,6 +285,9 @@ impl Elb {
             "DescribeListeners" => self.describe_listeners(input),
             "ModifyListener" => self.modify_listener(input).await,
             "DeleteListener" => self.delete_listener(input).await,
+            "AddListenerCertificates" => self.add_listener_certificates(input).await,
+            "RemoveListenerCertificates" => self.remove_listener_certificates(input).await,
+            "DescribeListenerCertificates" => self.describe_listener_certificates(input),
             "DescribeListenerAttributes" => self.describe_listener_attributes(input),
             "ModifyListenerAttributes" => self.modify_listener_attributes(input).await,
             "CreateRule" => self.create_rule(input).await,

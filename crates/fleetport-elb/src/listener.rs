@@ -479,7 +479,11 @@ impl Elb {
         let listener = self
             .change(move |s| {
                 let lb = s.lb(&lb_arn).ok_or_else(lb_not_found)?.clone();
-                let allowed = if lb.kind == "network" { NLB_PROTOCOLS } else { ALB_PROTOCOLS };
+                let allowed = if lb.kind == "network" {
+                    NLB_PROTOCOLS
+                } else {
+                    ALB_PROTOCOLS
+                };
                 let protocol = input
                     .get("Protocol")
                     .and_then(Value::as_str)
@@ -491,12 +495,6 @@ impl Elb {
                         allowed.join(", ")
                     )));
                 }
-                if matches!(protocol.as_str(), "HTTPS" | "TLS") {
-                    return Err(code(
-                        "CertificateNotFound",
-                        format!("{protocol} listeners need a certificate, and Fleetport cannot serve certificates yet"),
-                    ));
-                }
                 if matches!(protocol.as_str(), "UDP" | "TCP_UDP") {
                     return Err(code(
                         "UnsupportedProtocol",
@@ -505,7 +503,11 @@ impl Elb {
                 }
                 let port = match input.get("Port").and_then(Value::as_i64) {
                     Some(p) if (1..=65535).contains(&p) => p as u16,
-                    Some(p) => return Err(validation(format!("Port '{p}' must be between 1 and 65535"))),
+                    Some(p) => {
+                        return Err(validation(format!(
+                            "Port '{p}' must be between 1 and 65535"
+                        )));
+                    }
                     None => return Err(validation("A port must be specified")),
                 };
                 let actions = input
@@ -514,24 +516,36 @@ impl Elb {
                     .cloned()
                     .unwrap_or_default();
                 let actions = check_actions(s, &lb.arn, &lb.kind, &protocol, &actions)?;
+                let tls = this.tls_settings(&input, &protocol, None)?;
                 if let Some(old) = s
                     .listeners
                     .iter()
                     .find(|l| l.load_balancer_arn == lb.arn && l.port == port)
                 {
-                    if old.protocol == protocol && old.default_actions == actions {
+                    if old.protocol == protocol
+                        && old.default_actions == actions
+                        && old.certificates == tls.certificates
+                    {
                         return Ok(old.clone());
                     }
-                    return Err(code("DuplicateListener", "A listener already exists on this port for this load balancer"));
+                    return Err(code(
+                        "DuplicateListener",
+                        "A listener already exists on this port for this load balancer",
+                    ));
                 }
-                if s.listeners.iter().filter(|l| l.load_balancer_arn == lb.arn).count() >= 50 {
-                    return Err(code("TooManyListeners", "A load balancer can have at most 50 listeners"));
+                if s.listeners
+                    .iter()
+                    .filter(|l| l.load_balancer_arn == lb.arn)
+                    .count()
+                    >= 50
+                {
+                    return Err(code(
+                        "TooManyListeners",
+                        "A load balancer can have at most 50 listeners",
+                    ));
                 }
                 this.claim_port(s, &lb.arn, port, &protocol)?;
-                let lb_tail = lb
-                    .arn
-                    .split_once(":loadbalancer/")
-                    .map_or("", |(_, t)| t);
+                let lb_tail = lb.arn.split_once(":loadbalancer/").map_or("", |(_, t)| t);
                 let lid = new_id();
                 let listener = Listener {
                     arn: this.arn(&format!("listener/{lb_tail}/{lid}")),
@@ -540,10 +554,12 @@ impl Elb {
                     attributes: attrs::listener_defaults(&protocol),
                     protocol,
                     default_actions: actions,
-                    certificates: Vec::new(),
-                    ssl_policy: None,
-                    alpn_policy: Vec::new(),
-                    default_rule_arn: this.arn(&format!("listener-rule/{lb_tail}/{lid}/{}", new_id())),
+                    certificates: tls.certificates,
+                    extra_certificates: tls.extra_certificates,
+                    ssl_policy: tls.ssl_policy,
+                    alpn_policy: tls.alpn_policy,
+                    default_rule_arn: this
+                        .arn(&format!("listener-rule/{lb_tail}/{lid}/{}", new_id())),
                 };
                 tags::merge(s, &listener.arn, &new_tags)?;
                 s.listeners.push(listener.clone());
@@ -603,7 +619,7 @@ impl Elb {
                     } else {
                         ALB_PROTOCOLS
                     };
-                    if !allowed.contains(&p) || matches!(p, "HTTPS" | "TLS" | "UDP" | "TCP_UDP") {
+                    if !allowed.contains(&p) || matches!(p, "UDP" | "TCP_UDP") {
                         return Err(validation(format!(
                             "Listener protocol '{p}' is not supported here"
                         )));
@@ -621,6 +637,11 @@ impl Elb {
                 if let Some(a) = input.get("DefaultActions").and_then(Value::as_array) {
                     next.default_actions = check_actions(s, &lb.arn, &lb.kind, &next.protocol, a)?;
                 }
+                let tls = this.tls_settings(&input, &next.protocol, Some(&old))?;
+                next.certificates = tls.certificates;
+                next.extra_certificates = tls.extra_certificates;
+                next.ssl_policy = tls.ssl_policy;
+                next.alpn_policy = tls.alpn_policy;
                 if next.port != old.port {
                     if s.listeners
                         .iter()

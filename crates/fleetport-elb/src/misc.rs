@@ -23,7 +23,7 @@ const LIMITS: &[(&str, u32)] = &[
     ("certificates-per-application-load-balancer", 25),
 ];
 
-const POLICIES: &[&str] = &[
+pub(crate) const POLICIES: &[&str] = &[
     "ELBSecurityPolicy-2016-08",
     "ELBSecurityPolicy-TLS13-1-2-2021-06",
     "ELBSecurityPolicy-TLS13-1-2-Res-2021-06",

@@ -109,12 +109,26 @@ pub struct Listener {
     pub protocol: String,
     /// The default actions as the API returns them (normalised at create/modify).
     pub default_actions: Vec<Value>,
+    /// The default certificate (`[{"CertificateArn": …}]`), as DescribeListeners shows it.
     pub certificates: Vec<Value>,
+    /// Certificates added with AddListenerCertificates, chosen by SNI.
+    #[serde(default)]
+    pub extra_certificates: Vec<String>,
     pub ssl_policy: Option<String>,
     pub alpn_policy: Vec<String>,
     pub attributes: BTreeMap<String, String>,
     /// Every listener has a default rule that DescribeRules lists; its ARN is fixed at create.
     pub default_rule_arn: String,
+}
+
+impl Listener {
+    /// The default certificate first, then the ones added for SNI.
+    pub fn certificate_arns(&self) -> impl Iterator<Item = &str> {
+        self.certificates
+            .iter()
+            .filter_map(|c| c.get("CertificateArn").and_then(Value::as_str))
+            .chain(self.extra_certificates.iter().map(String::as_str))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -104,10 +104,10 @@ pub struct ApiRequest<'a> {
 }
 
 impl Gateway {
-    /// A gateway that knows the ECS, ECR and ELBv2 models; services are attached with [`Self::serve`].
+    /// A gateway that knows the ECS, ECR, ACM and ELBv2 models; services are attached with [`Self::serve`].
     pub fn new(config: GatewayConfig, verifier: Verifier) -> Self {
         let mut json = HashMap::new();
-        for m in [model::ecs(), model::ecr(), model::agent()] {
+        for m in [model::ecs(), model::ecr(), model::acm(), model::agent()] {
             if let Some(prefix) = m.metadata.target_prefix.as_deref() {
                 json.insert(prefix, (m, None));
             }

@@ -118,6 +118,7 @@ static ECS: OnceLock<ServiceModel> = OnceLock::new();
 static ECR: OnceLock<ServiceModel> = OnceLock::new();
 static ELBV2: OnceLock<ServiceModel> = OnceLock::new();
 static AGENT: OnceLock<ServiceModel> = OnceLock::new();
+static ACM: OnceLock<ServiceModel> = OnceLock::new();
 
 fn load(cell: &'static OnceLock<ServiceModel>, json: &'static str) -> &'static ServiceModel {
     // The vendored files are tested to parse (see tests below), so a failure here is a build defect.
@@ -138,6 +139,11 @@ pub fn ecr() -> &'static ServiceModel {
 /// Elastic Load Balancing v2 (awsQuery).
 pub fn elbv2() -> &'static ServiceModel {
     load(&ELBV2, include_str!("../models/elbv2.json"))
+}
+
+/// AWS Certificate Manager (awsJson1.1).
+pub fn acm() -> &'static ServiceModel {
+    load(&ACM, include_str!("../models/acm.json"))
 }
 
 /// Fleetport's own agent channel (awsJson1.1, `FleetportAgentV20261124`): the long poll that

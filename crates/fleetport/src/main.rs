@@ -3,7 +3,7 @@
 
 mod agent_cmd;
 mod config;
-mod instances;
+mod links;
 mod server;
 
 use std::io::Write;
@@ -135,13 +135,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gateway.serve(Arc::new(fleetport_ecs::agent_api::AgentApi(ecs.clone())));
     gateway.serve(Arc::new(ecs.clone()));
     gateway.serve(Arc::new(ecr.clone()));
-    let elb = fleetport_elb::Elb::open(
-        store.clone(),
-        &config.region,
-        &config.account_id,
-        Arc::new(instances::EcsInstances(ecs.clone())),
-    )
-    .context("loading the load balancer configuration")?;
+    let (acm, elb) = links::load_balancing(store.clone(), &config.region, &config.account_id, &ecs)
+        .context("loading the load balancer configuration")?;
+    gateway.serve(Arc::new(acm));
     gateway.serve(Arc::new(elb.clone()));
     let elb_plane = tokio::spawn(elb.clone().run_data_plane(config.elb_workers));
     let elb_maintenance = tokio::spawn(elb.clone().run_maintenance());

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod sticky;
+pub mod tls;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::certificates::CertificateSource;
 use crate::plane::health::{HealthBoard, State};
 use crate::plane::route::Cond;
 use crate::state::{ElbState, Target, forward_targets};
@@ -219,10 +221,23 @@ pub struct ListenerPlan {
     pub counters: Arc<metrics::LbCounters>,
 }
 
+impl ListenerPlan {
+    /// The scheme clients used: X-Forwarded-Proto and a redirect's `#{protocol}`.
+    pub fn scheme(&self) -> &'static str {
+        if self.protocol == "HTTPS" {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 /// Everything the proxy needs, compiled from one configuration.
 #[derive(Debug, Default)]
 pub struct Routes {
     pub ports: HashMap<u16, Vec<Arc<ListenerPlan>>>,
+    /// The TLS server configuration of each HTTPS and TLS port.
+    pub tls: tls::TlsConfigs,
 }
 
 impl Routes {
@@ -421,6 +436,7 @@ struct OpenPort {
 /// started with the first listener (a Fleetport without load balancers runs none).
 pub async fn run(
     mut config: watch::Receiver<Arc<ElbState>>,
+    certificates: Arc<dyn CertificateSource>,
     board: Arc<HealthBoard>,
     ports: Arc<Ports>,
     count: usize,
@@ -429,6 +445,8 @@ pub async fn run(
     let mut started: Option<workers::Workers> = None;
     let mut open: HashMap<u16, OpenPort> = HashMap::new();
     let mut checkers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
+    let mut certificate_changes = certificates.changes();
+    let mut certificates_follow = true;
     loop {
         let state = config.borrow_and_update().clone();
         let wanted: HashMap<u16, String> = state
@@ -445,7 +463,8 @@ pub async fn run(
             }
         }
         if let Some(workers) = &started {
-            workers.publish(&state, &board);
+            let tls = tls::configs(&state, &*certificates);
+            workers.publish(&state, &board, &tls);
         }
         open.retain(|port, o| {
             let keep = wanted.get(port) == Some(&o.protocol);
@@ -474,8 +493,17 @@ pub async fn run(
             }
         }
         sync_checkers(&state, &board, &mut checkers);
-        if config.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = config.changed() => {
+                if r.is_err() {
+                    return;
+                }
+            }
+            // A re-imported certificate is served from the next handshake on.
+            r = certificate_changes.changed(), if certificates_follow => {
+                certificate_changes.borrow_and_update();
+                certificates_follow = r.is_ok();
+            }
         }
     }
 }

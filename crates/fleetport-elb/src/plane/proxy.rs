@@ -153,7 +153,49 @@ pub struct Lane {
 /// Accepts connections on one listener port until aborted, handing them to the workers in
 /// turn: every worker gets the same number of connections. Hashing them over per-worker
 /// `SO_REUSEPORT` sockets did not (one worker did 58 % of the work in a wrk run).
-pub async fn accept(listener: std::net::TcpListener, port: u16, tcp: bool, lanes: Vec<Lane>) {
+/// What a listener port speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Http,
+    Https,
+    Tcp,
+    Tls,
+}
+
+impl Kind {
+    pub fn of(protocol: &str) -> Self {
+        match protocol {
+            "HTTPS" => Self::Https,
+            "TCP" => Self::Tcp,
+            "TLS" => Self::Tls,
+            _ => Self::Http,
+        }
+    }
+}
+
+/// A client gets this long to finish its TLS handshake (AWS: 10 s).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS handshake of an HTTPS or TLS listener's client connection, with the port's current
+/// configuration; `None` when it fails, times out, or the port has no certificate.
+async fn handshake(
+    stream: Counted,
+    port: u16,
+    routes: &watch::Receiver<Arc<Routes>>,
+) -> Option<tokio_rustls::server::TlsStream<Counted>> {
+    let config = routes.borrow().tls.get(&port).cloned()?;
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, accept).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+pub async fn accept(listener: std::net::TcpListener, port: u16, kind: Kind, lanes: Vec<Lane>) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         tracing::error!(port, "cannot register the listener with the runtime");
         return;
@@ -176,17 +218,26 @@ pub async fn accept(listener: std::net::TcpListener, port: u16, tcp: bool, lanes
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        if tcp {
-            lane.handle
-                .spawn(relay_tcp(stream, peer, port, lane.routes.clone()));
-        } else {
-            lane.handle.spawn(serve_http(
-                stream,
-                peer,
-                port,
-                lane.routes.clone(),
-                lane.client.clone(),
-            ));
+        match kind {
+            Kind::Tcp | Kind::Tls => {
+                lane.handle.spawn(relay_tcp(
+                    stream,
+                    peer,
+                    port,
+                    lane.routes.clone(),
+                    kind == Kind::Tls,
+                ));
+            }
+            Kind::Http | Kind::Https => {
+                lane.handle.spawn(serve_http(
+                    stream,
+                    peer,
+                    port,
+                    lane.routes.clone(),
+                    lane.client.clone(),
+                    kind == Kind::Https,
+                ));
+            }
         }
     }
 }
@@ -198,6 +249,7 @@ async fn serve_http(
     port: u16,
     routes: watch::Receiver<Arc<Routes>>,
     client: UpstreamClient,
+    tls: bool,
 ) {
     let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
         return;
@@ -212,13 +264,36 @@ async fn serve_http(
         .listener(port, "")
         .map(|l| l.counters.clone());
     let stream = Counted::new(stream, lb_counters);
-    let conn = Arc::new(Conn {
-        port,
-        peer,
-        peer_value,
-        routes,
-        client,
-    });
+    if tls {
+        let Some(stream) = handshake(stream, port, &routes).await else {
+            return;
+        };
+        let conn = Conn {
+            port,
+            peer,
+            peer_value,
+            routes,
+            client,
+        };
+        serve_connection(stream, conn).await;
+    } else {
+        let conn = Conn {
+            port,
+            peer,
+            peer_value,
+            routes,
+            client,
+        };
+        serve_connection(stream, conn).await;
+    }
+}
+
+/// Serves HTTP on one client connection, plain or TLS.
+async fn serve_connection<I>(io: I, conn: Conn)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = Arc::new(conn);
     let svc = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(req, &conn).await) }
@@ -226,7 +301,7 @@ async fn serve_http(
     // HTTP/1.1 (with upgrades, for WebSockets), or HTTP/2 when the client opens with the
     // HTTP/2 preface (h2c with prior knowledge; an HTTP/1.1 client never does).
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     if let Err(e) = served.await {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
@@ -306,7 +381,7 @@ async fn respond(
             }
             r
         }
-        Some(Action::Redirect(cfg)) => redirect(&req, cfg, host, port),
+        Some(Action::Redirect(cfg)) => redirect(&req, cfg, listener.scheme(), host, port),
         Some(Action::Forward(fwd)) => forward(req, listener, fwd, conn, host).await,
     }
 }
@@ -314,6 +389,7 @@ async fn respond(
 fn redirect(
     req: &Request<Incoming>,
     cfg: &serde_json::Value,
+    scheme: &'static str,
     host: &str,
     port: u16,
 ) -> Response<Body> {
@@ -327,7 +403,7 @@ fn redirect(
     let path = req.uri().path().trim_start_matches('/');
     let query = req.uri().query().unwrap_or("");
     let fill = |s: String| {
-        s.replace("#{protocol}", "http")
+        s.replace("#{protocol}", scheme)
             .replace("#{host}", bare_host)
             .replace("#{port}", &port.to_string())
             .replace("#{path}", path)
@@ -562,7 +638,10 @@ async fn forward(
     if forwarded_for(h, &listener.xff_mode, &conn.peer_value).is_err() {
         return page(StatusCode::from_u16(463).unwrap_or(StatusCode::BAD_REQUEST));
     }
-    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(listener.scheme()),
+    );
     h.insert(X_FORWARDED_PORT.clone(), listener.port_value.clone());
     if let Some(v) = trace_header(h.get(&X_AMZN_TRACE_ID)) {
         h.insert(X_AMZN_TRACE_ID.clone(), v);
@@ -667,15 +746,30 @@ async fn relay_tcp(
     peer: SocketAddr,
     port: u16,
     routes: watch::Receiver<Arc<Routes>>,
+    tls: bool,
 ) {
     let Ok(inbound) = tokio::net::TcpStream::from_std(inbound) else {
         return;
     };
-    let routes = routes.borrow().clone();
-    let Some(l) = routes.ports.get(&port).and_then(|ls| ls.first()) else {
+    let current = routes.borrow().clone();
+    let Some(l) = current.ports.get(&port).and_then(|ls| ls.first()) else {
         return;
     };
-    let mut inbound = Counted::new(inbound, Some(l.counters.clone()));
+    let inbound = Counted::new(inbound, Some(l.counters.clone()));
+    // A TLS listener terminates TLS and relays the plain stream.
+    if tls {
+        if let Some(inbound) = handshake(inbound, port, &routes).await {
+            relay(inbound, peer, l).await;
+        }
+    } else {
+        relay(inbound, peer, l).await;
+    }
+}
+
+async fn relay<I>(mut inbound: I, peer: SocketAddr, l: &ListenerPlan)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
         return;
     };

@@ -13,7 +13,8 @@ use tokio::task::AbortHandle;
 
 use crate::plane::health::HealthBoard;
 use crate::plane::metrics::{Metrics, WorkerMetrics};
-use crate::plane::proxy::{self, Lane, UpstreamClient};
+use crate::plane::proxy::{self, Kind, Lane, UpstreamClient};
+use crate::plane::tls::TlsConfigs;
 use crate::plane::{Counters, Routes, compile};
 use crate::state::ElbState;
 
@@ -76,12 +77,13 @@ impl Workers {
         })
     }
 
-    /// Gives every worker its own compiled copy of `state`.
-    pub fn publish(&self, state: &ElbState, board: &HealthBoard) {
+    /// Gives every worker its own compiled copy of `state`, with the TLS configurations.
+    pub fn publish(&self, state: &ElbState, board: &HealthBoard, tls: &TlsConfigs) {
         for w in &self.workers {
             w.metrics.retain(state);
-            w.routes
-                .send_replace(Arc::new(compile(state, &self.counters, board, &w.metrics)));
+            let mut routes = compile(state, &self.counters, board, &w.metrics);
+            routes.tls = tls.clone();
+            w.routes.send_replace(Arc::new(routes));
         }
     }
 
@@ -101,7 +103,7 @@ impl Workers {
         let acceptor = &self.workers[usize::from(port) % self.workers.len()];
         acceptor
             .handle
-            .spawn(proxy::accept(socket, port, protocol == "TCP", lanes))
+            .spawn(proxy::accept(socket, port, Kind::of(protocol), lanes))
             .abort_handle()
     }
 }
