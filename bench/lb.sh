@@ -7,12 +7,18 @@
 #
 #   bench/lb.sh                      # unpinned: 2 proxy threads/workers, REPEATS=3
 #   PIN=1 PROXY_WORKERS=1 bench/lb.sh   # wrk alone on CPU 0; backends and proxy on CPU 1
+#   TLS=1 bench/lb.sh                # clients speak HTTPS (TLS 1.3, one self-signed RSA 2048
+#                                    # certificate, imported into ACM for Fleetport); the
+#                                    # proxies still reach the backends over plain HTTP
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${REPEATS:-3}
 DURATION=${DURATION:-10}
 PROXY_WORKERS=${PROXY_WORKERS:-2}
 PIN=${PIN:-0}
+TLS=${TLS:-0}
+SCHEME=http
+[ "$TLS" = 1 ] && SCHEME=https
 need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v haproxy >/dev/null || need+=(haproxy)
@@ -31,6 +37,16 @@ on_proxy_cpu() { if [ "$PIN" = 1 ]; then exec taskset -c 1 "$@"; else exec "$@";
 on_wrk_cpu() { if [ "$PIN" = 1 ]; then taskset -c 0 "$@"; else "$@"; fi; }
 
 printf 'ok\n' >"$W/index.html"
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 \
+  -subj /CN=bench.localhost 2>/dev/null
+cat "$W/cert.pem" "$W/key.pem" >"$W/combined.pem"
+NG_LISTEN="listen 127.0.0.1:$NG;"
+HA_BIND="bind 127.0.0.1:$HA"
+if [ "$TLS" = 1 ]; then
+  NG_LISTEN="listen 127.0.0.1:$NG ssl; ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem;
+    ssl_protocols TLSv1.2 TLSv1.3;"
+  HA_BIND="bind 127.0.0.1:$HA ssl crt $W/combined.pem alpn h2,http/1.1"
+fi
 # Shared by the nginx backend and the nginx proxy: no logs, temp files in $W, and keep-alive
 # connections that last the whole run.
 NGINX_HTTP_COMMON="  access_log off;
@@ -64,7 +80,7 @@ http {
 $NGINX_HTTP_COMMON
   upstream backends { server 127.0.0.1:$B1; server 127.0.0.1:$B2; keepalive 128; keepalive_requests 1000000; }
   server {
-    listen 127.0.0.1:$NG;
+    $NG_LISTEN
     location / {
       proxy_pass http://backends;
       proxy_http_version 1.1;
@@ -88,9 +104,9 @@ defaults
   timeout server 60s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:$HA
+  $HA_BIND
   option forwardfor
-  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Proto $SCHEME
   http-request set-header X-Forwarded-Port %[dst_port]
   default_backend be
 backend be
@@ -115,13 +131,21 @@ lb=$(aws elbv2 create-load-balancer --name bench --subnets subnet-a subnet-b --q
 tg=$(aws elbv2 create-target-group --name bench --protocol HTTP --port 80 --target-type ip --vpc-id vpc-local \
   --health-check-interval-seconds 10 --query 'TargetGroups[0].TargetGroupArn' --output text)
 aws elbv2 register-targets --target-group-arn "$tg" --targets Id=127.0.0.1,Port=$B1 Id=127.0.0.1,Port=$B2
-aws elbv2 create-listener --load-balancer-arn "$lb" --protocol HTTP --port $LB \
-  --default-actions Type=forward,TargetGroupArn="$tg" >/dev/null
+if [ "$TLS" = 1 ]; then
+  cert=$(aws acm import-certificate --certificate "fileb://$W/cert.pem" --private-key "fileb://$W/key.pem" \
+    --query CertificateArn --output text)
+  aws elbv2 create-listener --load-balancer-arn "$lb" --protocol HTTPS --port $LB \
+    --certificates CertificateArn="$cert" --ssl-policy ELBSecurityPolicy-TLS13-1-2-2021-06 \
+    --default-actions Type=forward,TargetGroupArn="$tg" >/dev/null
+else
+  aws elbv2 create-listener --load-balancer-arn "$lb" --protocol HTTP --port $LB \
+    --default-actions Type=forward,TargetGroupArn="$tg" >/dev/null
+fi
 aws elbv2 wait target-in-service --target-group-arn "$tg"
 
 # Every proxy must show both backends before anything is measured.
 for port in $HA $NG $LB; do
-  seen=$(for _ in 1 2 3 4 5 6; do curl -s -D - -o /dev/null "http://127.0.0.1:$port/"; done | tr -d '\r' |
+  seen=$(for _ in 1 2 3 4 5 6; do curl -sk -D - -o /dev/null "$SCHEME://127.0.0.1:$port/"; done | tr -d '\r' |
     awk 'tolower($1) == "x-backend:" { print $2 }' | sort -u | tr '\n' ' ')
   [ "$seen" = "b1 b2 " ] || { echo "proxy on port $port does not reach both backends (saw: $seen)" >&2; exit 1; }
 done
@@ -141,19 +165,20 @@ rss_of() { # pid... -> summed VmRSS in KiB
   for p in "$@"; do t=$((t + $(awk '/VmRSS/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0))); done
   echo "$t"
 }
-declare -A PORT=([direct]=$B1 [haproxy]=$HA [nginx]=$NG [fleetport]=$LB)
+declare -A URL=([direct]="http://127.0.0.1:$B1/" [haproxy]="$SCHEME://127.0.0.1:$HA/"
+  [nginx]="$SCHEME://127.0.0.1:$NG/" [fleetport]="$SCHEME://127.0.0.1:$LB/")
 declare -A PROCS=([direct]="$(tree_of $BACKEND_PID)" [haproxy]="$HA_PID" [nginx]="$(tree_of $NG_PID)" [fleetport]="$FP_PID")
 COLUMNS_=(direct haproxy nginx fleetport)
 for c in "${COLUMNS_[@]}"; do
-  on_wrk_cpu wrk -t2 -c64 -d2s "http://127.0.0.1:${PORT[$c]}/" >/dev/null
+  on_wrk_cpu wrk -t2 -c64 -d2s "${URL[$c]}" >/dev/null
 done
 tck=$(getconf CLK_TCK)
-echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); PIN=$PIN PROXY_WORKERS=$PROXY_WORKERS REPEATS=$REPEATS"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); PIN=$PIN PROXY_WORKERS=$PROXY_WORKERS REPEATS=$REPEATS TLS=$TLS"
 for r in $(seq "$REPEATS"); do
   for c in "${COLUMNS_[@]}"; do
     # shellcheck disable=SC2086
     c0=$(cpu_of ${PROCS[$c]})
-    on_wrk_cpu wrk -t2 -c64 -d"${DURATION}s" --latency --timeout 5s "http://127.0.0.1:${PORT[$c]}/" >"$W/$c.$r.txt"
+    on_wrk_cpu wrk -t2 -c64 -d"${DURATION}s" --latency --timeout 5s "${URL[$c]}" >"$W/$c.$r.txt"
     # shellcheck disable=SC2086
     c1=$(cpu_of ${PROCS[$c]})
     # shellcheck disable=SC2086

@@ -655,6 +655,14 @@ impl Elb {
                     // The listener itself still holds its old port in `s`, so it is not
                     // counted as a user of the new one.
                     this.claim_port(s, &lb.arn, next.port, &next.protocol)?;
+                } else if next.protocol != old.protocol
+                    && s.listeners.iter().any(|l| l.port == next.port && l.arn != old.arn)
+                {
+                    // Only HTTP listeners share a port (told apart by Host).
+                    return Err(invalid_config(format!(
+                        "Port {} on 127.0.0.1 is shared with another load balancer's listener, so it must stay {}",
+                        next.port, old.protocol
+                    )));
                 }
                 if let Some(l) = s.listener_mut(&arn) {
                     *l = next.clone();
