@@ -615,19 +615,29 @@ def test_live_changes_under_load_and_restart(data_dir, backends):
         server.stop()
 
 
-def test_nlb_tcp_forwarding_and_tcp_health(server):
-    elb = server.client("elbv2")
+def echo_server():
+    """A TCP server that echoes each connection's bytes as they come and closes it after the
+    client's EOF; returns its port."""
     echo = socket.socket()
     echo.bind(("127.0.0.1", 0))
     echo.listen(16)
 
-    def serve_echo():
-        while True:
-            conn = echo.accept()[0]
-            threading.Thread(target=lambda c: (c.sendall(b"".join(iter(lambda: c.recv(65536), b""))), c.close()),
-                             args=(conn,), daemon=True).start()
+    def serve(c):
+        for d in iter(lambda: c.recv(65536), b""):
+            c.sendall(d)
+        c.close()
 
-    threading.Thread(target=serve_echo, daemon=True).start()
+    def accept():
+        while True:
+            threading.Thread(target=serve, args=(echo.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return echo.getsockname()[1]
+
+
+def test_nlb_tcp_forwarding_and_tcp_health(server):
+    elb = server.client("elbv2")
+    echo_port = echo_server()
     closed = free_port()
     lb = elb.create_load_balancer(Name="tcp", Type="network", Subnets=["s-1"])["LoadBalancers"][0]
     assert "/net/" in lb["LoadBalancerArn"]
@@ -638,13 +648,13 @@ def test_nlb_tcp_forwarding_and_tcp_health(server):
     tg = elb.create_target_group(Name="tcp", Protocol="TCP", Port=1, TargetType="ip", VpcId="vpc-local",
                                  HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2)["TargetGroups"][0]
     arn = tg["TargetGroupArn"]
-    elb.register_targets(TargetGroupArn=arn, Targets=[{"Id": "127.0.0.1", "Port": p} for p in (echo.getsockname()[1], closed)])
+    elb.register_targets(TargetGroupArn=arn, Targets=[{"Id": "127.0.0.1", "Port": p} for p in (echo_port, closed)])
     port = free_port()
     elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TCP", Port=port,
                         DefaultActions=[{"Type": "forward", "TargetGroupArn": arn}])
     wait_for(lambda: health(elb, arn).get(closed, {}).get("State") == "unhealthy", 20)
     assert health(elb, arn)[closed]["Reason"] == "Target.FailedHealthChecks"
-    wait_for(lambda: health(elb, arn)[echo.getsockname()[1]]["State"] == "healthy")
+    wait_for(lambda: health(elb, arn)[echo_port]["State"] == "healthy")
     payload = bytes(range(256)) * 4096
     for _ in range(3):
         s = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -825,21 +835,11 @@ def test_nlb_tls_listener_terminates_tls(server, tmp_path):
     acm, elb = server.client("acm"), server.client("elbv2")
     crt, key = make_cert(tmp_path, "nlb", "tcp.example.test")
     arn = import_cert(acm, crt, key)
-    echo = socket.socket()
-    echo.bind(("127.0.0.1", 0))
-    echo.listen(16)
-
-    def serve_echo():
-        while True:
-            conn = echo.accept()[0]
-            threading.Thread(target=lambda c: [c.sendall(d) for d in iter(lambda: c.recv(65536), b"")],
-                             args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve_echo, daemon=True).start()
+    echo_port = echo_server()
     lb = elb.create_load_balancer(Name="tlsnlb", Type="network", Subnets=["s-1"])["LoadBalancers"][0]
     tg = elb.create_target_group(Name="tlsnlb", Protocol="TCP", Port=1, TargetType="ip", VpcId="vpc-local",
                                  HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2)["TargetGroups"][0]
-    elb.register_targets(TargetGroupArn=tg["TargetGroupArn"], Targets=[{"Id": "127.0.0.1", "Port": echo.getsockname()[1]}])
+    elb.register_targets(TargetGroupArn=tg["TargetGroupArn"], Targets=[{"Id": "127.0.0.1", "Port": echo_port}])
     port = free_port()
     assert error_code(lambda: elb.create_listener(
         LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TLS", Port=port, Certificates=[{"CertificateArn": arn}],

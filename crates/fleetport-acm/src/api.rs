@@ -70,7 +70,7 @@ fn blob(input: &Value, member: &str) -> Result<Option<Vec<u8>>, AwsError> {
 }
 
 fn status(rec: &Record) -> &'static str {
-    if rec.not_after < now() {
+    if rec.facts.not_after < now() {
         "EXPIRED"
     } else {
         "ISSUED"
@@ -159,7 +159,6 @@ impl Acm {
             }
             None => None,
         };
-        let f = checked.facts;
         let id = previous
             .as_ref()
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), |p| p.id.clone());
@@ -170,15 +169,7 @@ impl Acm {
             certificate: text(certificate)?,
             chain: chain.map(text).transpose()?,
             private_key: text(key)?,
-            domain_name: f.domain_name,
-            names: f.names,
-            subject: f.subject,
-            issuer: f.issuer,
-            serial: f.serial,
-            not_before: f.not_before,
-            not_after: f.not_after,
-            key_algorithm: f.key_algorithm,
-            signature_algorithm: f.signature_algorithm,
+            facts: checked.facts,
             created_at: at,
             imported_at: at,
             tags,
@@ -198,17 +189,17 @@ impl Acm {
         let in_use = self.users(&rec.arn);
         Ok(json!({"Certificate": {
             "CertificateArn": rec.arn,
-            "DomainName": rec.domain_name,
-            "SubjectAlternativeNames": rec.names,
-            "Serial": rec.serial,
-            "Subject": rec.subject,
-            "Issuer": rec.issuer,
+            "DomainName": rec.facts.domain_name,
+            "SubjectAlternativeNames": rec.facts.names,
+            "Serial": rec.facts.serial,
+            "Subject": rec.facts.subject,
+            "Issuer": rec.facts.issuer,
             "ImportedAt": rec.imported_at,
             "Status": status(&rec),
-            "NotBefore": rec.not_before,
-            "NotAfter": rec.not_after,
-            "KeyAlgorithm": rec.key_algorithm,
-            "SignatureAlgorithm": rec.signature_algorithm,
+            "NotBefore": rec.facts.not_before,
+            "NotAfter": rec.facts.not_after,
+            "KeyAlgorithm": rec.facts.key_algorithm,
+            "SignatureAlgorithm": rec.facts.signature_algorithm,
             "InUseBy": in_use,
             "Type": "IMPORTED",
             "RenewalEligibility": "INELIGIBLE",
@@ -258,23 +249,23 @@ impl Acm {
         let items = all
             .into_iter()
             .filter(|(_, r)| statuses.is_empty() || statuses.iter().any(|s| s == status(r)))
-            .filter(|(_, r)| key_types.contains(&r.key_algorithm))
+            .filter(|(_, r)| key_types.contains(&r.facts.key_algorithm))
             .map(|(k, r)| {
                 let in_use = !self.users(&r.arn).is_empty();
                 let summary = json!({
                     "CertificateArn": r.arn,
-                    "DomainName": r.domain_name,
-                    "SubjectAlternativeNameSummaries": r.names.iter().take(100).collect::<Vec<_>>(),
-                    "HasAdditionalSubjectAlternativeNames": r.names.len() > 100,
+                    "DomainName": r.facts.domain_name,
+                    "SubjectAlternativeNameSummaries": r.facts.names.iter().take(100).collect::<Vec<_>>(),
+                    "HasAdditionalSubjectAlternativeNames": r.facts.names.len() > 100,
                     "Status": status(&r),
                     "Type": "IMPORTED",
-                    "KeyAlgorithm": r.key_algorithm,
+                    "KeyAlgorithm": r.facts.key_algorithm,
                     "KeyUsages": [],
                     "ExtendedKeyUsages": [],
                     "InUse": in_use,
                     "RenewalEligibility": "INELIGIBLE",
-                    "NotBefore": r.not_before,
-                    "NotAfter": r.not_after,
+                    "NotBefore": r.facts.not_before,
+                    "NotAfter": r.facts.not_after,
                     "ImportedAt": r.imported_at,
                 });
                 (k, summary)

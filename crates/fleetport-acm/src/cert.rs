@@ -23,7 +23,8 @@ fn invalid(m: impl Into<String>) -> Invalid {
 }
 
 /// What DescribeCertificate and ListCertificates report about a certificate.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Facts {
     pub domain_name: String,
     /// The DNS names of the subject alternative name extension (the domain name first).

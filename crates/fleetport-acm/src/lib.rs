@@ -37,15 +37,8 @@ pub(crate) struct Record {
     pub certificate: String,
     pub chain: Option<String>,
     pub private_key: String,
-    pub domain_name: String,
-    pub names: Vec<String>,
-    pub subject: String,
-    pub issuer: String,
-    pub serial: String,
-    pub not_before: f64,
-    pub not_after: f64,
-    pub key_algorithm: String,
-    pub signature_algorithm: String,
+    #[serde(flatten)]
+    pub facts: cert::Facts,
     pub created_at: f64,
     pub imported_at: f64,
     pub tags: Vec<Value>,
@@ -124,7 +117,7 @@ impl Acm {
         ) {
             Ok(c) => Some(Material {
                 key: c.key,
-                names: rec.names,
+                names: rec.facts.names,
             }),
             Err(cert::Invalid(m)) => {
                 tracing::error!(arn, reason = m, "a stored certificate no longer loads");

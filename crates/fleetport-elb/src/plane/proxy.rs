@@ -264,26 +264,18 @@ async fn serve_http(
         .listener(port, "")
         .map(|l| l.counters.clone());
     let stream = Counted::new(stream, lb_counters);
+    let conn = Conn {
+        port,
+        peer,
+        peer_value,
+        routes,
+        client,
+    };
     if tls {
-        let Some(stream) = handshake(stream, port, &routes).await else {
-            return;
-        };
-        let conn = Conn {
-            port,
-            peer,
-            peer_value,
-            routes,
-            client,
-        };
-        serve_connection(stream, conn).await;
+        if let Some(stream) = handshake(stream, port, &conn.routes).await {
+            serve_connection(stream, conn).await;
+        }
     } else {
-        let conn = Conn {
-            port,
-            peer,
-            peer_value,
-            routes,
-            client,
-        };
         serve_connection(stream, conn).await;
     }
 }
