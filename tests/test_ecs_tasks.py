@@ -28,6 +28,13 @@ def docker(*args, check=True):
     return r
 
 
+def remove_containers(cluster):
+    """Removes every container Fleetport agents started for `cluster`."""
+    ids = docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.cluster={cluster}").stdout.split()
+    if ids:
+        docker("rm", "-f", *ids, check=False)
+
+
 class Agent:
     def __init__(self, server, cluster, state_dir, *extra):
         env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
@@ -65,9 +72,7 @@ def env(server):
     yield state
     for a in agents:
         a.stop(signal.SIGKILL)
-    ids = docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.cluster={cluster}").stdout.split()
-    if ids:
-        docker("rm", "-f", *ids, check=False)
+    remove_containers(cluster)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -539,9 +544,7 @@ def test_silent_agent_is_disconnected_and_skipped(data_dir):
     finally:
         agent.proc.send_signal(signal.SIGCONT)
         agent.stop(signal.SIGKILL)
-        ids = docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.cluster={cluster}").stdout.split()
-        if ids:
-            docker("rm", "-f", *ids, check=False)
+        remove_containers(cluster)
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -577,9 +580,7 @@ def test_stopped_containers_and_tasks_are_cleaned_up(data_dir):
         assert describe(ecs, cluster, [keep])[0]["lastStatus"] == "RUNNING"
     finally:
         agent.stop(signal.SIGKILL)
-        ids = docker("ps", "-aq", "--filter", f"label=com.amazonaws.ecs.cluster={cluster}").stdout.split()
-        if ids:
-            docker("rm", "-f", *ids, check=False)
+        remove_containers(cluster)
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

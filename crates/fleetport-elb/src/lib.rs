@@ -20,6 +20,7 @@ pub mod state;
 mod tags;
 mod tg;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use fleetport_proto::model::{self, ServiceModel};
@@ -192,14 +193,24 @@ impl Elb {
     /// reach an instance only while it runs.
     async fn refresh_instance_addresses(&self) {
         let dir = &*self.inner.instances;
-        let stale = |s: &ElbState| {
-            s.target_groups
-                .iter()
-                .filter(|tg| tg.target_type == "instance")
-                .flat_map(|tg| tg.targets.iter())
-                .any(|t| instances::address(dir, &t.id) != t.address)
-        };
-        if !stale(&self.snapshot()) {
+        let snapshot = self.snapshot();
+        let targets: Vec<&state::Target> = snapshot
+            .target_groups
+            .iter()
+            .filter(|tg| tg.target_type == "instance")
+            .flat_map(|tg| tg.targets.iter())
+            .collect();
+        // One lookup per instance, however many targets (ports, groups) name it.
+        let mut resolved: HashMap<String, Option<String>> = HashMap::new();
+        for t in &targets {
+            if !resolved.contains_key(&t.id) {
+                resolved.insert(t.id.clone(), instances::address(dir, &t.id));
+            }
+        }
+        if targets
+            .iter()
+            .all(|t| resolved.get(&t.id) == Some(&t.address))
+        {
             return;
         }
         let r = self
@@ -210,7 +221,10 @@ impl Elb {
                     .filter(|tg| tg.target_type == "instance")
                 {
                     for t in &mut tg.targets {
-                        t.address = instances::address(dir, &t.id);
+                        // Targets registered since the lookups wait for the next round.
+                        if let Some(a) = resolved.get(&t.id) {
+                            t.address = a.clone();
+                        }
                     }
                 }
                 Ok(())
