@@ -15,6 +15,7 @@ pub mod proxy;
 pub mod route;
 pub mod sticky;
 pub mod tls;
+pub mod upstream;
 pub mod workers;
 
 use std::collections::HashMap;
@@ -63,8 +64,8 @@ pub struct TargetPlan {
     pub id: String,
     pub port: u16,
     pub addr: SocketAddr,
-    /// `addr` ready for the request URI.
-    pub authority: http::uri::Authority,
+    /// `addr` as a Host header, for requests that came without one.
+    pub host_value: http::HeaderValue,
     /// The sticky-session cookie value that names this target.
     pub token: String,
     pub in_flight: Arc<AtomicUsize>,
@@ -286,7 +287,7 @@ pub fn compile(
             .filter(|t| t.draining_until.is_none())
             .filter_map(|t| {
                 let addr = SocketAddr::new(t.ip()?, t.port);
-                let authority = addr.to_string().parse().ok()?;
+                let host_value = http::HeaderValue::from_str(&addr.to_string()).ok()?;
                 let in_flight = counters
                     .in_flight
                     .lock()
@@ -297,7 +298,7 @@ pub fn compile(
                     id: t.id.clone(),
                     port: t.port,
                     addr,
-                    authority,
+                    host_value,
                     token: sticky::token(&[&tg.arn, &t.id, &t.port.to_string()]),
                     in_flight,
                     health: board.cell(&tg.arn, &t.id, t.port),
@@ -561,7 +562,7 @@ mod tests {
             id: "127.0.0.1".into(),
             port,
             addr,
-            authority: http::uri::Authority::from_static("127.0.0.1:1"),
+            host_value: http::HeaderValue::from_static("127.0.0.1:1"),
             token: String::new(),
             in_flight: Arc::default(),
             health: Arc::new(health::Shared::new_for_test(State::Healthy, ramp_from_ms)),

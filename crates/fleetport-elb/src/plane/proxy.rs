@@ -11,35 +11,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HeaderName;
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
 use crate::plane::counted::Counted;
 use crate::plane::route::RequestView;
 use crate::plane::sticky::{self, Sticky};
+use crate::plane::upstream::{CONNECT_TIMEOUT, Upstream, UpstreamError};
 use crate::plane::{Action, Forward, GroupPlan, ListenerPlan, Routes, TargetPlan};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
-
-/// ALB gives up connecting to a target after 10 seconds (504).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub fn client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(50))
-        .pool_max_idle_per_host(256)
-        .build(connector)
-}
 
 fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into())
@@ -138,7 +123,7 @@ struct Conn {
     /// The peer's address as X-Forwarded-For carries it.
     peer_value: HeaderValue,
     routes: watch::Receiver<Arc<Routes>>,
-    client: UpstreamClient,
+    upstream: Arc<Upstream>,
 }
 
 /// A worker as the accept loop sees it: where a connection runs, with that worker's own copy
@@ -147,7 +132,7 @@ struct Conn {
 pub struct Lane {
     pub handle: tokio::runtime::Handle,
     pub routes: watch::Receiver<Arc<Routes>>,
-    pub client: UpstreamClient,
+    pub upstream: Arc<Upstream>,
 }
 
 /// Accepts connections on one listener port until aborted, handing them to the workers in
@@ -234,7 +219,7 @@ pub async fn accept(listener: std::net::TcpListener, port: u16, kind: Kind, lane
                     peer,
                     port,
                     lane.routes.clone(),
-                    lane.client.clone(),
+                    lane.upstream.clone(),
                     kind == Kind::Https,
                 ));
             }
@@ -248,7 +233,7 @@ async fn serve_http(
     peer: SocketAddr,
     port: u16,
     routes: watch::Receiver<Arc<Routes>>,
-    client: UpstreamClient,
+    upstream: Arc<Upstream>,
     tls: bool,
 ) {
     let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
@@ -269,7 +254,7 @@ async fn serve_http(
         peer,
         peer_value,
         routes,
-        client,
+        upstream,
     };
     if tls {
         if let Some(stream) = handshake(stream, port, &conn.routes).await {
@@ -521,8 +506,16 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 
+/// Drops the hop-by-hop headers; one pass over the (few) headers finds those present, so a
+/// request or response without them costs no hash lookups.
 fn remove_hop_by_hop(h: &mut http::HeaderMap) {
-    for name in &HOP_BY_HOP {
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         h.remove(name);
     }
 }
@@ -606,20 +599,15 @@ async fn forward(
         .flatten()
         .map(|protocol| (protocol, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(target.authority.clone());
-    uri.path_and_query = Some(
-        parts
+    // Origin form (`/path?query`), whatever form the client used.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts
             .uri
             .path_and_query()
             .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    let Ok(uri) = Uri::from_parts(uri) else {
-        return page(StatusCode::BAD_REQUEST);
-    };
-    parts.uri = uri;
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
     parts.version = http::Version::HTTP_11;
     let h = &mut parts.headers;
     remove_hop_by_hop(h);
@@ -651,10 +639,13 @@ async fn forward(
             h.insert(header::HOST, v);
         }
     }
-    // HTTP/2 requests carry the host in `:authority`; the target speaks HTTP/1.1.
-    if !h.contains_key(header::HOST)
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
+    // HTTP/2 requests carry the host in `:authority`; the target speaks HTTP/1.1, which needs
+    // a Host (the target's own address when the client sent none).
+    if !h.contains_key(header::HOST) {
+        let v = match HeaderValue::from_str(host) {
+            Ok(v) if !host.is_empty() => v,
+            _ => target.host_value.clone(),
+        };
         h.insert(header::HOST, v);
     }
     let upstream = Request::from_parts(parts, body);
@@ -664,7 +655,11 @@ async fn forward(
         target.in_flight.fetch_add(1, Ordering::Relaxed);
     }
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(listener.idle_timeout, conn.client.request(upstream)).await;
+    let result = tokio::time::timeout(
+        listener.idle_timeout,
+        conn.upstream.send(target.addr, upstream),
+    )
+    .await;
     if counted {
         target.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -718,14 +713,13 @@ async fn forward(
                     duration,
                 );
             }
-            Response::from_parts(parts, body.boxed())
+            Response::from_parts(parts, body.boxed_body())
         }
         Ok(Err(e)) => {
             tracing::debug!(target = %target.addr, error = %e, "target failed");
-            if e.is_connect() && format!("{e:?}").contains("timed out") {
-                page(StatusCode::GATEWAY_TIMEOUT)
-            } else {
-                page(StatusCode::BAD_GATEWAY)
+            match e {
+                UpstreamError::ConnectTimeout => page(StatusCode::GATEWAY_TIMEOUT),
+                _ => page(StatusCode::BAD_GATEWAY),
             }
         }
         Err(_) => page(StatusCode::GATEWAY_TIMEOUT),

@@ -13,8 +13,9 @@ use tokio::task::AbortHandle;
 
 use crate::plane::health::HealthBoard;
 use crate::plane::metrics::{Metrics, WorkerMetrics};
-use crate::plane::proxy::{self, Kind, Lane, UpstreamClient};
+use crate::plane::proxy::{self, Kind, Lane};
 use crate::plane::tls::TlsConfigs;
+use crate::plane::upstream::{SWEEP_EVERY, Upstream};
 use crate::plane::{Counters, Routes, compile};
 use crate::state::ElbState;
 
@@ -35,7 +36,7 @@ pub fn bind_shared(port: u16) -> std::io::Result<std::net::TcpListener> {
 
 struct Worker {
     handle: Handle,
-    client: UpstreamClient,
+    upstream: Arc<Upstream>,
     routes: watch::Sender<Arc<Routes>>,
     metrics: Arc<WorkerMetrics>,
     /// Dropping it ends the worker's thread and everything running on it.
@@ -63,9 +64,11 @@ impl Workers {
                 .spawn(move || {
                     let _ = runtime.block_on(stopped);
                 })?;
+            let upstream = Upstream::new();
+            handle.spawn(sweep(upstream.clone()));
             workers.push(Worker {
                 handle,
-                client: proxy::client(),
+                upstream,
                 routes: watch::Sender::new(Arc::new(Routes::default())),
                 metrics: metrics.add_worker(),
                 _stop: stop,
@@ -97,7 +100,7 @@ impl Workers {
             .map(|w| Lane {
                 handle: w.handle.clone(),
                 routes: w.routes.subscribe(),
-                client: w.client.clone(),
+                upstream: w.upstream.clone(),
             })
             .collect();
         let acceptor = &self.workers[usize::from(port) % self.workers.len()];
@@ -105,5 +108,15 @@ impl Workers {
             .handle
             .spawn(proxy::accept(socket, port, Kind::of(protocol), lanes))
             .abort_handle()
+    }
+}
+
+/// Closes a worker's idle target connections as they expire.
+async fn sweep(upstream: Arc<Upstream>) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        upstream.sweep();
     }
 }
