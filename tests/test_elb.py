@@ -32,7 +32,7 @@ class Backend:
     sleeps, `/login` sets an application cookie `SESSION`, anything else echoes the request as
     JSON with the backend's name."""
 
-    def __init__(self, name):
+    def __init__(self, name, tls=None):
         self.name = name
         self.health = 200
         self.hits = 0
@@ -76,6 +76,12 @@ class Backend:
             daemon_threads = True
 
         self.httpd = Threaded(("127.0.0.1", 0), Handler)
+        if tls:
+            # HTTPS only: (certificate, key) paths; the handshake runs as each client is accepted.
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -88,8 +94,8 @@ class Backend:
 def backends():
     made = []
 
-    def make(name):
-        b = Backend(name)
+    def make(name, tls=None):
+        b = Backend(name, tls)
         made.append(b)
         return b
 
@@ -615,14 +621,23 @@ def test_live_changes_under_load_and_restart(data_dir, backends):
         server.stop()
 
 
-def echo_server():
+def echo_server(tls=None):
     """A TCP server that echoes each connection's bytes as they come and closes it after the
-    client's EOF; returns its port."""
+    client's EOF; with tls=(certificate, key) it speaks TLS only. Returns its port."""
     echo = socket.socket()
     echo.bind(("127.0.0.1", 0))
     echo.listen(16)
 
     def serve(c):
+        if tls:
+            import ssl
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            try:
+                c = ctx.wrap_socket(c, server_side=True)
+            except OSError:
+                c.close()
+                return
         for d in iter(lambda: c.recv(65536), b""):
             c.sendall(d)
         c.close()
@@ -826,7 +841,13 @@ def test_https_listeners_serve_acm_certificates_with_alpn_and_sni(server, backen
     # Back to plain HTTP: the certificates are released and can be deleted.
     elb.remove_listener_certificates(ListenerArn=listener["ListenerArn"], Certificates=[{"CertificateArn": api}])
     elb.modify_listener(ListenerArn=listener["ListenerArn"], Protocol="HTTP")
-    wait_for(lambda: get(port, "/x")[0] == 200, 5)
+
+    def plain_ok():
+        try:
+            return get(port, "/x")[0] == 200
+        except OSError:  # the port still speaks TLS for a moment and resets a plain request
+            return False
+    wait_for(plain_ok, 5)
     acm.delete_certificate(CertificateArn=www)
     assert error_code(lambda: acm.get_certificate(CertificateArn=www)) == "ResourceNotFoundException"
 
@@ -860,6 +881,72 @@ def test_nlb_tls_listener_terminates_tls(server, tmp_path):
             got = b""
             while len(got) < len(payload):
                 got += t.recv(65536)
+            assert got == payload
+
+
+def test_https_and_tls_target_groups_reach_targets_over_tls(server, backends, tmp_path):
+    """HTTPS target groups: requests and health checks go to the targets over TLS, whose
+    self-signed certificates are not validated (as on AWS); a TLS target group does the same for
+    an NLB's connections. The same TLS-only target in an HTTP target group fails its checks."""
+    elb = server.client("elbv2")
+    crt, key = make_cert(tmp_path, "target", "target.internal")
+    secure = backends("secure", tls=(crt, key))
+    lb = elb.create_load_balancer(Name="to-tls", Subnets=["s-1", "s-2"])["LoadBalancers"][0]
+    https_tg = make_tg(elb, "to-tls-https", Protocol="HTTPS", Port=443)
+    described = elb.describe_target_groups(TargetGroupArns=[https_tg])["TargetGroups"][0]
+    assert (described["Protocol"], described["HealthCheckProtocol"]) == ("HTTPS", "HTTPS")
+    plain_tg = make_tg(elb, "to-tls-plain")
+    for tg in (https_tg, plain_tg):
+        elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": secure.port}])
+    port = free_port()
+    listener = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port,
+                                   DefaultActions=[{"Type": "forward", "TargetGroupArn": https_tg}])
+    elb.create_rule(ListenerArn=listener["Listeners"][0]["ListenerArn"], Priority=1,
+                    Conditions=[{"Field": "path-pattern", "Values": ["/plain/*"]}],
+                    Actions=[{"Type": "forward", "TargetGroupArn": plain_tg}])
+
+    # An NLB TLS listener in front of a TLS target group of a TLS-only echo server: TLS is
+    # terminated and opened again towards the target. A TCP listener passes bytes through and
+    # cannot forward to a TLS group.
+    listener_crt, listener_key = make_cert(tmp_path, "front", "front.example.test")
+    cert = import_cert(server.client("acm"), listener_crt, listener_key)
+    echo_port = echo_server(tls=(crt, key))
+    nlb = elb.create_load_balancer(Name="to-tls-nlb", Type="network", Subnets=["s-1"])["LoadBalancers"][0]
+    tls_tg = elb.create_target_group(Name="to-tls-tls", Protocol="TLS", Port=443, TargetType="ip",
+                                     VpcId="vpc-local", HealthCheckIntervalSeconds=5,
+                                     HealthCheckTimeoutSeconds=2)["TargetGroups"][0]["TargetGroupArn"]
+    elb.register_targets(TargetGroupArn=tls_tg, Targets=[{"Id": "127.0.0.1", "Port": echo_port}])
+    nlb_port = free_port()
+    forward_tls = [{"Type": "forward", "TargetGroupArn": tls_tg}]
+    assert error_code(lambda: elb.create_listener(
+        LoadBalancerArn=nlb["LoadBalancerArn"], Protocol="TCP", Port=nlb_port,
+        DefaultActions=forward_tls)) == "IncompatibleProtocols"
+    elb.create_listener(LoadBalancerArn=nlb["LoadBalancerArn"], Protocol="TLS", Port=nlb_port,
+                        Certificates=[{"CertificateArn": cert}], DefaultActions=forward_tls)
+
+    wait_for(lambda: health(elb, https_tg)[secure.port]["State"] == "healthy", 20)
+    status, h, body = get(port, "/hello", host="to-tls.example")
+    assert (status, h["x-backend"]) == (200, "secure"), body
+    seen = json.loads(body)
+    assert seen["path"] == "/hello" and seen["headers"]["x-forwarded-proto"] == "http"
+    # Several requests on one client connection reuse the pooled TLS connection.
+    assert count_backends(port, "/again", 5) == {"secure": 5}
+
+    wait_for(lambda: health(elb, plain_tg)[secure.port]["State"] == "unhealthy", 20)
+    assert health(elb, plain_tg)[secure.port]["Reason"] == "Target.FailedHealthChecks"
+    # Fail-open sends the request anyway; plain HTTP to a TLS-only target breaks: 502.
+    assert get(port, "/plain/x")[0] == 502
+
+    wait_for(lambda: health(elb, tls_tg)[echo_port]["State"] == "healthy", 20)
+    import ssl
+    ctx = ssl.create_default_context(cafile=listener_crt)
+    with socket.create_connection(("127.0.0.1", nlb_port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="front.example.test") as c:
+            payload = bytes(range(256)) * 32
+            c.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                got += c.recv(65536)
             assert got == payload
 
 

@@ -14,6 +14,20 @@ use crate::tags;
 
 const ALB_PROTOCOLS: &[&str] = &["HTTP", "HTTPS"];
 const NLB_PROTOCOLS: &[&str] = &["TCP", "TLS", "UDP", "TCP_UDP"];
+
+/// The target-group protocols a listener of `protocol` can forward to: either ALB protocol;
+/// on an NLB, TCP passes bytes through to TCP (or TCP_UDP) groups, TLS terminates and may
+/// re-encrypt to TLS groups, and the UDP kinds need groups that take UDP.
+fn target_protocols(protocol: &str) -> &'static [&'static str] {
+    match protocol {
+        "HTTP" | "HTTPS" => ALB_PROTOCOLS,
+        "TCP" => &["TCP", "TCP_UDP"],
+        "TLS" => &["TCP", "TLS"],
+        "UDP" => &["UDP", "TCP_UDP"],
+        "TCP_UDP" => &["TCP_UDP"],
+        _ => &[],
+    }
+}
 const CONTENT_TYPES: &[&str] = &[
     "text/plain",
     "text/css",
@@ -128,11 +142,7 @@ fn normalise_forward(
         if *weight > 999 {
             return Err(validation("Target group weights must be between 0 and 999"));
         }
-        let compatible = if ALB_PROTOCOLS.contains(&protocol) {
-            ALB_PROTOCOLS.contains(&tg.protocol.as_str())
-        } else {
-            NLB_PROTOCOLS.contains(&tg.protocol.as_str())
-        };
+        let compatible = target_protocols(protocol).contains(&tg.protocol.as_str());
         if !compatible {
             return Err(code(
                 "IncompatibleProtocols",

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::plane::target_tls::{self, Carries};
 use crate::state::{HealthCheck, TargetGroup};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,48 +229,63 @@ fn matches_code(matcher: &str, code: u16) -> bool {
     })
 }
 
-/// One probe: a TCP connect, or `GET <path>` on a fresh connection as ELB-HealthChecker/2.0.
+/// One probe: a TCP connect, or `GET <path>` on a fresh connection (over TLS for HTTPS
+/// checks) as ELB-HealthChecker/2.0.
 pub async fn probe(addr: SocketAddr, hc: &HealthCheck) -> Result<(), Failure> {
     let timeout = Duration::from_secs(hc.timeout);
     let work = async {
-        let mut conn = TcpStream::connect(addr)
+        let conn = TcpStream::connect(addr)
             .await
             .map_err(|_| Failure::Failed)?;
-        if hc.protocol == "TCP" {
-            return Ok(());
-        }
-        let path = hc.path.as_deref().unwrap_or("/");
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ELB-HealthChecker/2.0\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-        );
-        conn.write_all(req.as_bytes())
-            .await
-            .map_err(|_| Failure::Failed)?;
-        let mut head = Vec::with_capacity(64);
-        let mut buf = [0u8; 256];
-        while !head.contains(&b'\n') {
-            let n = conn.read(&mut buf).await.map_err(|_| Failure::Failed)?;
-            if n == 0 || head.len() > 4096 {
-                return Err(Failure::Failed);
+        match hc.protocol.as_str() {
+            "TCP" => Ok(()),
+            "HTTPS" => {
+                let conn = target_tls::connect(conn, addr, Carries::Http1)
+                    .await
+                    .map_err(|_| Failure::Failed)?;
+                ask(conn, addr, hc).await
             }
-            head.extend_from_slice(&buf[..n]);
-        }
-        let line = String::from_utf8_lossy(&head);
-        let code = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse::<u16>().ok())
-            .filter(|_| line.starts_with("HTTP/"))
-            .ok_or(Failure::Failed)?;
-        if matches_code(hc.matcher.as_deref().unwrap_or("200"), code) {
-            Ok(())
-        } else {
-            Err(Failure::Code(code))
+            _ => ask(conn, addr, hc).await,
         }
     };
     tokio::time::timeout(timeout, work)
         .await
         .unwrap_or(Err(Failure::Timeout))
+}
+
+/// Sends the check's request on `conn` and judges the status line.
+async fn ask<C>(mut conn: C, addr: SocketAddr, hc: &HealthCheck) -> Result<(), Failure>
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let path = hc.path.as_deref().unwrap_or("/");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: ELB-HealthChecker/2.0\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(req.as_bytes())
+        .await
+        .map_err(|_| Failure::Failed)?;
+    let mut head = Vec::with_capacity(64);
+    let mut buf = [0u8; 256];
+    while !head.contains(&b'\n') {
+        let n = conn.read(&mut buf).await.map_err(|_| Failure::Failed)?;
+        if n == 0 || head.len() > 4096 {
+            return Err(Failure::Failed);
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let code = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|_| line.starts_with("HTTP/"))
+        .ok_or(Failure::Failed)?;
+    if matches_code(hc.matcher.as_deref().unwrap_or("200"), code) {
+        Ok(())
+    } else {
+        Err(Failure::Code(code))
+    }
 }
 
 /// Checks every live target of `tg` each interval, the first round at once.

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod sticky;
+pub mod target_tls;
 pub mod tls;
 pub mod upstream;
 pub mod workers;
@@ -99,6 +100,8 @@ pub struct GroupPlan {
     pub counters: Arc<metrics::TgCounters>,
     /// `slow_start.duration_seconds` in ms; 0 when off.
     pub slow_start_ms: u64,
+    /// Targets are reached over TLS (HTTPS and TLS target groups).
+    pub tls: bool,
 }
 
 impl GroupPlan {
@@ -331,6 +334,7 @@ pub fn compile(
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0)
                     * 1000,
+                tls: matches!(tg.protocol.as_str(), "HTTPS" | "TLS"),
             }),
         );
     }
@@ -579,6 +583,7 @@ mod tests {
             token: String::new(),
             counters: Arc::default(),
             slow_start_ms,
+            tls: false,
         }
     }
 

@@ -21,7 +21,8 @@ use tokio::sync::watch;
 use crate::plane::counted::Counted;
 use crate::plane::route::RequestView;
 use crate::plane::sticky::{self, Sticky};
-use crate::plane::upstream::{CONNECT_TIMEOUT, Upstream, UpstreamError};
+use crate::plane::target_tls::{self, Carries};
+use crate::plane::upstream::{self, Upstream, UpstreamError};
 use crate::plane::{Action, Forward, GroupPlan, ListenerPlan, Routes, TargetPlan};
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -657,7 +658,7 @@ async fn forward(
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(
         listener.idle_timeout,
-        conn.upstream.send(target.addr, upstream),
+        conn.upstream.send(target.addr, group.tls, upstream),
     )
     .await;
     if counted {
@@ -769,14 +770,22 @@ where
     let Some(target) = target else {
         return;
     };
-    let connect = tokio::net::TcpStream::connect(target.addr);
-    let Ok(Ok(mut outbound)) = tokio::time::timeout(CONNECT_TIMEOUT, connect).await else {
+    let Ok(outbound) = upstream::open(target.addr).await else {
         return;
     };
-    let _ = outbound.set_nodelay(true);
     target.in_flight.fetch_add(1, Ordering::Relaxed);
     // Counted on the inbound side: every relayed byte crosses it once each way.
-    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    if group.tls {
+        let handshake = target_tls::connect(outbound, target.addr, Carries::Stream);
+        if let Ok(Ok(mut outbound)) =
+            tokio::time::timeout(upstream::CONNECT_TIMEOUT, handshake).await
+        {
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        }
+    } else {
+        let mut outbound = outbound;
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+    }
     target.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 

@@ -1,5 +1,5 @@
-//! One worker's keep-alive connections to targets: HTTP/1.1 connections kept per target
-//! address, taken for one request at a time and given back when the target's response has been
+//! One worker's keep-alive connections to targets: HTTP/1.1 connections, plain or TLS (for
+//! HTTPS target groups), kept per target address, taken for one request at a time and given back when the target's response has been
 //! read to its end. A request that a reused connection could not take (the target had closed
 //! it) goes out again on another one; a new connection is opened when none is idle.
 //!
@@ -23,6 +23,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 
+use crate::plane::target_tls::{self, Carries};
+
 /// ALB gives up connecting to a target after 10 seconds (504).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,6 +47,8 @@ pub enum UpstreamError {
     ConnectTimeout,
     #[error("connecting to the target failed: {0}")]
     Connect(#[source] std::io::Error),
+    #[error("TLS with the target failed: {0}")]
+    Tls(#[source] std::io::Error),
     #[error("the target's connection failed: {0}")]
     Http(#[source] hyper::Error),
 }
@@ -55,10 +59,13 @@ struct Idle {
     since: u64,
 }
 
-/// One worker's idle connections, by target address.
+/// Where a connection goes: the target's address, and whether it speaks TLS.
+type Key = (SocketAddr, bool);
+
+/// One worker's idle connections, by target.
 #[derive(Default)]
 pub struct Upstream {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
     sweeps: AtomicU64,
 }
 
@@ -70,14 +77,17 @@ impl Upstream {
         Arc::new(Self::default())
     }
 
-    /// Sends `req` (origin-form URI, Host set) to `addr` on an idle connection or a new one.
+    /// Sends `req` (origin-form URI, Host set) to `addr`, over TLS when `tls`, on an idle
+    /// connection or a new one.
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
+        tls: bool,
         mut req: Request<Incoming>,
     ) -> Result<PooledResponse, UpstreamError> {
+        let key = (addr, tls);
         for _ in 0..REUSE_ATTEMPTS {
-            let Some(mut sender) = self.take(addr) else {
+            let Some(mut sender) = self.take(key) else {
                 break;
             };
             // A connection given back as its last response ended may not have noticed yet.
@@ -85,7 +95,7 @@ impl Upstream {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(resp, addr, sender)),
+                Ok(resp) => return Ok(self.pooled(resp, key, sender)),
                 Err(mut e) => match e.take_message() {
                     // Not written: the target had closed this connection; try another.
                     Some(unsent) => req = unsent,
@@ -93,16 +103,16 @@ impl Upstream {
                 },
             }
         }
-        let mut sender = connect(addr).await?;
+        let mut sender = connect(addr, tls).await?;
         match sender.try_send_request(req).await {
-            Ok(resp) => Ok(self.pooled(resp, addr, sender)),
+            Ok(resp) => Ok(self.pooled(resp, key, sender)),
             Err(e) => Err(UpstreamError::Http(e.into_error())),
         }
     }
 
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<Incoming>> {
+    fn take(&self, key: Key) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle.lock();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(&key)?;
         while let Some(i) = list.pop() {
             if !i.sender.is_closed() {
                 return Some(i.sender);
@@ -111,12 +121,12 @@ impl Upstream {
         None
     }
 
-    fn give_back(&self, addr: SocketAddr, sender: SendRequest<Incoming>) {
+    fn give_back(&self, key: Key, sender: SendRequest<Incoming>) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock();
-        let list = idle.entry(addr).or_default();
+        let list = idle.entry(key).or_default();
         if list.len() < MAX_IDLE_PER_TARGET {
             list.push(Idle {
                 sender,
@@ -128,7 +138,7 @@ impl Upstream {
     fn pooled(
         self: &Arc<Self>,
         resp: Response<Incoming>,
-        addr: SocketAddr,
+        key: Key,
         sender: SendRequest<Incoming>,
     ) -> PooledResponse {
         // A switched protocol owns the connection from now on.
@@ -136,7 +146,7 @@ impl Upstream {
         let (parts, body) = resp.into_parts();
         let mut body = PooledBody {
             body,
-            home: reusable.then(|| (self.clone(), addr, sender)),
+            home: reusable.then(|| (self.clone(), key, sender)),
         };
         if body.body.is_end_stream() {
             body.release();
@@ -161,15 +171,38 @@ impl Upstream {
     }
 }
 
-/// Opens a connection to `addr` and runs it on the current worker.
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Incoming>, UpstreamError> {
+/// Opens a TCP connection to `addr` within the connect timeout.
+pub async fn open(addr: SocketAddr) -> Result<tokio::net::TcpStream, UpstreamError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| UpstreamError::ConnectTimeout)?
         .map_err(UpstreamError::Connect)?;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Opens an HTTP/1.1 connection to `addr` (over TLS when `tls`) and runs it on the current
+/// worker.
+async fn connect(addr: SocketAddr, tls: bool) -> Result<SendRequest<Incoming>, UpstreamError> {
+    let stream = open(addr).await?;
+    if tls {
+        let handshake = target_tls::connect(stream, addr, Carries::Http1);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout)?
+            .map_err(UpstreamError::Tls)?;
+        run(stream).await
+    } else {
+        run(stream).await
+    }
+}
+
+async fn run<I>(io: I) -> Result<SendRequest<Incoming>, UpstreamError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(io))
         .await
         .map_err(UpstreamError::Http)?;
     tokio::spawn(async move {
@@ -184,13 +217,13 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Incoming>, UpstreamErro
 /// closed if the body is dropped unread or fails.
 pub struct PooledBody {
     body: Incoming,
-    home: Option<(Arc<Upstream>, SocketAddr, SendRequest<Incoming>)>,
+    home: Option<(Arc<Upstream>, Key, SendRequest<Incoming>)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((pool, addr, sender)) = self.home.take() {
-            pool.give_back(addr, sender);
+        if let Some((pool, key, sender)) = self.home.take() {
+            pool.give_back(key, sender);
         }
     }
 
@@ -281,7 +314,7 @@ mod tests {
                     let (mut parts, body) = req.into_parts();
                     parts.uri = http::Uri::from_static("/");
                     let up = Request::from_parts(parts, body);
-                    let resp = pool.send(target, up).await;
+                    let resp = pool.send(target, false, up).await;
                     let body = match resp {
                         Ok(r) => r.into_body().collect().await.map(|b| b.to_bytes()),
                         Err(e) => Ok(Bytes::from(format!("error: {e}"))),
