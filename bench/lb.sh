@@ -187,9 +187,9 @@ for r in $(seq "$REPEATS"); do
   done
 done
 echo
-python3 - "$W" "$REPEATS" "${COLUMNS_[@]}" <<'PY'
+python3 - "$W" "$REPEATS" "$DURATION" "${COLUMNS_[@]}" <<'PY'
 import re, statistics, sys
-w, repeats, cols = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+w, repeats, cols = sys.argv[1], int(sys.argv[2]), sys.argv[4:]
 
 def ms(v):
     n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
@@ -213,11 +213,15 @@ for c in cols:
     runs = sorted((run(f"{w}/{c}.{r}.txt") for r in range(1, repeats + 1)), key=lambda x: x["rps"])
     med[c] = runs[len(runs) // 2]
     med[c]["all"] = " ".join(f"{x['rps']:.0f}" for x in runs)
-print(f"{'column':<10} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'RSS MiB':>8} {'CPU s':>6} {'xHAProxy':>8} {'xnginx':>7}  runs")
+print(f"{'column':<10} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'RSS MiB':>8} {'CPU s':>6} {'CPU us/req':>10}"
+      f" {'xHAProxy':>8} {'xnginx':>7}  runs")
+duration = float(sys.argv[3])
 for c in cols:
     m = med[c]
-    print(f"{c:<10} {m['rps']:>9.0f} {m['p50']:>7.2f} {m['p99']:>7.2f} {m['err']:>6} {m['rss']:>8.1f} {m['cpu']:>6.1f}"
+    per_req = m['cpu'] / (m['rps'] * duration) * 1e6
+    print(f"{c:<10} {m['rps']:>9.0f} {m['p50']:>7.2f} {m['p99']:>7.2f} {m['err']:>6} {m['rss']:>8.1f} {m['cpu']:>6.1f} {per_req:>10.1f}"
           f" {m['rps'] / med['haproxy']['rps']:>8.2f} {m['rps'] / med['nginx']['rps']:>7.2f}  {m['all']}")
-print("CPU s: the column's own processes during one run (for 'direct', the backend); the fleetport RSS is the"
-      " whole server process (control plane, registry and ECS included).")
+print("CPU s: the column's own processes during one run (for 'direct', the backend); CPU us/req: that per request"
+      " served (user + system; most of it is the kernel's TCP work, alike for every proxy); the fleetport RSS is"
+      " the whole server process (control plane, registry and ECS included).")
 PY

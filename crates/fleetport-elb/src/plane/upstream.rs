@@ -201,7 +201,9 @@ async fn run<I>(io: I) -> Result<SendRequest<Incoming>, UpstreamError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // Flattened writes, as towards clients (see `proxy::serve_connection`).
     let (sender, conn) = http1::Builder::new()
+        .writev(false)
         .handshake(TokioIo::new(io))
         .await
         .map_err(UpstreamError::Http)?;
