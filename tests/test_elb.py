@@ -950,6 +950,93 @@ def test_https_and_tls_target_groups_reach_targets_over_tls(server, backends, tm
             assert got == payload
 
 
+def udp_target(name):
+    """A UDP server answering each datagram with `name:` and the datagram, and a TCP server on
+    the same port number doing the same per connection (health checks, TCP_UDP); returns the
+    port."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", 0))
+    port = udp.getsockname()[1]
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", port))
+    tcp.listen(16)
+
+    def answer_datagrams():
+        while True:
+            data, peer = udp.recvfrom(65535)
+            udp.sendto(f"{name}:".encode() + data, peer)
+
+    def answer_connection(c):
+        for d in iter(lambda: c.recv(65536), b""):
+            c.sendall(f"{name}:".encode() + d)
+        c.close()
+
+    def accept():
+        while True:
+            threading.Thread(target=answer_connection, args=(tcp.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=answer_datagrams, daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    return port
+
+
+def test_nlb_udp_and_tcp_udp_listeners_relay_flows(server):
+    """UDP listeners relay datagrams per flow (a client's datagrams all go to one target, and
+    its replies come back from the listener's port); TCP_UDP listeners take both on one port."""
+    elb = server.client("elbv2")
+    ports = {udp_target(n): n for n in ("u1", "u2")}
+    lb = elb.create_load_balancer(Name="udp", Type="network", Subnets=["s-1"])["LoadBalancers"][0]
+    assert error_code(lambda: elb.create_target_group(
+        Name="udp-bad", Protocol="UDP", Port=53, TargetType="ip", VpcId="vpc-local",
+        HealthCheckProtocol="UDP")) == "ValidationError"
+    tgs = {}
+    for proto in ("UDP", "TCP_UDP"):
+        tgs[proto] = elb.create_target_group(
+            Name=f"udp-{proto.lower().replace('_', '-')}", Protocol=proto, Port=53, TargetType="ip",
+            VpcId="vpc-local", HealthCheckIntervalSeconds=5,
+            HealthCheckTimeoutSeconds=2)["TargetGroups"][0]
+        assert tgs[proto]["HealthCheckProtocol"] == "TCP"
+        elb.register_targets(TargetGroupArn=tgs[proto]["TargetGroupArn"],
+                             Targets=[{"Id": "127.0.0.1", "Port": p} for p in ports])
+    udp_port, both_port = free_port(), free_port()
+    assert error_code(lambda: elb.create_listener(
+        LoadBalancerArn=lb["LoadBalancerArn"], Protocol="TCP", Port=udp_port,
+        DefaultActions=[{"Type": "forward", "TargetGroupArn": tgs["UDP"]["TargetGroupArn"]}])) \
+        == "IncompatibleProtocols"
+    for proto, port in (("UDP", udp_port), ("TCP_UDP", both_port)):
+        out = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol=proto, Port=port,
+                                  DefaultActions=[{"Type": "forward", "TargetGroupArn": tgs[proto]["TargetGroupArn"]}])
+        conformance.check("elbv2", "CreateListener", out)
+    for tg in tgs.values():
+        wait_for(lambda: all(h["State"] == "healthy" for h in health(elb, tg["TargetGroupArn"]).values()), 20)
+
+    def exchange(client, port, payload):
+        client.sendto(payload, ("127.0.0.1", port))
+        data, frm = client.recvfrom(65535)
+        assert frm == ("127.0.0.1", port), frm
+        name, _, echoed = data.partition(b":")
+        assert echoed == payload
+        return name.decode()
+
+    seen = set()
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(12)]
+    for i, c in enumerate(clients):
+        c.settimeout(5)
+        first = exchange(c, udp_port, f"hello {i}".encode())
+        # The flow keeps its target, large datagrams included.
+        assert exchange(c, udp_port, bytes(range(256)) * 100) == first
+        assert exchange(c, udp_port, b"again") == first
+        seen.add(first)
+    assert seen == {"u1", "u2"}, "twelve flows should not all hash to one target"
+    # TCP_UDP: datagrams and connections on the same port.
+    assert exchange(clients[0], both_port, b"datagram") in ("u1", "u2")
+    with socket.create_connection(("127.0.0.1", both_port), timeout=5) as t:
+        t.sendall(b"stream")
+        assert t.recv(100).partition(b":")[2] == b"stream"
+    for c in clients:
+        c.close()
+
+
 def test_invalid_requests_get_aws_error_codes(server):
     # The server must refuse what botocore would catch on the client side too.
     elb = boto3.client("elbv2", endpoint_url=server.endpoint, region_name="us-east-1",

@@ -461,7 +461,7 @@ impl Elb {
             return self
                 .inner
                 .ports
-                .reserve(port)
+                .reserve(port, protocol)
                 .map_err(|e| invalid_config(format!(
                     "Port {port} cannot be opened on 127.0.0.1: {e}. Choose another port, or run Fleetport with the right to bind it"
                 )));
@@ -504,12 +504,6 @@ impl Elb {
                         "Listener protocol '{protocol}' must be one of '{}'",
                         allowed.join(", ")
                     )));
-                }
-                if matches!(protocol.as_str(), "UDP" | "TCP_UDP") {
-                    return Err(code(
-                        "UnsupportedProtocol",
-                        format!("Protocol '{protocol}' is not supported by Fleetport yet"),
-                    ));
                 }
                 let port = match input.get("Port").and_then(Value::as_i64) {
                     Some(p) if (1..=65535).contains(&p) => p as u16,
@@ -629,7 +623,7 @@ impl Elb {
                     } else {
                         ALB_PROTOCOLS
                     };
-                    if !allowed.contains(&p) || matches!(p, "UDP" | "TCP_UDP") {
+                    if !allowed.contains(&p) {
                         return Err(validation(format!(
                             "Listener protocol '{p}' is not supported here"
                         )));
@@ -673,6 +667,17 @@ impl Elb {
                         "Port {} on 127.0.0.1 is shared with another load balancer's listener, so it must stay {}",
                         next.port, old.protocol
                     )));
+                } else if next.protocol != old.protocol {
+                    // A UDP socket, say, may be needed where only TCP was open.
+                    this.inner
+                        .ports
+                        .reserve(next.port, &next.protocol)
+                        .map_err(|e| {
+                            invalid_config(format!(
+                                "Port {} cannot be opened on 127.0.0.1 for {}: {e}",
+                                next.port, next.protocol
+                            ))
+                        })?;
                 }
                 if let Some(l) = s.listener_mut(&arn) {
                     *l = next.clone();

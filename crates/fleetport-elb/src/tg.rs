@@ -56,6 +56,12 @@ fn health_from(input: &Value, protocol: &str, old: Option<&HealthCheck>) -> ElbR
             }
         });
     let http_check = HTTP_LIKE.contains(&hc_protocol.as_str());
+    // AWS: GENEVE, TLS, UDP and TCP_UDP are not health-check protocols.
+    if !http_check && hc_protocol != "TCP" {
+        return Err(validation(format!(
+            "Health check protocol '{hc_protocol}' is not supported; use HTTP, HTTPS or TCP"
+        )));
+    }
     if HTTP_LIKE.contains(&protocol) && !http_check {
         return Err(validation(format!(
             "Health check protocol '{hc_protocol}' is not supported for target groups with the protocol '{protocol}'"
@@ -605,6 +611,10 @@ mod tests {
             Some(("TCP", 10))
         );
         assert!(health_from(&json!({"HealthCheckProtocol": "TCP"}), "HTTP", None).is_err());
+        assert!(health_from(&json!({"HealthCheckProtocol": "UDP"}), "UDP", None).is_err());
+        assert!(health_from(&json!({"HealthCheckProtocol": "TLS"}), "TLS", None).is_err());
+        let udp = health_from(&json!({}), "UDP", None).ok();
+        assert_eq!(udp.map(|h| h.protocol).as_deref(), Some("TCP"));
         assert!(health_from(&json!({"HealthCheckTimeoutSeconds": 30}), "HTTP", None).is_err());
         assert!(health_from(&json!({"Matcher": {"HttpCode": "600"}}), "HTTP", None).is_err());
         assert!(

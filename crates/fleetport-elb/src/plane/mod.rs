@@ -16,10 +16,12 @@ pub mod route;
 pub mod sticky;
 pub mod target_tls;
 pub mod tls;
+pub mod udp;
 pub mod upstream;
 pub mod workers;
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,15 +41,28 @@ use crate::state::{ElbState, Target, forward_targets};
 #[derive(Debug, Default)]
 pub struct Ports {
     reserved: Mutex<HashMap<u16, std::net::TcpListener>>,
+    reserved_udp: Mutex<HashMap<u16, std::net::UdpSocket>>,
+}
+
+/// Whether a listener protocol takes TCP connections, UDP datagrams, or both (TCP_UDP).
+fn transports(protocol: &str) -> (bool, bool) {
+    match protocol {
+        "UDP" => (false, true),
+        "TCP_UDP" => (true, true),
+        _ => (true, false),
+    }
 }
 
 impl Ports {
-    pub fn reserve(&self, port: u16) -> std::io::Result<()> {
-        let mut r = self.reserved.lock();
-        if r.contains_key(&port) {
-            return Ok(());
+    /// Opens the sockets a listener of `protocol` on `port` needs.
+    pub fn reserve(&self, port: u16, protocol: &str) -> std::io::Result<()> {
+        let (tcp, udp) = transports(protocol);
+        if tcp && let Entry::Vacant(e) = self.reserved.lock().entry(port) {
+            e.insert(workers::bind_shared(port)?);
         }
-        r.insert(port, workers::bind_shared(port)?);
+        if udp && let Entry::Vacant(e) = self.reserved_udp.lock().entry(port) {
+            e.insert(workers::bind_udp(port)?);
+        }
         Ok(())
     }
 
@@ -55,6 +70,13 @@ impl Ports {
         match self.reserved.lock().remove(&port) {
             Some(l) => Ok(l),
             None => workers::bind_shared(port),
+        }
+    }
+
+    fn take_or_bind_udp(&self, port: u16) -> std::io::Result<std::net::UdpSocket> {
+        match self.reserved_udp.lock().remove(&port) {
+            Some(s) => Ok(s),
+            None => workers::bind_udp(port),
         }
     }
 }
@@ -430,11 +452,11 @@ pub fn compile(
     routes
 }
 
-/// A running listener port: aborting the accept loop closes the port; accepted connections
-/// run in their own tasks and finish normally.
+/// A running listener port: aborting its tasks (the TCP accept loop, the UDP relay) closes the
+/// port; accepted connections run in their own tasks and finish normally.
 struct OpenPort {
     protocol: String,
-    accept: tokio::task::AbortHandle,
+    tasks: Vec<tokio::task::AbortHandle>,
 }
 
 /// Follows the configuration until aborted, serving listeners on `count` worker threads,
@@ -474,7 +496,7 @@ pub async fn run(
         open.retain(|port, o| {
             let keep = wanted.get(port) == Some(&o.protocol);
             if !keep {
-                o.accept.abort();
+                o.tasks.iter().for_each(tokio::task::AbortHandle::abort);
             }
             keep
         });
@@ -485,12 +507,27 @@ pub async fn run(
             if open.contains_key(&port) {
                 continue;
             }
-            let accept = ports
-                .take_or_bind(port)
-                .map(|socket| workers.open(socket, port, &protocol));
-            match accept {
-                Ok(accept) => {
-                    open.insert(port, OpenPort { protocol, accept });
+            let (tcp, udp) = transports(&protocol);
+            let opened = (|| -> std::io::Result<Vec<tokio::task::AbortHandle>> {
+                let mut tasks = Vec::new();
+                if tcp {
+                    let socket = ports.take_or_bind(port)?;
+                    tasks.push(workers.open(socket, port, &protocol));
+                }
+                if udp {
+                    match ports.take_or_bind_udp(port) {
+                        Ok(socket) => tasks.push(workers.open_udp(socket, port)),
+                        Err(e) => {
+                            tasks.iter().for_each(tokio::task::AbortHandle::abort);
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(tasks)
+            })();
+            match opened {
+                Ok(tasks) => {
+                    open.insert(port, OpenPort { protocol, tasks });
                 }
                 Err(e) => {
                     tracing::error!(port, error = %e, "cannot open listener port; retrying with the next change");

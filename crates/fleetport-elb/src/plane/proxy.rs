@@ -154,6 +154,8 @@ impl Kind {
             "HTTPS" => Self::Https,
             "TCP" => Self::Tcp,
             "TLS" => Self::Tls,
+            // The TCP half; the UDP half is `plane::udp`.
+            "TCP_UDP" => Self::Tcp,
             _ => Self::Http,
         }
     }
@@ -462,7 +464,7 @@ fn pick_target<'a>(
 }
 
 /// A stable hash of the client's address, for source-IP stickiness.
-fn source_key(peer: &SocketAddr) -> u64 {
+pub(crate) fn source_key(peer: &SocketAddr) -> u64 {
     let digits = match peer.ip() {
         std::net::IpAddr::V4(ip) => u64::from(u32::from(ip)),
         std::net::IpAddr::V6(ip) => {

@@ -15,6 +15,7 @@ use crate::plane::health::HealthBoard;
 use crate::plane::metrics::{Metrics, WorkerMetrics};
 use crate::plane::proxy::{self, Kind, Lane};
 use crate::plane::tls::TlsConfigs;
+use crate::plane::udp;
 use crate::plane::upstream::{SWEEP_EVERY, Upstream};
 use crate::plane::{Counters, Routes, compile};
 use crate::state::ElbState;
@@ -31,6 +32,17 @@ pub fn bind_shared(port: u16) -> std::io::Result<std::net::TcpListener> {
     socket.set_nonblocking(true)?;
     socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())?;
     socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// A UDP socket on 127.0.0.1 for a UDP or TCP_UDP listener; `SO_REUSEPORT` as for TCP, so a
+/// listener created again can bind while the old socket is still closing.
+pub fn bind_udp(port: u16) -> std::io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into())?;
     Ok(socket.into())
 }
 
@@ -88,6 +100,14 @@ impl Workers {
             routes.tls = tls.clone();
             w.routes.send_replace(Arc::new(routes));
         }
+    }
+
+    /// Relays the UDP datagrams of `port` on a worker chosen by the port.
+    pub fn open_udp(&self, socket: std::net::UdpSocket, port: u16) -> AbortHandle {
+        let w = &self.workers[usize::from(port) % self.workers.len()];
+        w.handle
+            .spawn(udp::relay(socket, port, w.routes.subscribe()))
+            .abort_handle()
     }
 
     /// Serves `port` from `socket` (the one reserved when the listener was created): one
