@@ -748,6 +748,20 @@ def tls_peek(port, server_name, alpn=("h2", "http/1.1")):
             return t.getpeercert(binary_form=True), t.selected_alpn_protocol(), t.version()
 
 
+def assert_tls_echo(port, ca, server_name, payload):
+    """Sends `payload` over TLS verified against `ca` for `server_name`; the same bytes must
+    come back."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname=server_name) as t:
+            t.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                got += t.recv(65536)
+            assert got == payload
+
+
 def der_of(crt):
     import ssl
     with open(crt) as f:
@@ -872,16 +886,7 @@ def test_nlb_tls_listener_terminates_tls(server, tmp_path):
     cert, alpn, version = tls_peek(port, "tcp.example.test")
     # ELBSecurityPolicy-2016-08 (the default) has no TLS 1.3.
     assert (cert, alpn, version) == (der_of(crt), "h2", "TLSv1.2")
-    import ssl
-    ctx = ssl.create_default_context(cafile=crt)
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="tcp.example.test") as t:
-            payload = bytes(range(256)) * 64
-            t.sendall(payload)
-            got = b""
-            while len(got) < len(payload):
-                got += t.recv(65536)
-            assert got == payload
+    assert_tls_echo(port, crt, "tcp.example.test", bytes(range(256)) * 64)
 
 
 def test_https_and_tls_target_groups_reach_targets_over_tls(server, backends, tmp_path):
@@ -938,16 +943,7 @@ def test_https_and_tls_target_groups_reach_targets_over_tls(server, backends, tm
     assert get(port, "/plain/x")[0] == 502
 
     wait_for(lambda: health(elb, tls_tg)[echo_port]["State"] == "healthy", 20)
-    import ssl
-    ctx = ssl.create_default_context(cafile=listener_crt)
-    with socket.create_connection(("127.0.0.1", nlb_port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="front.example.test") as c:
-            payload = bytes(range(256)) * 32
-            c.sendall(payload)
-            got = b""
-            while len(got) < len(payload):
-                got += c.recv(65536)
-            assert got == payload
+    assert_tls_echo(nlb_port, listener_crt, "front.example.test", bytes(range(256)) * 32)
 
 
 def udp_target(name):
