@@ -66,6 +66,20 @@ impl Ports {
         Ok(())
     }
 
+    /// The sockets a listener of `protocol` on `port` serves from: the reserved ones, or new
+    /// ones. Both are had before anything starts, so a TCP_UDP port whose UDP half fails starts
+    /// nothing.
+    fn take(
+        &self,
+        port: u16,
+        protocol: &str,
+    ) -> std::io::Result<(Option<std::net::TcpListener>, Option<std::net::UdpSocket>)> {
+        let (tcp, udp) = transports(protocol);
+        let tcp = tcp.then(|| self.take_or_bind(port)).transpose()?;
+        let udp = udp.then(|| self.take_or_bind_udp(port)).transpose()?;
+        Ok((tcp, udp))
+    }
+
     fn take_or_bind(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
         match self.reserved.lock().remove(&port) {
             Some(l) => Ok(l),
@@ -507,24 +521,11 @@ pub async fn run(
             if open.contains_key(&port) {
                 continue;
             }
-            let (tcp, udp) = transports(&protocol);
-            let opened = (|| -> std::io::Result<Vec<tokio::task::AbortHandle>> {
-                let mut tasks = Vec::new();
-                if tcp {
-                    let socket = ports.take_or_bind(port)?;
-                    tasks.push(workers.open(socket, port, &protocol));
-                }
-                if udp {
-                    match ports.take_or_bind_udp(port) {
-                        Ok(socket) => tasks.push(workers.open_udp(socket, port)),
-                        Err(e) => {
-                            tasks.iter().for_each(tokio::task::AbortHandle::abort);
-                            return Err(e);
-                        }
-                    }
-                }
-                Ok(tasks)
-            })();
+            let opened = ports.take(port, &protocol).map(|(tcp_socket, udp_socket)| {
+                let accept = tcp_socket.map(|s| workers.open(s, port, &protocol));
+                let relay = udp_socket.map(|s| workers.open_udp(s, port));
+                accept.into_iter().chain(relay).collect()
+            });
             match opened {
                 Ok(tasks) => {
                     open.insert(port, OpenPort { protocol, tasks });

@@ -719,7 +719,7 @@ async fn forward(
                     duration,
                 );
             }
-            Response::from_parts(parts, body.boxed_body())
+            Response::from_parts(parts, body.boxed())
         }
         Ok(Err(e)) => {
             tracing::debug!(target = %target.addr, error = %e, "target failed");

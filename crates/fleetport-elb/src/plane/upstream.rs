@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -228,10 +227,6 @@ impl PooledBody {
             pool.give_back(key, sender);
         }
     }
-
-    pub fn boxed_body(self) -> http_body_util::combinators::BoxBody<Bytes, hyper::Error> {
-        BodyExt::boxed(self)
-    }
 }
 
 impl Body for PooledBody {
@@ -265,6 +260,7 @@ impl Body for PooledBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A target that answers every request on a connection with "ok" and closes each
