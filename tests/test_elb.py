@@ -1006,12 +1006,16 @@ def test_nlb_udp_and_tcp_udp_listeners_relay_flows(server):
     for tg in tgs.values():
         wait_for(lambda: all(h["State"] == "healthy" for h in health(elb, tg["TargetGroupArn"]).values()), 20)
 
+    relayed = 0
+
     def exchange(client, port, payload):
+        nonlocal relayed
         client.sendto(payload, ("127.0.0.1", port))
         data, frm = client.recvfrom(65535)
         assert frm == ("127.0.0.1", port), frm
         name, _, echoed = data.partition(b":")
         assert echoed == payload
+        relayed += len(payload) + len(data)
         return name.decode()
 
     seen = set()
@@ -1029,6 +1033,13 @@ def test_nlb_udp_and_tcp_udp_listeners_relay_flows(server):
     with socket.create_connection(("127.0.0.1", both_port), timeout=5) as t:
         t.sendall(b"stream")
         assert t.recv(100).partition(b":")[2] == b"stream"
+    # 13 flows: the twelve clients on the UDP listener, and the first again on TCP_UDP's port.
+    label = ("load_balancer", lb["LoadBalancerArn"].split("loadbalancer/")[1])
+    udp = lambda name: scrape(server).get((f"fleetport_elb_{name}", frozenset({label})))  # noqa: E731
+    assert udp("new_flows_udp_total") == 13
+    assert udp("active_flows_udp") == 13
+    assert udp("processed_bytes_udp_total") == relayed
+    assert udp("processed_bytes_total") >= relayed + 2 * len(b"stream") + 3
     for c in clients:
         c.close()
 
@@ -1087,9 +1098,15 @@ def test_invalid_requests_get_aws_error_codes(server):
         ("ValidationError", lambda: elb.create_rule(ListenerArn=ln, Priority=4, Conditions=[{"Field": "path-pattern", "Values": ["/1", "/2", "/3"]}, {"Field": "host-header", "Values": ["a.b", "c.d", "e.f"]}], Actions=fixed("200"))),
         ("DuplicateTagKeys", lambda: elb.add_tags(ResourceArns=[lb], Tags=[{"Key": "k", "Value": "1"}, {"Key": "k", "Value": "2"}])),
     ]
+    spare = free_port()
+    many_tags = [{"Key": f"k{i}", "Value": "v"} for i in range(51)]
+    cases.append(("TooManyTags", lambda: elb.create_listener(LoadBalancerArn=lb, Protocol="HTTP", Port=spare, DefaultActions=fixed("200"), Tags=many_tags)))
     for expected, call in cases:
         assert error_code(call) == expected, expected
     taken.close()
+    # The failed CreateListener opened its port to check it, and closed it again.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", spare))
     # Failed changes changed nothing.
     attrs = {a["Key"]: a["Value"] for a in elb.describe_load_balancer_attributes(LoadBalancerArn=lb)["Attributes"]}
     assert attrs["idle_timeout.timeout_seconds"] == "60" and "no.such" not in attrs

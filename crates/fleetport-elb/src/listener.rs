@@ -9,6 +9,7 @@ use crate::error::{
     ElbResult, code, invalid_config, lb_not_found, listener_not_found, new_id, rule_not_found,
     tg_not_found, validation,
 };
+use crate::plane::Reservation;
 use crate::state::{ElbState, Listener, Rule, forward_targets};
 use crate::tags;
 
@@ -454,14 +455,22 @@ fn priority_of(input: &Value) -> ElbResult<u32> {
 
 impl Elb {
     /// Opens `port` now when no listener of ours holds it yet, so a port that cannot be
-    /// opened fails the call instead of leaving a listener that serves nothing.
-    fn claim_port(&self, s: &ElbState, lb_arn: &str, port: u16, protocol: &str) -> ElbResult<()> {
+    /// opened fails the call instead of leaving a listener that serves nothing. The caller
+    /// keeps the reservation once its change is stored.
+    fn claim_port(
+        &self,
+        s: &ElbState,
+        lb_arn: &str,
+        port: u16,
+        protocol: &str,
+    ) -> ElbResult<Option<Reservation>> {
         let users: Vec<&Listener> = s.listeners.iter().filter(|l| l.port == port).collect();
         if users.is_empty() {
             return self
                 .inner
                 .ports
                 .reserve(port, protocol)
+                .map(Some)
                 .map_err(|e| invalid_config(format!(
                     "Port {port} cannot be opened on 127.0.0.1: {e}. Choose another port, or run Fleetport with the right to bind it"
                 )));
@@ -473,7 +482,7 @@ impl Elb {
                 .iter()
                 .all(|l| l.protocol == "HTTP" && l.load_balancer_arn != lb_arn);
         if shareable {
-            Ok(())
+            Ok(None)
         } else {
             Err(invalid_config(format!(
                 "Port {port} on 127.0.0.1 is already used by another {} listener on this host",
@@ -486,7 +495,7 @@ impl Elb {
         let lb_arn = fleetport_proto::input::owned(&input, "LoadBalancerArn");
         let new_tags = tags::parse(&input)?;
         let this = self.clone();
-        let listener = self
+        let (listener, reservation) = self
             .change(move |s| {
                 let lb = s.lb(&lb_arn).ok_or_else(lb_not_found)?.clone();
                 let allowed = if lb.kind == "network" {
@@ -530,7 +539,7 @@ impl Elb {
                         && old.default_actions == actions
                         && old.certificates == tls.certificates
                     {
-                        return Ok(old.clone());
+                        return Ok((old.clone(), None));
                     }
                     return Err(code(
                         "DuplicateListener",
@@ -548,7 +557,7 @@ impl Elb {
                         "A load balancer can have at most 50 listeners",
                     ));
                 }
-                this.claim_port(s, &lb.arn, port, &protocol)?;
+                let reservation = this.claim_port(s, &lb.arn, port, &protocol)?;
                 let lb_tail = lb.arn.split_once(":loadbalancer/").map_or("", |(_, t)| t);
                 let lid = new_id();
                 let listener = Listener {
@@ -567,9 +576,12 @@ impl Elb {
                 };
                 tags::merge(s, &listener.arn, &new_tags)?;
                 s.listeners.push(listener.clone());
-                Ok(listener)
+                Ok((listener, reservation))
             })
             .await?;
+        if let Some(r) = reservation {
+            r.keep();
+        }
         Ok(json!({"Listeners": [render_listener(&listener)]}))
     }
 
@@ -609,7 +621,7 @@ impl Elb {
     pub(crate) async fn modify_listener(&self, input: Value) -> ElbResult<Value> {
         let arn = fleetport_proto::input::owned(&input, "ListenerArn");
         let this = self.clone();
-        let listener = self
+        let (listener, reservation) = self
             .change(move |s| {
                 let old = s.listener(&arn).ok_or_else(listener_not_found)?.clone();
                 let lb = s
@@ -646,6 +658,7 @@ impl Elb {
                 next.extra_certificates = tls.extra_certificates;
                 next.ssl_policy = tls.ssl_policy;
                 next.alpn_policy = tls.alpn_policy;
+                let mut reservation = None;
                 if next.port != old.port {
                     if s.listeners
                         .iter()
@@ -658,7 +671,7 @@ impl Elb {
                     }
                     // The listener itself still holds its old port in `s`, so it is not
                     // counted as a user of the new one.
-                    this.claim_port(s, &lb.arn, next.port, &next.protocol)?;
+                    reservation = this.claim_port(s, &lb.arn, next.port, &next.protocol)?;
                 } else if next.protocol != old.protocol
                     && s.listeners.iter().any(|l| l.port == next.port && l.arn != old.arn)
                 {
@@ -669,7 +682,8 @@ impl Elb {
                     )));
                 } else if next.protocol != old.protocol {
                     // A UDP socket, say, may be needed where only TCP was open.
-                    this.inner
+                    let made = this
+                        .inner
                         .ports
                         .reserve(next.port, &next.protocol)
                         .map_err(|e| {
@@ -678,13 +692,17 @@ impl Elb {
                                 next.port, next.protocol
                             ))
                         })?;
+                    reservation = Some(made);
                 }
                 if let Some(l) = s.listener_mut(&arn) {
                     *l = next.clone();
                 }
-                Ok(next)
+                Ok((next, reservation))
             })
             .await?;
+        if let Some(r) = reservation {
+            r.keep();
+        }
         Ok(json!({"Listeners": [render_listener(&listener)]}))
     }
 

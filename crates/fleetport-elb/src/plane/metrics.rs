@@ -34,9 +34,20 @@ pub struct LbCounters {
     pub new_connections: AtomicU64,
     pub active_connections: AtomicI64,
     pub processed_bytes: AtomicU64,
+    pub new_flows_udp: AtomicU64,
+    pub active_flows_udp: AtomicI64,
+    /// UDP's share of `processed_bytes`.
+    pub processed_bytes_udp: AtomicU64,
 }
 
 impl LbCounters {
+    /// Counts a datagram relayed either way.
+    pub fn udp_bytes(&self, n: usize) {
+        let n = n as u64;
+        self.processed_bytes.fetch_add(n, Ordering::Relaxed);
+        self.processed_bytes_udp.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn elb_response(&self, status: u16) {
         self.elb_responses[class(status)].fetch_add(1, Ordering::Relaxed);
     }
@@ -163,6 +174,30 @@ impl Metrics {
                 "Bytes received from and sent to clients (ProcessedBytes).",
                 &l,
                 sum_lb(&lb.arn, &|c| load(&c.processed_bytes)),
+            );
+            if lb.kind != "network" {
+                continue;
+            }
+            out.add(
+                "new_flows_udp_total",
+                "counter",
+                "UDP flows started (NewFlowCount_UDP).",
+                &l,
+                sum_lb(&lb.arn, &|c| load(&c.new_flows_udp)),
+            );
+            out.add(
+                "active_flows_udp",
+                "gauge",
+                "UDP flows open now (ActiveFlowCount_UDP).",
+                &l,
+                sum_lb(&lb.arn, &|c| c.active_flows_udp.load(Ordering::Relaxed)),
+            );
+            out.add(
+                "processed_bytes_udp_total",
+                "counter",
+                "UDP bytes received from and sent to clients (ProcessedBytes_UDP).",
+                &l,
+                sum_lb(&lb.arn, &|c| load(&c.processed_bytes_udp)),
             );
         }
         for tg in &state.target_groups {

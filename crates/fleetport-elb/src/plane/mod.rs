@@ -53,17 +53,56 @@ fn transports(protocol: &str) -> (bool, bool) {
     }
 }
 
+/// Sockets an API call reserved; they are closed again when it is dropped, unless the call's
+/// change was stored and [`Reservation::keep`] hands them to the data plane.
+#[must_use = "a reservation not kept is closed when dropped"]
+#[derive(Debug)]
+pub struct Reservation {
+    ports: Arc<Ports>,
+    port: u16,
+    tcp: bool,
+    udp: bool,
+}
+
+impl Reservation {
+    /// Leaves the sockets for the data plane, which takes them when it serves the port.
+    pub fn keep(mut self) {
+        self.tcp = false;
+        self.udp = false;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.tcp {
+            self.ports.reserved.lock().remove(&self.port);
+        }
+        if self.udp {
+            self.ports.reserved_udp.lock().remove(&self.port);
+        }
+    }
+}
+
 impl Ports {
-    /// Opens the sockets a listener of `protocol` on `port` needs.
-    pub fn reserve(&self, port: u16, protocol: &str) -> std::io::Result<()> {
+    /// Opens the sockets a listener of `protocol` on `port` needs; those this call opened are
+    /// closed again if the reservation is dropped unkept (also when the UDP half fails).
+    pub fn reserve(self: &Arc<Self>, port: u16, protocol: &str) -> std::io::Result<Reservation> {
         let (tcp, udp) = transports(protocol);
+        let mut made = Reservation {
+            ports: self.clone(),
+            port,
+            tcp: false,
+            udp: false,
+        };
         if tcp && let Entry::Vacant(e) = self.reserved.lock().entry(port) {
             e.insert(workers::bind_shared(port)?);
+            made.tcp = true;
         }
         if udp && let Entry::Vacant(e) = self.reserved_udp.lock().entry(port) {
             e.insert(workers::bind_udp(port)?);
+            made.udp = true;
         }
-        Ok(())
+        Ok(made)
     }
 
     /// The sockets a listener of `protocol` on `port` serves from: the reserved ones, or new

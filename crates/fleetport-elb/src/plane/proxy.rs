@@ -512,13 +512,26 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static X_AMZN_TRACE_ID: HeaderName = HeaderName::from_static("x-amzn-trace-id");
 
-/// Drops the hop-by-hop headers; one pass over the (few) headers finds those present, so a
-/// request or response without them costs no hash lookups.
+/// Drops the hop-by-hop headers: the fixed list and any the sender named in `Connection`
+/// (RFC 9110 §7.6.1). One pass over the (few) headers finds those present, so a message
+/// without them costs no hash lookups.
 fn remove_hop_by_hop(h: &mut http::HeaderMap) {
     let mut present = [false; HOP_BY_HOP.len()];
     for name in h.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
             present[i] = true;
+        }
+    }
+    if present[0] {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            h.remove(name);
         }
     }
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
@@ -834,5 +847,28 @@ mod tests {
             panic!("no header")
         };
         assert!(out.starts_with("Root=1-"), "{out}");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_dropped() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret , close"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("2"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("3"));
+        h.insert(header::HOST, HeaderValue::from_static("a"));
+        remove_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "x-kept"]);
     }
 }

@@ -14,6 +14,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use crate::plane::metrics::LbCounters;
 use crate::plane::proxy::source_key;
 use crate::plane::{Action, Routes};
 
@@ -35,11 +36,15 @@ struct Flow {
     /// Sweeps since the flow last carried a datagram either way.
     idle_sweeps: Arc<AtomicU64>,
     replies: AbortHandle,
+    counters: Arc<LbCounters>,
 }
 
 impl Drop for Flow {
     fn drop(&mut self) {
         self.replies.abort();
+        self.counters
+            .active_flows_udp
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -76,8 +81,9 @@ pub async fn relay(socket: std::net::UdpSocket, port: u16, routes: watch::Receiv
                 }
                 if let Some(flow) = flows.get(&client) {
                     flow.idle_sweeps.store(0, Ordering::Relaxed);
-                    if let Err(e) = flow.towards_target.send(&buf[..n]).await {
-                        tracing::debug!(error = %e, "UDP datagram to the target failed");
+                    match flow.towards_target.send(&buf[..n]).await {
+                        Ok(_) => flow.counters.udp_bytes(n),
+                        Err(e) => tracing::debug!(error = %e, "UDP datagram to the target failed"),
                     }
                 }
             }
@@ -102,14 +108,15 @@ async fn open_flow(
     port: u16,
     routes: &watch::Receiver<Arc<Routes>>,
 ) -> Option<Flow> {
-    let target = {
+    let (target, counters) = {
         let current = routes.borrow().clone();
         let l = current.ports.get(&port).and_then(|ls| ls.first())?;
         let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
             return None;
         };
         let (group, _) = fwd.groups.iter().find(|(_, w)| *w > 0)?;
-        group.pick_by_key(flow_key(&client))?.addr
+        let target = group.pick_by_key(flow_key(&client))?.addr;
+        (target, l.counters.clone())
     };
     let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let towards_target = UdpSocket::bind(bind).await.ok()?;
@@ -121,12 +128,16 @@ async fn open_flow(
         listener.clone(),
         client,
         idle_sweeps.clone(),
+        counters.clone(),
     ))
     .abort_handle();
+    counters.new_flows_udp.fetch_add(1, Ordering::Relaxed);
+    counters.active_flows_udp.fetch_add(1, Ordering::Relaxed);
     Some(Flow {
         towards_target,
         idle_sweeps,
         replies,
+        counters,
     })
 }
 
@@ -142,6 +153,7 @@ async fn replies(
     listener: Arc<UdpSocket>,
     client: SocketAddr,
     idle_sweeps: Arc<AtomicU64>,
+    counters: Arc<LbCounters>,
 ) {
     loop {
         if from_target.readable().await.is_err() {
@@ -153,8 +165,9 @@ async fn replies(
             if let Ok(n) = from_target.try_recv(buf) {
                 idle_sweeps.store(0, Ordering::Relaxed);
                 // UDP may drop: a full send buffer drops the reply instead of waiting.
-                if let Err(e) = listener.try_send_to(&buf[..n], client) {
-                    tracing::debug!(error = %e, "UDP reply to the client dropped");
+                match listener.try_send_to(&buf[..n], client) {
+                    Ok(_) => counters.udp_bytes(n),
+                    Err(e) => tracing::debug!(error = %e, "UDP reply to the client dropped"),
                 }
             }
         });
