@@ -10,6 +10,9 @@
 #   TLS=1 bench/lb.sh                # clients speak HTTPS (TLS 1.3, one self-signed RSA 2048
 #                                    # certificate, imported into ACM for Fleetport); the
 #                                    # proxies still reach the backends over plain HTTP
+#   PEERS_BATCH=1 bench/lb.sh        # HAProxy and nginx run as SCHED_BATCH too, as Fleetport's
+#                                    # ELB workers do by default
+#   FLEETPORT_ELB_SCHEDULING=normal bench/lb.sh   # Fleetport's workers keep the default policy
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${REPEATS:-3}
@@ -17,6 +20,7 @@ DURATION=${DURATION:-10}
 PROXY_WORKERS=${PROXY_WORKERS:-2}
 PIN=${PIN:-0}
 TLS=${TLS:-0}
+PEERS_BATCH=${PEERS_BATCH:-0}
 SCHEME=http
 [ "$TLS" = 1 ] && SCHEME=https
 need=()
@@ -34,6 +38,7 @@ cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm 
 trap cleanup EXIT
 # exec: a backgrounded function is a subshell, and its $! must be the server itself.
 on_proxy_cpu() { if [ "$PIN" = 1 ]; then exec taskset -c 1 "$@"; else exec "$@"; fi; }
+on_peer_cpu() { if [ "$PEERS_BATCH" = 1 ]; then on_proxy_cpu chrt -b 0 "$@"; else on_proxy_cpu "$@"; fi; }
 on_wrk_cpu() { if [ "$PIN" = 1 ]; then taskset -c 0 "$@"; else "$@"; fi; }
 
 printf 'ok\n' >"$W/index.html"
@@ -116,8 +121,8 @@ backend be
 EOF
 mkdir -p "$W/tmp"
 on_proxy_cpu nginx -c "$W/backend.conf" -p "$W" & pids+=($!); BACKEND_PID=$!
-on_proxy_cpu haproxy -f "$W/haproxy.cfg" -db & pids+=($!); HA_PID=$!
-on_proxy_cpu nginx -c "$W/nginx.conf" -p "$W" & pids+=($!); NG_PID=$!
+on_peer_cpu haproxy -f "$W/haproxy.cfg" -db & pids+=($!); HA_PID=$!
+on_peer_cpu nginx -c "$W/nginx.conf" -p "$W" & pids+=($!); NG_PID=$!
 on_proxy_cpu target/release/fleetport up --listen 127.0.0.1:$FP --data-dir "$W/fp" \
   --elb-workers "$PROXY_WORKERS" >"$W/fp.log" 2>&1 & pids+=($!); FP_PID=$!
 for _ in $(seq 100); do
@@ -173,7 +178,7 @@ for c in "${COLUMNS_[@]}"; do
   on_wrk_cpu wrk -t2 -c64 -d2s "${URL[$c]}" >/dev/null
 done
 tck=$(getconf CLK_TCK)
-echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); PIN=$PIN PROXY_WORKERS=$PROXY_WORKERS REPEATS=$REPEATS TLS=$TLS"
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); PIN=$PIN PROXY_WORKERS=$PROXY_WORKERS REPEATS=$REPEATS TLS=$TLS PEERS_BATCH=$PEERS_BATCH FLEETPORT_ELB_SCHEDULING=${FLEETPORT_ELB_SCHEDULING:-batch}"
 for r in $(seq "$REPEATS"); do
   for c in "${COLUMNS_[@]}"; do
     # shellcheck disable=SC2086

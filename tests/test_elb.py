@@ -5,6 +5,7 @@ import email.utils
 import http.client
 import http.server
 import json
+import pathlib
 import socket
 import socketserver
 import subprocess
@@ -191,6 +192,11 @@ def test_cli_walkthrough_routes_real_traffic(server, backends):
     assert h["x-forwarded-for"] == "127.0.0.1" and h["x-forwarded-proto"] == "http"
     assert h["x-forwarded-port"] == str(port) and h["host"] == f"{lb['DNSName']}:{port}"
     assert h["x-amzn-trace-id"].startswith("Root=1-") and len(h["x-amzn-trace-id"]) == len("Root=1-") + 8 + 1 + 24
+    # Headers the client names in Connection are for this hop only (RFC 9110 7.6.1).
+    out = json.loads(subprocess.run(["curl", "-sf", "-H", "Connection: keep-alive, X-Hop", "-H", "X-Hop: 1",
+                                     "-H", "X-End: 2", url + "/api/h"], capture_output=True, text=True,
+                                    timeout=10).stdout)
+    assert "x-hop" not in out["headers"] and out["headers"]["x-end"] == "2", out["headers"]
     rules = cli("elbv2", "describe-rules", "--listener-arn", listener["ListenerArn"])["Rules"]
     assert [(r["Priority"], r["IsDefault"]) for r in rules] == [("10", False), ("default", True)]
 
@@ -1042,6 +1048,39 @@ def test_nlb_udp_and_tcp_udp_listeners_relay_flows(server):
     assert udp("processed_bytes_total") >= relayed + 2 * len(b"stream") + 3
     for c in clients:
         c.close()
+
+
+def test_workers_run_as_sched_batch_unless_told_otherwise(data_dir, tmp_path):
+    """The ELB worker threads are SCHED_BATCH (policy 3) by default, and keep the policy
+    Fleetport started with under --elb-scheduling normal; either way they serve traffic."""
+    from conftest import Server
+
+    def worker_policies(server):
+        out = []
+        for task in pathlib.Path(f"/proc/{server.proc.pid}/task").iterdir():
+            stat = (task / "stat").read_text()
+            if stat[stat.index("(") + 1:stat.rindex(")")].startswith("elb-worker-"):
+                out.append(int(stat[stat.rindex(")") + 2:].split()[38]))
+        return out
+
+    started = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[38])
+    for mode, dir_, want in (("batch", data_dir, 3), ("normal", str(tmp_path), started)):
+        server = Server(dir_, ["--elb-scheduling", mode, "--elb-workers", "2"]).start()
+        try:
+            elb = server.client("elbv2")
+            lb = elb.create_load_balancer(Name=f"sched-{mode}", Subnets=["s-1", "s-2"])["LoadBalancers"][0]
+            port = free_port()
+            elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port,
+                                DefaultActions=[{"Type": "fixed-response", "FixedResponseConfig": {
+                                    "StatusCode": "200", "MessageBody": mode}}])
+            wait_for(lambda: len(worker_policies(server)) == 2, 10)
+            assert worker_policies(server) == [want, want], mode
+            for _ in range(20):
+                body = subprocess.run(["curl", "-sf", f"http://127.0.0.1:{port}/"], capture_output=True,
+                                      text=True, timeout=10).stdout
+                assert body == mode
+        finally:
+            server.stop()
 
 
 def test_invalid_requests_get_aws_error_codes(server):

@@ -134,15 +134,16 @@ impl Elb {
         })
     }
 
-    /// Runs listeners (on `workers` threads of their own) and health checks for every
-    /// published configuration until aborted.
-    pub async fn run_data_plane(self, workers: usize) {
+    /// Runs listeners (on `workers` threads of their own, scheduled as `scheduling` says) and
+    /// health checks for every published configuration until aborted.
+    pub async fn run_data_plane(self, workers: usize, scheduling: plane::sched::Scheduling) {
         plane::run(
             self.inner.current.subscribe(),
             self.inner.certificates.clone(),
             self.inner.health.clone(),
             self.inner.ports.clone(),
             workers,
+            scheduling,
             self.inner.metrics.clone(),
         )
         .await;

@@ -70,6 +70,12 @@ pub struct UpArgs {
     #[arg(long, env = "FLEETPORT_ELB_WORKERS")]
     pub elb_workers: Option<usize>,
 
+    /// Kernel scheduling of those threads: `batch` (SCHED_BATCH: a worker woken by a packet
+    /// does not preempt the client or target that sent it, so fewer context switches when
+    /// they share cores) or `normal` (the policy Fleetport was started with).
+    #[arg(long, env = "FLEETPORT_ELB_SCHEDULING", default_value = "batch", value_parser = ["batch", "normal"])]
+    pub elb_scheduling: String,
+
     /// Do not run the built-in managed capacity (the FARGATE launch type) on this host's Docker
     /// engine. FARGATE tasks then stay PROVISIONING.
     #[arg(long, env = "FLEETPORT_NO_MANAGED_CAPACITY")]
@@ -129,6 +135,7 @@ pub struct Config {
     pub stopped_task_retention: std::time::Duration,
     pub task_cleanup_wait: std::time::Duration,
     pub elb_workers: usize,
+    pub elb_scheduling: fleetport_elb::plane::sched::Scheduling,
     pub max_body_bytes: usize,
     pub registry_host: Option<String>,
     pub registry_gc_interval: std::time::Duration,
@@ -184,6 +191,11 @@ impl UpArgs {
                 .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
                 .unwrap_or(1)
                 .clamp(1, 256),
+            elb_scheduling: if self.elb_scheduling == "normal" {
+                fleetport_elb::plane::sched::Scheduling::Normal
+            } else {
+                fleetport_elb::plane::sched::Scheduling::Batch
+            },
             max_body_bytes: self.max_body_bytes,
             registry_host: self.registry_host,
             registry_gc_interval: std::time::Duration::from_secs(self.registry_gc_interval.max(1)),

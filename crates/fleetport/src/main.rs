@@ -139,7 +139,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("loading the load balancer configuration")?;
     gateway.serve(Arc::new(acm));
     gateway.serve(Arc::new(elb.clone()));
-    let elb_plane = tokio::spawn(elb.clone().run_data_plane(config.elb_workers));
+    let elb_plane = tokio::spawn(
+        elb.clone()
+            .run_data_plane(config.elb_workers, config.elb_scheduling),
+    );
     let elb_maintenance = tokio::spawn(elb.clone().run_maintenance());
     let gc = tokio::spawn(
         ecr.clone()

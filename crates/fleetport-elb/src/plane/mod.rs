@@ -13,6 +13,7 @@ pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod route;
+pub mod sched;
 pub mod sticky;
 pub mod target_tls;
 pub mod tls;
@@ -520,6 +521,7 @@ pub async fn run(
     board: Arc<HealthBoard>,
     ports: Arc<Ports>,
     count: usize,
+    scheduling: sched::Scheduling,
     metrics: Arc<metrics::Metrics>,
 ) {
     let mut started: Option<workers::Workers> = None;
@@ -535,7 +537,7 @@ pub async fn run(
             .map(|l| (l.port, l.protocol.clone()))
             .collect();
         if started.is_none() && !wanted.is_empty() {
-            match workers::Workers::start(count, &metrics) {
+            match workers::Workers::start(count, scheduling, &metrics) {
                 Ok(w) => started = Some(w),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the load balancer's worker threads; retrying with the next change");

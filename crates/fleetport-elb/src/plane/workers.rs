@@ -14,6 +14,7 @@ use tokio::task::AbortHandle;
 use crate::plane::health::HealthBoard;
 use crate::plane::metrics::{Metrics, WorkerMetrics};
 use crate::plane::proxy::{self, Kind, Lane};
+use crate::plane::sched::{self, Scheduling};
 use crate::plane::tls::TlsConfigs;
 use crate::plane::udp;
 use crate::plane::upstream::{SWEEP_EVERY, Upstream};
@@ -63,7 +64,7 @@ pub struct Workers {
 }
 
 impl Workers {
-    pub fn start(count: usize, metrics: &Metrics) -> std::io::Result<Self> {
+    pub fn start(count: usize, scheduling: Scheduling, metrics: &Metrics) -> std::io::Result<Self> {
         let mut workers = Vec::with_capacity(count.max(1));
         for i in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -74,6 +75,7 @@ impl Workers {
             std::thread::Builder::new()
                 .name(format!("elb-worker-{i}"))
                 .spawn(move || {
+                    sched::apply(scheduling);
                     let _ = runtime.block_on(stopped);
                 })?;
             let upstream = Upstream::new();
