@@ -1083,6 +1083,132 @@ def test_workers_run_as_sched_batch_unless_told_otherwise(data_dir, tmp_path):
             server.stop()
 
 
+def named_tcp_target(name):
+    """A TCP server answering each read with `name:` and the bytes; returns (port, stop), where
+    stop() closes the listening socket (health checks then fail) but not open connections."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def answer(c):
+        for d in iter(lambda: c.recv(65536), b""):
+            c.sendall(f"{name}:".encode() + d)
+        c.close()
+
+    def accept():
+        while True:
+            try:
+                c = srv.accept()[0]
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(c,), daemon=True).start()
+
+    def stop():
+        srv.shutdown(socket.SHUT_RDWR)
+        srv.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv.getsockname()[1], stop
+
+
+def test_nlb_connections_end_with_their_target_as_the_group_says(server):
+    """NLB connections and UDP flows outlive their target's deregistration only when
+    deregistration_delay.connection_termination.enabled is false (the TCP default; UDP groups
+    default to true), and end when their target turns unhealthy while another is healthy."""
+    elb = server.client("elbv2")
+    lb = elb.create_load_balancer(Name="cut", Type="network", Subnets=["s-1"])["LoadBalancers"][0]["LoadBalancerArn"]
+    checks = dict(HealthCheckIntervalSeconds=5, HealthCheckTimeoutSeconds=2, HealthyThresholdCount=2,
+                  UnhealthyThresholdCount=2)
+    targets = {name: named_tcp_target(name) for name in ("a", "b", "c")}
+    tcp = elb.create_target_group(Name="cut-tcp", Protocol="TCP", Port=1, TargetType="ip", VpcId="vpc-local",
+                                  **checks)["TargetGroups"][0]["TargetGroupArn"]
+    udp = elb.create_target_group(Name="cut-udp", Protocol="UDP", Port=1, TargetType="ip", VpcId="vpc-local",
+                                  **checks)["TargetGroups"][0]["TargetGroupArn"]
+    attrs = lambda tg: {a["Key"]: a["Value"] for a in elb.describe_target_group_attributes(TargetGroupArn=tg)["Attributes"]}  # noqa: E731
+    assert attrs(tcp)["deregistration_delay.connection_termination.enabled"] == "false"
+    assert attrs(tcp)["target_health_state.unhealthy.connection_termination.enabled"] == "true"
+    assert attrs(udp)["deregistration_delay.connection_termination.enabled"] == "true"
+    assert attrs(udp)["preserve_client_ip.enabled"] == "true"
+    for tg in (tcp, udp):
+        elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+            {"Key": "deregistration_delay.timeout_seconds", "Value": "1"}])
+    elb.register_targets(TargetGroupArn=tcp, Targets=[{"Id": "127.0.0.1", "Port": p} for p, _ in targets.values()])
+    udp_ports = {udp_target(n): n for n in ("u1", "u2")}
+    elb.register_targets(TargetGroupArn=udp, Targets=[{"Id": "127.0.0.1", "Port": p} for p in udp_ports])
+    tcp_port, udp_port = free_port(), free_port()
+    for proto, port, tg in (("TCP", tcp_port, tcp), ("UDP", udp_port, udp)):
+        elb.create_listener(LoadBalancerArn=lb, Protocol=proto, Port=port,
+                            DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])
+
+    def all_healthy(tg, n):
+        h = health(elb, tg)
+        return len(h) == n and all(t["State"] == "healthy" for t in h.values())
+
+    wait_for(lambda: all_healthy(tcp, 3) and all_healthy(udp, 2), 30)
+
+    def talk(c):
+        c.sendall(b"hi")
+        return c.recv(100).partition(b":")[0].decode()
+
+    def connection_to(name):
+        for _ in range(12):
+            c = socket.create_connection(("127.0.0.1", tcp_port), timeout=5)
+            if talk(c) == name:
+                return c
+            c.close()
+        raise AssertionError(f"no connection reached {name}")
+
+    def ends_within(c, seconds):
+        c.settimeout(seconds)
+        try:
+            return c.recv(100) == b""
+        except ConnectionResetError:
+            return True
+        except socket.timeout:
+            return False
+
+    def deregister(tg, port):
+        elb.deregister_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": port}])
+        wait_for(lambda: port not in health(elb, tg), 10)
+
+    # Termination off (the TCP default): the connection outlives its target's deregistration.
+    a_port = targets["a"][0]
+    kept = connection_to("a")
+    deregister(tcp, a_port)
+    time.sleep(2)
+    assert talk(kept) == "a"
+    kept.close()
+    # Termination on: the connection ends when the delay does.
+    elb.modify_target_group_attributes(TargetGroupArn=tcp, Attributes=[
+        {"Key": "deregistration_delay.connection_termination.enabled", "Value": "true"}])
+    elb.register_targets(TargetGroupArn=tcp, Targets=[{"Id": "127.0.0.1", "Port": a_port}])
+    wait_for(lambda: all_healthy(tcp, 3), 20)
+    doomed = connection_to("a")
+    deregister(tcp, a_port)
+    assert ends_within(doomed, 5), "the deregistered target's connection should have been closed"
+    # An unhealthy target loses its connections while another target is healthy.
+    on_b = connection_to("b")
+    targets["b"][1]()
+    wait_for(lambda: health(elb, tcp)[targets["b"][0]]["State"] == "unhealthy", 20)
+    assert ends_within(on_b, 5), "the unhealthy target's connection should have been closed"
+    on_c = connection_to("c")
+    assert talk(on_c) == "c", "a healthy target's connection stays"
+    on_c.close()
+    # UDP: the flow's target is deregistered, so the client's next datagrams go to the other.
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(5)
+
+    def udp_talk():
+        client.sendto(b"x", ("127.0.0.1", udp_port))
+        return client.recvfrom(100)[0].partition(b":")[0].decode()
+
+    first = udp_talk()
+    gone = next(p for p, n in udp_ports.items() if n == first)
+    deregister(udp, gone)
+    wait_for(lambda: udp_talk() != first, 10)
+    client.close()
+
+
 def test_invalid_requests_get_aws_error_codes(server):
     # The server must refuse what botocore would catch on the client side too.
     elb = boto3.client("elbv2", endpoint_url=server.endpoint, region_name="us-east-1",

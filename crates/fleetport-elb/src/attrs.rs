@@ -58,6 +58,7 @@ pub fn lb_defaults(kind: &str) -> BTreeMap<String, String> {
 }
 
 pub fn tg_defaults(protocol: &str, target_type: &str) -> BTreeMap<String, String> {
+    let udp = matches!(protocol, "UDP" | "TCP_UDP");
     let mut m = map(&[
         ("deregistration_delay.timeout_seconds", "300"),
         ("stickiness.enabled", "false"),
@@ -95,13 +96,19 @@ pub fn tg_defaults(protocol: &str, target_type: &str) -> BTreeMap<String, String
     } else {
         m.extend(map(&[
             ("stickiness.type", "source_ip"),
+            // UDP flows have no end of their own: AWS closes them when the delay ends, and
+            // always shows them the client's address.
             (
                 "deregistration_delay.connection_termination.enabled",
-                "false",
+                if udp { "true" } else { "false" },
             ),
             (
                 "preserve_client_ip.enabled",
-                if target_type == "ip" { "false" } else { "true" },
+                if target_type == "ip" && !udp {
+                    "false"
+                } else {
+                    "true"
+                },
             ),
             ("proxy_protocol_v2.enabled", "false"),
             (

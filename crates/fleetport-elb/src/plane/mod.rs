@@ -178,6 +178,14 @@ pub struct GroupPlan {
     pub slow_start_ms: u64,
     /// Targets are reached over TLS (HTTPS and TLS target groups).
     pub tls: bool,
+    /// Addresses of the targets draining now.
+    pub draining: Vec<SocketAddr>,
+    /// NLB: connections and flows of a deregistered target end when its delay does
+    /// (`deregistration_delay.connection_termination.enabled`).
+    pub cut_deregistered: bool,
+    /// NLB: connections and flows of an unhealthy target end unless every target is unhealthy
+    /// (`target_health_state.unhealthy.connection_termination.enabled`).
+    pub cut_unhealthy: bool,
 }
 
 impl GroupPlan {
@@ -321,6 +329,30 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// Whether an NLB connection or flow that came in on `port` and went to `addr` in `group`
+    /// must end now: the target's deregistration delay is over and the group ends its
+    /// connections then, or the target is unhealthy while another is healthy (no fail-open)
+    /// and the group ends unhealthy targets' connections.
+    pub fn cut(&self, port: u16, group: &str, addr: SocketAddr) -> bool {
+        let Some(l) = self.ports.get(&port).and_then(|ls| ls.first()) else {
+            return false;
+        };
+        let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
+            return false;
+        };
+        let Some((g, _)) = fwd.groups.iter().find(|(g, _)| g.arn == group) else {
+            return false;
+        };
+        match g.targets.iter().find(|t| t.addr == addr) {
+            Some(t) => {
+                g.cut_unhealthy
+                    && t.health.state() == State::Unhealthy
+                    && g.targets.iter().any(TargetPlan::healthy)
+            }
+            None => g.cut_deregistered && !g.draining.contains(&addr),
+        }
+    }
+
     /// The listener a request on `port` with `host` is for: the only one, or the one whose load
     /// balancer's DNS name is the host (several load balancers share 127.0.0.1).
     pub fn listener(&self, port: u16, host: &str) -> Option<&Arc<ListenerPlan>> {
@@ -347,6 +379,10 @@ fn random_unit() -> f64 {
 pub struct Counters {
     next: Slots<String>,
     in_flight: Slots<(String, SocketAddr)>,
+}
+
+fn attribute_on(attributes: &std::collections::BTreeMap<String, String>, key: &str) -> bool {
+    attributes.get(key).map(String::as_str) == Some("true")
 }
 
 /// Counters by key, each shared with every compiled plan that uses it.
@@ -411,6 +447,20 @@ pub fn compile(
                     .unwrap_or(0)
                     * 1000,
                 tls: matches!(tg.protocol.as_str(), "HTTPS" | "TLS"),
+                draining: tg
+                    .targets
+                    .iter()
+                    .filter(|t| t.draining_until.is_some())
+                    .filter_map(|t| Some(SocketAddr::new(t.ip()?, t.port)))
+                    .collect(),
+                cut_deregistered: attribute_on(
+                    &tg.attributes,
+                    "deregistration_delay.connection_termination.enabled",
+                ),
+                cut_unhealthy: attribute_on(
+                    &tg.attributes,
+                    "target_health_state.unhealthy.connection_termination.enabled",
+                ),
             }),
         );
     }
@@ -663,6 +713,9 @@ mod tests {
             counters: Arc::default(),
             slow_start_ms,
             tls: false,
+            draining: Vec::new(),
+            cut_deregistered: false,
+            cut_unhealthy: false,
         }
     }
 

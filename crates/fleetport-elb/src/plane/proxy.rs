@@ -136,9 +136,6 @@ pub struct Lane {
     pub upstream: Arc<Upstream>,
 }
 
-/// Accepts connections on one listener port until aborted, handing them to the workers in
-/// turn: every worker gets the same number of connections. Hashing them over per-worker
-/// `SO_REUSEPORT` sockets did not (one worker did 58 % of the work in a wrk run).
 /// What a listener port speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -183,6 +180,9 @@ async fn handshake(
     }
 }
 
+/// Accepts connections on one listener port until aborted, handing them to the workers in
+/// turn: every worker gets the same number of connections. Hashing them over per-worker
+/// `SO_REUSEPORT` sockets did not (one worker did 58 % of the work in a wrk run).
 pub async fn accept(listener: std::net::TcpListener, port: u16, kind: Kind, lanes: Vec<Lane>) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         tracing::error!(port, "cannot register the listener with the runtime");
@@ -764,15 +764,34 @@ async fn relay_tcp(
     // A TLS listener terminates TLS and relays the plain stream.
     if tls {
         if let Some(inbound) = handshake(inbound, port, &routes).await {
-            relay(inbound, peer, l).await;
+            relay(inbound, peer, port, l, routes).await;
         }
     } else {
-        relay(inbound, peer, l).await;
+        relay(inbound, peer, port, l, routes).await;
     }
 }
 
-async fn relay<I>(mut inbound: I, peer: SocketAddr, l: &ListenerPlan)
-where
+/// How often a relayed connection looks whether its target still may have it.
+const CUT_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Returns once the connection to `addr` in `group` must end ([`Routes::cut`]).
+async fn until_cut(routes: watch::Receiver<Arc<Routes>>, port: u16, group: &str, addr: SocketAddr) {
+    let mut every = tokio::time::interval(CUT_CHECK_EVERY);
+    loop {
+        every.tick().await;
+        if routes.borrow().cut(port, group, addr) {
+            return;
+        }
+    }
+}
+
+async fn relay<I>(
+    mut inbound: I,
+    peer: SocketAddr,
+    port: u16,
+    l: &ListenerPlan,
+    routes: watch::Receiver<Arc<Routes>>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
@@ -792,19 +811,32 @@ where
         return;
     };
     target.in_flight.fetch_add(1, Ordering::Relaxed);
+    let cut = until_cut(routes, port, &group.arn, target.addr);
     // Counted on the inbound side: every relayed byte crosses it once each way.
     if group.tls {
         let handshake = target_tls::connect(outbound, target.addr, Carries::Stream);
         if let Ok(Ok(mut outbound)) =
             tokio::time::timeout(upstream::CONNECT_TIMEOUT, handshake).await
         {
-            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            pipe(&mut inbound, &mut outbound, cut).await;
         }
     } else {
         let mut outbound = outbound;
-        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+        pipe(&mut inbound, &mut outbound, cut).await;
     }
     target.in_flight.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Copies both ways until both sides are done, or until `cut` ends the connection.
+async fn pipe<A, B>(a: &mut A, b: &mut B, cut: impl Future<Output = ()>)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(a, b) => {}
+        () = cut => tracing::debug!("NLB connection ended: its target was deregistered or turned unhealthy"),
+    }
 }
 
 #[cfg(test)]

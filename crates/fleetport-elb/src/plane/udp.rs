@@ -2,7 +2,8 @@
 //! is one client address; its first datagram picks a target (healthy ones, or all when none
 //! is, as for TCP), and the flow keeps that target and its own socket towards it, so the
 //! target's replies go back to that client from the listener's port. A flow idle for 120 s
-//! (AWS's UDP idle timeout) is forgotten.
+//! (AWS's UDP idle timeout) is forgotten, and so is one whose target was deregistered or turned
+//! unhealthy when its group says so (checked every sweep).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,6 +38,10 @@ struct Flow {
     idle_sweeps: Arc<AtomicU64>,
     replies: AbortHandle,
     counters: Arc<LbCounters>,
+    /// The flow's target group and target, to end the flow when the target may no longer
+    /// have it ([`Routes::cut`]).
+    group: String,
+    target: SocketAddr,
 }
 
 impl Drop for Flow {
@@ -88,7 +93,11 @@ pub async fn relay(socket: std::net::UdpSocket, port: u16, routes: watch::Receiv
                 }
             }
             _ = sweep.tick() => {
-                flows.retain(|_, f| f.idle_sweeps.fetch_add(1, Ordering::Relaxed) < idle_limit);
+                let current = routes.borrow().clone();
+                flows.retain(|_, f| {
+                    f.idle_sweeps.fetch_add(1, Ordering::Relaxed) < idle_limit
+                        && !current.cut(port, &f.group, f.target)
+                });
             }
         }
     }
@@ -108,7 +117,7 @@ async fn open_flow(
     port: u16,
     routes: &watch::Receiver<Arc<Routes>>,
 ) -> Option<Flow> {
-    let (target, counters) = {
+    let (target, group, counters) = {
         let current = routes.borrow().clone();
         let l = current.ports.get(&port).and_then(|ls| ls.first())?;
         let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
@@ -116,7 +125,7 @@ async fn open_flow(
         };
         let (group, _) = fwd.groups.iter().find(|(_, w)| *w > 0)?;
         let target = group.pick_by_key(flow_key(&client))?.addr;
-        (target, l.counters.clone())
+        (target, group.arn.clone(), l.counters.clone())
     };
     let bind = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
     let towards_target = UdpSocket::bind(bind).await.ok()?;
@@ -138,6 +147,8 @@ async fn open_flow(
         idle_sweeps,
         replies,
         counters,
+        group,
+        target,
     })
 }
 
