@@ -952,6 +952,35 @@ def test_https_and_tls_target_groups_reach_targets_over_tls(server, backends, tm
     assert_tls_echo(nlb_port, listener_crt, "front.example.test", bytes(range(256)) * 32)
 
 
+def named_tcp_target(name, port=0):
+    """A TCP server on `port` (any when 0) answering each read with `name:` and the bytes;
+    returns (port, stop), where stop() closes the listening socket (health checks then fail)
+    but not open connections."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", port))
+    srv.listen(16)
+
+    def answer(c):
+        for d in iter(lambda: c.recv(65536), b""):
+            c.sendall(f"{name}:".encode() + d)
+        c.close()
+
+    def accept():
+        while True:
+            try:
+                c = srv.accept()[0]
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(c,), daemon=True).start()
+
+    def stop():
+        srv.shutdown(socket.SHUT_RDWR)
+        srv.close()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv.getsockname()[1], stop
+
+
 def udp_target(name):
     """A UDP server answering each datagram with `name:` and the datagram, and a TCP server on
     the same port number doing the same per connection (health checks, TCP_UDP); returns the
@@ -959,26 +988,14 @@ def udp_target(name):
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind(("127.0.0.1", 0))
     port = udp.getsockname()[1]
-    tcp = socket.socket()
-    tcp.bind(("127.0.0.1", port))
-    tcp.listen(16)
+    named_tcp_target(name, port)
 
     def answer_datagrams():
         while True:
             data, peer = udp.recvfrom(65535)
             udp.sendto(f"{name}:".encode() + data, peer)
 
-    def answer_connection(c):
-        for d in iter(lambda: c.recv(65536), b""):
-            c.sendall(f"{name}:".encode() + d)
-        c.close()
-
-    def accept():
-        while True:
-            threading.Thread(target=answer_connection, args=(tcp.accept()[0],), daemon=True).start()
-
     threading.Thread(target=answer_datagrams, daemon=True).start()
-    threading.Thread(target=accept, daemon=True).start()
     return port
 
 
@@ -1081,34 +1098,6 @@ def test_workers_run_as_sched_batch_unless_told_otherwise(data_dir, tmp_path):
                 assert body == mode
         finally:
             server.stop()
-
-
-def named_tcp_target(name):
-    """A TCP server answering each read with `name:` and the bytes; returns (port, stop), where
-    stop() closes the listening socket (health checks then fail) but not open connections."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-
-    def answer(c):
-        for d in iter(lambda: c.recv(65536), b""):
-            c.sendall(f"{name}:".encode() + d)
-        c.close()
-
-    def accept():
-        while True:
-            try:
-                c = srv.accept()[0]
-            except OSError:
-                return
-            threading.Thread(target=answer, args=(c,), daemon=True).start()
-
-    def stop():
-        srv.shutdown(socket.SHUT_RDWR)
-        srv.close()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return srv.getsockname()[1], stop
 
 
 def test_nlb_connections_end_with_their_target_as_the_group_says(server):
