@@ -8,6 +8,7 @@
 //! workers (round-robin positions, requests in flight per target) live in [`Counters`] and are
 //! shared by every compiled version.
 
+pub mod active;
 pub mod counted;
 pub mod health;
 pub mod metrics;
@@ -301,6 +302,8 @@ pub struct ListenerPlan {
     pub protocol: String,
     /// By priority; the default rule (no conditions) last.
     pub rules: Vec<RulePlan>,
+    /// ALB: how long a target may take to answer (the LB's `idle_timeout.timeout_seconds`);
+    /// NLB: how long a relayed connection may stay silent (`tcp.idle_timeout.seconds`).
     pub idle_timeout: Duration,
     pub preserve_host: bool,
     pub xff_mode: String,
@@ -544,9 +547,12 @@ pub fn compile(
                 port: l.port,
                 protocol: l.protocol.clone(),
                 rules: plans,
-                idle_timeout: Duration::from_secs(
-                    attr("idle_timeout.timeout_seconds").parse().unwrap_or(60),
-                ),
+                idle_timeout: if lb.kind == "network" {
+                    let tcp_idle = l.attributes.get("tcp.idle_timeout.seconds");
+                    Duration::from_secs(tcp_idle.and_then(|v| v.parse().ok()).unwrap_or(350))
+                } else {
+                    Duration::from_secs(attr("idle_timeout.timeout_seconds").parse().unwrap_or(60))
+                },
                 preserve_host: attr("routing.http.preserve_host_header.enabled") == "true",
                 xff_mode: attr("routing.http.xff_header_processing.mode"),
                 port_value: http::HeaderValue::from(l.port),

@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
+use crate::plane::active::Active;
 use crate::plane::counted::Counted;
 use crate::plane::route::RequestView;
 use crate::plane::sticky::{self, Sticky};
@@ -771,15 +772,38 @@ async fn relay_tcp(
     }
 }
 
-/// How often a relayed connection looks whether its target still may have it.
+/// How often a relayed connection looks whether its target still may have it, and whether it
+/// has been idle too long.
 const CUT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Returns once the connection to `addr` in `group` must end ([`Routes::cut`]).
-async fn until_cut(routes: watch::Receiver<Arc<Routes>>, port: u16, group: &str, addr: SocketAddr) {
+/// What ends a relayed NLB connection besides its own close.
+struct Watch<'a> {
+    routes: watch::Receiver<Arc<Routes>>,
+    port: u16,
+    group: &'a str,
+    target: SocketAddr,
+    /// The listener's `tcp.idle_timeout.seconds`.
+    idle: Duration,
+}
+
+/// Returns once the connection must end: no byte moved through `moved` for `idle`, or its
+/// target may no longer have it ([`Routes::cut`]).
+async fn until_cut(w: Watch<'_>, moved: &AtomicU64) {
     let mut every = tokio::time::interval(CUT_CHECK_EVERY);
+    let mut seen = moved.load(Ordering::Relaxed);
+    let mut quiet_since = every.tick().await;
     loop {
-        every.tick().await;
-        if routes.borrow().cut(port, group, addr) {
+        let now = every.tick().await;
+        let count = moved.load(Ordering::Relaxed);
+        if count != seen {
+            seen = count;
+            quiet_since = now;
+        } else if now.duration_since(quiet_since) >= w.idle {
+            tracing::debug!(target = %w.target, "NLB connection closed after its idle timeout");
+            return;
+        }
+        if w.routes.borrow().cut(w.port, w.group, w.target) {
+            tracing::debug!(target = %w.target, "NLB connection ended: its target was deregistered or turned unhealthy");
             return;
         }
     }
@@ -811,31 +835,35 @@ async fn relay<I>(
         return;
     };
     target.in_flight.fetch_add(1, Ordering::Relaxed);
-    let cut = until_cut(routes, port, &group.arn, target.addr);
+    let ends = Watch {
+        routes,
+        port,
+        group: &group.arn,
+        target: target.addr,
+        idle: l.idle_timeout,
+    };
     // Counted on the inbound side: every relayed byte crosses it once each way.
     if group.tls {
         let handshake = target_tls::connect(outbound, target.addr, Carries::Stream);
-        if let Ok(Ok(mut outbound)) =
-            tokio::time::timeout(upstream::CONNECT_TIMEOUT, handshake).await
-        {
-            pipe(&mut inbound, &mut outbound, cut).await;
+        if let Ok(Ok(outbound)) = tokio::time::timeout(upstream::CONNECT_TIMEOUT, handshake).await {
+            pipe(&mut inbound, outbound, ends).await;
         }
     } else {
-        let mut outbound = outbound;
-        pipe(&mut inbound, &mut outbound, cut).await;
+        pipe(&mut inbound, outbound, ends).await;
     }
     target.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Copies both ways until both sides are done, or until `cut` ends the connection.
-async fn pipe<A, B>(a: &mut A, b: &mut B, cut: impl Future<Output = ()>)
+/// Copies both ways until both sides are done, or until `ends` ends the connection.
+async fn pipe<A, B>(a: &mut A, b: B, ends: Watch<'_>)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let (mut b, moved) = Active::new(b);
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(a, b) => {}
-        () = cut => tracing::debug!("NLB connection ended: its target was deregistered or turned unhealthy"),
+        _ = tokio::io::copy_bidirectional(a, &mut b) => {}
+        () = until_cut(ends, &moved) => {}
     }
 }
 
@@ -902,5 +930,40 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["host", "x-kept"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_nlb_connection_ends_after_its_idle_timeout_unless_bytes_move() {
+        let routes = watch::Sender::new(Arc::new(Routes::default()));
+        let ends = || Watch {
+            routes: routes.subscribe(),
+            port: 1,
+            group: "tg",
+            target: SocketAddr::from(([127, 0, 0, 1], 9)),
+            idle: Duration::from_secs(60),
+        };
+        let started = tokio::time::Instant::now();
+        until_cut(ends(), &AtomicU64::new(0)).await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(60) && took <= Duration::from_secs(62),
+            "{took:?}"
+        );
+        let moved = Arc::new(AtomicU64::new(0));
+        let bump = {
+            let moved = moved.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    moved.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        let outcome = tokio::select! {
+            () = until_cut(ends(), &moved) => "cut",
+            () = tokio::time::sleep(Duration::from_secs(300)) => "open",
+        };
+        bump.abort();
+        assert_eq!(outcome, "open", "bytes every 10 s keep the connection");
     }
 }
