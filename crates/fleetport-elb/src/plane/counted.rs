@@ -1,10 +1,12 @@
-//! A client connection that counts its bytes (ProcessedBytes) and itself (NewConnectionCount,
-//! ActiveConnectionCount) into a load balancer's counters while it lives.
+//! Streams that note the bytes they move: a client connection counts its bytes (ProcessedBytes)
+//! and itself (NewConnectionCount, ActiveConnectionCount) into a load balancer's counters while
+//! it lives ([`Counted`]); a relayed NLB connection's target side notes when bytes last moved,
+//! so it can be closed after the listener's `tcp.idle_timeout.seconds` ([`Active`]).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -12,37 +14,72 @@ use tokio::net::TcpStream;
 
 use crate::plane::metrics::LbCounters;
 
-pub struct Counted {
-    stream: TcpStream,
-    counters: Option<Arc<LbCounters>>,
+/// Where a stream's byte counts go.
+pub trait Tally {
+    fn add(&self, n: usize);
 }
 
+/// `stream`, with every byte read or written noted in `tally`.
+pub struct Noted<S, T> {
+    stream: S,
+    tally: T,
+}
+
+/// A client connection counted into its load balancer's counters.
+pub type Counted = Noted<TcpStream, Connection>;
+
+/// A relayed connection's target side; the `Arc` is the bytes moved so far, and a watcher that
+/// sees it unchanged knows the connection is idle.
+pub type Active<S> = Noted<S, Arc<AtomicU64>>;
+
+/// One client connection in its load balancer's counters (none when the port's listener is
+/// gone): counted as new and active when made, as no longer active when dropped.
+pub struct Connection(Option<Arc<LbCounters>>);
+
 impl Counted {
-    /// Counts into `counters` when given (a port whose listener is gone has none).
     pub fn new(stream: TcpStream, counters: Option<Arc<LbCounters>>) -> Self {
         if let Some(c) = &counters {
             c.new_connections.fetch_add(1, Ordering::Relaxed);
             c.active_connections.fetch_add(1, Ordering::Relaxed);
         }
-        Self { stream, counters }
-    }
-
-    fn add(&self, n: usize) {
-        if let Some(c) = &self.counters {
-            c.processed_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Self {
+            stream,
+            tally: Connection(counters),
         }
     }
 }
 
-impl Drop for Counted {
+impl Drop for Connection {
     fn drop(&mut self) {
-        if let Some(c) = &self.counters {
+        if let Some(c) = &self.0 {
             c.active_connections.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
-impl AsyncRead for Counted {
+impl Tally for Connection {
+    fn add(&self, n: usize) {
+        if let Some(c) = &self.0 {
+            c.processed_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<S> Active<S> {
+    pub fn watched(stream: S) -> (Self, Arc<AtomicU64>) {
+        let moved = Arc::new(AtomicU64::new(0));
+        let tally = moved.clone();
+        (Self { stream, tally }, moved)
+    }
+}
+
+impl Tally for Arc<AtomicU64> {
+    fn add(&self, n: usize) {
+        self.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin, T: Tally + Unpin> AsyncRead for Noted<S, T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -52,13 +89,13 @@ impl AsyncRead for Counted {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.stream).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = r {
-            this.add(buf.filled().len() - before);
+            this.tally.add(buf.filled().len() - before);
         }
         r
     }
 }
 
-impl AsyncWrite for Counted {
+impl<S: AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Noted<S, T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -67,7 +104,7 @@ impl AsyncWrite for Counted {
         let this = self.get_mut();
         let r = Pin::new(&mut this.stream).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = r {
-            this.add(n);
+            this.tally.add(n);
         }
         r
     }
@@ -80,7 +117,7 @@ impl AsyncWrite for Counted {
         let this = self.get_mut();
         let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = r {
-            this.add(n);
+            this.tally.add(n);
         }
         r
     }
@@ -95,5 +132,24 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn bytes_either_way_are_noted() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let (mut active, moved) = Active::watched(a);
+        let _ = active.write_all(b"hello").await;
+        let mut got = [0u8; 5];
+        let _ = b.read_exact(&mut got).await;
+        let _ = b.write_all(b"abc").await;
+        let mut back = [0u8; 3];
+        let _ = active.read_exact(&mut back).await;
+        assert_eq!(moved.load(Ordering::Relaxed), 8);
     }
 }

@@ -8,7 +8,6 @@
 //! workers (round-robin positions, requests in flight per target) live in [`Counters`] and are
 //! shared by every compiled version.
 
-pub mod active;
 pub mod counted;
 pub mod health;
 pub mod metrics;

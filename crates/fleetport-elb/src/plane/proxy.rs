@@ -18,8 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
-use crate::plane::active::Active;
-use crate::plane::counted::Counted;
+use crate::plane::counted::{Active, Counted};
 use crate::plane::route::RequestView;
 use crate::plane::sticky::{self, Sticky};
 use crate::plane::target_tls::{self, Carries};
@@ -860,7 +859,7 @@ where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut b, moved) = Active::new(b);
+    let (mut b, moved) = Active::watched(b);
     tokio::select! {
         _ = tokio::io::copy_bidirectional(a, &mut b) => {}
         () = until_cut(ends, &moved) => {}
