@@ -1,7 +1,8 @@
 //! Streams that note the bytes they move: a client connection counts its bytes (ProcessedBytes)
 //! and itself (NewConnectionCount, ActiveConnectionCount) into a load balancer's counters while
 //! it lives ([`Counted`]); a relayed NLB connection's target side notes when bytes last moved,
-//! so it can be closed after the listener's `tcp.idle_timeout.seconds` ([`Active`]).
+//! so it can be closed after the listener's `tcp.idle_timeout.seconds` ([`Active`]). [`Reset`]
+//! reaches the socket under these layers (and TLS) to end a connection with RST.
 
 use std::io;
 use std::pin::Pin;
@@ -13,6 +14,42 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::plane::metrics::LbCounters;
+
+/// A relayed connection that can be ended with a reset (RST), as an NLB ends connections it
+/// terminates: the socket under any TLS and counting layers is closed without lingering.
+pub trait Reset {
+    fn tcp(&self) -> &TcpStream;
+
+    fn reset_on_close(&self) {
+        if let Err(e) = self.tcp().set_zero_linger() {
+            tracing::debug!(error = %e, "cannot make a closing connection send a reset");
+        }
+    }
+}
+
+impl Reset for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl<S: Reset, T> Reset for Noted<S, T> {
+    fn tcp(&self) -> &TcpStream {
+        self.stream.tcp()
+    }
+}
+
+impl<S: Reset> Reset for tokio_rustls::server::TlsStream<S> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0.tcp()
+    }
+}
+
+impl<S: Reset> Reset for tokio_rustls::client::TlsStream<S> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0.tcp()
+    }
+}
 
 /// Where a stream's byte counts go.
 pub trait Tally {

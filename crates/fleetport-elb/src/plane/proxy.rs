@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
-use crate::plane::counted::{Active, Counted};
+use crate::plane::counted::{Active, Counted, Reset};
 use crate::plane::route::RequestView;
 use crate::plane::sticky::{self, Sticky};
 use crate::plane::target_tls::{self, Carries};
@@ -815,7 +815,7 @@ async fn relay<I>(
     l: &ListenerPlan,
     routes: watch::Receiver<Arc<Routes>>,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Reset,
 {
     let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
         return;
@@ -853,16 +853,20 @@ async fn relay<I>(
     target.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Copies both ways until both sides are done, or until `ends` ends the connection.
+/// Copies both ways until both sides are done, or until `ends` ends the connection; then, as
+/// on AWS, both sides get a reset.
 async fn pipe<A, B>(a: &mut A, b: B, ends: Watch<'_>)
 where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Reset,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Reset,
 {
     let (mut b, moved) = Active::watched(b);
     tokio::select! {
         _ = tokio::io::copy_bidirectional(a, &mut b) => {}
-        () = until_cut(ends, &moved) => {}
+        () = until_cut(ends, &moved) => {
+            a.reset_on_close();
+            b.reset_on_close();
+        }
     }
 }
 
