@@ -320,6 +320,14 @@ impl ListenerPlan {
             "http"
         }
     }
+
+    /// An NLB listener's forward (its only rule is the default one).
+    pub fn forward(&self) -> Option<&Forward> {
+        match self.rules.last().map(|r| &r.action) {
+            Some(Action::Forward(fwd)) => Some(fwd),
+            _ => None,
+        }
+    }
 }
 
 /// Everything the proxy needs, compiled from one configuration.
@@ -336,13 +344,12 @@ impl Routes {
     /// connections then, or the target is unhealthy while another is healthy (no fail-open)
     /// and the group ends unhealthy targets' connections.
     pub fn cut(&self, port: u16, group: &str, addr: SocketAddr) -> bool {
-        let Some(l) = self.ports.get(&port).and_then(|ls| ls.first()) else {
-            return false;
-        };
-        let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
-            return false;
-        };
-        let Some((g, _)) = fwd.groups.iter().find(|(g, _)| g.arn == group) else {
+        let fwd = self
+            .ports
+            .get(&port)
+            .and_then(|ls| ls.first())
+            .and_then(|l| l.forward());
+        let Some((g, _)) = fwd.and_then(|f| f.groups.iter().find(|(g, _)| g.arn == group)) else {
             return false;
         };
         match g.targets.iter().find(|t| t.addr == addr) {

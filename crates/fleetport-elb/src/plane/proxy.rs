@@ -817,10 +817,7 @@ async fn relay<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Reset,
 {
-    let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
-        return;
-    };
-    let Some(group) = pick_group(&fwd.groups) else {
+    let Some(group) = l.forward().and_then(|fwd| pick_group(&fwd.groups)) else {
         return;
     };
     let target = match group.sticky {

@@ -15,9 +15,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
+use crate::plane::Routes;
 use crate::plane::metrics::LbCounters;
 use crate::plane::proxy::source_key;
-use crate::plane::{Action, Routes};
 
 /// AWS closes UDP flows after 120 s without traffic.
 const FLOW_IDLE: Duration = Duration::from_secs(120);
@@ -120,10 +120,7 @@ async fn open_flow(
     let (target, group, counters) = {
         let current = routes.borrow().clone();
         let l = current.ports.get(&port).and_then(|ls| ls.first())?;
-        let Some(Action::Forward(fwd)) = l.rules.last().map(|r| &r.action) else {
-            return None;
-        };
-        let (group, _) = fwd.groups.iter().find(|(_, w)| *w > 0)?;
+        let (group, _) = l.forward()?.groups.iter().find(|(_, w)| *w > 0)?;
         let target = group.pick_by_key(flow_key(&client))?.addr;
         (target, group.arn.clone(), l.counters.clone())
     };
