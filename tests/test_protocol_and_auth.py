@@ -20,9 +20,58 @@ def err(r):
 
 def test_valid_signature_forms(server):
     assert ecs_call(server.endpoint, "ListClusters", {}).status == 200
-    assert ecs_call(server.endpoint, "ListClusters", {}, sign_body=False).status == 200, "UNSIGNED-PAYLOAD"
     r = ecs_call(server.endpoint, "ListClusters", {}, presign=True)
     assert r.status == 200, r.text
+    # The JSON and query APIs sign the body itself; UNSIGNED-PAYLOAD is for presigned URLs (and S3).
+    r = ecs_call(server.endpoint, "ListClusters", {}, sign_body=False)
+    assert err(r) == (400, "InvalidSignatureException") and "UNSIGNED-PAYLOAD" in r.json()["message"]
+
+
+def test_a_signature_binds_the_operation_it_was_made_for(server):
+    """A ListTasks whose client left X-Amz-Target unsigned must not be replayable as DeleteCluster."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    server.client("ecs").create_cluster(clusterName="demo")
+    body = b'{"cluster":"demo"}'
+    req = AWSRequest(method="POST", url=server.endpoint + "/", data=body,
+                     headers={"Content-Type": "application/x-amz-json-1.1"})
+    SigV4Auth(Credentials("test", "test"), "ecs", "us-east-1").add_auth(req)
+    p = req.prepare()
+    headers = dict(p.headers)
+    assert "x-amz-target" not in headers["Authorization"]
+    headers["X-Amz-Target"] = "AmazonEC2ContainerServiceV20141113.DeleteCluster"
+    r = send("POST", p.url, body, headers)
+    assert err(r) == (400, "IncompleteSignatureException") and "X-Amz-Target" in r.json()["message"]
+    assert server.client("ecs").describe_clusters(clusters=["demo"])["clusters"][0]["status"] == "ACTIVE"
+    # Likewise an unsigned Content-Type, which chooses how a query body is read.
+    req = AWSRequest(method="POST", url=server.endpoint + "/", data=b"Action=DescribeLoadBalancers&Version=2015-12-01")
+    SigV4Auth(Credentials("test", "test"), "elasticloadbalancing", "us-east-1").add_auth(req)
+    p = req.prepare()
+    headers = dict(p.headers)
+    headers["Content-Type"] = "application/x-www-form-urlencoded"
+    assert xml_error(send("POST", p.url, p.body, headers))[:2] == (400, "IncompleteSignature")
+    # An error never echoes the Authorization header (its signature could be replayed from a log).
+    auth = "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ecs/aws4_request, Signature=feedfacecafe"
+    r = send("POST", server.endpoint + "/", b"{}", {"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.ListClusters",
+                                                    "X-Amz-Date": "20260101T000000Z", "Authorization": auth})
+    assert err(r) == (400, "IncompleteSignatureException") and "feedfacecafe" not in r.text
+
+
+def test_presigned_expiry_longer_than_a_week_is_refused(server):
+    from botocore.auth import SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    for expires, ok in [(604800, True), (604801, False)]:
+        req = AWSRequest(method="GET", url=server.endpoint + "/?Action=DescribeLoadBalancers&Version=2015-12-01")
+        SigV4QueryAuth(Credentials("test", "test"), "elasticloadbalancing", "us-east-1", expires=expires).add_auth(req)
+        r = send("GET", req.prepare().url)
+        if ok:
+            assert r.status == 200, r.text
+        else:
+            assert xml_error(r)[:2] == (400, "IncompleteSignature") and b"604800" in r.body
 
 
 def test_signature_failures(server):
@@ -50,7 +99,8 @@ def test_tampered_body_is_refused(server):
     from botocore.credentials import Credentials
 
     req = AWSRequest(method="POST", url=server.endpoint + "/", data=b'{"clusterName":"a"}',
-                     headers={"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.CreateCluster"})
+                     headers={"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.CreateCluster",
+                              "Content-Type": "application/x-amz-json-1.1"})
     SigV4Auth(Credentials("test", "test"), "ecs", "us-east-1").add_auth(req)
     p = req.prepare()
     r = send("POST", p.url, b'{"clusterName":"evil"}', dict(p.headers))

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::error::AwsError;
 use crate::model::{self, ServiceModel};
 use crate::query;
-use crate::sigv4::{SigError, SignedRequest, Verifier};
+use crate::sigv4::{PayloadRule, SigError, SignedRequest, Verifier};
 use crate::validate::{self, Invalid};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -199,7 +199,12 @@ impl Gateway {
         };
         let fields = self
             .verifier
-            .verify(&signed, crate::clock::unix_secs(), skew)
+            .verify(
+                &signed,
+                crate::clock::unix_secs(),
+                skew,
+                PayloadRule::BodyHash,
+            )
             .map_err(|e| sig_error(e, protocol))?;
         if fields.region != self.config.region {
             return Err(sig_error(
@@ -410,6 +415,12 @@ fn sig_error(e: SigError, protocol: Protocol) -> AwsError {
             "InvalidSignatureException",
             format!("Signature expired: {m}"),
         ),
+        (Protocol::Json, SigError::UnsignedPayload(m)) => {
+            AwsError::client("InvalidSignatureException", m)
+        }
+        (Protocol::Query, SigError::UnsignedPayload(m)) => {
+            AwsError::with_status("SignatureDoesNotMatch", m, forbidden)
+        }
         (Protocol::Json, SigError::NotYetCurrent(m)) => AwsError::client(
             "InvalidSignatureException",
             format!("Signature not yet current: {m}"),

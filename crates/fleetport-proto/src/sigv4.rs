@@ -42,7 +42,28 @@ pub enum SigError {
     Expired(String),
     #[error("signature not yet current: {0}")]
     NotYetCurrent(String),
+    /// The payload hash is not the body's own (`UNSIGNED-PAYLOAD` where the API does not allow
+    /// it): the signature would not bind the body.
+    #[error("payload not signed: {0}")]
+    UnsignedPayload(String),
 }
+
+/// Whether a request may leave its body out of the signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadRule {
+    /// The JSON and query APIs: the body's own SHA-256, except in presigned URLs, where
+    /// `UNSIGNED-PAYLOAD` is what SigV4 defines.
+    BodyHash,
+    /// APIs that stream bodies (S3): `UNSIGNED-PAYLOAD` in the header form too.
+    UnsignedAllowed,
+}
+
+/// Headers that, when a request carries them, choose what it does: they must be signed, or a
+/// captured request could be replayed as another operation.
+const MUST_SIGN: [&str; 2] = ["x-amz-target", "content-type"];
+
+/// The longest a presigned URL may be valid: seven days, as AWS documents.
+pub const MAX_PRESIGN_EXPIRES: u64 = 604_800;
 
 /// The parsed SigV4 fields of one request, from whichever form it used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,25 +153,15 @@ impl Verifier {
         req: &SignedRequest<'_>,
         now: i64,
         max_skew: i64,
+        rule: PayloadRule,
     ) -> Result<SignatureFields, SigError> {
-        let fields = extract(req)?;
+        let fields = self.precheck(req)?;
+        check_time(&fields, now, max_skew)?;
+        check_signed_headers(req.headers, &fields.signed_headers)?;
         let secret = self
             .credentials
             .secret(&fields.access_key)
             .ok_or(SigError::UnknownAccessKey)?;
-        check_time(&fields, now, max_skew)?;
-        let payload_hash = payload_hash(req)?;
-        let canonical =
-            canonical_request(req, &fields.signed_headers, &payload_hash, fields.presigned)?;
-        let scope = format!(
-            "{}/{}/{}/aws4_request",
-            fields.date, fields.region, fields.service
-        );
-        let string_to_sign = format!(
-            "{ALGORITHM}\n{}\n{scope}\n{}",
-            fields.amz_date,
-            hex::encode(Sha256::digest(&canonical))
-        );
         let key = self.signing_key(
             &fields.access_key,
             secret,
@@ -158,16 +169,35 @@ impl Verifier {
             &fields.region,
             &fields.service,
         );
-        let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
-        if expected
-            .as_bytes()
-            .ct_eq(fields.signature.as_bytes())
-            .into()
-        {
-            Ok(fields)
-        } else {
-            Err(SigError::Mismatch)
+        let candidates = payload_hashes(req, fields.presigned, rule)?;
+        for payload_hash in candidates.iter().flatten() {
+            let canonical =
+                canonical_request(req, &fields.signed_headers, payload_hash, fields.presigned)?;
+            let scope = format!(
+                "{}/{}/{}/aws4_request",
+                fields.date, fields.region, fields.service
+            );
+            let string_to_sign = format!(
+                "{ALGORITHM}\n{}\n{scope}\n{}",
+                fields.amz_date,
+                hex::encode(Sha256::digest(&canonical))
+            );
+            let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
+            if bool::from(expected.as_bytes().ct_eq(fields.signature.as_bytes())) {
+                return Ok(fields);
+            }
         }
+        Err(SigError::Mismatch)
+    }
+
+    /// What can be checked from the request line and headers alone, before any body byte is
+    /// read: that the request is signed at all, and with a key this server knows.
+    pub fn precheck(&self, req: &SignedRequest<'_>) -> Result<SignatureFields, SigError> {
+        let fields = extract(req)?;
+        if self.credentials.secret(&fields.access_key).is_none() {
+            return Err(SigError::UnknownAccessKey);
+        }
+        Ok(fields)
     }
 
     fn signing_key(
@@ -268,9 +298,17 @@ pub fn extract(req: &SignedRequest<'_>) -> Result<SignatureFields, SigError> {
     let signature = need("X-Amz-Signature")?;
     let amz_date = need("X-Amz-Date")?;
     let expires = match get("X-Amz-Expires") {
-        Some(e) => Some(e.parse::<u64>().map_err(|_| {
-            SigError::Incomplete("X-Amz-Expires must be a number of seconds".into())
-        })?),
+        Some(e) => {
+            let secs = e.parse::<u64>().map_err(|_| {
+                SigError::Incomplete("X-Amz-Expires must be a number of seconds".into())
+            })?;
+            if secs > MAX_PRESIGN_EXPIRES {
+                return Err(SigError::Incomplete(format!(
+                    "X-Amz-Expires must be less than a week (in seconds) that is {MAX_PRESIGN_EXPIRES}"
+                )));
+            }
+            Some(secs)
+        }
         None => None,
     };
     let (access_key, date, region, service) = parse_credential(&credential)?;
@@ -293,7 +331,7 @@ pub fn extract(req: &SignedRequest<'_>) -> Result<SignatureFields, SigError> {
 fn parse_authorization(auth: &str, headers: &http::HeaderMap) -> Result<SignatureFields, SigError> {
     let Some(rest) = auth.strip_prefix(ALGORITHM) else {
         return Err(SigError::Incomplete(format!(
-            "Authorization header requires '{ALGORITHM}' as the algorithm. Authorization={auth}"
+            "Authorization header requires '{ALGORITHM}' as the algorithm."
         )));
     };
     let mut credential = None;
@@ -309,10 +347,10 @@ fn parse_authorization(auth: &str, headers: &http::HeaderMap) -> Result<Signatur
             signature = Some(v);
         }
     }
+    // The header itself is not echoed: it would put a replayable signature into error
+    // bodies and whatever logs them.
     let missing = |what: &str| {
-        SigError::Incomplete(format!(
-            "Authorization header requires '{what}' parameter. Authorization={auth}"
-        ))
+        SigError::Incomplete(format!("Authorization header requires '{what}' parameter."))
     };
     let credential = credential.ok_or_else(|| missing("Credential"))?;
     let signed = signed.ok_or_else(|| missing("SignedHeaders"))?;
@@ -392,7 +430,7 @@ fn check_time(fields: &SignatureFields, now: i64, max_skew: i64) -> Result<(), S
             fields.amz_date
         ))
     })?;
-    if !fields.amz_date.starts_with(&fields.date) {
+    if fields.date.len() != 8 || fields.amz_date.get(..8) != Some(fields.date.as_str()) {
         return Err(SigError::Scope(format!(
             "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date from HTTP: '{}' != '{}'",
             fields.date,
@@ -400,7 +438,7 @@ fn check_time(fields: &SignatureFields, now: i64, max_skew: i64) -> Result<(), S
         )));
     }
     if fields.presigned {
-        let expires = fields.expires.unwrap_or(900).min(604_800) as i64;
+        let expires = fields.expires.unwrap_or(900) as i64;
         if now > at + expires {
             return Err(SigError::Expired(format!(
                 "{} is now earlier than {} ({} - {} sec.)",
@@ -431,20 +469,52 @@ fn check_time(fields: &SignatureFields, now: i64, max_skew: i64) -> Result<(), S
     Ok(())
 }
 
-fn payload_hash(req: &SignedRequest<'_>) -> Result<String, SigError> {
+/// The payload hashes a valid signature may have used, most likely first: the body's own hash,
+/// and `UNSIGNED-PAYLOAD` where `rule` or the presigned form allows it.
+fn payload_hashes(
+    req: &SignedRequest<'_>,
+    presigned: bool,
+    rule: PayloadRule,
+) -> Result<[Option<String>; 2], SigError> {
     let body_hash = || hex::encode(Sha256::digest(req.body));
+    let unsigned_ok = presigned || rule == PayloadRule::UnsignedAllowed;
     match header_str(req.headers, "x-amz-content-sha256") {
-        Some(UNSIGNED_PAYLOAD) => Ok(UNSIGNED_PAYLOAD.to_string()),
+        Some(UNSIGNED_PAYLOAD) if unsigned_ok => Ok([Some(UNSIGNED_PAYLOAD.to_string()), None]),
+        Some(UNSIGNED_PAYLOAD) => Err(SigError::UnsignedPayload(
+            "UNSIGNED-PAYLOAD is accepted only in presigned URLs; sign the request body.".into(),
+        )),
         Some(claimed) => {
             // A client-declared hash must match the body, or a signed header could cover a swapped body.
             if claimed.eq_ignore_ascii_case(&body_hash()) {
-                Ok(claimed.to_string())
+                Ok([Some(claimed.to_string()), None])
             } else {
                 Err(SigError::Mismatch)
             }
         }
-        None => Ok(body_hash()),
+        // A presigned URL says nothing of its payload: SigV4 signs it as UNSIGNED-PAYLOAD,
+        // though some signers (botocore for non-S3 services) hash the body. Only with no body,
+        // unless the rule allows unsigned ones: an unsigned form body would add parameters.
+        None if presigned && (req.body.is_empty() || rule == PayloadRule::UnsignedAllowed) => {
+            Ok([Some(body_hash()), Some(UNSIGNED_PAYLOAD.to_string())])
+        }
+        None => Ok([Some(body_hash()), None]),
     }
+}
+
+/// Refuses a signature that leaves out a header which chooses what the request does.
+fn check_signed_headers(headers: &http::HeaderMap, signed: &[String]) -> Result<(), SigError> {
+    for name in MUST_SIGN {
+        if headers.contains_key(name) && !signed.iter().any(|h| h == name) {
+            let shown = match name {
+                "x-amz-target" => "X-Amz-Target",
+                _ => "Content-Type",
+            };
+            return Err(SigError::Incomplete(format!(
+                "'{shown}' must be a 'SignedHeader' in the AWS Authorization."
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn canonical_headers(headers: &http::HeaderMap, signed: &[String]) -> Result<String, SigError> {
@@ -596,10 +666,15 @@ mod tests {
             body: b"",
         };
         let now = parse_amz_date("20150830T123600Z").unwrap();
-        verifier().verify(&req, now, 300).unwrap();
+        verifier()
+            .verify(&req, now, 300, PayloadRule::BodyHash)
+            .unwrap();
         // One byte of the body changed: the payload hash differs, so the signature must not match.
         let req = SignedRequest { body: b"x", ..req };
-        assert_eq!(verifier().verify(&req, now, 300), Err(SigError::Mismatch));
+        assert_eq!(
+            verifier().verify(&req, now, 300, PayloadRule::BodyHash),
+            Err(SigError::Mismatch)
+        );
     }
 
     #[test]
@@ -627,18 +702,151 @@ mod tests {
             headers: &h,
             body: b"{}",
         };
-        let f = verifier().verify(&req, now + 10, 300).unwrap();
+        let f = verifier()
+            .verify(&req, now + 10, 300, PayloadRule::BodyHash)
+            .unwrap();
         assert_eq!(
             (f.region.as_str(), f.service.as_str()),
             ("us-east-1", "ecs")
         );
         assert!(
-            matches!(verifier().verify(&req, now + 301, 300), Err(SigError::Expired(m)) if m.ends_with("- 5 min.)"))
+            matches!(verifier().verify(&req, now + 301, 300, PayloadRule::BodyHash), Err(SigError::Expired(m)) if m.ends_with("- 5 min.)"))
         );
         assert!(matches!(
-            verifier().verify(&req, now - 301, 300),
+            verifier().verify(&req, now - 301, 300, PayloadRule::BodyHash),
             Err(SigError::NotYetCurrent(_))
         ));
+    }
+
+    fn signer() -> Signer {
+        Signer {
+            access_key: "AKIDEXAMPLE".into(),
+            secret: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            region: "us-east-1".into(),
+            service: "ecs".into(),
+        }
+    }
+
+    fn check(
+        h: &http::HeaderMap,
+        body: &[u8],
+        now: i64,
+        rule: PayloadRule,
+    ) -> Result<(), SigError> {
+        let req = SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: h,
+            body,
+        };
+        verifier().verify(&req, now, 300, rule).map(|_| ())
+    }
+
+    #[test]
+    fn headers_that_choose_the_operation_must_be_signed() {
+        let now = 1_800_000_000;
+        for (name, value) in [
+            (
+                "x-amz-target",
+                "AmazonEC2ContainerServiceV20141113.DeleteCluster",
+            ),
+            ("content-type", "application/x-amz-json-1.1"),
+        ] {
+            let mut h = http::HeaderMap::new();
+            h.insert("host", "localhost:4566".parse().unwrap());
+            signer().sign("POST", "/", "", &mut h, b"{}", now);
+            check(&h, b"{}", now, PayloadRule::BodyHash).unwrap();
+            // Added after signing: the signature does not cover it.
+            h.insert(name, value.parse().unwrap());
+            assert!(
+                matches!(check(&h, b"{}", now, PayloadRule::BodyHash), Err(SigError::Incomplete(m)) if m.contains("must be a 'SignedHeader'")),
+                "{name}"
+            );
+            // Signed along with the rest: accepted.
+            h.remove(http::header::AUTHORIZATION);
+            signer().sign("POST", "/", "", &mut h, b"{}", now);
+            check(&h, b"{}", now, PayloadRule::BodyHash).unwrap();
+        }
+    }
+
+    #[test]
+    fn unsigned_payload_only_where_the_rule_allows_it() {
+        let now = 1_800_000_000;
+        let mut h = http::HeaderMap::new();
+        h.insert("host", "localhost:4566".parse().unwrap());
+        h.insert("x-amz-content-sha256", UNSIGNED_PAYLOAD.parse().unwrap());
+        signer().sign("POST", "/", "", &mut h, b"{}", now);
+        assert!(matches!(
+            check(&h, b"{}", now, PayloadRule::BodyHash),
+            Err(SigError::UnsignedPayload(_))
+        ));
+        check(&h, b"{}", now, PayloadRule::UnsignedAllowed).unwrap();
+    }
+
+    #[test]
+    fn scope_date_must_be_the_request_date() {
+        let now = 1_800_000_000;
+        let mut h = http::HeaderMap::new();
+        h.insert("host", "localhost:4566".parse().unwrap());
+        signer().sign("POST", "/", "", &mut h, b"", now);
+        let auth = h[http::header::AUTHORIZATION].to_str().unwrap().to_string();
+        let date = &format_amz_date(now)[..8];
+        for wrong in ["", "2027", "20270114"] {
+            let forged = auth.replace(&format!("/{date}/"), &format!("/{wrong}/"));
+            h.insert(http::header::AUTHORIZATION, forged.parse().unwrap());
+            assert!(
+                matches!(
+                    check(&h, b"", now, PayloadRule::BodyHash),
+                    Err(SigError::Scope(_))
+                ),
+                "scope date {wrong:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn presigned_expiry_above_a_week_is_refused_not_capped() {
+        let h = http::HeaderMap::new();
+        let query = |expires: u64| {
+            format!(
+                "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20260101%2Fus-east-1%2Fecs%2Faws4_request&X-Amz-Date=20260101T000000Z&X-Amz-Expires={expires}&X-Amz-SignedHeaders=host&X-Amz-Signature=00"
+            )
+        };
+        let parse = |q: &str| {
+            extract(&SignedRequest {
+                method: "GET",
+                path: "/",
+                query: q,
+                headers: &h,
+                body: b"",
+            })
+        };
+        assert_eq!(parse(&query(604_800)).unwrap().expires, Some(604_800));
+        assert!(
+            matches!(parse(&query(604_801)), Err(SigError::Incomplete(m)) if m.contains("604800"))
+        );
+    }
+
+    #[test]
+    fn errors_do_not_echo_the_authorization_header() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/ecs/aws4_request, Signature=deadbeefcafe"
+                .parse()
+                .unwrap(),
+        );
+        h.insert("x-amz-date", "20260101T000000Z".parse().unwrap());
+        let e = extract(&SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &h,
+            body: b"",
+        })
+        .unwrap_err();
+        assert!(!e.to_string().contains("deadbeefcafe"), "{e}");
     }
 
     #[test]
