@@ -34,7 +34,8 @@ def wait_for(check, seconds=30, every=0.2):
 class Server:
     """One running `fleetport up` process."""
 
-    def __init__(self, data_dir, extra_args=(), env=None, host="127.0.0.1"):
+    def __init__(self, data_dir, extra_args=(), env=None, host="127.0.0.1", preexec_fn=None):
+        self.preexec_fn = preexec_fn
         self.data_dir = data_dir
         self.host = host
         self.extra_args = list(extra_args)
@@ -48,7 +49,8 @@ class Server:
         env = dict(os.environ)
         env.update(self.env or {})
         started = time.monotonic()
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                                     preexec_fn=self.preexec_fn)
         lines = []
         while True:
             line = self.proc.stdout.readline()

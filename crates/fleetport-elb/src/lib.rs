@@ -134,16 +134,15 @@ impl Elb {
         })
     }
 
-    /// Runs listeners (on `workers` threads of their own, scheduled as `scheduling` says) and
-    /// health checks for every published configuration until aborted.
-    pub async fn run_data_plane(self, workers: usize, scheduling: plane::sched::Scheduling) {
+    /// Runs listeners (as `options` says) and health checks for every published configuration
+    /// until aborted.
+    pub async fn run_data_plane(self, options: plane::PlaneOptions) {
         plane::run(
             self.inner.current.subscribe(),
             self.inner.certificates.clone(),
             self.inner.health.clone(),
             self.inner.ports.clone(),
-            workers,
-            scheduling,
+            options,
             self.inner.metrics.clone(),
         )
         .await;

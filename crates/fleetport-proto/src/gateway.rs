@@ -179,6 +179,32 @@ impl Gateway {
         }
     }
 
+    /// Refuses, from the request line and headers alone, a request that is not signed or names
+    /// an access key this server does not know, so that its body is never read; `None` when the
+    /// request may go on (its signature is checked in full once the body is in).
+    pub fn precheck(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &http::HeaderMap,
+    ) -> Option<Response<Bytes>> {
+        let signed = SignedRequest {
+            method,
+            path,
+            query,
+            headers,
+            body: &[],
+        };
+        let e = self.verifier.precheck(&signed).err()?;
+        let protocol = if headers.contains_key("x-amz-target") {
+            Protocol::Json
+        } else {
+            Protocol::Query
+        };
+        Some(reject(headers, &sig_error(e, protocol)))
+    }
+
     fn authenticate(
         &self,
         req: &ApiRequest<'_>,

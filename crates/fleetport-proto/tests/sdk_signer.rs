@@ -2,6 +2,8 @@
 //! settings: whatever a real Rust SDK sends must be accepted, and the rules that bind a request
 //! (signed `X-Amz-Target` and `Content-Type`, the body's own hash) must hold for it.
 
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;

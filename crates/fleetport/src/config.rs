@@ -101,6 +101,17 @@ pub struct UpArgs {
     /// Largest accepted AWS API request body, in bytes.
     #[arg(long, env = "FLEETPORT_MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Bytes of AWS API request bodies held in memory at once, over all requests; a request
+    /// that would go over waits (and gets ThrottlingException if it waits too long).
+    #[arg(long, env = "FLEETPORT_MAX_INFLIGHT_BODY_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_inflight_body_bytes: usize,
+
+    /// Seconds a client of the API listener has to send a request's line and headers, counted
+    /// from when the connection starts waiting for one: slow or idle connections are closed.
+    /// Also the most an API request body may pause between two reads.
+    #[arg(long, env = "FLEETPORT_HEADER_READ_TIMEOUT", default_value_t = 30)]
+    pub header_read_timeout: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +148,8 @@ pub struct Config {
     pub elb_workers: usize,
     pub elb_scheduling: fleetport_elb::plane::sched::Scheduling,
     pub max_body_bytes: usize,
+    pub max_inflight_body_bytes: usize,
+    pub header_read_timeout: std::time::Duration,
     pub registry_host: Option<String>,
     pub registry_gc_interval: std::time::Duration,
     pub registry_gc_grace: std::time::Duration,
@@ -197,6 +210,9 @@ impl UpArgs {
                 fleetport_elb::plane::sched::Scheduling::Batch
             },
             max_body_bytes: self.max_body_bytes,
+            // One largest body must always fit, or such a request could never be served.
+            max_inflight_body_bytes: self.max_inflight_body_bytes.max(self.max_body_bytes),
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout.max(1)),
             registry_host: self.registry_host,
             registry_gc_interval: std::time::Duration::from_secs(self.registry_gc_interval.max(1)),
             registry_gc_grace: std::time::Duration::from_secs(self.registry_gc_grace),

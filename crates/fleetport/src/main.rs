@@ -4,6 +4,7 @@
 mod agent_cmd;
 mod config;
 mod links;
+mod listen;
 mod server;
 
 use std::io::Write;
@@ -93,6 +94,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -139,9 +141,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("loading the load balancer configuration")?;
     gateway.serve(Arc::new(acm));
     gateway.serve(Arc::new(elb.clone()));
+    let connections = connection_budget();
     let elb_plane = tokio::spawn(
         elb.clone()
-            .run_data_plane(config.elb_workers, config.elb_scheduling),
+            .run_data_plane(fleetport_elb::plane::PlaneOptions {
+                workers: config.elb_workers,
+                scheduling: config.elb_scheduling,
+                max_connections: connections,
+            }),
     );
     let elb_maintenance = tokio::spawn(elb.clone().run_maintenance());
     let gc = tokio::spawn(
@@ -159,6 +166,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         enable_reset: config.enable_reset,
         max_body_bytes: config.max_body_bytes,
+        bodies: server::BodyBudget::new(config.max_inflight_body_bytes, config.header_read_timeout),
     };
     let managed = config
         .managed_capacity
@@ -174,16 +182,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ecs.wake_agents();
     };
     print_banner(&config, bound);
-    // Responses go out in one write; Nagle's algorithm would only hold them back.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving")?;
+    let limits = listen::ConnLimits {
+        max_connections: connections,
+        header_read_timeout: config.header_read_timeout,
+    };
+    listen::serve(listener, server::router(state), limits, shutdown).await;
     tracing::info!("shutting down");
     gc.abort();
     expiry.abort();
@@ -195,6 +198,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     drop(store);
     sqlite.close();
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one: every connection is a descriptor, and a
+/// default soft limit (often 1024) would let a few hundred idle clients starve the store and
+/// the registry of files.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
+/// Connections the API listener, and separately the load balancers' ports, may hold open at
+/// once: a quarter of the open-file limit each (a proxied connection may hold a second
+/// descriptor towards its target), leaving the rest to the store, the registry and Docker.
+fn connection_budget() -> usize {
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(limit / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 1 << 20)
 }
 
 /// The built-in "FARGATE" capacity: the same agent as `fleetport agent`, in-process, talking to

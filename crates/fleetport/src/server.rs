@@ -3,6 +3,7 @@
 //! the gateway and the service crates.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -13,6 +14,8 @@ use bytes::Bytes;
 use fleetport_proto::{ApiRequest, AwsError, Gateway};
 use fleetport_store::Store;
 use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -22,6 +25,35 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub enable_reset: bool,
     pub max_body_bytes: usize,
+    pub bodies: BodyBudget,
+}
+
+/// The bytes of AWS API request bodies held in memory at once, over all requests, and how long
+/// a body may pause (or wait for room) before its request is given up.
+#[derive(Clone)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+    pause: Duration,
+}
+
+impl BodyBudget {
+    pub fn new(max_bytes: usize, pause: Duration) -> Self {
+        // Permits are counted in u32; a budget beyond 4 GiB means the same as 4 GiB here.
+        let max = max_bytes.min(u32::MAX as usize);
+        Self {
+            bytes: Arc::new(Semaphore::new(max)),
+            pause,
+        }
+    }
+}
+
+/// Why a body was not read whole.
+enum BodyError {
+    TooLarge,
+    /// No byte for the allowed pause, or no room in the budget in that time.
+    Slow,
+    Room,
+    Broken,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -52,6 +84,16 @@ fn into_axum(resp: http::Response<Bytes>) -> Response {
 
 async fn aws(State(state): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
+    // Unsigned requests and unknown keys are answered before a byte of their body is read: a
+    // stranger cannot make the server hold megabytes per connection.
+    if let Some(refused) = state.gateway.precheck(
+        parts.method.as_str(),
+        parts.uri.path(),
+        parts.uri.query().unwrap_or(""),
+        &parts.headers,
+    ) {
+        return into_axum(refused);
+    }
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
@@ -60,8 +102,29 @@ async fn aws(State(state): State<AppState>, req: Request) -> Response {
     if declared.is_some_and(|n| n > state.max_body_bytes) {
         return too_large(&parts.headers, state.max_body_bytes);
     }
-    let Ok(body) = axum::body::to_bytes(body, state.max_body_bytes).await else {
-        return too_large(&parts.headers, state.max_body_bytes);
+    // The permit is held until the answer is made: the body lives that long.
+    let (body, _held) = match read_body(body, state.max_body_bytes, &state.bodies).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => return too_large(&parts.headers, state.max_body_bytes),
+        Err(BodyError::Slow) => {
+            let e = AwsError::with_status(
+                "RequestTimeoutException",
+                "The request body was not received in time.",
+                StatusCode::REQUEST_TIMEOUT,
+            );
+            return into_axum(fleetport_proto::gateway::reject(&parts.headers, &e));
+        }
+        Err(BodyError::Room) => {
+            let e = AwsError::client(
+                "ThrottlingException",
+                "Too many request bodies in flight; retry.",
+            );
+            return into_axum(fleetport_proto::gateway::reject(&parts.headers, &e));
+        }
+        Err(BodyError::Broken) => {
+            let e = AwsError::client("SerializationException", "The request body ended early.");
+            return into_axum(fleetport_proto::gateway::reject(&parts.headers, &e));
+        }
     };
     let api = ApiRequest {
         method: parts.method.as_str(),
@@ -71,6 +134,46 @@ async fn aws(State(state): State<AppState>, req: Request) -> Response {
         body,
     };
     into_axum(state.gateway.handle(api).await)
+}
+
+/// Reads a body of at most `limit` bytes, taking room for each chunk from the shared budget as
+/// it arrives; a body that pauses longer than the budget's `pause`, or waits that long for room,
+/// is given up.
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
+    let mut buf = bytes::BytesMut::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    loop {
+        let frame = match tokio::time::timeout(budget.pause, body.frame()).await {
+            Err(_) => return Err(BodyError::Slow),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(BodyError::Broken),
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        let n = u32::try_from(data.len()).map_err(|_| BodyError::TooLarge)?;
+        if n > 0 {
+            let room = budget.bytes.clone().acquire_many_owned(n);
+            let permit = match tokio::time::timeout(budget.pause, room).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) | Err(_) => return Err(BodyError::Room),
+            };
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
 }
 
 async fn health() -> impl IntoResponse {

@@ -304,6 +304,9 @@ pub struct ListenerPlan {
     /// ALB: how long a target may take to answer (the LB's `idle_timeout.timeout_seconds`);
     /// NLB: how long a relayed connection may stay silent (`tcp.idle_timeout.seconds`).
     pub idle_timeout: Duration,
+    /// ALB: how long one client connection may be kept alive in all
+    /// (`client_keep_alive.seconds`); it is then closed after its current request.
+    pub client_keep_alive: Duration,
     pub preserve_host: bool,
     pub xff_mode: String,
     /// `port` ready for X-Forwarded-Port.
@@ -559,6 +562,9 @@ pub fn compile(
                 } else {
                     Duration::from_secs(attr("idle_timeout.timeout_seconds").parse().unwrap_or(60))
                 },
+                client_keep_alive: Duration::from_secs(
+                    attr("client_keep_alive.seconds").parse().unwrap_or(3600),
+                ),
                 preserve_host: attr("routing.http.preserve_host_header.enabled") == "true",
                 xff_mode: attr("routing.http.xff_header_processing.mode"),
                 port_value: http::HeaderValue::from(l.port),
@@ -577,13 +583,21 @@ struct OpenPort {
 
 /// Follows the configuration until aborted, serving listeners on `count` worker threads,
 /// started with the first listener (a Fleetport without load balancers runs none).
+/// How the data plane runs: `workers` threads scheduled as `scheduling` says, with at most
+/// `max_connections` client connections open over all ports.
+#[derive(Debug, Clone, Copy)]
+pub struct PlaneOptions {
+    pub workers: usize,
+    pub scheduling: sched::Scheduling,
+    pub max_connections: usize,
+}
+
 pub async fn run(
     mut config: watch::Receiver<Arc<ElbState>>,
     certificates: Arc<dyn CertificateSource>,
     board: Arc<HealthBoard>,
     ports: Arc<Ports>,
-    count: usize,
-    scheduling: sched::Scheduling,
+    options: PlaneOptions,
     metrics: Arc<metrics::Metrics>,
 ) {
     let mut started: Option<workers::Workers> = None;
@@ -599,7 +613,7 @@ pub async fn run(
             .map(|l| (l.port, l.protocol.clone()))
             .collect();
         if started.is_none() && !wanted.is_empty() {
-            match workers::Workers::start(count, scheduling, &metrics) {
+            match workers::Workers::start(options, &metrics) {
                 Ok(w) => started = Some(w),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the load balancer's worker threads; retrying with the next change");

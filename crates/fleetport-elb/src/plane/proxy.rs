@@ -15,8 +15,8 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::sync::watch;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::{Semaphore, watch};
 
 use crate::plane::counted::{Active, Counted, Reset};
 use crate::plane::route::RequestView;
@@ -125,7 +125,16 @@ struct Conn {
     peer_value: HeaderValue,
     routes: watch::Receiver<Arc<Routes>>,
     upstream: Arc<Upstream>,
+    /// How long the connection may wait for a request's head (idle or sending slowly).
+    idle: Duration,
+    /// How long it may live in all before it is closed after its current request.
+    keep_alive: Duration,
 }
+
+/// Request line and headers of one request together, at most (ALB: 64 KiB).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Concurrent streams on one HTTP/2 connection (ALB: 128).
+const MAX_H2_STREAMS: u32 = 128;
 
 /// A worker as the accept loop sees it: where a connection runs, with that worker's own copy
 /// of the routes and its own pool of target connections.
@@ -183,13 +192,22 @@ async fn handshake(
 /// Accepts connections on one listener port until aborted, handing them to the workers in
 /// turn: every worker gets the same number of connections. Hashing them over per-worker
 /// `SO_REUSEPORT` sockets did not (one worker did 58 % of the work in a wrk run).
-pub async fn accept(listener: std::net::TcpListener, port: u16, kind: Kind, lanes: Vec<Lane>) {
+pub async fn accept(
+    listener: std::net::TcpListener,
+    port: u16,
+    kind: Kind,
+    lanes: Vec<Lane>,
+    slots: Arc<Semaphore>,
+) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         tracing::error!(port, "cannot register the listener with the runtime");
         return;
     };
     let mut turn = 0usize;
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -208,23 +226,25 @@ pub async fn accept(listener: std::net::TcpListener, port: u16, kind: Kind, lane
         };
         match kind {
             Kind::Tcp | Kind::Tls => {
-                lane.handle.spawn(relay_tcp(
-                    stream,
-                    peer,
-                    port,
-                    lane.routes.clone(),
-                    kind == Kind::Tls,
-                ));
+                let relay = relay_tcp(stream, peer, port, lane.routes.clone(), kind == Kind::Tls);
+                lane.handle.spawn(async move {
+                    relay.await;
+                    drop(slot);
+                });
             }
             Kind::Http | Kind::Https => {
-                lane.handle.spawn(serve_http(
+                let served = serve_http(
                     stream,
                     peer,
                     port,
                     lane.routes.clone(),
                     lane.upstream.clone(),
                     kind == Kind::Https,
-                ));
+                );
+                lane.handle.spawn(async move {
+                    served.await;
+                    drop(slot);
+                });
             }
         }
     }
@@ -246,11 +266,16 @@ async fn serve_http(
         return;
     };
     // Connection counts and bytes go to the load balancer serving the port (the first one
-    // when several share it).
-    let lb_counters = routes
-        .borrow()
-        .listener(port, "")
-        .map(|l| l.counters.clone());
+    // when several share it), and so do its timeouts.
+    let (lb_counters, idle, keep_alive) = {
+        let current = routes.borrow();
+        let first = current.listener(port, "");
+        (
+            first.map(|l| l.counters.clone()),
+            first.map_or(Duration::from_secs(60), |l| l.idle_timeout),
+            first.map_or(Duration::from_secs(3600), |l| l.client_keep_alive),
+        )
+    };
     let stream = Counted::new(stream, lb_counters);
     let conn = Conn {
         port,
@@ -258,6 +283,8 @@ async fn serve_http(
         peer_value,
         routes,
         upstream,
+        idle,
+        keep_alive,
     };
     if tls {
         if let Some(stream) = handshake(stream, port, &conn.routes).await {
@@ -273,6 +300,7 @@ async fn serve_connection<I>(io: I, conn: Conn)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (idle, keep_alive) = (conn.idle, conn.keep_alive);
     let conn = Arc::new(conn);
     let svc = hyper::service::service_fn(move |req| {
         let conn = conn.clone();
@@ -282,10 +310,32 @@ where
     // HTTP/2 preface (h2c with prior knowledge; an HTTP/1.1 client never does).
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // One buffer and one write(2) per response head and small body: measured ~3 % less CPU
-    // per proxied request than writev(2) of separate buffers.
-    builder.http1().writev(false);
+    // per proxied request than writev(2) of separate buffers. The head timeout also closes a
+    // keep-alive connection idle for the load balancer's idle timeout, as AWS does.
+    builder
+        .http1()
+        .writev(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = served.await {
+    tokio::pin!(served);
+    let ended = tokio::select! {
+        r = served.as_mut() => Some(r),
+        () = tokio::time::sleep(keep_alive) => None,
+    };
+    let result = match ended {
+        Some(r) => r,
+        None => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
 }

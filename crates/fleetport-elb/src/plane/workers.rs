@@ -8,17 +8,17 @@ use std::sync::Arc;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::runtime::Handle;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::plane::health::HealthBoard;
 use crate::plane::metrics::{Metrics, WorkerMetrics};
 use crate::plane::proxy::{self, Kind, Lane};
-use crate::plane::sched::{self, Scheduling};
+use crate::plane::sched;
 use crate::plane::tls::TlsConfigs;
 use crate::plane::udp;
 use crate::plane::upstream::{SWEEP_EVERY, Upstream};
-use crate::plane::{Counters, Routes, compile};
+use crate::plane::{Counters, PlaneOptions, Routes, compile};
 use crate::state::ElbState;
 
 /// Backlog of each listening socket: bursts of new connections wait here, not in SYN retries.
@@ -61,10 +61,18 @@ pub struct Workers {
     workers: Vec<Worker>,
     /// Shared by every worker's compiled routes.
     counters: Counters,
+    /// Client connections open over every port, at most: past it, new clients wait in the
+    /// backlog, so descriptors stay for the rest of Fleetport.
+    slots: Arc<Semaphore>,
 }
 
 impl Workers {
-    pub fn start(count: usize, scheduling: Scheduling, metrics: &Metrics) -> std::io::Result<Self> {
+    pub fn start(options: PlaneOptions, metrics: &Metrics) -> std::io::Result<Self> {
+        let PlaneOptions {
+            workers: count,
+            scheduling,
+            max_connections,
+        } = options;
         let mut workers = Vec::with_capacity(count.max(1));
         for i in 0..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -91,6 +99,7 @@ impl Workers {
         Ok(Self {
             workers,
             counters: Counters::default(),
+            slots: Arc::new(Semaphore::new(max_connections.max(1))),
         })
     }
 
@@ -128,7 +137,13 @@ impl Workers {
         let acceptor = &self.workers[usize::from(port) % self.workers.len()];
         acceptor
             .handle
-            .spawn(proxy::accept(socket, port, Kind::of(protocol), lanes))
+            .spawn(proxy::accept(
+                socket,
+                port,
+                Kind::of(protocol),
+                lanes,
+                self.slots.clone(),
+            ))
             .abort_handle()
     }
 }

