@@ -156,3 +156,85 @@ def test_unsigned_bodies_are_refused_before_they_are_read(data_dir):
         c.close()
     finally:
         s.stop()
+
+
+def raw_http(port, data, wait=5):
+    """Sends raw bytes and returns everything the server answers before closing (or `wait`)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+                if b"\r\n\r\n" in out and b"content-length: 0" in out.lower():
+                    break
+        except socket.timeout:
+            pass
+        return out
+
+
+def status_of(reply):
+    return int(reply.split(b" ", 2)[1]) if reply.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")) else None
+
+
+def test_the_alb_speaks_http_strictly(server, backends):
+    """Item 3: ambiguous hosts, missing hosts and broken chunked framing get 400 (an ELB error,
+    not a target error); only WebSocket upgrades are passed on; redirect placeholders come only
+    from a valid host; sticky cookies cannot be forged."""
+    import hashlib
+    import base64
+    import http.client
+    import json
+    from test_elb import scrape, sticky_get
+
+    a, b = backends("a"), backends("b")
+    elb, lb, listener, port = make_alb(server, a)
+    lb_dns = lb["DNSName"]
+    elb.create_rule(ListenerArn=listener["ListenerArn"], Priority=5,
+                    Conditions=[{"Field": "host-header", "Values": ["admin.example"]}],
+                    Actions=[{"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "403"}}])
+    elb.create_rule(ListenerArn=listener["ListenerArn"], Priority=6,
+                    Conditions=[{"Field": "path-pattern", "Values": ["/go"]}],
+                    Actions=[{"Type": "redirect", "RedirectConfig": {"Host": "#{host}", "Path": "/new",
+                                                                       "StatusCode": "HTTP_302"}}])
+    time.sleep(1)
+    # Two Host headers: the rule for admin.example would see one while the target sees both.
+    r = raw_http(port, b"GET / HTTP/1.1\r\nHost: www.example\r\nHost: admin.example\r\n\r\n")
+    assert status_of(r) == 400 and b"awselb/2.0" in r, r
+    assert status_of(raw_http(port, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")) == 400, "HTTP/1.1 needs Host"
+    assert status_of(raw_http(port, b"GET / HTTP/1.0\r\n\r\n")) == 200, "HTTP/1.0 may omit it"
+    assert status_of(raw_http(port, b"GET / HTTP/1.1\r\nHost: evil.example/phish?\r\nConnection: close\r\n\r\n")) == 400
+    # Broken chunked framing from the client is the client's error.
+    before = scrape(server)
+    r = raw_http(port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n")
+    assert status_of(r) == 400, r
+    after = scrape(server)
+    errors = lambda m: sum(v for (n, _), v in m.items() if n == "fleetport_elb_target_connection_errors_total")  # noqa: E731
+    assert errors(after) == errors(before)
+    # Redirect placeholders: only from a valid host; IPv6 literals stay whole.
+    r = raw_http(port, b"GET /go HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n")
+    assert status_of(r) == 302 and b"\r\nlocation: http://[::1]:" in r.lower(), r
+    # Only WebSocket upgrades are tunnelled: any other Upgrade is dropped and the request forwarded.
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/up", headers={"Host": lb_dns, "Upgrade": "h2c, foo", "Connection": "Upgrade"})
+    resp = c.getresponse()
+    seen = json.loads(resp.read())["headers"]
+    assert resp.status == 200 and "upgrade" not in seen, seen
+    c.close()
+    # Sticky cookies: a value computed from public facts (the old unkeyed hash) names no target.
+    tg = elb.describe_target_groups(Names=["guard-tg"])["TargetGroups"][0]["TargetGroupArn"]
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "stickiness.enabled", "Value": "true"}, {"Key": "stickiness.type", "Value": "lb_cookie"}])
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": b.port}])
+    wait_for(lambda: {d["TargetHealth"]["State"] for d in elb.describe_target_health(TargetGroupArn=tg)
+                      ["TargetHealthDescriptions"]} == {"healthy"}, 30)
+    h = hashlib.sha256(b"fleetport-alb-sticky")
+    for p in (tg, "127.0.0.1", str(b.port)):
+        h.update(b"\0" + p.encode())
+    forged = base64.urlsafe_b64encode(h.digest()[:24]).decode().rstrip("=")
+    assert {sticky_get(port, cookies={"AWSALB": forged})[0] for _ in range(6)} == {"a", "b"}
+    who, cookies = sticky_get(port)
+    assert {sticky_get(port, cookies={"AWSALB": cookies["AWSALB"][0]})[0] for _ in range(4)} == {who}

@@ -83,33 +83,6 @@ const IMPLEMENTED: &[&str] = &[
 
 pub use fleetport_proto::clock::unix_secs as now_secs;
 
-/// Reads the registry token key from `dir`, creating it on first start so that tokens survive
-/// restarts.
-fn load_or_create_key(dir: &Path) -> std::io::Result<TokenKey> {
-    let path = dir.join("registry-token.key");
-    if let Ok(bytes) = std::fs::read(&path)
-        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
-    {
-        return Ok(TokenKey::new(key));
-    }
-    let mut key = [0u8; 32];
-    key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let tmp = dir.join("registry-token.key.tmp");
-    {
-        use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp)?;
-        f.write_all(&key)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    Ok(TokenKey::new(key))
-}
-
 impl Ecr {
     /// `data_dir` holds the blob store and the token key.
     pub fn open(
@@ -121,7 +94,11 @@ impl Ecr {
         upload_ttl: std::time::Duration,
     ) -> std::io::Result<Self> {
         let blobs = Arc::new(FsBlobs::open(&data_dir.join("registry"), upload_ttl)?);
-        let token_key = load_or_create_key(data_dir)?;
+        // Kept so that tokens survive restarts.
+        let token_key = TokenKey::new(fleetport_store::datadir::key(
+            data_dir,
+            "registry-token.key",
+        )?);
         Ok(Self {
             store,
             blobs,

@@ -4,6 +4,8 @@
 //! the backend. [`sqlite::SqliteStore`] is the embedded default; a PostgreSQL implementation
 //! can sit behind the same trait for several control-plane replicas.
 
+pub mod datadir;
+pub mod seal;
 pub mod sqlite;
 
 use std::future::Future;

@@ -59,9 +59,12 @@ fn backend(e: rusqlite::Error) -> StoreError {
 impl SqliteStore {
     /// Opens (creating if needed) the database `state.db` in `dir` and runs pending migrations.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
+        crate::datadir::prepare(dir)
             .map_err(|e| StoreError::Backend(format!("creating {}: {e}", dir.display())))?;
         let path = dir.join("state.db");
+        // SQLite gives the WAL and shared-memory files the database's own mode.
+        crate::datadir::private_file(&path)
+            .map_err(|e| StoreError::Backend(format!("creating {}: {e}", path.display())))?;
         let mut conn = Connection::open(&path).map_err(backend)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=5000;",

@@ -142,12 +142,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gateway.serve(Arc::new(acm));
     gateway.serve(Arc::new(elb.clone()));
     let connections = connection_budget();
+    let cookie_key = fleetport_store::datadir::key(&config.data_dir, "elb-cookie.key")
+        .context("reading the load balancer cookie key")?;
     let elb_plane = tokio::spawn(
         elb.clone()
             .run_data_plane(fleetport_elb::plane::PlaneOptions {
                 workers: config.elb_workers,
                 scheduling: config.elb_scheduling,
                 max_connections: connections,
+                cookie_key: fleetport_elb::plane::sticky::CookieKey(cookie_key),
             }),
     );
     let elb_maintenance = tokio::spawn(elb.clone().run_maintenance());

@@ -405,6 +405,7 @@ pub fn compile(
     counters: &Counters,
     board: &HealthBoard,
     metrics: &metrics::WorkerMetrics,
+    cookie_key: &sticky::CookieKey,
 ) -> Routes {
     let mut groups: HashMap<String, Arc<GroupPlan>> = HashMap::new();
     for tg in &s.target_groups {
@@ -426,7 +427,7 @@ pub fn compile(
                     port: t.port,
                     addr,
                     host_value,
-                    token: sticky::token(&[&tg.arn, &t.id, &t.port.to_string()]),
+                    token: sticky::token(cookie_key, &[&tg.arn, &t.id, &t.port.to_string()]),
                     in_flight,
                     health: board.cell(&tg.arn, &t.id, t.port),
                 })
@@ -450,7 +451,7 @@ pub fn compile(
                     == Some("least_outstanding_requests"),
                 next,
                 sticky: sticky::Sticky::from_attributes(&tg.attributes),
-                token: sticky::token(&[&tg.arn]),
+                token: sticky::token(cookie_key, &[&tg.arn]),
                 counters: metrics.tg(&tg.arn),
                 slow_start_ms: tg
                     .attributes
@@ -585,11 +586,13 @@ struct OpenPort {
 /// started with the first listener (a Fleetport without load balancers runs none).
 /// How the data plane runs: `workers` threads scheduled as `scheduling` says, with at most
 /// `max_connections` client connections open over all ports.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PlaneOptions {
     pub workers: usize,
     pub scheduling: sched::Scheduling,
     pub max_connections: usize,
+    /// Keys the sticky-session cookies (kept in the data directory so they survive restarts).
+    pub cookie_key: sticky::CookieKey,
 }
 
 pub async fn run(
@@ -613,7 +616,7 @@ pub async fn run(
             .map(|l| (l.port, l.protocol.clone()))
             .collect();
         if started.is_none() && !wanted.is_empty() {
-            match workers::Workers::start(options, &metrics) {
+            match workers::Workers::start(options.clone(), &metrics) {
                 Ok(w) => started = Some(w),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the load balancer's worker threads; retrying with the next change");

@@ -340,6 +340,72 @@ where
     }
 }
 
+/// Whether a request's head is one the ALB forwards: at most one Host header, a Host on
+/// HTTP/1.1, and a host that is a valid authority. Anything else gets 400, so rules never see
+/// a host the target would read differently.
+fn well_formed(req: &Request<Incoming>, host: &str) -> bool {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return false;
+    }
+    if first.is_none() && req.version() == http::Version::HTTP_11 && req.uri().authority().is_none()
+    {
+        return false;
+    }
+    host.is_empty() || split_authority(host).is_some()
+}
+
+/// Splits an authority (`host`, `host:port`, `[v6]`, `[v6]:port`) into host and port; `None`
+/// unless the host is a valid registered name or IP literal and the port is digits.
+fn split_authority(authority: &str) -> Option<(&str, Option<&str>)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let end = rest.find(']')?;
+        let literal = &rest[..end];
+        literal.parse::<std::net::Ipv6Addr>().ok()?;
+        let after = &rest[end + 1..];
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (&authority[..end + 2], port)
+    } else {
+        match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if port.is_some_and(|p| p.is_empty() || p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    // RFC 3986 reg-name: unreserved, sub-delims and percent-encoding; no `/`, `?`, `#`, `@`.
+    let reg_name = |h: &str| {
+        !h.is_empty()
+            && h.bytes().all(|b| {
+                b.is_ascii_alphanumeric()
+                    || matches!(
+                        b,
+                        b'-' | b'.'
+                            | b'_'
+                            | b'~'
+                            | b'!'
+                            | b'$'
+                            | b'&'
+                            | b'\''
+                            | b'('
+                            | b')'
+                            | b'*'
+                            | b'+'
+                            | b','
+                            | b';'
+                            | b'='
+                            | b'%'
+                    )
+            })
+    };
+    (host.starts_with('[') || reg_name(host)).then_some((host, port))
+}
+
 /// The Host header (or the authority of an absolute-form request line), as a cheap copy.
 fn host_of(req: &Request<Incoming>) -> HeaderValue {
     req.headers()
@@ -357,11 +423,16 @@ async fn handle(req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     let routes = conn.routes.borrow().clone();
     let host_value = host_of(&req);
     let host = host_value.to_str().unwrap_or("");
-    let Some(listener) = routes.listener(conn.port, host) else {
+    let strict = well_formed(&req, host);
+    let Some(listener) = routes.listener(conn.port, if strict { host } else { "" }) else {
         return page(StatusCode::SERVICE_UNAVAILABLE);
     };
     listener.counters.requests.fetch_add(1, Ordering::Relaxed);
-    let resp = respond(req, conn, listener, host).await;
+    let resp = if strict {
+        respond(req, conn, listener, host).await
+    } else {
+        page(StatusCode::BAD_REQUEST)
+    };
     if resp.extensions().get::<ElbMade>().is_some() {
         listener.counters.elb_response(resp.status().as_u16());
     }
@@ -432,7 +503,8 @@ fn redirect(
             .unwrap_or(d)
             .to_string()
     };
-    let bare_host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    // The request's host was checked as an authority on the way in (`well_formed`).
+    let bare_host = split_authority(host).map_or("", |(h, _)| h);
     let path = req.uri().path().trim_start_matches('/');
     let query = req.uri().query().unwrap_or("");
     let fill = |s: String| {
@@ -622,9 +694,14 @@ fn forwarded_for(h: &mut http::HeaderMap, mode: &str, peer: &HeaderValue) -> Res
     Ok(())
 }
 
-/// Whether a request asks to switch protocols (a WebSocket handshake).
+/// Whether a request is a WebSocket handshake, the only protocol switch the ALB tunnels; any
+/// other `Upgrade` is dropped with the hop-by-hop headers and the request forwarded as is.
 fn is_upgrade(h: &http::HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
+    h.get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("websocket"))
         && h.get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -732,13 +809,19 @@ async fn forward(
     if counted {
         target.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
-    if !matches!(result, Ok(Ok(_))) {
+    let client_fault = matches!(&result, Ok(Err(e)) if e.from_client_body());
+    if !matches!(result, Ok(Ok(_))) && !client_fault {
         group
             .counters
             .connection_errors
             .fetch_add(1, Ordering::Relaxed);
     }
     match result {
+        Ok(Err(_)) if client_fault => page(StatusCode::BAD_REQUEST),
+        // A switch the client did not ask for (or not for a WebSocket) cannot be relayed.
+        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS && upgrade.is_none() => {
+            page(StatusCode::BAD_GATEWAY)
+        }
         Ok(Ok(mut resp)) => {
             group
                 .counters

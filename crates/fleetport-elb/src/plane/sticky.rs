@@ -2,15 +2,17 @@
 //! target (`AWSALB`, `AWSALBAPP-0`) or a target group (`AWSALBTG`), reading them from requests
 //! and the `Set-Cookie` headers that keep them.
 //!
-//! A cookie value is a hash of the target group and the target, so it reveals no address,
-//! survives a restart, and a value that names no current target simply gets a new pick.
+//! A cookie value is an HMAC of the target group and the target under a key kept in the data
+//! directory, so it reveals no address, survives a restart, cannot be made by a client for a
+//! target it was never sent to, and a value that names no current target gets a new pick.
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderValue, header};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 /// How a target group keeps a client on one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,15 +54,26 @@ impl Sticky {
     }
 }
 
+/// The secret that cookie values are keyed with.
+#[derive(Clone)]
+pub struct CookieKey(pub [u8; 32]);
+
+impl std::fmt::Debug for CookieKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieKey(..)")
+    }
+}
+
 /// The cookie value naming `parts` (a target group ARN, and a target's id and port).
-pub fn token(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
+pub fn token(key: &CookieKey, parts: &[&str]) -> String {
+    // HMAC takes keys of any length.
+    let mut h = <Hmac<Sha256> as Mac>::new_from_slice(&key.0).unwrap_or_else(|_| unreachable!());
     h.update(b"fleetport-alb-sticky");
     for p in parts {
-        h.update([0u8]);
+        h.update(&[0u8]);
         h.update(p.as_bytes());
     }
-    URL_SAFE_NO_PAD.encode(&h.finalize()[..24])
+    URL_SAFE_NO_PAD.encode(&h.finalize().into_bytes()[..24])
 }
 
 /// The value of the first cookie called one of `names` in the request's Cookie headers.
@@ -121,11 +134,17 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_stable_opaque_and_distinct() {
-        let a = token(&["arn:tg/1", "10.0.0.1", "80"]);
-        assert_eq!(a, token(&["arn:tg/1", "10.0.0.1", "80"]));
-        assert_ne!(a, token(&["arn:tg/1", "10.0.0.1", "81"]));
-        assert_ne!(a, token(&["arn:tg/1", "10.0.0.18", "0"]));
+    fn tokens_are_stable_opaque_keyed_and_distinct() {
+        let k = CookieKey([1; 32]);
+        let a = token(&k, &["arn:tg/1", "10.0.0.1", "80"]);
+        assert_eq!(a, token(&k, &["arn:tg/1", "10.0.0.1", "80"]));
+        assert_ne!(a, token(&k, &["arn:tg/1", "10.0.0.1", "81"]));
+        assert_ne!(a, token(&k, &["arn:tg/1", "10.0.0.18", "0"]));
+        // Without the key, nobody can compute a target's value.
+        assert_ne!(
+            a,
+            token(&CookieKey([2; 32]), &["arn:tg/1", "10.0.0.1", "80"])
+        );
         assert!(!a.contains("10.0.0.1"));
         assert!(
             a.bytes()

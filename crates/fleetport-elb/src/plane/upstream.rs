@@ -52,6 +52,14 @@ pub enum UpstreamError {
     Http(#[source] hyper::Error),
 }
 
+impl UpstreamError {
+    /// Whether the request failed because the client's own body did (malformed chunked
+    /// framing, or the client went away mid-body): the client's fault, not the target's.
+    pub fn from_client_body(&self) -> bool {
+        matches!(self, Self::Http(e) if e.is_user())
+    }
+}
+
 struct Idle {
     sender: SendRequest<Incoming>,
     /// The sweep count when it was given back: cheaper than a clock read per request.

@@ -15,6 +15,7 @@ use crate::plane::health::HealthBoard;
 use crate::plane::metrics::{Metrics, WorkerMetrics};
 use crate::plane::proxy::{self, Kind, Lane};
 use crate::plane::sched;
+use crate::plane::sticky::CookieKey;
 use crate::plane::tls::TlsConfigs;
 use crate::plane::udp;
 use crate::plane::upstream::{SWEEP_EVERY, Upstream};
@@ -64,6 +65,7 @@ pub struct Workers {
     /// Client connections open over every port, at most: past it, new clients wait in the
     /// backlog, so descriptors stay for the rest of Fleetport.
     slots: Arc<Semaphore>,
+    cookie_key: CookieKey,
 }
 
 impl Workers {
@@ -72,6 +74,7 @@ impl Workers {
             workers: count,
             scheduling,
             max_connections,
+            cookie_key,
         } = options;
         let mut workers = Vec::with_capacity(count.max(1));
         for i in 0..count.max(1) {
@@ -100,6 +103,7 @@ impl Workers {
             workers,
             counters: Counters::default(),
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
+            cookie_key,
         })
     }
 
@@ -107,7 +111,7 @@ impl Workers {
     pub fn publish(&self, state: &ElbState, board: &HealthBoard, tls: &TlsConfigs) {
         for w in &self.workers {
             w.metrics.retain(state);
-            let mut routes = compile(state, &self.counters, board, &w.metrics);
+            let mut routes = compile(state, &self.counters, board, &w.metrics, &self.cookie_key);
             routes.tls = tls.clone();
             w.routes.send_replace(Arc::new(routes));
         }
