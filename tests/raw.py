@@ -87,3 +87,10 @@ def query_call(endpoint, params, service="elasticloadbalancing", **kw):
 
 def utc(seconds_from_now):
     return datetime.datetime.utcnow() + datetime.timedelta(seconds=seconds_from_now)
+
+
+def reset(endpoint, **kw):
+    """POST /_fleetport/reset, signed like any API call (the scope's service is not checked)."""
+    # urllib adds a form Content-Type to every POST; name it so that it is signed.
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    return signed(endpoint, b"", headers, service="fleetport", path="/_fleetport/reset", **kw)

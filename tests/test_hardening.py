@@ -238,3 +238,56 @@ def test_the_alb_speaks_http_strictly(server, backends):
     assert {sticky_get(port, cookies={"AWSALB": forged})[0] for _ in range(6)} == {"a", "b"}
     who, cookies = sticky_get(port)
     assert {sticky_get(port, cookies={"AWSALB": cookies["AWSALB"][0]})[0] for _ in range(4)} == {who}
+
+
+def test_secrets_at_rest_and_a_guarded_reset(data_dir, tmp_path):
+    """Item 4: the data directory is 0700 and its files 0600; an imported private key is not in
+    the state files; reset needs the API's credentials and refuses cross-origin browsers."""
+    import os
+    import stat
+    from raw import reset
+    from test_elb import import_cert, make_cert
+
+    s = Server(data_dir, ["--enable-reset"]).start()
+    try:
+        acm = s.client("acm")
+        crt, key = make_cert(tmp_path, "site", "site.example")
+        arn = import_cert(acm, crt, key)
+        assert acm.describe_certificate(CertificateArn=arn)["Certificate"]["DomainName"] == "site.example"
+        assert stat.S_IMODE(os.stat(data_dir).st_mode) == 0o700
+        files = [os.path.join(data_dir, n) for n in os.listdir(data_dir)]
+        assert any(f.endswith("state.db-wal") for f in files), files
+        for f in files:
+            if os.path.isfile(f):
+                assert stat.S_IMODE(os.stat(f).st_mode) == 0o600, f
+                with open(f, "rb") as fh:
+                    content = fh.read()
+                assert b"PRIVATE KEY" not in content, f
+        # The key still serves TLS after a restart (it opens with the data directory's key).
+        s.stop()
+        s = Server(data_dir, ["--enable-reset"]).start()
+        assert s.client("acm").get_certificate(CertificateArn=arn)["Certificate"].startswith("-----BEGIN CERTIFICATE")
+        # Reset: unsigned, wrongly signed and cross-origin requests change nothing.
+        r = send("POST", s.endpoint + "/_fleetport/reset")
+        assert r.status == 400 and r.json()["__type"] == "MissingAuthenticationTokenException"
+        assert reset(s.endpoint, secret="wrong").status == 400
+        r = reset_from_page(s.endpoint)
+        assert r.status == 403 and r.json()["__type"] == "AccessDeniedException"
+        assert len(s.client("acm").list_certificates()["CertificateSummaryList"]) == 1
+        r = reset(s.endpoint)
+        assert r.status == 200 and r.json() == {"reset": True}
+        assert s.client("acm").list_certificates()["CertificateSummaryList"] == []
+    finally:
+        s.stop()
+
+
+def reset_from_page(endpoint):
+    """What a web page of another origin could send: signed even (a leaked key), but from a browser."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    req = AWSRequest(method="POST", url=endpoint + "/_fleetport/reset", data=b"",
+                     headers={"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"})
+    SigV4Auth(Credentials("test", "test"), "fleetport", "us-east-1").add_auth(req)
+    p = req.prepare()
+    return send("POST", p.url, b"", dict(p.headers))

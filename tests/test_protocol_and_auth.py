@@ -9,7 +9,7 @@ import botocore.exceptions
 import pytest
 
 from conftest import BIN, Server
-from raw import ecs_call, query_call, send, utc
+from raw import ecs_call, query_call, reset, send, utc
 
 ELB_NS = "{http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/}"
 
@@ -206,8 +206,8 @@ def test_reset_wipes_state_and_returns_memory(server):
             if i % 5 == 0:
                 ecr.create_cluster(clusterName=f"c{i}")
 
-    def reset():
-        r = send("POST", server.endpoint + "/_fleetport/reset")
+    def do_reset():
+        r = reset(server.endpoint)
         assert r.status == 200 and r.json() == {"reset": True}
 
     # Freed memory stays with the allocator for reuse (it is not handed back to the OS), so the
@@ -216,7 +216,7 @@ def test_reset_wipes_state_and_returns_memory(server):
     levels = []
     for _ in range(3):
         fill()
-        reset()
+        do_reset()
         levels.append(rss_kib(server.proc.pid))
     assert ecr.list_clusters()["clusterArns"] == []
     assert ecr.list_task_definition_families()["families"] == []
@@ -227,7 +227,7 @@ def test_reset_wipes_state_and_returns_memory(server):
 def test_reset_is_off_by_default(data_dir):
     s = Server(data_dir).start()
     try:
-        r = send("POST", s.endpoint + "/_fleetport/reset")
+        r = reset(s.endpoint)
         assert r.status == 404 and "--enable-reset" in r.json()["message"]
     finally:
         s.stop()

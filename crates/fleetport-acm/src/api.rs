@@ -163,12 +163,14 @@ impl Acm {
             .as_ref()
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), |p| p.id.clone());
         let at = now();
+        let arn = self.arn(&id);
+        let private_key = self.seal_key(&arn, &text(key)?)?;
         let mut rec = Record {
-            arn: self.arn(&id),
+            arn,
             id: id.clone(),
             certificate: text(certificate)?,
             chain: chain.map(text).transpose()?,
-            private_key: text(key)?,
+            private_key,
             facts: checked.facts,
             created_at: at,
             imported_at: at,

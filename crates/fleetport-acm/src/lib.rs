@@ -1,7 +1,8 @@
 //! AWS Certificate Manager for Fleetport: the certificates HTTPS listeners serve. Only imported
 //! certificates exist here (ImportCertificate, with re-import to rotate); Fleetport cannot
 //! validate domains, so RequestCertificate is not offered. Records live in `acm.certificate`
-//! keyed by certificate ID, private key included (the store is local to this machine).
+//! keyed by certificate ID; the private key is kept sealed (`fleetport_store::seal`, bound to the
+//! certificate's ARN), so the state files never hold it in the clear.
 //!
 //! Load balancers read certificates through [`Acm::material`] and learn of changes from
 //! [`Acm::subscribe`]; who uses a certificate (InUseBy, and the refusal to delete one in use)
@@ -16,6 +17,7 @@ use std::sync::{Arc, OnceLock};
 use fleetport_proto::model::{self, ServiceModel};
 use fleetport_proto::{AwsError, BoxFuture, RequestContext, Service};
 use fleetport_store::Store;
+use fleetport_store::seal::Sealer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -36,6 +38,7 @@ pub(crate) struct Record {
     pub id: String,
     pub certificate: String,
     pub chain: Option<String>,
+    /// Sealed with the data directory's secrets key (records from before sealing hold PEM).
     pub private_key: String,
     #[serde(flatten)]
     pub facts: cert::Facts,
@@ -64,6 +67,7 @@ struct Inner {
     region: String,
     account_id: String,
     users: OnceLock<Arc<dyn CertificateUsers>>,
+    sealer: Arc<Sealer>,
     /// Bumped after every import, re-import and delete.
     changes: watch::Sender<u64>,
 }
@@ -88,13 +92,15 @@ const IMPLEMENTED: &[&str] = &[
 ];
 
 impl Acm {
-    pub fn new(store: Arc<dyn Store>, region: &str, account_id: &str) -> Self {
+    /// `sealer` keeps private keys sealed at rest.
+    pub fn new(store: Arc<dyn Store>, region: &str, account_id: &str, sealer: Arc<Sealer>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store,
                 region: region.to_string(),
                 account_id: account_id.to_string(),
                 users: OnceLock::new(),
+                sealer,
                 changes: watch::Sender::new(0),
             }),
         }
@@ -109,11 +115,22 @@ impl Acm {
     /// The certificate behind `arn`, if one was imported.
     pub fn material(&self, arn: &str) -> Option<Material> {
         let rec = self.record(arn).ok().flatten()?;
+        let key = if Sealer::is_sealed(&rec.private_key) {
+            match self.inner.sealer.open(&rec.arn, &rec.private_key) {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::error!(arn, error = %e, "a stored private key does not open");
+                    return None;
+                }
+            }
+        } else {
+            rec.private_key.clone().into_bytes()
+        };
         // Checked at import; checked again because the store is a file users can touch.
         match cert::check(
             rec.certificate.as_bytes(),
             rec.chain.as_deref().map(str::as_bytes),
-            rec.private_key.as_bytes(),
+            &key,
         ) {
             Ok(c) => Some(Material {
                 key: c.key,
@@ -137,6 +154,17 @@ impl Acm {
             .get()
             .map(|u| u.users(arn))
             .unwrap_or_default()
+    }
+
+    /// `private_key` sealed for the certificate `arn`.
+    pub(crate) fn seal_key(&self, arn: &str, private_key: &str) -> Result<String, AwsError> {
+        self.inner
+            .sealer
+            .seal(arn, private_key.as_bytes())
+            .map_err(|e| {
+                tracing::error!(error = %e, "sealing a private key");
+                AwsError::internal()
+            })
     }
 
     pub(crate) fn changed(&self) {

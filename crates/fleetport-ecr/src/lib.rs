@@ -93,7 +93,9 @@ impl Ecr {
         registry_host: &str,
         upload_ttl: std::time::Duration,
     ) -> std::io::Result<Self> {
-        let blobs = Arc::new(FsBlobs::open(&data_dir.join("registry"), upload_ttl)?);
+        let root = data_dir.join("registry");
+        fleetport_store::datadir::prepare(&root)?;
+        let blobs = Arc::new(FsBlobs::open(&root, upload_ttl)?);
         // Kept so that tokens survive restarts.
         let token_key = TokenKey::new(fleetport_store::datadir::key(
             data_dir,

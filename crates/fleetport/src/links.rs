@@ -58,8 +58,9 @@ pub fn load_balancing(
     region: &str,
     account_id: &str,
     ecs: &Ecs,
+    sealer: Arc<fleetport_store::seal::Sealer>,
 ) -> Result<(Acm, Elb), fleetport_store::StoreError> {
-    let acm = Acm::new(store.clone(), region, account_id);
+    let acm = Acm::new(store.clone(), region, account_id, sealer);
     let elb = Elb::open(
         store,
         region,

@@ -137,8 +137,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gateway.serve(Arc::new(fleetport_ecs::agent_api::AgentApi(ecs.clone())));
     gateway.serve(Arc::new(ecs.clone()));
     gateway.serve(Arc::new(ecr.clone()));
-    let (acm, elb) = links::load_balancing(store.clone(), &config.region, &config.account_id, &ecs)
-        .context("loading the load balancer configuration")?;
+    let sealer = fleetport_store::seal::Sealer::open_dir(&config.data_dir)
+        .context("reading the secrets key")?;
+    let (acm, elb) = links::load_balancing(
+        store.clone(),
+        &config.region,
+        &config.account_id,
+        &ecs,
+        Arc::new(sealer),
+    )
+    .context("loading the load balancer configuration")?;
     gateway.serve(Arc::new(acm));
     gateway.serve(Arc::new(elb.clone()));
     let connections = connection_budget();

@@ -194,15 +194,40 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn reset(State(state): State<AppState>) -> Response {
-    if !state.enable_reset {
-        let body = r#"{"__type":"ResetDisabled","message":"POST /_fleetport/reset is off; start fleetport up with --enable-reset."}"#;
-        return (
-            StatusCode::NOT_FOUND,
+/// Deletes all state; only for a caller that signs with the API's credentials, and never for a
+/// browser page of another origin (which could otherwise post here blind).
+async fn reset(State(state): State<AppState>, req: Request) -> Response {
+    let json_error = |status: StatusCode, body: String| {
+        (
+            status,
             [(http::header::CONTENT_TYPE, "application/json")],
             body,
         )
-            .into_response();
+            .into_response()
+    };
+    if !state.enable_reset {
+        let body = r#"{"__type":"ResetDisabled","message":"POST /_fleetport/reset is off; start fleetport up with --enable-reset."}"#;
+        return json_error(StatusCode::NOT_FOUND, body.to_string());
+    }
+    let (parts, body) = req.into_parts();
+    if cross_origin(&parts.headers) {
+        let body = r#"{"__type":"AccessDeniedException","message":"Cross-origin requests may not reset Fleetport."}"#;
+        return json_error(StatusCode::FORBIDDEN, body.to_string());
+    }
+    let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return too_large(&parts.headers, 64 * 1024);
+    };
+    if let Err(e) = state.gateway.authenticate_own(
+        parts.method.as_str(),
+        parts.uri.path(),
+        parts.uri.query().unwrap_or(""),
+        &parts.headers,
+        &body,
+    ) {
+        return json_error(
+            e.status,
+            String::from_utf8_lossy(&e.json_body()).into_owned(),
+        );
     }
     match state.store.reset().await {
         Ok(()) => {
@@ -222,6 +247,27 @@ async fn reset(State(state): State<AppState>) -> Response {
                 r#"{"reset":false}"#,
             )
                 .into_response()
+        }
+    }
+}
+
+/// Whether a browser sent this request from a page of another origin: `Sec-Fetch-Site` says
+/// so, or `Origin` names another host than the one addressed.
+fn cross_origin(headers: &http::HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site")
+        && site != "same-origin"
+        && site != "none"
+    {
+        return true;
+    }
+    match text("origin") {
+        None => false,
+        Some(origin) => {
+            let host = text("host").unwrap_or_default();
+            origin
+                .split_once("://")
+                .is_none_or(|(_, authority)| !authority.eq_ignore_ascii_case(host))
         }
     }
 }
