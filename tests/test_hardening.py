@@ -291,3 +291,40 @@ def reset_from_page(endpoint):
     SigV4Auth(Credentials("test", "test"), "fleetport", "us-east-1").add_auth(req)
     p = req.prepare()
     return send("POST", p.url, b"", dict(p.headers))
+
+
+def test_input_limits_as_aws_has_them(server):
+    """Item 5: a 65 KiB task definition is refused; text XML cannot carry is refused and never
+    breaks a later describe; a 12-member awsQuery list keeps its order; `member.01` beside
+    `member.1` is refused."""
+    import botocore.exceptions
+    from raw import query_call
+
+    ecs = server.client("ecs")
+    big = [{"name": "a", "image": "busybox", "memory": 64, "environment": [{"name": "PAD", "value": "x" * (65 * 1024)}]}]
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        ecs.register_task_definition(family="big", containerDefinitions=big)
+    assert e.value.response["Error"]["Code"] == "ClientException" and "64 KiB" in e.value.response["Error"]["Message"]
+    assert ecs.list_task_definition_families()["families"] == []
+    small = [{"name": "a", "image": "busybox", "memory": 64, "environment": [{"name": "PAD", "value": "x" * (60 * 1024)}]}]
+    assert ecs.register_task_definition(family="fits", containerDefinitions=small)["taskDefinition"]["revision"] == 1
+
+    elb = server.client("elbv2")
+    lb = elb.create_load_balancer(Name="tags", Subnets=["subnet-a", "subnet-b"])["LoadBalancers"][0]["LoadBalancerArn"]
+    r = query_call(server.endpoint, {"Action": "AddTags", "Version": "2015-12-01", "ResourceArns.member.1": lb,
+                                     "Tags.member.1.Key": "k", "Tags.member.1.Value": "a\x01b"})
+    assert r.status == 400 and b"ValidationError" in r.body, r.text
+    # Every botocore describe still parses afterwards.
+    assert elb.describe_tags(ResourceArns=[lb])["TagDescriptions"][0]["Tags"] == []
+    tgs = [elb.create_target_group(Name=f"tg-{i}", Protocol="HTTP", Port=80, TargetType="ip",
+                                   VpcId="vpc-local")["TargetGroups"][0]["TargetGroupArn"] for i in range(1, 13)]
+    params = {"Action": "DescribeTargetGroups", "Version": "2015-12-01"}
+    params.update({f"TargetGroupArns.member.{i}": arn for i, arn in enumerate(tgs, start=1)})
+    r = query_call(server.endpoint, params)
+    assert r.status == 200
+    import re
+    seen = re.findall(rb"<TargetGroupName>(tg-\d+)</TargetGroupName>", r.body)
+    assert [s.decode() for s in seen] == [f"tg-{i}" for i in range(1, 13)]
+    r = query_call(server.endpoint, {"Action": "DescribeTargetGroups", "Version": "2015-12-01",
+                                     "TargetGroupArns.member.1": tgs[0], "TargetGroupArns.member.01": tgs[1]})
+    assert r.status == 400 and b"ValidationError" in r.body, r.text

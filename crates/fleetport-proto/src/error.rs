@@ -92,6 +92,11 @@ impl AwsError {
 }
 
 /// Escapes text for XML element content and attribute values.
+/// Whether XML 1.0 can carry `c` (its `Char` production).
+pub fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -101,9 +106,9 @@ pub fn xml_escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && c != '\n' && c != '\r' && c != '\t' => {
-                out.push_str(&format!("&#x{:X};", c as u32))
-            }
+            // XML 1.0 cannot carry these even as character references (`&#x1;` makes the
+            // document ill-formed for every parser): stored text that has them shows U+FFFD.
+            c if !xml_char(c) => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::error::xml_escape;
+use crate::error::{xml_char, xml_escape};
 use crate::model::{ServiceModel, ShapeKind};
 use crate::validate::Invalid;
 
@@ -36,6 +36,29 @@ fn has_prefix(params: &Params, prefix: &str) -> bool {
         .range(prefix.to_string()..)
         .next()
         .is_some_and(|(k, _)| k.starts_with(prefix))
+}
+
+/// The member (or entry) numbers under `base` (`Names.member.`), in numeric order: parameters
+/// sort as text, which would put `member.10` before `member.2`. A number must be written
+/// plainly (1, 2, …): `member.01` beside `member.1` would name one member twice.
+fn indices(params: &Params, base: &str) -> Result<Vec<usize>, Invalid> {
+    let mut out = Vec::new();
+    for (k, _) in params
+        .range(base.to_string()..)
+        .take_while(|(k, _)| k.starts_with(base))
+    {
+        let n = k[base.len()..].split('.').next().unwrap_or_default();
+        let plain = !n.is_empty() && !n.starts_with('0') && n.bytes().all(|b| b.is_ascii_digit());
+        let index = n.parse::<usize>().ok().filter(|_| plain).ok_or_else(|| {
+            Invalid::Serialization(format!(
+                "Parameter '{k}' is not valid: list members are numbered 1, 2, 3, …"
+            ))
+        })?;
+        out.push(index);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 fn decode_at(
@@ -82,17 +105,7 @@ fn decode_at(
                 .map(|m| m.shape.as_str())
                 .unwrap_or_default();
             let base = format!("{path}.member.");
-            let mut indices: Vec<usize> = params
-                .range(base.clone()..)
-                .take_while(|(k, _)| k.starts_with(&base))
-                .filter_map(|(k, _)| {
-                    k[base.len()..]
-                        .split('.')
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                })
-                .collect();
-            indices.dedup();
+            let indices = indices(params, &base)?;
             if indices.is_empty() {
                 // An empty list goes on the wire as the bare key with an empty value.
                 return Ok(params.get(path).map(|_| Value::Array(Vec::new())));
@@ -110,17 +123,7 @@ fn decode_at(
         }
         ShapeKind::Map => {
             let base = format!("{path}.entry.");
-            let mut indices: Vec<usize> = params
-                .range(base.clone()..)
-                .take_while(|(k, _)| k.starts_with(&base))
-                .filter_map(|(k, _)| {
-                    k[base.len()..]
-                        .split('.')
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                })
-                .collect();
-            indices.dedup();
+            let indices = indices(params, &base)?;
             if indices.is_empty() {
                 return Ok(None);
             }
@@ -176,7 +179,15 @@ fn decode_at(
                         .map_err(|_| bad(path, "an ISO-8601 timestamp"))?;
                     Value::from(ts.as_millisecond() as f64 / 1000.0)
                 }
-                _ => Value::String(raw.clone()),
+                _ => {
+                    if !raw.chars().all(xml_char) {
+                        return Err(bad(
+                            path,
+                            "text without control characters other than tab, line feed and carriage return",
+                        ));
+                    }
+                    Value::String(raw.clone())
+                }
             };
             Ok(Some(v))
         }
@@ -296,6 +307,50 @@ mod tests {
         let p = parse_form(b"LoadBalancerArn=a&SecurityGroups=");
         let v = decode(elbv2(), &input("SetSecurityGroups"), &p).unwrap();
         assert_eq!(v["SecurityGroups"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn list_members_keep_their_numeric_order() {
+        let form: String = (1..=12)
+            .map(|i| format!("Names.member.{i}=n{i}&"))
+            .collect();
+        let v = decode(
+            elbv2(),
+            &input("DescribeLoadBalancers"),
+            &parse_form(form.as_bytes()),
+        )
+        .unwrap();
+        let names: Vec<&str> = v["Names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        let want: Vec<String> = (1..=12).map(|i| format!("n{i}")).collect();
+        assert_eq!(names, want);
+        for bad in [
+            "Names.member.01=a&Names.member.1=b",
+            "Names.member.0=a",
+            "Names.member.x=a",
+        ] {
+            assert!(
+                decode(
+                    elbv2(),
+                    &input("DescribeLoadBalancers"),
+                    &parse_form(bad.as_bytes())
+                )
+                .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn text_xml_cannot_carry_is_refused_and_never_written() {
+        let p =
+            parse_form(b"ResourceArns.member.1=arn&Tags.member.1.Key=k&Tags.member.1.Value=a%01b");
+        assert!(decode(elbv2(), &input("AddTags"), &p).is_err());
+        assert_eq!(xml_escape("a\u{1}b\tc"), "a\u{FFFD}b\tc");
     }
 
     #[test]

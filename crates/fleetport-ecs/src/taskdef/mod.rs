@@ -40,6 +40,9 @@ enum Reference {
     Revision(String, u64),
 }
 
+/// The largest task definition ECS registers, in JSON (its service quota: 64 KiB).
+pub const MAX_TASK_DEFINITION_BYTES: usize = 64 * 1024;
+
 impl Ecs {
     fn parse_reference(&self, reference: &str) -> Option<Reference> {
         let rest = if reference.starts_with("arn:") {
@@ -83,6 +86,12 @@ impl Ecs {
         ctx: &RequestContext,
         input: Value,
     ) -> EcsResult<Value> {
+        let size = serde_json::to_vec(&input).map_or(usize::MAX, |v| v.len());
+        if size > MAX_TASK_DEFINITION_BYTES {
+            return Err(crate::error::client(format!(
+                "Task definition size ({size} bytes) exceeds the maximum of {MAX_TASK_DEFINITION_BYTES} bytes (64 KiB) in JSON."
+            )));
+        }
         let mut td = rules::normalize(&input)?;
         let new_tags = tags::parse(&input, "tags")?;
         let family = td
