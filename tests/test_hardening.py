@@ -328,3 +328,41 @@ def test_input_limits_as_aws_has_them(server):
     r = query_call(server.endpoint, {"Action": "DescribeTargetGroups", "Version": "2015-12-01",
                                      "TargetGroupArns.member.1": tgs[0], "TargetGroupArns.member.01": tgs[1]})
     assert r.status == 400 and b"ValidationError" in r.body, r.text
+
+
+def test_agent_restart_keeps_its_instance_status_and_never_revives_one(server, tmp_path):
+    """Item 7: drain, restart the agent: still DRAINING. Deregister, restart: the agent refuses to
+    come back as that instance (and says why), and the instance stays INACTIVE. The identity file
+    is written atomically (no temporary file left) and is private."""
+    import os
+    import signal
+    import stat
+    from test_ecs_tasks import Agent
+
+    ecs = server.client("ecs")
+    ecs.create_cluster(clusterName="hard")
+    state = str(tmp_path / "agent")
+    a = Agent(server, "hard", state)
+    try:
+        ecs.update_container_instances_state(cluster="hard", containerInstances=[a.arn], status="DRAINING")
+        a.stop(signal.SIGKILL)
+        b = Agent(server, "hard", state)
+        assert b.arn == a.arn
+        d = ecs.describe_container_instances(cluster="hard", containerInstances=[a.arn])["containerInstances"][0]
+        assert d["status"] == "DRAINING" and d["agentConnected"]
+        files = os.listdir(state)
+        assert files == ["instance-hard.json"], files
+        assert stat.S_IMODE(os.stat(os.path.join(state, files[0])).st_mode) == 0o600
+        b.stop(signal.SIGKILL)
+        ecs.deregister_container_instance(cluster="hard", containerInstance=a.arn, force=True)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+        from conftest import BIN
+        import subprocess
+        r = subprocess.run([BIN, "agent", "--cluster", "hard", "--endpoint", server.endpoint, "--state-dir", state],
+                           capture_output=True, text=True, env=env, timeout=30)
+        assert r.returncode != 0 and "deregistered" in r.stderr, r.stderr
+        d = ecs.describe_container_instances(cluster="hard", containerInstances=[a.arn])["containerInstances"][0]
+        assert d["status"] == "INACTIVE"
+        assert ecs.list_container_instances(cluster="hard")["containerInstanceArns"] == []
+    finally:
+        a.stop(signal.SIGKILL)

@@ -1,5 +1,9 @@
 //! A minimal awsJson1.1 client for the agent: SigV4-signed POSTs to the control plane with the
-//! credentials from the agent's environment, exactly as any AWS SDK would send them.
+//! credentials from the agent's environment, exactly as any AWS SDK would send them. Connections
+//! are kept alive (with TCP keepalive, so a vanished control plane is noticed), connecting has a
+//! timeout, and so does every request.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use fleetport_proto::sigv4::Signer;
@@ -17,10 +21,34 @@ pub const AGENT: &str = "FleetportAgentV20261124";
 pub enum ClientError {
     /// The control plane answered with an AWS error.
     #[error("{code}: {message}")]
-    Api { code: String, message: String },
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("cannot reach the control plane: {0}")]
     Transport(String),
 }
+
+impl ClientError {
+    /// Whether the same call may succeed later: the control plane was unreachable, failed
+    /// (5xx) or throttled. A refusal of the request itself (4xx) will not change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Transport(_) => true,
+            Self::Api { status, code, .. } => {
+                *status >= 500 || code == "ThrottlingException" || code == "RequestTimeoutException"
+            }
+        }
+    }
+}
+
+/// Connecting to the control plane gives up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// No call takes longer than this (long polls wait 20 s on the server).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// TCP keepalive on control-plane connections, and how long an idle one is kept.
+const KEEPALIVE: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct ApiClient {
@@ -64,8 +92,14 @@ impl ApiClient {
             region: region.to_string(),
             service: service.to_string(),
         };
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_keepalive(Some(KEEPALIVE));
+        connector.set_nodelay(true);
         Ok(Self {
-            http: Client::builder(TokioExecutor::new()).build_http(),
+            http: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(KEEPALIVE)
+                .build(connector),
             endpoint,
             host,
             ecs: signer("ecs"),
@@ -114,18 +148,24 @@ impl ApiClient {
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let resp = self
-            .http
-            .request(req)
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?
+                .to_bytes();
+            Ok::<_, ClientError>((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?
-            .to_bytes();
+            .map_err(|_| ClientError::Transport(format!("no answer in {REQUEST_TIMEOUT:?}")))??;
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(v);
@@ -141,6 +181,10 @@ impl ApiClient {
             .and_then(Value::as_str)
             .unwrap_or("")
             .to_string();
-        Err(ClientError::Api { code, message })
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code,
+            message,
+        })
     }
 }

@@ -103,26 +103,42 @@ impl Ctx {
     }
 
     pub(crate) async fn submit(&self, input: Value) {
-        // A report that cannot be delivered is retried: the control plane is the record.
-        for attempt in 0..20u64 {
-            match self
-                .api
-                .call(client::ECS, "SubmitTaskStateChange", &input)
-                .await
-            {
-                Ok(_) => return,
-                Err(ClientError::Api { code, message }) => {
-                    tracing::warn!(%code, %message, "task state change refused");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, "task state change not delivered; retrying");
-                    tokio::time::sleep(Duration::from_millis(250 * (attempt + 1))).await;
-                }
+        self.deliver("SubmitTaskStateChange", &input).await;
+    }
+
+    pub(crate) async fn deliver(&self, operation: &str, input: &Value) -> bool {
+        deliver(&self.api, operation, input, Duration::from_millis(250)).await
+    }
+}
+
+/// Sends a report until it is delivered: the control plane is the record, so a report lost to
+/// a restart or an outage would leave it wrong. Only a refusal (4xx) ends the attempts.
+async fn deliver(api: &ApiClient, operation: &str, input: &Value, first_wait: Duration) -> bool {
+    let mut wait = first_wait;
+    let mut attempt = 0u64;
+    loop {
+        match api.call(client::ECS, operation, input).await {
+            Ok(_) => return true,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, attempt, operation, "report not delivered; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(MAX_RETRY_WAIT);
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, operation, "report refused");
+                return false;
             }
         }
     }
 }
+
+/// The longest pause between two attempts at delivering a report.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+
+/// Even while nothing changes, the agent asks for its whole assignment this often (instead of
+/// waiting on a generation), so a missed wake-up or a lost change cannot last.
+const RESYNC_EVERY: Duration = Duration::from_secs(300);
 
 pub struct Agent {
     ctx: Arc<Ctx>,
@@ -217,9 +233,11 @@ impl Agent {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        std::fs::write(
+        // Atomic: a crash mid-write must not leave an identity the next start cannot read (it
+        // would register a second instance for the same host).
+        fleetport_store::datadir::write_atomic(
             &state_file,
-            json!({"containerInstanceArn": arn}).to_string(),
+            json!({"containerInstanceArn": arn}).to_string().as_bytes(),
         )?;
         let instance_id = arn.rsplit('/').next().unwrap_or_default().to_string();
         tracing::info!(instance = %arn, cluster = %cfg.cluster, "container instance registered");
@@ -279,12 +297,17 @@ impl Agent {
         let mut adopted = self.adoptable().await?;
         let mut generation: Option<u64> = None;
         let mut sweeper: Option<AbortOnDrop> = None;
+        let mut synced_at = tokio::time::Instant::now();
         loop {
             let mut input = json!({
                 "cluster": self.ctx.cfg.cluster,
                 "containerInstance": self.ctx.instance_arn,
                 "waitSeconds": 20,
             });
+            if synced_at.elapsed() >= RESYNC_EVERY {
+                generation = None;
+                synced_at = tokio::time::Instant::now();
+            }
             if let (Some(g), Value::Object(o)) = (generation, &mut input) {
                 o.insert("generation".into(), json!(g));
             }
@@ -430,5 +453,70 @@ async fn remove_stopped_containers(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A control plane that answers each connection's request with the next of `statuses`.
+    async fn flaky(statuses: Vec<u16>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            for status in statuses {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = if status == 200 {
+                    "{}"
+                } else {
+                    r#"{"__type":"X","message":"m"}"#
+                };
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    #[tokio::test]
+    async fn reports_are_retried_through_server_errors_until_delivered() {
+        let (endpoint, seen) = flaky(vec![500, 503, 200]).await;
+        let api = ApiClient::new(&endpoint, "us-east-1", "k", "s").unwrap();
+        assert!(
+            deliver(
+                &api,
+                "SubmitTaskStateChange",
+                &json!({}),
+                Duration::from_millis(1)
+            )
+            .await
+        );
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_refused_report_is_not_retried() {
+        let (endpoint, seen) = flaky(vec![400, 200]).await;
+        let api = ApiClient::new(&endpoint, "us-east-1", "k", "s").unwrap();
+        assert!(
+            !deliver(
+                &api,
+                "SubmitTaskStateChange",
+                &json!({}),
+                Duration::from_millis(1)
+            )
+            .await
+        );
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -530,13 +530,24 @@ async fn watch_task(r: &Runner, stop: &mut watch::Receiver<bool>) {
                 for (name, s) in r.states().await {
                     let h = health_of(&s);
                     if last_health.get(&name) != Some(&h) {
-                        last_health.insert(name.clone(), h);
                         let mut c = report_of(&name, &s);
                         if let Value::Object(o) = &mut c {
                             o.insert("cluster".into(), json!(r.cluster));
                             o.insert("task".into(), json!(r.task_arn));
                         }
-                        let _ = r.ctx.api.call(client::ECS, "SubmitContainerStateChange", &c).await;
+                        // Noted as sent only once delivered; otherwise the next tick tries again.
+                        match r.ctx.api.call(client::ECS, "SubmitContainerStateChange", &c).await {
+                            Ok(_) => {
+                                last_health.insert(name.clone(), h);
+                            }
+                            Err(e) if e.is_transient() => {
+                                tracing::debug!(error = %e, "health report not delivered; retrying");
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "health report refused");
+                                last_health.insert(name.clone(), h);
+                            }
+                        }
                     }
                 }
             }

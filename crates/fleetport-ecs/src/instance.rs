@@ -219,8 +219,21 @@ impl Ecs {
                 "containerInstanceArn is not a container instance ARN of this cluster.",
             ));
         }
+        // An ARN this cluster does not know (its state was reset) gets a new identity: only a
+        // known instance is re-registered.
+        let known = match &existing {
+            Some(id) => {
+                let key = format!("{}/{id}", cluster.name);
+                crate::error::read(&*self.store, |txn| {
+                    txn.get_json::<InstanceRecord>(INSTANCES, &key)
+                        .map(|r| r.is_some())
+                        .map_err(crate::error::store)
+                })?
+            }
+            None => false,
+        };
         let id = existing
-            .clone()
+            .filter(|_| known)
             .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let arn = self
             .scope
@@ -258,11 +271,20 @@ impl Ecs {
         };
         let rec = crate::error::write(&*self.store, move |txn| {
             let mut rec = rec;
-            // Re-registration keeps identity and registration time.
+            // Re-registration (an agent restarting) keeps identity, registration time and the
+            // status an operator set: a DRAINING instance stays DRAINING. A deregistered one is
+            // gone for good, as on ECS: its agent must register afresh.
             if let Some(old) = txn.get_json::<InstanceRecord>(INSTANCES, &key)? {
+                if old.status == "INACTIVE" {
+                    return Err(Abort::Domain(invalid(format!(
+                        "Container instance {} was deregistered and cannot register again; remove the agent's state to register a new instance.",
+                        old.arn
+                    ))));
+                }
                 rec.registered_at = old.registered_at;
                 rec.version = old.version + 1;
                 rec.ec2_instance_id = old.ec2_instance_id;
+                rec.status = old.status;
             }
             txn.put_json(INSTANCES, &key, &rec)?;
             Ok::<_, Abort<_>>(rec)
