@@ -366,3 +366,79 @@ def test_agent_restart_keeps_its_instance_status_and_never_revives_one(server, t
         assert ecs.list_container_instances(cluster="hard")["containerInstanceArns"] == []
     finally:
         a.stop(signal.SIGKILL)
+
+
+def test_the_registry_scopes_blobs_to_repositories(server):
+    """Item 6: a blob is reachable only through a repository that holds it; mount honours
+    `from`; a manifest may name only its repository's blobs; Content-Range is validated; a
+    cancelled upload leaves no session and no file."""
+    import base64
+    import hashlib
+    import json
+    import os
+    from test_registry import basic
+
+    ecr = server.client("ecr")
+    for name in ("alpha", "beta"):
+        ecr.create_repository(repositoryName=name)
+    token = base64.b64decode(ecr.get_authorization_token()["authorizationData"][0]["authorizationToken"]).decode()
+    h = basic(*token.split(":"))
+    e = server.endpoint
+    secret = b"only alpha has this layer"
+    d = "sha256:" + hashlib.sha256(secret).hexdigest()
+    assert send("POST", f"{e}/v2/alpha/blobs/uploads/?digest={d}", secret, h).status == 201
+    assert send("GET", f"{e}/v2/alpha/blobs/{d}", headers=h).body == secret
+    r = send("GET", f"{e}/v2/beta/blobs/{d}", headers=h)
+    assert r.status == 404 and r.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+    assert send("HEAD", f"{e}/v2/beta/blobs/{d}", headers=h).status == 404
+    assert ecr.batch_check_layer_availability(repositoryName="beta", layerDigests=[d])["failures"][0]["failureCode"] == "MissingLayerDigest"
+    # A manifest in beta naming alpha's blob is refused.
+    config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}'
+    cd = "sha256:" + hashlib.sha256(config).hexdigest()
+    assert send("POST", f"{e}/v2/beta/blobs/uploads/?digest={cd}", config, h).status == 201
+    manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": len(config)},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": 99999999999}]}).encode()
+    mh = dict(h, **{"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+    r = send("PUT", f"{e}/v2/beta/manifests/v1", manifest, mh)
+    assert r.status == 400 and r.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+    # Mount without `from`, or from a repository without the blob: a plain upload starts instead.
+    assert send("POST", f"{e}/v2/beta/blobs/uploads/?mount={d}", b"", h).status == 202
+    assert send("POST", f"{e}/v2/beta/blobs/uploads/?mount={d}&from=beta", b"", h).status == 202
+    assert send("POST", f"{e}/v2/beta/blobs/uploads/?mount={d}&from=alpha", b"", h).status == 201
+    assert send("GET", f"{e}/v2/beta/blobs/{d}", headers=h).body == secret
+    assert send("PUT", f"{e}/v2/beta/manifests/v1", manifest, mh).status == 201
+    # The size reported is the stored one, not the manifest's claim.
+    img = ecr.describe_images(repositoryName="beta")["imageDetails"][0]
+    assert img["imageSizeInBytes"] == len(secret)
+    # Content-Range must be a well-formed range matching the body.
+    r = send("POST", f"{e}/v2/beta/blobs/uploads/", b"", h)
+    loc = e + r.headers["location"]
+    for bad in ("abc", "5-2", "0-", "0-99"):
+        r = send("PATCH", loc, b"hello", dict(h, **{"Content-Range": bad, "Content-Type": "application/octet-stream"}))
+        assert r.status == 400 and r.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID", bad
+    # A chunk whose request is abandoned mid-body: the session is never left Busy. Either it was
+    # discarded with its file, or it kept what arrived and takes the rest.
+    r = send("POST", f"{e}/v2/beta/blobs/uploads/", b"", h)
+    path = r.headers["location"]
+    session = path.rsplit("/", 1)[1]
+    uploads = os.path.join(server.data_dir, "registry", "uploads")
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        head = "".join(f"{k}: {v}\r\n" for k, v in h.items())
+        s.sendall(f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}Content-Type: application/octet-stream\r\n"
+                  f"Content-Length: 1000000\r\n\r\n".encode() + b"x" * 1000)
+        time.sleep(0.5)
+    time.sleep(0.5)
+    r = send("GET", e + path, headers=h)
+    if r.status == 404:
+        assert session not in os.listdir(uploads)
+    else:
+        assert r.status == 204
+        got = int(r.headers["range"].split("-")[1]) + 1
+        rest = b"x" * (2000 - got)
+        r = send("PATCH", e + path, rest, dict(h, **{"Content-Range": f"{got}-{1999}",
+                                                      "Content-Type": "application/octet-stream"}))
+        assert r.status == 202, r.text
+        blob = "sha256:" + hashlib.sha256(b"x" * 2000).hexdigest()
+        assert send("PUT", e + path + "?digest=" + blob, b"", h).status == 201
+        assert session not in os.listdir(uploads)

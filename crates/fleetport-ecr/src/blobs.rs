@@ -25,6 +25,10 @@ pub enum BlobError {
     OutOfOrder { expected: u64 },
     #[error("the client stopped sending the body: {0}")]
     ClientAborted(String),
+    #[error("too many uploads in progress (at most {0}); finish or cancel some first")]
+    TooManyUploads(usize),
+    #[error("uploads in progress would hold more than {0} bytes")]
+    UploadsTooLarge(u64),
     #[error("storage: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -42,6 +46,59 @@ pub struct FsBlobs {
     root: PathBuf,
     sessions: Mutex<HashMap<String, SessionHandle>>,
     upload_ttl: std::time::Duration,
+    limits: UploadLimits,
+    /// Bytes written by sessions still open (their files in `uploads/`).
+    pending: std::sync::atomic::AtomicU64,
+}
+
+/// How many upload sessions may be open at once, and how many bytes they may hold together.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    pub sessions: usize,
+    pub bytes: u64,
+}
+
+impl Default for UploadLimits {
+    fn default() -> Self {
+        Self {
+            sessions: 1024,
+            bytes: 64 << 30,
+        }
+    }
+}
+
+/// A session taken out of the map for one request. Dropped without being handed back (the
+/// request was cancelled mid-body, or failed), it discards the session and its file: the hash
+/// state may no longer match the file, and a `Busy` entry would block the session forever.
+struct Lease<'a> {
+    blobs: &'a FsBlobs,
+    id: String,
+    session: Option<Box<Session>>,
+}
+
+impl Lease<'_> {
+    fn session(&mut self) -> &mut Session {
+        // Present from creation until `put_back` or `into_inner`, which consume the lease.
+        self.session.as_mut().unwrap_or_else(|| unreachable!())
+    }
+
+    fn put_back(mut self) {
+        if let Some(s) = self.session.take() {
+            self.blobs.put_back(&self.id, s);
+        }
+    }
+
+    fn into_inner(mut self) -> Box<Session> {
+        self.session.take().unwrap_or_else(|| unreachable!())
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.blobs.discard(&self.id, s.written);
+        }
+    }
 }
 
 /// A session is moved out of the map while a chunk is being written, so two requests can never
@@ -86,7 +143,31 @@ impl FsBlobs {
             root: root.to_path_buf(),
             sessions: Mutex::new(HashMap::new()),
             upload_ttl,
+            limits: UploadLimits::default(),
+            pending: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Sets the bounds on open upload sessions.
+    pub fn with_limits(mut self, limits: UploadLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Forgets a session and deletes its file.
+    fn discard(&self, id: &str, written: u64) {
+        self.sessions.lock().remove(id);
+        self.pending
+            .fetch_sub(written, std::sync::atomic::Ordering::Relaxed);
+        let _ = std::fs::remove_file(self.upload_path(id));
+    }
+
+    /// Open sessions, and bytes they hold.
+    pub fn uploads_in_progress(&self) -> (usize, u64) {
+        (
+            self.sessions.lock().len(),
+            self.pending.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     pub fn path(&self, digest: &str) -> Option<PathBuf> {
@@ -108,6 +189,12 @@ impl FsBlobs {
     }
 
     pub async fn start(&self, repository: &str) -> Result<String, BlobError> {
+        if self.sessions.lock().len() >= self.limits.sessions {
+            self.expire_sessions();
+            if self.sessions.lock().len() >= self.limits.sessions {
+                return Err(BlobError::TooManyUploads(self.limits.sessions));
+            }
+        }
         let id = uuid::Uuid::new_v4().to_string();
         tokio::fs::File::create(self.upload_path(&id)).await?;
         let s = Session {
@@ -126,7 +213,10 @@ impl FsBlobs {
     fn expire(&self, map: &mut HashMap<String, SessionHandle>, id: &str) -> bool {
         let stale = matches!(map.get(id), Some(SessionHandle::Idle(s)) if s.touched.elapsed() > self.upload_ttl);
         if stale {
-            map.remove(id);
+            if let Some(SessionHandle::Idle(s)) = map.remove(id) {
+                self.pending
+                    .fetch_sub(s.written, std::sync::atomic::Ordering::Relaxed);
+            }
             let _ = std::fs::remove_file(self.upload_path(id));
         }
         stale
@@ -139,7 +229,7 @@ impl FsBlobs {
         ids.iter().filter(|id| self.expire(&mut map, id)).count()
     }
 
-    fn take(&self, id: &str, repository: &str) -> Result<Box<Session>, BlobError> {
+    fn take(&self, id: &str, repository: &str) -> Result<Lease<'_>, BlobError> {
         let mut map = self.sessions.lock();
         if self.expire(&mut map, id) {
             return Err(BlobError::UploadExpired);
@@ -161,7 +251,11 @@ impl FsBlobs {
                         written: s.written,
                     },
                 );
-                Ok(s)
+                Ok(Lease {
+                    blobs: self,
+                    id: id.to_string(),
+                    session: Some(s),
+                })
             }
             _ => Err(BlobError::UploadUnknown),
         }
@@ -204,12 +298,12 @@ impl FsBlobs {
         E: std::fmt::Display,
     {
         use futures_util::StreamExt;
-        let mut s = self.take(id, repository)?;
+        let mut lease = self.take(id, repository)?;
         if let Some(start) = start
-            && start != s.written
+            && start != lease.session().written
         {
-            let expected = s.written;
-            self.put_back(id, s);
+            let expected = lease.session().written;
+            lease.put_back();
             return Err(BlobError::OutOfOrder { expected });
         }
         let file = match tokio::fs::OpenOptions::new()
@@ -219,7 +313,7 @@ impl FsBlobs {
         {
             Ok(f) => f,
             Err(e) => {
-                self.put_back(id, s);
+                lease.put_back();
                 return Err(e.into());
             }
         };
@@ -236,22 +330,36 @@ impl FsBlobs {
                     break;
                 }
             };
+            let n = chunk.len() as u64;
+            let before = self
+                .pending
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            if before + n > self.limits.bytes {
+                self.pending
+                    .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+                broken = true;
+                received = Err(BlobError::UploadsTooLarge(self.limits.bytes));
+                break;
+            }
             if let Err(e) = file.write_all(&chunk).await {
+                self.pending
+                    .fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
                 broken = true;
                 received = Err(e.into());
                 break;
             }
+            let s = lease.session();
             s.hasher.update(&chunk);
-            s.written += chunk.len() as u64;
+            s.written += n;
         }
-        // Everything counted in the hash must be in the file, or the session no longer matches it.
+        // Everything counted in the hash must be in the file, or the session no longer matches
+        // it: dropping the lease discards both.
         if broken || file.flush().await.is_err() {
-            self.sessions.lock().remove(id);
-            let _ = tokio::fs::remove_file(self.upload_path(id)).await;
+            drop(lease);
             return Err(received.err().unwrap_or(BlobError::UploadUnknown));
         }
-        let written = s.written;
-        self.put_back(id, s);
+        let written = lease.session().written;
+        lease.put_back();
         received.map(|()| written)
     }
 
@@ -259,9 +367,13 @@ impl FsBlobs {
     /// session is discarded and nothing becomes visible.
     pub async fn finish(&self, id: &str, repository: &str, digest: &str) -> Result<u64, BlobError> {
         let target = self.path(digest).ok_or(BlobError::BadDigest)?;
-        let s = self.take(id, repository)?;
+        let s = self.take(id, repository)?.into_inner();
         self.sessions.lock().remove(id);
+        self.pending
+            .fetch_sub(s.written, std::sync::atomic::Ordering::Relaxed);
         let upload = self.upload_path(id);
+        // Until renamed, the file is removed if this request is cancelled.
+        let mut leftover = RemoveOnDrop(Some(upload.clone()));
         let actual = format!("sha256:{}", hex::encode(s.hasher.finalize()));
         if actual != digest {
             let _ = tokio::fs::remove_file(&upload).await;
@@ -275,6 +387,7 @@ impl FsBlobs {
         drop(file);
         // Concurrent pushes of one blob are safe: both files hold the same bytes; the rename is atomic.
         tokio::fs::rename(&upload, &target).await?;
+        leftover.0 = None;
         if let Some(dir) = target.parent()
             && let Ok(d) = tokio::fs::File::open(dir).await
         {
@@ -284,10 +397,20 @@ impl FsBlobs {
     }
 
     pub async fn cancel(&self, id: &str, repository: &str) -> Result<(), BlobError> {
-        let _ = self.take(id, repository)?;
-        self.sessions.lock().remove(id);
-        let _ = tokio::fs::remove_file(self.upload_path(id)).await;
+        // Dropping the lease discards the session and its file.
+        drop(self.take(id, repository)?);
         Ok(())
+    }
+}
+
+/// Deletes a file when dropped, unless disarmed (its path taken out).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -314,5 +437,66 @@ impl FsBlobs {
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         std::fs::remove_file(path)?;
         Ok(size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn store() -> (tempfile::TempDir, FsBlobs) {
+        let d = tempfile::tempdir().unwrap();
+        let b = FsBlobs::open(d.path(), std::time::Duration::from_secs(60)).unwrap();
+        (d, b)
+    }
+
+    fn files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("uploads")).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_chunk_discards_its_session_and_file() {
+        let (d, b) = store();
+        let id = b.start("r").await.unwrap();
+        // A body that sends one chunk and then never ends: the request is dropped mid-body.
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
+            bytes::Bytes::from_static(b"abc"),
+        )])
+        .chain(futures_util::stream::pending());
+        let append = b.append(&id, "r", None, Box::pin(body));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), append)
+                .await
+                .is_err()
+        );
+        assert!(matches!(b.offset(&id, "r"), Err(BlobError::UploadUnknown)));
+        assert_eq!(files(d.path()), 0);
+        assert_eq!(b.uploads_in_progress(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn sessions_are_bounded_in_number_and_bytes() {
+        let (_d, b) = store();
+        let b = b.with_limits(UploadLimits {
+            sessions: 2,
+            bytes: 4,
+        });
+        let one = b.start("r").await.unwrap();
+        b.start("r").await.unwrap();
+        assert!(matches!(
+            b.start("r").await,
+            Err(BlobError::TooManyUploads(2))
+        ));
+        let chunk = |s: &'static [u8]| {
+            futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(s))])
+        };
+        assert_eq!(b.append(&one, "r", None, chunk(b"abc")).await.unwrap(), 3);
+        assert!(matches!(
+            b.append(&one, "r", None, chunk(b"de")).await,
+            Err(BlobError::UploadsTooLarge(4))
+        ));
+        assert_eq!(b.uploads_in_progress(), (1, 0));
+        b.cancel(&one, "r").await.unwrap_err();
     }
 }

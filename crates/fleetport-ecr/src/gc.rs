@@ -59,8 +59,16 @@ impl Ecr {
             .checked_sub(grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut out = Collected::default();
+        let cutoff_secs = cutoff
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         for (digest, modified) in blobs {
             if refs.contains(&digest) || modified > cutoff {
+                continue;
+            }
+            // Released in the store first: a manifest committing meanwhile either marked the
+            // blob used (then it stays) or finds it released and is refused.
+            if !self.release_blob(&digest, cutoff_secs) {
                 continue;
             }
             match self.blobs.remove(&digest) {
@@ -81,6 +89,28 @@ impl Ecr {
             );
         }
         Ok(out)
+    }
+
+    /// Deletes the records of `digest` unless one was used after `cutoff`; true when the blob
+    /// may go. Runs on the collector's blocking thread, so it waits on the write here.
+    fn release_blob(&self, digest: &str, cutoff: f64) -> bool {
+        let d = digest.to_string();
+        let store = self.store.clone();
+        let handle = tokio::runtime::Handle::try_current();
+        let job = async move {
+            fleetport_store::write(&*store, move |txn| {
+                crate::holds::release(txn, &d, cutoff).map_err(fleetport_store::Abort::Store)
+            })
+            .await
+        };
+        let released: Result<bool, fleetport_store::StoreError> = match handle {
+            Ok(h) => h.block_on(job),
+            Err(_) => return false,
+        };
+        released.unwrap_or_else(|e| {
+            tracing::warn!(digest, error = %e, "could not release a blob");
+            false
+        })
     }
 
     /// Runs [`Self::collect_garbage`] every `interval` until the task is dropped.

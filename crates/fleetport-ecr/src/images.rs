@@ -445,7 +445,11 @@ impl Ecr {
                 failures.push(json!({"layerDigest": d, "failureCode": "InvalidLayerDigest", "failureReason": "Invalid layer digest"}));
                 continue;
             }
-            match self.blobs.size(d).await {
+            let size = match self.holds(&name, d) {
+                true => self.blobs.size(d).await,
+                false => None,
+            };
+            match size {
                 Some(size) => layers.push(json!({"layerDigest": d, "layerAvailability": "AVAILABLE", "layerSize": size})),
                 None => failures.push(json!({"layerDigest": d, "failureCode": "MissingLayerDigest", "failureReason": "Requested layer not found"})),
             }

@@ -26,11 +26,12 @@ impl Ecr {
         self.find_repository(&name)
             .map_err(crate::repo::ecr_store_error)?
             .ok_or_else(|| crate::repo::repo_not_found(&name, &self.scope.account))?;
-        let id = self
-            .blobs
-            .start(&name)
-            .await
-            .map_err(|_| AwsError::internal())?;
+        let id = self.blobs.start(&name).await.map_err(|e| match e {
+            BlobError::TooManyUploads(_) => {
+                AwsError::client("LimitExceededException", e.to_string())
+            }
+            _ => AwsError::internal(),
+        })?;
         Ok(json!({"uploadId": id, "partSize": PART_SIZE}))
     }
 
@@ -88,6 +89,9 @@ impl Ecr {
                 "The part must start at byte {offset}, not {first}."
             ))),
             Err(BlobError::UploadUnknown) => Err(upload_not_found(&id)),
+            Err(e @ BlobError::UploadsTooLarge(_)) => {
+                Err(AwsError::client("LimitExceededException", e.to_string()))
+            }
             Err(_) => Err(AwsError::internal()),
         }
     }
@@ -112,14 +116,16 @@ impl Ecr {
                 format!("The upload with id '{id}' contains no data."),
             ));
         }
-        if self.blobs.size(digest).await.is_some() {
+        if self.holds(&name, digest) {
             let _ = self.blobs.cancel(&id, &name).await;
             return Err(AwsError::client(
                 "LayerAlreadyExistsException",
                 format!("The layer '{digest}' already exists in the repository."),
             ));
         }
-        match self.blobs.finish(&id, &name, digest).await {
+        // Verified against the uploaded bytes even when another repository has the blob: only
+        // then does this repository hold it.
+        match self.finish_upload(&id, &name, digest).await {
             Ok(_) => Ok(
                 json!({"registryId": self.scope.account, "repositoryName": name, "uploadId": id, "layerDigest": digest}),
             ),

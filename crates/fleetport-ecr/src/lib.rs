@@ -5,6 +5,7 @@
 
 pub mod blobs;
 pub mod gc;
+mod holds;
 pub mod images;
 pub mod layers;
 pub mod lifecycle;

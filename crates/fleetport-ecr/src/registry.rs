@@ -379,7 +379,7 @@ impl Ecr {
                 }
                 match method {
                     Method::GET | Method::HEAD => {
-                        self.get_blob(digest, method == Method::HEAD, &parts.headers)
+                        self.get_blob(name, digest, method == Method::HEAD, &parts.headers)
                             .await
                     }
                     _ => error(
@@ -540,7 +540,13 @@ impl Ecr {
         }
     }
 
-    async fn get_blob(&self, digest: &str, head: bool, headers: &HeaderMap) -> Response {
+    async fn get_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        head: bool,
+        headers: &HeaderMap,
+    ) -> Response {
         if parse_digest(digest).is_none() {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -548,7 +554,12 @@ impl Ecr {
                 "The digest is not a valid sha256 digest.",
             );
         }
-        let Some(size) = self.blobs.size(digest).await else {
+        // Served only through a repository that holds it.
+        let size = match self.holds_and_touch(repository, digest).await {
+            true => self.blobs.size(digest).await,
+            false => None,
+        };
+        let Some(size) = size else {
             return error(
                 StatusCode::NOT_FOUND,
                 "BLOB_UNKNOWN",
@@ -632,10 +643,23 @@ impl Ecr {
         };
         match (method, id) {
             (&Method::POST, None) => {
+                // A mount needs `from`, a repository that holds the blob; otherwise the request
+                // becomes a plain upload, as the distribution spec says.
                 if let Some(mount) = query_param(query, "mount")
-                    && self.blobs.size(&mount).await.is_some()
+                    && parse_digest(&mount).is_some()
                 {
-                    return created(&mount);
+                    let from = query_param(query, "from").unwrap_or_default();
+                    let linked = if from == name {
+                        self.holds(name, &mount)
+                    } else {
+                        valid_name(&from)
+                            && self.repository(&from).is_ok()
+                            && self.holds(&from, &mount)
+                            && self.link_blob(name, &mount).await.is_ok()
+                    };
+                    if linked && self.blobs.size(&mount).await.is_some() {
+                        return created(&mount);
+                    }
                 }
                 let id = match self.blobs.start(name).await {
                     Ok(id) => id,
@@ -651,7 +675,7 @@ impl Ecr {
                         let _ = self.blobs.cancel(&id, name).await;
                         return blob_error(e);
                     }
-                    return match self.blobs.finish(&id, name, &digest).await {
+                    return match self.finish_upload(&id, name, &digest).await {
                         Ok(_) => created(&digest),
                         Err(e) => blob_error(e),
                     };
@@ -659,15 +683,19 @@ impl Ecr {
                 accepted(&id, 0)
             }
             (&Method::PATCH, Some(id)) => {
-                let start = headers
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|r| {
-                        r.trim_start_matches("bytes ")
-                            .split('-')
-                            .next()
-                            .and_then(|s| s.trim().parse::<u64>().ok())
-                    });
+                let start = match headers.get(header::CONTENT_RANGE) {
+                    None => None,
+                    Some(v) => match chunk_range(v, headers) {
+                        Some(start) => Some(start),
+                        None => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "BLOB_UPLOAD_INVALID",
+                                "Content-Range must be <start>-<end> (inclusive, end >= start) and match Content-Length.",
+                            );
+                        }
+                    },
+                };
                 match self
                     .blobs
                     .append(id, name, start, body.into_data_stream())
@@ -699,7 +727,7 @@ impl Ecr {
                 {
                     return blob_error(e);
                 }
-                match self.blobs.finish(id, name, &digest).await {
+                match self.finish_upload(id, name, &digest).await {
                     Ok(_) => created(&digest),
                     Err(e) => blob_error(e),
                 }
@@ -722,6 +750,31 @@ impl Ecr {
                 "Method not allowed.",
             ),
         }
+    }
+}
+
+/// The first byte of a chunk from its `Content-Range` (`<start>-<end>`, inclusive, as Docker
+/// sends it, or with a `bytes ` prefix); `None` when malformed or when its length disagrees
+/// with `Content-Length`.
+fn chunk_range(value: &HeaderValue, headers: &HeaderMap) -> Option<u64> {
+    let text = value.to_str().ok()?.trim();
+    let text = text.strip_prefix("bytes ").unwrap_or(text);
+    let (start, end) = text.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(start) || !digits(end) {
+        return None;
+    }
+    let (start, end) = (start.parse::<u64>().ok()?, end.parse::<u64>().ok()?);
+    if end < start {
+        return None;
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(n) if n != end - start + 1 => None,
+        _ => Some(start),
     }
 }
 
@@ -768,6 +821,16 @@ fn blob_error(e: BlobError) -> Response {
                 "the upload body ended early; resume from the reported range",
             )
         }
+        e @ BlobError::TooManyUploads(_) => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOOMANYREQUESTS",
+            &e.to_string(),
+        ),
+        e @ BlobError::UploadsTooLarge(_) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "SIZE_INVALID",
+            &e.to_string(),
+        ),
         BlobError::Io(e) => {
             tracing::error!(error = %e, "blob storage failure");
             error(

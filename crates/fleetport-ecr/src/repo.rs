@@ -222,6 +222,7 @@ impl Ecr {
         // Every blob and child manifest the manifest names must already be in the registry.
         let mut image_size = 0u64;
         let mut blobs: Vec<String> = Vec::new();
+        let mut layers: Vec<String> = Vec::new();
         if let Some(c) = doc
             .get("config")
             .and_then(|c| c.get("digest"))
@@ -237,16 +238,26 @@ impl Ecr {
         {
             if let Some(d) = layer.get("digest").and_then(Value::as_str) {
                 blobs.push(d.to_string());
-                image_size += layer.get("size").and_then(Value::as_u64).unwrap_or(0);
+                layers.push(d.to_string());
             }
         }
+        let unknown = |d: &str| {
+            (
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_BLOB_UNKNOWN",
+                format!("blob unknown to registry: {d}"),
+            )
+        };
         for d in &blobs {
-            if self.blobs.size(d).await.is_none() {
-                return Err((
-                    StatusCode::BAD_REQUEST,
-                    "MANIFEST_BLOB_UNKNOWN",
-                    format!("blob unknown to registry: {d}"),
-                ));
+            if parse_digest(d).is_none() || !self.holds(&repo.name, d) {
+                return Err(unknown(d));
+            }
+            let Some(size) = self.blobs.size(d).await else {
+                return Err(unknown(d));
+            };
+            // The size ECR reports is what is stored, never what a manifest claims.
+            if layers.contains(d) {
+                image_size = image_size.saturating_add(size);
             }
         }
         for child in doc
@@ -287,6 +298,17 @@ impl Ecr {
         };
         let repo = repo.clone();
         let out = fleetport_store::write(&*self.store, move |txn| {
+            // Checked again where it commits: garbage collection may have released a blob since.
+            for d in &blobs {
+                if !crate::holds::held(txn, &repo.name, d)? {
+                    return Err(Abort::Domain(StoreOr((
+                        StatusCode::BAD_REQUEST,
+                        "MANIFEST_BLOB_UNKNOWN",
+                        format!("blob unknown to registry: {d}"),
+                    ))));
+                }
+                crate::holds::link(txn, &repo.name, d)?;
+            }
             let key = format!("{}@{}", repo.name, record.digest);
             if txn.get(MANIFESTS, &key)?.is_none() {
                 txn.put_json(MANIFESTS, &key, &record)?;
@@ -522,6 +544,7 @@ impl Ecr {
             for t in txn.scan(TAGS, &format!("{name}:"), None, usize::MAX)? {
                 txn.delete(TAGS, &t.key)?;
             }
+            crate::holds::unlink_repository(txn, &name)?;
             txn.delete(REPOS, &name)?;
             txn.delete(crate::images::RESOURCE_TAGS, &record.arn)?;
             txn.delete(crate::policy::POLICIES, &name)?;
@@ -590,7 +613,7 @@ mod tests {
         )]);
         ecr.blobs.append(&id, "plat", None, body).await.unwrap();
         let digest = digest_of(bytes);
-        ecr.blobs.finish(&id, "plat", &digest).await.unwrap();
+        ecr.finish_upload(&id, "plat", &digest).await.unwrap();
         digest
     }
 
@@ -659,5 +682,107 @@ mod tests {
             ["linux/amd64", "linux/arm64/v8"]
         );
         assert_eq!(ecr.image_platforms("plat", "missing").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn manifests_see_only_their_repositorys_blobs_and_report_stored_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let ecr = Ecr::open(
+            store,
+            dir.path(),
+            "us-east-1",
+            "000000000000",
+            "localhost:4566",
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+        for name in ["plat", "other"] {
+            ecr.create_repository(json!({"repositoryName": name}))
+                .await
+                .unwrap();
+        }
+        let config = put_blob(&ecr, br#"{"os":"linux","architecture":"amd64"}"#).await;
+        let layer = put_blob(&ecr, b"12345").await;
+        // Claims a size that would wrap a sum around; the stored size is what counts.
+        let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": u64::MAX},
+                       {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": u64::MAX}]});
+        let other = ecr.find_repository("other").unwrap().unwrap();
+        let refused = ecr
+            .store_manifest(
+                &other,
+                "v1",
+                &[],
+                None,
+                bytes::Bytes::from(manifest.to_string()),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.1, "MANIFEST_BLOB_UNKNOWN");
+        let plat = ecr.find_repository("plat").unwrap().unwrap();
+        ecr.store_manifest(
+            &plat,
+            "v1",
+            &[],
+            None,
+            bytes::Bytes::from(manifest.to_string()),
+        )
+        .await
+        .unwrap();
+        let found = ecr.resolve("plat", "v1").unwrap().unwrap();
+        assert_eq!(found.image_size, 10);
+    }
+
+    #[tokio::test]
+    async fn a_released_blob_cannot_be_committed_and_a_used_one_is_not_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let ecr = Ecr::open(
+            store.clone(),
+            dir.path(),
+            "us-east-1",
+            "000000000000",
+            "localhost:4566",
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+        ecr.create_repository(json!({"repositoryName": "plat"}))
+            .await
+            .unwrap();
+        let config = put_blob(&ecr, br#"{"os":"linux","architecture":"amd64"}"#).await;
+        let release = |cutoff: f64| {
+            let (store, d) = (store.clone(), config.clone());
+            async move {
+                fleetport_store::write(&*store, move |txn| {
+                    crate::holds::release(txn, &d, cutoff)
+                        .map_err(Abort::<fleetport_store::StoreError>::Store)
+                })
+                .await
+                .unwrap()
+            }
+        };
+        let now = fleetport_proto::clock::epoch_seconds();
+        // Used within the grace period (cutoff in the past): kept.
+        assert!(!release(now - 3600.0).await);
+        // Not used since the cutoff: released, and then no manifest may name it (the push that
+        // saw it present must upload it again).
+        assert!(release(now + 1.0).await);
+        let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
+            "layers": []});
+        let repo = ecr.find_repository("plat").unwrap().unwrap();
+        let refused = ecr
+            .store_manifest(
+                &repo,
+                "v1",
+                &[],
+                None,
+                bytes::Bytes::from(manifest.to_string()),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.1, "MANIFEST_BLOB_UNKNOWN");
     }
 }
