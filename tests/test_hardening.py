@@ -442,3 +442,33 @@ def test_the_registry_scopes_blobs_to_repositories(server):
         blob = "sha256:" + hashlib.sha256(b"x" * 2000).hexdigest()
         assert send("PUT", e + path + "?digest=" + blob, b"", h).status == 201
         assert session not in os.listdir(uploads)
+
+
+def test_least_outstanding_routing_survives_cancelled_requests(server, backends):
+    """Item 8: 1,000 requests whose clients hang up while their target is still answering leave
+    no phantom load: a target added afterwards shares traffic instead of taking all of it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b, c = backends("a"), backends("b"), backends("c")
+    elb, lb, listener, port = make_alb(server, a)
+    tg = elb.describe_target_groups(Names=["guard-tg"])["TargetGroups"][0]["TargetGroupArn"]
+    elb.modify_target_group_attributes(TargetGroupArn=tg, Attributes=[
+        {"Key": "load_balancing.algorithm.type", "Value": "least_outstanding_requests"}])
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": b.port}])
+    wait_for(lambda: {d["TargetHealth"]["State"] for d in elb.describe_target_health(TargetGroupArn=tg)
+                      ["TargetHealthDescriptions"]} == {"healthy"}, 30)
+
+    def hang_up(_):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /slow?s=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.05)
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        list(pool.map(hang_up, range(1000)))
+    time.sleep(1.5)
+    elb.register_targets(TargetGroupArn=tg, Targets=[{"Id": "127.0.0.1", "Port": c.port}])
+    wait_for(lambda: len([d for d in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+                          if d["TargetHealth"]["State"] == "healthy"]) == 3, 30)
+    from test_elb import count_backends
+    counts = count_backends(port, "/", 30)
+    assert set(counts) == {"a", "b", "c"} and max(counts.values()) <= 20, counts

@@ -393,6 +393,17 @@ pub struct Counters {
     in_flight: Slots<(String, SocketAddr)>,
 }
 
+impl Counters {
+    /// Forgets counters no compiled plan holds any more (deleted groups, deregistered targets),
+    /// so the maps do not grow with every target that ever existed.
+    pub fn prune(&self) {
+        self.next.lock().retain(|_, c| Arc::strong_count(c) > 1);
+        self.in_flight
+            .lock()
+            .retain(|_, c| Arc::strong_count(c) > 1);
+    }
+}
+
 fn attribute_on(attributes: &std::collections::BTreeMap<String, String>, key: &str) -> bool {
     attributes.get(key).map(String::as_str) == Some("true")
 }
@@ -717,6 +728,29 @@ fn sync_checkers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_no_plan_holds_are_pruned() {
+        let c = Counters::default();
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let held = c
+            .in_flight
+            .lock()
+            .entry(("tg".into(), addr(1)))
+            .or_default()
+            .clone();
+        c.in_flight
+            .lock()
+            .entry(("tg".into(), addr(2)))
+            .or_default();
+        c.next.lock().entry("gone".into()).or_default();
+        c.prune();
+        assert_eq!(c.in_flight.lock().len(), 1);
+        assert!(c.next.lock().is_empty());
+        drop(held);
+        c.prune();
+        assert!(c.in_flight.lock().is_empty());
+    }
 
     fn target(port: u16, ramp_from_ms: u64) -> TargetPlan {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

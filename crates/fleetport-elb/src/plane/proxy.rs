@@ -6,7 +6,7 @@ use std::cell::Cell;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -796,19 +796,16 @@ async fn forward(
     }
     let upstream = Request::from_parts(parts, body);
     // Only least-outstanding-requests reads the count; others skip the shared cache line.
-    let counted = group.least_outstanding;
-    if counted {
-        target.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
+    let counted = group
+        .least_outstanding
+        .then(|| InFlight::count(&target.in_flight));
     let started = std::time::Instant::now();
     let result = tokio::time::timeout(
         listener.idle_timeout,
         conn.upstream.send(target.addr, group.tls, upstream),
     )
     .await;
-    if counted {
-        target.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
+    drop(counted);
     let client_fault = matches!(&result, Ok(Err(e)) if e.from_client_body());
     if !matches!(result, Ok(Ok(_))) && !client_fault {
         group
@@ -963,7 +960,7 @@ async fn relay<I>(
     let Ok(outbound) = upstream::open(target.addr).await else {
         return;
     };
-    target.in_flight.fetch_add(1, Ordering::Relaxed);
+    let _counted = InFlight::count(&target.in_flight);
     let ends = Watch {
         routes,
         port,
@@ -980,7 +977,25 @@ async fn relay<I>(
     } else {
         pipe(&mut inbound, outbound, ends).await;
     }
-    target.in_flight.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// One request (or relayed connection) counted against its target while it lasts: released
+/// when dropped, so a request whose client went away (its future dropped mid-await) is not
+/// left as phantom load that least-outstanding-requests would avoid forever.
+#[must_use]
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn count(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Copies both ways until both sides are done, or until `ends` ends the connection; then, as

@@ -115,6 +115,7 @@ impl Workers {
             routes.tls = tls.clone();
             w.routes.send_replace(Arc::new(routes));
         }
+        self.counters.prune();
     }
 
     /// Relays the UDP datagrams of `port` on a worker chosen by the port.
