@@ -181,7 +181,13 @@ impl Acm {
             rec.tags = p.tags;
         }
         let arn = rec.arn.clone();
-        write(self, move |txn| Ok(txn.put_json(COLLECTION, &id, &rec)?)).await?;
+        write(self, move |txn| {
+            txn.put_json(COLLECTION, &id, &rec)?;
+            // Load balancers may now refer to it (see `fleetport_store::refs`).
+            fleetport_store::refs::declare(txn, &rec.arn)?;
+            Ok(())
+        })
+        .await?;
         self.changed();
         Ok(json!({"CertificateArn": arn}))
     }
@@ -289,8 +295,21 @@ impl Acm {
                 format!("Certificate {} is in use.", rec.arn),
             ));
         }
-        let id = rec.id;
-        write(self, move |txn| Ok(txn.delete(COLLECTION, &id)?)).await?;
+        let (id, arn) = (rec.id, rec.arn);
+        // Checked again where it deletes: a listener taking the certificate up meanwhile either
+        // committed its reference first (then this is refused) or finds it retired.
+        write(self, move |txn| {
+            fleetport_store::refs::retire(txn, &arn).map_err(|e| match e {
+                fleetport_store::refs::RefError::Store(s) => Abort::Store(s),
+                _ => Abort::Domain(AwsError::client(
+                    "ResourceInUseException",
+                    format!("Certificate {arn} is in use."),
+                )),
+            })?;
+            txn.delete(COLLECTION, &id)?;
+            Ok(())
+        })
+        .await?;
         self.changed();
         Ok(json!({}))
     }

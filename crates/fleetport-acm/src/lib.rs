@@ -143,6 +143,20 @@ impl Acm {
         }
     }
 
+    /// Declares every stored certificate in the store's reference records (certificates
+    /// imported before those records existed); idempotent, run at start.
+    pub async fn declare_existing(&self) -> Result<(), fleetport_store::StoreError> {
+        fleetport_store::write(&*self.inner.store, |txn| {
+            let records: Vec<(String, Record)> =
+                fleetport_store::ReadTxnExt::scan_json(txn, COLLECTION, "", None, usize::MAX)?;
+            for (_, r) in records {
+                fleetport_store::refs::declare(txn, &r.arn)?;
+            }
+            Ok::<_, fleetport_store::Abort<fleetport_store::StoreError>>(())
+        })
+        .await
+    }
+
     /// Changes whenever a certificate is imported, re-imported or deleted.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()

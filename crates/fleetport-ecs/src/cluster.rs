@@ -235,7 +235,7 @@ fn check_capacity(providers: &[String], strategy: &[Value]) -> EcsResult<()> {
     Ok(())
 }
 
-fn named(
+pub(crate) fn named(
     txn: &dyn ReadTxn,
     name: &str,
 ) -> Result<Option<ClusterRecord>, fleetport_store::StoreError> {

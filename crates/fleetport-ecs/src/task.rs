@@ -501,6 +501,24 @@ impl Ecs {
         // Placement and the new task documents are one transaction, so concurrent RunTasks
         // never both take the last free resources.
         let (tasks, failures) = crate::error::write(&*self.store, move |txn| {
+            // Re-checked where the tasks are written: a DeleteCluster or a task definition
+            // deregistration that committed since the read above wins.
+            match crate::cluster::named(txn, &template.cluster)? {
+                Some(c) if c.status == crate::cluster::ACTIVE => {}
+                _ => return Err(Abort::Domain(crate::error::cluster_not_found())),
+            }
+            let td_now: Option<Value> = txn.get_json(
+                crate::taskdef::COLLECTION,
+                &crate::taskdef::key(&template.family, template.revision),
+            )?;
+            if td_now
+                .as_ref()
+                .and_then(|v| v.get("status"))
+                .and_then(Value::as_str)
+                != Some("ACTIVE")
+            {
+                return Err(Abort::Domain(invalid("TaskDefinition is inactive")));
+            }
             if launch_type_is_managed {
                 let mut placed = Vec::new();
                 for _ in 0..count {

@@ -38,6 +38,13 @@ pub fn invalid_config(message: impl Into<String>) -> AwsError {
     code("InvalidConfigurationRequest", message)
 }
 
+pub fn certificate_not_found(arn: &str) -> AwsError {
+    code(
+        "CertificateNotFound",
+        format!("Certificate '{arn}' not found"),
+    )
+}
+
 pub fn store_error(e: StoreError) -> AwsError {
     tracing::error!(error = %e, "state store failure");
     AwsError::with_status(

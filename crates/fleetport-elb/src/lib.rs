@@ -258,15 +258,48 @@ impl Elb {
         let mut next = guard.clone();
         let out = f(&mut next)?;
         let doc = serde_json::to_vec(&next).map_err(|_| AwsError::internal())?;
+        let (gone, added) = certificate_uses(&guard).diff(&certificate_uses(&next));
         fleetport_store::write(&*self.inner.store, move |txn| {
-            txn.put(state::COLLECTION, state::KEY, &doc)
-                .map_err(fleetport_store::Abort::Store)
+            // Certificate uses are recorded where ACM checks them when it deletes one, in this
+            // same transaction: a deleted certificate cannot be taken up, nor a used one deleted.
+            for (cert, listener) in &gone {
+                fleetport_store::refs::unlink(txn, cert, listener)?;
+            }
+            for (cert, listener) in &added {
+                fleetport_store::refs::link(txn, cert, listener).map_err(|e| match e {
+                    fleetport_store::refs::RefError::Store(s) => fleetport_store::Abort::Store(s),
+                    _ => fleetport_store::Abort::Domain(ElbFailure(error::certificate_not_found(
+                        cert,
+                    ))),
+                })?;
+            }
+            txn.put(state::COLLECTION, state::KEY, &doc)?;
+            Ok(())
         })
         .await
-        .map_err(|e: fleetport_store::StoreError| store_error(e))?;
+        .map_err(|e: ElbFailure| e.0)?;
         *guard = next.clone();
         self.inner.current.send_replace(Arc::new(next));
         Ok(out)
+    }
+
+    /// Records every certificate use of the saved configuration (state saved before these
+    /// records existed); idempotent, run at start, after ACM has declared its certificates.
+    pub async fn record_certificate_uses(&self) -> Result<(), fleetport_store::StoreError> {
+        let uses = certificate_uses(&self.snapshot());
+        fleetport_store::write(&*self.inner.store, move |txn| {
+            for (cert, listener) in &uses.0 {
+                match fleetport_store::refs::link(txn, cert, listener) {
+                    Ok(()) => {}
+                    Err(fleetport_store::refs::RefError::Store(e)) => {
+                        return Err(fleetport_store::Abort::Store(e));
+                    }
+                    Err(e) => tracing::warn!(error = %e, listener, "a listener names a certificate ACM does not have"),
+                }
+            }
+            Ok::<_, fleetport_store::Abort<fleetport_store::StoreError>>(())
+        })
+        .await
     }
 
     pub(crate) fn arn(&self, resource: &str) -> String {
@@ -342,5 +375,39 @@ impl Service for Elb {
         input: Value,
     ) -> BoxFuture<'a, Result<Value, AwsError>> {
         Box::pin(self.dispatch(operation, input))
+    }
+}
+
+/// Which listener uses which certificate: (certificate ARN, listener ARN) pairs.
+struct CertificateUses(std::collections::BTreeSet<(String, String)>);
+
+fn certificate_uses(s: &ElbState) -> CertificateUses {
+    CertificateUses(
+        s.listeners
+            .iter()
+            .flat_map(|l| {
+                l.certificate_arns()
+                    .map(move |c| (c.to_string(), l.arn.clone()))
+            })
+            .collect(),
+    )
+}
+
+impl CertificateUses {
+    /// (uses in `self` not in `next`, uses in `next` not in `self`).
+    fn diff(&self, next: &Self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+        (
+            self.0.difference(&next.0).cloned().collect(),
+            next.0.difference(&self.0).cloned().collect(),
+        )
+    }
+}
+
+/// An ELB error carried through the store's transaction helper.
+struct ElbFailure(AwsError);
+
+impl From<fleetport_store::StoreError> for ElbFailure {
+    fn from(e: fleetport_store::StoreError) -> Self {
+        ElbFailure(store_error(e))
     }
 }

@@ -36,10 +36,7 @@ pub struct TlsSettings {
 impl Elb {
     fn certificate_exists(&self, arn: &str) -> ElbResult<()> {
         if self.inner.certificates.certificate(arn).is_none() {
-            return Err(code(
-                "CertificateNotFound",
-                format!("Certificate '{arn}' not found"),
-            ));
+            return Err(crate::error::certificate_not_found(arn));
         }
         Ok(())
     }

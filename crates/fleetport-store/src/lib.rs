@@ -5,6 +5,7 @@
 //! can sit behind the same trait for several control-plane replicas.
 
 pub mod datadir;
+pub mod refs;
 pub mod seal;
 pub mod sqlite;
 

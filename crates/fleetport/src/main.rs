@@ -147,6 +147,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Arc::new(sealer),
     )
     .context("loading the load balancer configuration")?;
+    // Certificates and their uses from before the store kept reference records.
+    acm.declare_existing()
+        .await
+        .context("recording the certificates")?;
+    elb.record_certificate_uses()
+        .await
+        .context("recording the listeners' certificates")?;
     gateway.serve(Arc::new(acm));
     gateway.serve(Arc::new(elb.clone()));
     let connections = connection_budget();
