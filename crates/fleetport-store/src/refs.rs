@@ -88,11 +88,13 @@ mod tests {
     use crate::sqlite::SqliteStore;
     use crate::{Abort, write};
 
+    type Job = Box<dyn FnOnce(&mut dyn WriteTxn) -> Result<(), RefError> + Send>;
+
     #[tokio::test]
     async fn links_need_a_declared_target_and_retire_needs_no_referrer() {
         let d = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(d.path()).unwrap();
-        let run = |f: Box<dyn FnOnce(&mut dyn WriteTxn) -> Result<(), RefError> + Send>| {
+        let run = |f: Job| {
             write(&s, move |txn| f(txn).map_err(Abort::Domain))
         };
         assert!(matches!(
