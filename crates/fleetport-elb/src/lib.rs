@@ -378,8 +378,11 @@ impl Service for Elb {
     }
 }
 
-/// Which listener uses which certificate: (certificate ARN, listener ARN) pairs.
-struct CertificateUses(std::collections::BTreeSet<(String, String)>);
+/// A certificate ARN and a listener ARN that uses it.
+type CertificateUse = (String, String);
+
+/// Which listener uses which certificate.
+struct CertificateUses(std::collections::BTreeSet<CertificateUse>);
 
 fn certificate_uses(s: &ElbState) -> CertificateUses {
     CertificateUses(
@@ -395,7 +398,7 @@ fn certificate_uses(s: &ElbState) -> CertificateUses {
 
 impl CertificateUses {
     /// (uses in `self` not in `next`, uses in `next` not in `self`).
-    fn diff(&self, next: &Self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    fn diff(&self, next: &Self) -> (Vec<CertificateUse>, Vec<CertificateUse>) {
         (
             self.0.difference(&next.0).cloned().collect(),
             next.0.difference(&self.0).cloned().collect(),
