@@ -565,3 +565,53 @@ def test_run_task_and_delete_cluster_never_both_win(data_dir):
             assert status == ("ACTIVE" if ran else "INACTIVE")
     finally:
         s.stop()
+
+
+def test_a_task_change_wakes_only_the_agent_it_concerns(data_dir):
+    """Item 8: two instances long-poll; a task started on one answers that poll at once while
+    the other's poll waits out its time."""
+    import json
+    import threading
+    from raw import signed
+
+    s = Server(data_dir, ["--no-managed-capacity"]).start()
+    try:
+        ecs = s.client("ecs")
+        ecs.create_cluster(clusterName="wake")
+        arns = []
+        for _ in range(2):
+            out = ecs.register_container_instance(
+                cluster="wake", totalResources=[{"name": "CPU", "type": "INTEGER", "integerValue": 1024},
+                                                {"name": "MEMORY", "type": "INTEGER", "integerValue": 1024}])
+            arns.append(out["containerInstance"]["containerInstanceArn"])
+        ecs.register_task_definition(family="w", containerDefinitions=[{"name": "a", "image": "busybox", "memory": 16}])
+
+        def poll(arn, generation=None, wait=0):
+            body = {"cluster": "wake", "containerInstance": arn, "waitSeconds": wait}
+            if generation is not None:
+                body["generation"] = generation
+            r = signed(s.endpoint, json.dumps(body).encode(),
+                       {"X-Amz-Target": "FleetportAgentV20261124.PollTaskAssignments",
+                        "Content-Type": "application/x-amz-json-1.1"})
+            assert r.status == 200, r.text
+            return r.json()
+
+        gens = [poll(a)["generation"] for a in arns]
+        took = {}
+
+        def waiting(i):
+            t0 = time.monotonic()
+            out = poll(arns[i], gens[i], wait=6)
+            took[i] = (time.monotonic() - t0, len(out["tasks"]))
+
+        threads = [threading.Thread(target=waiting, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        ecs.start_task(cluster="wake", taskDefinition="w", containerInstances=[arns[0]])
+        for t in threads:
+            t.join()
+        assert took[0][0] < 3 and took[0][1] == 1, took
+        assert took[1][0] > 5 and took[1][1] == 0, took
+    finally:
+        s.stop()

@@ -21,7 +21,7 @@ impl AgentApi {
     /// Waits (up to `waitSeconds`, bounded to a third of the agent timeout so a waiting agent
     /// never looks gone) until the assignment generation moves past the one the agent saw;
     /// returns the current generation.
-    async fn wait_for_change(&self, input: &Value) -> u64 {
+    async fn wait_for_change(&self, input: &Value, host: &str) -> u64 {
         let ecs = &self.0;
         let known = input.get("generation").and_then(Value::as_u64);
         let wait = input
@@ -29,7 +29,7 @@ impl AgentApi {
             .and_then(Value::as_u64)
             .unwrap_or(0)
             .min((ecs.agent_timeout_secs / 3.0) as u64);
-        let mut rx = ecs.generation.subscribe();
+        let mut rx = ecs.agents.subscribe(host);
         if let Some(known) = known
             && *rx.borrow_and_update() == known
             && wait > 0
@@ -44,7 +44,7 @@ impl AgentApi {
         if input::string(&input, "containerInstance") == Some(crate::task::MANAGED) {
             // The managed capacity (`fleetport up`'s in-process agent) polls as `FARGATE` and
             // receives the FARGATE tasks of every cluster.
-            let generation = self.wait_for_change(&input).await;
+            let generation = self.wait_for_change(&input, crate::task::MANAGED).await;
             let tasks = ecs.managed_assignments()?;
             return Ok(
                 json!({"generation": generation, "instanceStatus": "ACTIVE", "tasks": tasks}),
@@ -59,7 +59,7 @@ impl AgentApi {
                 instance_id(&input::owned(&input, "containerInstance")),
             )
             .await?;
-        let generation = self.wait_for_change(&input).await;
+        let generation = self.wait_for_change(&input, &inst.id).await;
         let tasks = ecs.assignments(&cluster.name, &inst.arn)?;
         Ok(json!({"generation": generation, "instanceStatus": inst.status, "tasks": tasks}))
     }

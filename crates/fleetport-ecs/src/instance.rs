@@ -23,7 +23,7 @@ use crate::task::TaskRecord;
 /// (`fleetport up --agent-timeout` changes it).
 pub const AGENT_TIMEOUT_SECS: f64 = 60.0;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceRecord {
     pub arn: String,
@@ -290,7 +290,7 @@ impl Ecs {
             Ok::<_, Abort<_>>(rec)
         })
         .await?;
-        self.bump();
+        self.wake([rec.id.as_str()]);
         Ok(json!({"containerInstance": render(&rec, &Usage::default(), self.seen_after(), true)}))
     }
 
@@ -317,7 +317,7 @@ impl Ecs {
             .scan_json::<InstanceRecord>(INSTANCES, &format!("{cluster}/"), None, usize::MAX)
             .map_err(store)?
             .into_iter()
-            .map(|(_, r)| r)
+            .map(|(_, r)| self.agents.overlay(r))
             .collect())
     }
 
@@ -336,7 +336,7 @@ impl Ecs {
                     .map_err(store)?
                 {
                     Some(rec) => found.push(render(
-                        &rec,
+                        &self.agents.overlay(rec.clone()),
                         &usage(&tasks, &rec.arn),
                         seen_after,
                         with_tags,
@@ -431,12 +431,16 @@ impl Ecs {
             Ok::<_, Abort<_>>((found, failures))
         })
         .await?;
+        self.wake(found.iter().map(|r| r.id.as_str()));
         let tasks = crate::error::read(&*self.store, |txn| {
             tasks_of_cluster(txn, &cluster.name).map_err(store)
         })?;
         let rendered: Vec<Value> = found
-            .iter()
-            .map(|r| render(r, &usage(&tasks, &r.arn), seen_after, false))
+            .into_iter()
+            .map(|r| {
+                let r = self.agents.overlay(r);
+                render(&r, &usage(&tasks, &r.arn), seen_after, false)
+            })
             .collect();
         Ok(json!({"containerInstances": rendered, "failures": failures}))
     }
@@ -467,21 +471,35 @@ impl Ecs {
             Ok((rec, u))
         })
         .await?;
-        self.bump();
+        self.wake([rec.id.as_str()]);
+        let rec = self.agents.overlay(rec);
         Ok(json!({"containerInstance": render(&rec, &u, seen_after, false)}))
     }
 
-    /// Records an agent's heartbeat; returns the instance (for its status).
+    /// Records an agent's heartbeat; returns the instance (for its status). The heartbeat is
+    /// kept in memory; the store's copy is written only once it has aged by half the agent
+    /// timeout (so a restarted control plane still knows roughly when each agent last polled).
     pub async fn heartbeat(&self, cluster: &str, instance: &str) -> EcsResult<InstanceRecord> {
         let key = format!("{cluster}/{}", instance_id(instance));
         let now = crate::now();
+        let stored = crate::error::read(&*self.store, |txn| {
+            txn.get_json::<InstanceRecord>(INSTANCES, &key)
+                .map_err(store)
+        })?;
+        let Some(rec) = stored else {
+            return Err(invalid("The referenced container instance was not found."));
+        };
+        self.agents.beat(&rec.arn, now);
+        if now - rec.last_seen < self.agent_timeout_secs / 2.0 {
+            return Ok(self.agents.overlay(rec));
+        }
         crate::error::write(&*self.store, move |txn| {
             let Some(mut rec) = txn.get_json::<InstanceRecord>(INSTANCES, &key)? else {
                 return Err(Abort::Domain(invalid(
                     "The referenced container instance was not found.",
                 )));
             };
-            rec.last_seen = now;
+            rec.last_seen = rec.last_seen.max(now);
             txn.put_json(INSTANCES, &key, &rec)?;
             Ok(rec)
         })

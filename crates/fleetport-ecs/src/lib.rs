@@ -6,6 +6,7 @@
 //! `fleetport-store`.
 
 pub mod agent_api;
+mod agents;
 pub mod arn;
 pub mod cluster;
 pub mod error;
@@ -30,8 +31,8 @@ use crate::arn::Scope;
 pub struct Ecs {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) scope: Scope,
-    /// Bumped whenever task assignments may have changed; agents' long polls wait on it.
-    pub(crate) generation: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Agents' wake-ups (per host) and heartbeats.
+    pub(crate) agents: Arc<agents::Agents>,
     /// Seconds without a poll after which an agent counts as disconnected.
     pub(crate) agent_timeout_secs: f64,
 }
@@ -86,7 +87,7 @@ impl Ecs {
                 region: region.into(),
                 account: account.into(),
             },
-            generation: Arc::new(tokio::sync::watch::Sender::new(0)),
+            agents: Arc::default(),
             agent_timeout_secs: instance::AGENT_TIMEOUT_SECS,
         }
     }
@@ -102,14 +103,14 @@ impl Ecs {
         now() - self.agent_timeout_secs
     }
 
-    /// Wakes every waiting agent poll.
-    pub(crate) fn bump(&self) {
-        self.generation.send_modify(|g| *g += 1);
+    /// Wakes the polls of the agents on `hosts` (instance IDs, or `FARGATE`).
+    pub(crate) fn wake<'a>(&self, hosts: impl IntoIterator<Item = &'a str>) {
+        self.agents.wake(hosts);
     }
 
     /// Answers every waiting agent poll now (at shutdown, so no long poll holds the listener).
     pub fn wake_agents(&self) {
-        self.bump();
+        self.agents.wake_all();
     }
 
     async fn dispatch(

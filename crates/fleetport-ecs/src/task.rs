@@ -64,6 +64,24 @@ pub struct TaskRecord {
 
 pub const MANAGED: &str = "FARGATE";
 
+/// Tasks by the host that runs them, `<host>/<cluster>/<task id>` (host: the container
+/// instance's ID, or `FARGATE`): an agent's poll reads its own tasks, not its cluster's.
+pub(crate) const TASKS_BY_HOST: &str = "ecs.task_by_host";
+
+impl TaskRecord {
+    /// Who runs the task: its container instance's ID, or `FARGATE` for managed capacity.
+    pub(crate) fn host(&self) -> &str {
+        match &self.container_instance_arn {
+            Some(arn) if self.launch_type != MANAGED => instance_id(arn),
+            _ => MANAGED,
+        }
+    }
+}
+
+fn host_key(t: &TaskRecord) -> String {
+    format!("{}/{}/{}", t.host(), t.cluster, t.id)
+}
+
 /// Lifecycle order, so a late or repeated report never moves a task backwards.
 fn rank(status: &str) -> u8 {
     match status {
@@ -332,6 +350,7 @@ fn save_task(
     t: &TaskRecord,
 ) -> Result<(), Abort<fleetport_proto::AwsError>> {
     txn.put_json(TASKS, &format!("{}/{}", t.cluster, t.id), t)?;
+    txn.put(TASKS_BY_HOST, &host_key(t), b"")?;
     if !t.tags.is_empty() {
         let tags = crate::tags::parse(&json!({"tags": t.tags}), "tags").unwrap_or_default();
         crate::tags::merge(txn, &t.task_arn, &tags)?;
@@ -497,6 +516,7 @@ impl Ecs {
         };
         let seed = now.to_bits();
         let seen_after = self.seen_after();
+        let agents = self.agents.clone();
         let region = self.scope.region.clone();
         // Placement and the new task documents are one transaction, so concurrent RunTasks
         // never both take the last free resources.
@@ -542,7 +562,7 @@ impl Ecs {
                     usize::MAX,
                 )?
                 .into_iter()
-                .map(|(_, r)| r)
+                .map(|(_, r)| agents.overlay(r))
                 .filter(|r| r.status != "INACTIVE")
                 .collect();
             if instances.is_empty() {
@@ -624,7 +644,7 @@ impl Ecs {
             Ok((placed, failures))
         })
         .await?;
-        self.bump();
+        self.wake(tasks.iter().map(TaskRecord::host));
         let rendered: Vec<Value> = tasks.iter().map(|t| t.render(true)).collect();
         Ok(json!({"tasks": rendered, "failures": failures}))
     }
@@ -660,7 +680,7 @@ impl Ecs {
             Ok(t)
         })
         .await?;
-        self.bump();
+        self.wake([task.host()]);
         Ok(json!({"task": task.render(false)}))
     }
 
@@ -746,7 +766,7 @@ impl Ecs {
             task_id(&input::owned(&input, "task"))
         );
         let now = crate::now();
-        crate::error::write(&*self.store, move |txn| {
+        let task = crate::error::write(&*self.store, move |txn| {
             let Some(mut t) = txn.get_json::<TaskRecord>(TASKS, &key)? else {
                 return Err(Abort::Domain(invalid("The referenced task was not found.")));
             };
@@ -773,10 +793,11 @@ impl Ecs {
             }
             t.version += 1;
             txn.put_json(TASKS, &key, &t)?;
-            Ok::<_, Abort<_>>(())
+            Ok::<_, Abort<_>>(t)
         })
         .await?;
-        self.bump();
+        // Only the reporting agent's own assignment list changed.
+        self.wake([task.host()]);
         Ok(json!({"acknowledgment": "ACK"}))
     }
 
@@ -804,13 +825,9 @@ impl Ecs {
 
     /// FARGATE tasks of every cluster that the managed capacity still has to act on.
     pub fn managed_assignments(&self) -> EcsResult<Vec<Value>> {
-        let tasks = crate::error::read(&*self.store, |txn| {
-            txn.scan_json::<TaskRecord>(TASKS, "", None, usize::MAX)
-                .map_err(store)
-        })?;
+        let tasks = self.tasks_on(&format!("{MANAGED}/"))?;
         Ok(tasks
             .iter()
-            .map(|(_, t)| t)
             .filter(|t| t.launch_type == MANAGED && t.last_status != "STOPPED")
             .map(TaskRecord::assignment)
             .collect())
@@ -843,6 +860,7 @@ impl Ecs {
                     && expired(&t)
                 {
                     txn.delete(TASKS, key)?;
+                    txn.delete(TASKS_BY_HOST, &host_key(&t))?;
                     crate::tags::set(txn, &t.task_arn, &[])?;
                     gone += 1;
                 }
@@ -854,15 +872,45 @@ impl Ecs {
 
     /// Tasks assigned to an instance that the agent still has to act on.
     pub fn assignments(&self, cluster: &str, instance_arn: &str) -> EcsResult<Vec<Value>> {
-        let tasks = crate::error::read(&*self.store, |txn| {
-            tasks_of_cluster(txn, cluster).map_err(store)
-        })?;
+        let tasks = self.tasks_on(&format!("{}/{cluster}/", instance_id(instance_arn)))?;
         Ok(tasks
             .iter()
             .filter(|t| t.container_instance_arn.as_deref() == Some(instance_arn))
             .filter(|t| t.last_status != "STOPPED")
             .map(TaskRecord::assignment)
             .collect())
+    }
+
+    /// The tasks whose host key starts with `prefix`, through the host index.
+    fn tasks_on(&self, prefix: &str) -> EcsResult<Vec<TaskRecord>> {
+        crate::error::read(&*self.store, |txn| {
+            let mut out = Vec::new();
+            for entry in txn
+                .scan(TASKS_BY_HOST, prefix, None, usize::MAX)
+                .map_err(store)?
+            {
+                // `<host>/<cluster>/<id>` → the task's own key `<cluster>/<id>`.
+                let Some((_, key)) = entry.key.split_once('/') else {
+                    continue;
+                };
+                if let Some(t) = txn.get_json::<TaskRecord>(TASKS, key).map_err(store)? {
+                    out.push(t);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Indexes tasks saved before the host index existed; idempotent, run at start.
+    pub async fn index_tasks(&self) -> EcsResult<()> {
+        crate::error::write(&*self.store, |txn| {
+            let tasks = txn.scan_json::<TaskRecord>(TASKS, "", None, usize::MAX)?;
+            for (_, t) in tasks {
+                txn.put(TASKS_BY_HOST, &host_key(&t), b"")?;
+            }
+            Ok::<_, Abort<_>>(())
+        })
+        .await
     }
 }
 

@@ -94,9 +94,7 @@ mod tests {
     async fn links_need_a_declared_target_and_retire_needs_no_referrer() {
         let d = tempfile::tempdir().unwrap();
         let s = SqliteStore::open(d.path()).unwrap();
-        let run = |f: Job| {
-            write(&s, move |txn| f(txn).map_err(Abort::Domain))
-        };
+        let run = |f: Job| write(&s, move |txn| f(txn).map_err(Abort::Domain));
         assert!(matches!(
             run(Box::new(|t| link(t, "cert", "l1"))).await,
             Err(RefError::Missing(_))

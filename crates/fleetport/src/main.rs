@@ -134,6 +134,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let ecs = fleetport_ecs::Ecs::new(store.clone(), &config.region, &config.account_id)
         .with_agent_timeout(config.agent_timeout.as_secs_f64());
+    // Tasks saved before the host index existed.
+    ecs.index_tasks()
+        .await
+        .map_err(|e| anyhow::anyhow!("indexing tasks: {}", e.message))?;
     gateway.serve(Arc::new(fleetport_ecs::agent_api::AgentApi(ecs.clone())));
     gateway.serve(Arc::new(ecs.clone()));
     gateway.serve(Arc::new(ecr.clone()));
