@@ -132,6 +132,10 @@ pub fn render(rec: &InstanceRecord, u: &Usage, seen_after: f64, with_tags: bool)
     out
 }
 
+/// Container instances by EC2 instance ID (`i-…` → `<cluster>/<id>`), for load balancers that
+/// resolve `instance` targets without scanning every instance.
+pub(crate) const INSTANCES_BY_EC2_ID: &str = "ecs.instance_by_ec2";
+
 /// The id part of a container-instance reference (bare id or ARN).
 pub fn instance_id(reference: &str) -> &str {
     reference.rsplit('/').next().unwrap_or(reference)
@@ -286,6 +290,7 @@ impl Ecs {
                 rec.ec2_instance_id = old.ec2_instance_id;
                 rec.status = old.status;
             }
+            txn.put(INSTANCES_BY_EC2_ID, &rec.ec2_instance_id, key.as_bytes())?;
             txn.put_json(INSTANCES, &key, &rec)?;
             Ok::<_, Abort<_>>(rec)
         })
@@ -298,18 +303,27 @@ impl Ecs {
     /// resolve `instance` targets. A re-registered instance keeps its ID, so at most one is
     /// not INACTIVE; that one wins.
     pub fn instance_by_ec2_id(&self, ec2_id: &str) -> Option<InstanceRecord> {
-        let all = fleetport_store::read(&*self.store, |txn| {
-            txn.scan_json::<InstanceRecord>(INSTANCES, "", None, usize::MAX)
+        fleetport_store::read(&*self.store, |txn| {
+            let Some(key) = txn.get(INSTANCES_BY_EC2_ID, ec2_id)? else {
+                return Ok(None);
+            };
+            txn.get_json::<InstanceRecord>(INSTANCES, &String::from_utf8_lossy(&key))
         })
-        .map_err(|e| tracing::warn!(error = %e, "could not read container instances"))
-        .ok()?;
-        let mut found: Vec<InstanceRecord> = all
-            .into_iter()
-            .map(|(_, r)| r)
-            .filter(|r| r.ec2_instance_id == ec2_id)
-            .collect();
-        found.sort_by_key(|r| r.status == "INACTIVE");
-        found.into_iter().next()
+        .map_err(|e: fleetport_store::StoreError| {
+            tracing::warn!(error = %e, "could not read container instances")
+        })
+        .ok()
+        .flatten()
+    }
+
+    /// Indexes instances registered before the EC2-ID index existed; idempotent, run at start.
+    pub(crate) fn index_instances(
+        txn: &mut dyn fleetport_store::WriteTxn,
+    ) -> Result<(), fleetport_store::StoreError> {
+        for (key, rec) in txn.scan_json::<InstanceRecord>(INSTANCES, "", None, usize::MAX)? {
+            txn.put(INSTANCES_BY_EC2_ID, &rec.ec2_instance_id, key.as_bytes())?;
+        }
+        Ok(())
     }
 
     fn instances_of(&self, txn: &dyn ReadTxn, cluster: &str) -> EcsResult<Vec<InstanceRecord>> {

@@ -901,13 +901,15 @@ impl Ecs {
         })
     }
 
-    /// Indexes tasks saved before the host index existed; idempotent, run at start.
-    pub async fn index_tasks(&self) -> EcsResult<()> {
+    /// Builds the indexes (tasks by host, instances by EC2 ID) for records saved before they
+    /// existed; idempotent, run at start.
+    pub async fn index(&self) -> EcsResult<()> {
         crate::error::write(&*self.store, |txn| {
             let tasks = txn.scan_json::<TaskRecord>(TASKS, "", None, usize::MAX)?;
             for (_, t) in tasks {
                 txn.put(TASKS_BY_HOST, &host_key(&t), b"")?;
             }
+            crate::Ecs::index_instances(txn)?;
             Ok::<_, Abort<_>>(())
         })
         .await

@@ -2,7 +2,10 @@
 //! by the binary) for the certificate behind an ARN instead of reading another service's
 //! records, and follows its change signal so a re-imported certificate is served at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
@@ -39,5 +42,74 @@ impl CertificateSource for NoCertificates {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.0.subscribe()
+    }
+}
+
+/// Remembers the certificates a source loaded until [`Self::forget`] (called when the source
+/// signals a change), so republishing the configuration, as every target registration does,
+/// does not parse every private key again.
+pub struct Cached {
+    source: Arc<dyn CertificateSource>,
+    loaded: Mutex<HashMap<String, Option<ServerCertificate>>>,
+}
+
+impl Cached {
+    pub fn new(source: Arc<dyn CertificateSource>) -> Self {
+        Self {
+            source,
+            loaded: Mutex::default(),
+        }
+    }
+
+    /// Drops everything loaded: the next lookups ask the source again.
+    pub fn forget(&self) {
+        self.loaded.lock().clear();
+    }
+}
+
+impl CertificateSource for Cached {
+    fn certificate(&self, arn: &str) -> Option<ServerCertificate> {
+        if let Some(c) = self.loaded.lock().get(arn) {
+            return c.clone();
+        }
+        let c = self.source.certificate(arn);
+        self.loaded.lock().insert(arn.to_string(), c.clone());
+        c
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.source.changes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    struct Counting(AtomicUsize, watch::Sender<u64>);
+
+    impl CertificateSource for Counting {
+        fn certificate(&self, _: &str) -> Option<ServerCertificate> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        fn changes(&self) -> watch::Receiver<u64> {
+            self.1.subscribe()
+        }
+    }
+
+    #[test]
+    fn certificates_are_loaded_once_until_forgotten() {
+        let source = Arc::new(Counting(AtomicUsize::new(0), watch::Sender::new(0)));
+        let cached = Cached::new(source.clone());
+        for _ in 0..3 {
+            assert!(cached.certificate("arn:a").is_none());
+        }
+        assert_eq!(source.0.load(Ordering::Relaxed), 1);
+        cached.forget();
+        cached.certificate("arn:a");
+        assert_eq!(source.0.load(Ordering::Relaxed), 2);
     }
 }

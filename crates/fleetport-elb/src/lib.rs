@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use fleetport_proto::model::{self, ServiceModel};
 use fleetport_proto::{AwsError, BoxFuture, RequestContext, Service};
-use fleetport_store::{ReadTxnExt, Store};
+use fleetport_store::Store;
 use serde_json::Value;
 use tokio::sync::{Mutex, watch};
 
@@ -113,10 +113,7 @@ impl Elb {
         instances: Arc<dyn InstanceDirectory>,
         certificates: Arc<dyn CertificateSource>,
     ) -> Result<Self, fleetport_store::StoreError> {
-        let saved = fleetport_store::read(&*store, |txn| {
-            txn.get_json::<ElbState>(state::COLLECTION, state::KEY)
-        })?
-        .unwrap_or_default();
+        let (saved, _) = fleetport_store::read(&*store, state::load)?;
         let (current, _) = watch::channel(Arc::new(saved.clone()));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -257,7 +254,7 @@ impl Elb {
         let mut guard = self.inner.state.lock().await;
         let mut next = guard.clone();
         let out = f(&mut next)?;
-        let doc = serde_json::to_vec(&next).map_err(|_| AwsError::internal())?;
+        let delta = state::Delta::between(&guard, &next).map_err(|_| AwsError::internal())?;
         let (gone, added) = certificate_uses(&guard).diff(&certificate_uses(&next));
         fleetport_store::write(&*self.inner.store, move |txn| {
             // Certificate uses are recorded where ACM checks them when it deletes one, in this
@@ -273,7 +270,12 @@ impl Elb {
                     ))),
                 })?;
             }
-            txn.put(state::COLLECTION, state::KEY, &doc)?;
+            for (key, doc) in &delta.puts {
+                txn.put(state::PARTS, key, doc)?;
+            }
+            for key in &delta.deletes {
+                txn.delete(state::PARTS, key)?;
+            }
             Ok(())
         })
         .await
@@ -283,11 +285,22 @@ impl Elb {
         Ok(out)
     }
 
-    /// Records every certificate use of the saved configuration (state saved before these
-    /// records existed); idempotent, run at start, after ACM has declared its certificates.
-    pub async fn record_certificate_uses(&self) -> Result<(), fleetport_store::StoreError> {
-        let uses = certificate_uses(&self.snapshot());
+    /// Brings the stored configuration up to date, idempotently, at start: a configuration
+    /// kept as one document (before per-resource documents) is split, and every certificate
+    /// use is recorded where ACM checks it (uses from before those records existed).
+    pub async fn prepare_store(&self) -> Result<(), fleetport_store::StoreError> {
+        let current = self.snapshot();
+        let uses = certificate_uses(&current);
         fleetport_store::write(&*self.inner.store, move |txn| {
+            let (saved, legacy) = state::load(txn)?;
+            if legacy {
+                let delta = state::Delta::between(&ElbState::default(), &saved)
+                    .map_err(|e| fleetport_store::StoreError::Backend(e.to_string()))?;
+                for (key, doc) in &delta.puts {
+                    txn.put(state::PARTS, key, doc)?;
+                }
+                txn.delete(state::LEGACY_COLLECTION, state::LEGACY_KEY)?;
+            }
             for (cert, listener) in &uses.0 {
                 match fleetport_store::refs::link(txn, cert, listener) {
                     Ok(()) => {}
@@ -412,5 +425,90 @@ struct ElbFailure(AwsError);
 impl From<fleetport_store::StoreError> for ElbFailure {
     fn from(e: fleetport_store::StoreError) -> Self {
         ElbFailure(store_error(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetport_store::WriteTxnExt;
+    use fleetport_store::sqlite::SqliteStore;
+    use serde_json::json;
+
+    use super::*;
+
+    fn open(store: Arc<dyn Store>) -> Elb {
+        Elb::open(
+            store,
+            "us-east-1",
+            "000000000000",
+            Arc::new(instances::NoInstances),
+            Arc::new(certificates::NoCertificates::default()),
+        )
+        .unwrap()
+    }
+
+    async fn tg(elb: &Elb, name: &str) -> String {
+        let out = elb
+            .dispatch(
+                "CreateTargetGroup",
+                json!({"Name": name, "Protocol": "HTTP", "Port": 80, "TargetType": "ip", "VpcId": "vpc-1"}),
+            )
+            .await
+            .unwrap();
+        out["TargetGroups"][0]["TargetGroupArn"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_target_registration_writes_only_its_target_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let elb = open(store.clone());
+        let one = tg(&elb, "one").await;
+        tg(&elb, "two").await;
+        let before = elb.snapshot();
+        elb.dispatch(
+            "RegisterTargets",
+            json!({"TargetGroupArn": one, "Targets": [{"Id": "127.0.0.1", "Port": 8080}]}),
+        )
+        .await
+        .unwrap();
+        let delta = state::Delta::between(&before, &elb.snapshot()).unwrap();
+        let keys: Vec<&str> = delta.puts.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, [format!("tg/{one}")]);
+        assert!(delta.deletes.is_empty());
+        // What is stored reads back as what is current, in order.
+        let (loaded, legacy) = fleetport_store::read(&*store, state::load).unwrap();
+        assert!(!legacy);
+        assert_eq!(loaded.target_groups, elb.snapshot().target_groups);
+        assert_eq!(loaded.target_groups[0].targets.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_single_document_configuration_is_split_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let elb = open(store.clone());
+        tg(&elb, "a").await;
+        tg(&elb, "b").await;
+        let state = elb.snapshot();
+        // As older builds stored it.
+        let legacy = (*state).clone();
+        fleetport_store::write(&*store, move |txn| {
+            txn.delete(state::PARTS, &format!("tg/{}", legacy.target_groups[0].arn))?;
+            txn.delete(state::PARTS, &format!("tg/{}", legacy.target_groups[1].arn))?;
+            txn.put_json(state::LEGACY_COLLECTION, state::LEGACY_KEY, &legacy)?;
+            Ok::<_, fleetport_store::Abort<fleetport_store::StoreError>>(())
+        })
+        .await
+        .unwrap();
+        let reopened = open(store.clone());
+        assert_eq!(reopened.snapshot().target_groups, state.target_groups);
+        reopened.prepare_store().await.unwrap();
+        let (loaded, legacy) = fleetport_store::read(&*store, state::load).unwrap();
+        assert!(!legacy);
+        assert_eq!(loaded.target_groups, state.target_groups);
     }
 }

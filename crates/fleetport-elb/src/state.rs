@@ -1,19 +1,27 @@
 //! The ELB configuration: load balancers, target groups with their registered targets,
-//! listeners, rules and tags, as one document.
+//! listeners, rules and tags.
 //!
 //! Configurations are small (AWS caps them at tens of listeners and hundreds of rules per load
 //! balancer), and nearly every change must be checked against the rest (duplicate ports,
 //! priorities in use, target groups referenced by actions). So the whole configuration is one
-//! value: a change is applied to a copy, checked, written to the store as one document, and only
-//! then becomes current. A failed check or write leaves nothing half-done.
+//! value in memory: a change is applied to a copy, checked, written to the store, and only then
+//! becomes current. A failed check or write leaves nothing half-done.
+//!
+//! In the store each resource is its own document (`elb.part`, keyed `<kind>/<arn>`, with its
+//! position so lists keep their order), and a change writes, in one transaction, only the
+//! documents that differ: registering a target rewrites its target group, not everything.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub const COLLECTION: &str = "elb.state";
-pub const KEY: &str = "config";
+/// Where configurations were kept as one document before they were split (read once, at start).
+pub const LEGACY_COLLECTION: &str = "elb.state";
+pub const LEGACY_KEY: &str = "config";
+
+/// One document per resource.
+pub const PARTS: &str = "elb.part";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,7 +34,7 @@ pub struct ElbState {
     pub tags: BTreeMap<String, Vec<(String, String)>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancer {
     pub arn: String,
@@ -42,7 +50,7 @@ pub struct LoadBalancer {
     pub attributes: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     pub enabled: bool,
@@ -58,7 +66,7 @@ pub struct HealthCheck {
     pub matcher: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TargetGroup {
     pub arn: String,
@@ -100,7 +108,7 @@ impl Target {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Listener {
     pub arn: String,
@@ -131,7 +139,7 @@ impl Listener {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rule {
     pub arn: String,
@@ -218,4 +226,121 @@ pub fn forward_targets(action: &Value) -> Vec<(String, u64)> {
         .and_then(Value::as_str)
         .map(|t| vec![(t.to_string(), 1)])
         .unwrap_or_default()
+}
+
+/// One stored resource and its place in its list.
+#[derive(Serialize)]
+struct Part<'a, T> {
+    pos: usize,
+    doc: &'a T,
+}
+
+#[derive(Deserialize)]
+struct OwnedPart<T> {
+    pos: usize,
+    doc: T,
+}
+
+/// The documents that turn the stored `old` configuration into `new`.
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub puts: Vec<(String, Vec<u8>)>,
+    pub deletes: Vec<String>,
+}
+
+impl Delta {
+    fn list<T: Serialize + PartialEq>(
+        &mut self,
+        kind: &str,
+        arn: impl Fn(&T) -> &str,
+        old: &[T],
+        new: &[T],
+    ) -> Result<(), serde_json::Error> {
+        let before: std::collections::HashMap<&str, (usize, &T)> = old
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (arn(t), (i, t)))
+            .collect();
+        let mut kept = std::collections::HashSet::new();
+        for (pos, item) in new.iter().enumerate() {
+            let id = arn(item);
+            kept.insert(id);
+            if before.get(id).is_some_and(|(p, t)| *p == pos && *t == item) {
+                continue;
+            }
+            let doc = serde_json::to_vec(&Part { pos, doc: item })?;
+            self.puts.push((format!("{kind}/{id}"), doc));
+        }
+        for id in before.keys().filter(|id| !kept.contains(*id)) {
+            self.deletes.push(format!("{kind}/{id}"));
+        }
+        Ok(())
+    }
+
+    /// What to write for the change from `old` to `new`.
+    pub fn between(old: &ElbState, new: &ElbState) -> Result<Self, serde_json::Error> {
+        let mut d = Self::default();
+        d.list(
+            "lb",
+            |x: &LoadBalancer| &x.arn,
+            &old.load_balancers,
+            &new.load_balancers,
+        )?;
+        d.list(
+            "tg",
+            |x: &TargetGroup| &x.arn,
+            &old.target_groups,
+            &new.target_groups,
+        )?;
+        d.list(
+            "listener",
+            |x: &Listener| &x.arn,
+            &old.listeners,
+            &new.listeners,
+        )?;
+        d.list("rule", |x: &Rule| &x.arn, &old.rules, &new.rules)?;
+        type Tagged = (String, Vec<(String, String)>);
+        let tags = |s: &ElbState| -> Vec<Tagged> {
+            s.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        d.list("tags", |x: &Tagged| &x.0, &tags(old), &tags(new))?;
+        Ok(d)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty() && self.deletes.is_empty()
+    }
+}
+
+fn load_list<T: serde::de::DeserializeOwned>(
+    txn: &dyn fleetport_store::ReadTxn,
+    kind: &str,
+) -> Result<Vec<T>, fleetport_store::StoreError> {
+    use fleetport_store::ReadTxnExt;
+    let mut parts: Vec<(String, OwnedPart<T>)> =
+        txn.scan_json(PARTS, &format!("{kind}/"), None, usize::MAX)?;
+    parts.sort_by_key(|(_, p)| p.pos);
+    Ok(parts.into_iter().map(|(_, p)| p.doc).collect())
+}
+
+/// The stored configuration: from its documents, or from the single legacy document (which
+/// [`Delta::between`] the empty configuration and it then splits at the next write).
+pub fn load(
+    txn: &dyn fleetport_store::ReadTxn,
+) -> Result<(ElbState, bool), fleetport_store::StoreError> {
+    use fleetport_store::ReadTxnExt;
+    if let Some(legacy) = txn.get_json::<ElbState>(LEGACY_COLLECTION, LEGACY_KEY)? {
+        return Ok((legacy, true));
+    }
+    let tags: Vec<(String, Vec<(String, String)>)> = load_list(txn, "tags")?;
+    Ok((
+        ElbState {
+            load_balancers: load_list(txn, "lb")?,
+            target_groups: load_list(txn, "tg")?,
+            listeners: load_list(txn, "listener")?,
+            rules: load_list(txn, "rule")?,
+            tags: tags.into_iter().collect(),
+        },
+        false,
+    ))
 }

@@ -134,8 +134,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     );
     let ecs = fleetport_ecs::Ecs::new(store.clone(), &config.region, &config.account_id)
         .with_agent_timeout(config.agent_timeout.as_secs_f64());
-    // Tasks saved before the host index existed.
-    ecs.index_tasks()
+    // Records saved before ECS's indexes existed.
+    ecs.index()
         .await
         .map_err(|e| anyhow::anyhow!("indexing tasks: {}", e.message))?;
     gateway.serve(Arc::new(fleetport_ecs::agent_api::AgentApi(ecs.clone())));
@@ -155,9 +155,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     acm.declare_existing()
         .await
         .context("recording the certificates")?;
-    elb.record_certificate_uses()
+    elb.prepare_store()
         .await
-        .context("recording the listeners' certificates")?;
+        .context("preparing the load balancer configuration")?;
     gateway.serve(Arc::new(acm));
     gateway.serve(Arc::new(elb.clone()));
     let connections = connection_budget();

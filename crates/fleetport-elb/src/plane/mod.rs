@@ -618,6 +618,7 @@ pub async fn run(
     let mut open: HashMap<u16, OpenPort> = HashMap::new();
     let mut checkers: HashMap<String, (String, tokio::task::AbortHandle)> = HashMap::new();
     let mut certificate_changes = certificates.changes();
+    let certificates = crate::certificates::Cached::new(certificates);
     let mut certificates_follow = true;
     loop {
         let state = config.borrow_and_update().clone();
@@ -635,7 +636,7 @@ pub async fn run(
             }
         }
         if let Some(workers) = &started {
-            let tls = tls::configs(&state, &*certificates);
+            let tls = tls::configs(&state, &certificates);
             workers.publish(&state, &board, &tls);
         }
         open.retain(|port, o| {
@@ -676,6 +677,7 @@ pub async fn run(
             // A re-imported certificate is served from the next handshake on.
             r = certificate_changes.changed(), if certificates_follow => {
                 certificate_changes.borrow_and_update();
+                certificates.forget();
                 certificates_follow = r.is_ok();
             }
         }
