@@ -9,7 +9,7 @@
 //! whole groups and always see their own acknowledged writes. SQLite stays the durable source of
 //! truth: the copy is loaded from it at start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -36,8 +36,11 @@ enum Command {
     Reset(oneshot::Sender<Result<(), StoreError>>),
 }
 
-/// Collection → key → document: the committed state, as readers see it.
-type Documents = HashMap<String, BTreeMap<String, Arc<[u8]>>>;
+/// Collection → key → document: the committed state, as readers see it. The key maps are
+/// persistent (structure shared between versions), so a snapshot costs a clone of the few
+/// collection handles: readers copy one out under a short lock and scan without it, and the
+/// writer builds the next version beside them instead of waiting for their scans.
+type Documents = HashMap<String, imbl::OrdMap<String, Arc<[u8]>>>;
 
 /// One change a job made, applied to [`Documents`] once its group has committed.
 enum Change {
@@ -48,7 +51,7 @@ enum Change {
 #[derive(Debug)]
 pub struct SqliteStore {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
-    docs: Arc<RwLock<Documents>>,
+    docs: Arc<RwLock<Arc<Documents>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -71,7 +74,7 @@ impl SqliteStore {
         )
         .map_err(backend)?;
         migrate(&mut conn)?;
-        let docs = Arc::new(RwLock::new(load(&conn)?));
+        let docs = Arc::new(RwLock::new(Arc::new(load(&conn)?)));
         let (tx, rx) = mpsc::channel();
         let writer_docs = docs.clone();
         let writer = std::thread::Builder::new()
@@ -299,7 +302,7 @@ impl WriteTxn for Txn<'_> {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, docs: Arc<RwLock<Documents>>) {
+fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, docs: Arc<RwLock<Arc<Documents>>>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -316,7 +319,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, docs: Arc<RwLock<D
                     commit_group(&conn, std::mem::take(&mut writes), &docs);
                     let r = reset(&conn);
                     if r.is_ok() {
-                        *docs.write() = Documents::new();
+                        *docs.write() = Arc::new(Documents::new());
                     }
                     let _ = reply.send(r);
                 }
@@ -329,7 +332,7 @@ fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, docs: Arc<RwLock<D
 fn commit_group(
     conn: &Connection,
     writes: Vec<(WriteJob, oneshot::Sender<Result<(), StoreError>>)>,
-    docs: &RwLock<Documents>,
+    docs: &RwLock<Arc<Documents>>,
 ) {
     if writes.is_empty() {
         return;
@@ -350,19 +353,20 @@ fn commit_group(
     if committed.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     } else {
-        let mut docs = docs.write();
+        let mut next: Documents = (**docs.read()).clone();
         for change in changes {
             match change {
                 Change::Put(c, k, v) => {
-                    docs.entry(c).or_default().insert(k, v);
+                    next.entry(c).or_default().insert(k, v);
                 }
                 Change::Delete(c, k) => {
-                    if let Some(m) = docs.get_mut(&c) {
+                    if let Some(m) = next.get_mut(&c) {
                         m.remove(&k);
                     }
                 }
             }
         }
+        *docs.write() = Arc::new(next);
     }
     for (outcome, reply) in outcomes {
         let r = match (&committed, outcome) {
@@ -404,7 +408,7 @@ impl Store for SqliteStore {
         &self,
         f: &mut dyn FnMut(&dyn ReadTxn) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let docs = self.docs.read();
+        let docs = self.docs.read().clone();
         f(&Snapshot(&docs))
     }
 
@@ -505,5 +509,48 @@ mod tests {
             read::<_, E>(&store, |t| Ok(t.count("item", "")?)).unwrap(),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn a_long_read_neither_blocks_writes_nor_sees_them() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(d.path()).unwrap());
+        write(&*s, |t| {
+            t.put("c", "k", b"old")?;
+            Ok::<_, Abort<StoreError>>(())
+        })
+        .await
+        .unwrap();
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let reader = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                read(&*s, |t| {
+                    entered_tx.send(()).unwrap();
+                    // A slow scan: the write below commits meanwhile.
+                    released.recv().unwrap();
+                    t.get("c", "k")
+                })
+                .unwrap()
+            })
+        };
+        entered.recv().unwrap();
+        let wrote = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            write(&*s, |t| {
+                t.put("c", "k", b"new")?;
+                Ok::<_, Abort<StoreError>>(())
+            }),
+        )
+        .await;
+        assert!(matches!(wrote, Ok(Ok(()))), "the write waited for the read");
+        assert_eq!(
+            read(&*s, |t| t.get("c", "k")).unwrap().as_deref(),
+            Some(&b"new"[..])
+        );
+        release.send(()).unwrap();
+        // The read saw one consistent version: the one it started with.
+        assert_eq!(reader.join().unwrap().as_deref(), Some(&b"old"[..]));
     }
 }
