@@ -474,11 +474,29 @@ def test_least_outstanding_routing_survives_cancelled_requests(server, backends)
     assert set(counts) == {"a", "b", "c"} and max(counts.values()) <= 20, counts
 
 
+def race(**calls):
+    """Runs the named calls at once in threads; returns each one's result, or its AWS error code."""
+    import threading
+    import botocore.exceptions
+    results = {}
+
+    def run(name, call):
+        try:
+            results[name] = call()
+        except botocore.exceptions.ClientError as e:
+            results[name] = e.response["Error"]["Code"]
+
+    threads = [threading.Thread(target=run, args=item) for item in calls.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_a_certificate_cannot_be_deleted_while_a_listener_takes_it_up(server, tmp_path):
     """Item 8: DeleteCertificate and CreateListener race 20 times; afterwards no listener names
     a certificate that is gone, and every certificate that stayed is one a listener uses."""
-    import threading
-    import botocore.exceptions
     from test_elb import import_cert, make_cert
 
     acm, elb = server.client("acm"), server.client("elbv2")
@@ -489,28 +507,11 @@ def test_a_certificate_cannot_be_deleted_while_a_listener_takes_it_up(server, tm
     for _ in range(20):
         arn = import_cert(acm, crt, key)
         port = free_port()
-        results = {}
-
-        def listen():
-            try:
-                results["listener"] = elb.create_listener(
-                    LoadBalancerArn=lb, Protocol="HTTPS", Port=port, Certificates=[{"CertificateArn": arn}],
-                    DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])["Listeners"][0]["ListenerArn"]
-            except botocore.exceptions.ClientError as e:
-                results["listener"] = e.response["Error"]["Code"]
-
-        def delete():
-            try:
-                acm.delete_certificate(CertificateArn=arn)
-                results["delete"] = "deleted"
-            except botocore.exceptions.ClientError as e:
-                results["delete"] = e.response["Error"]["Code"]
-
-        threads = [threading.Thread(target=listen), threading.Thread(target=delete)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = race(
+            listener=lambda: elb.create_listener(
+                LoadBalancerArn=lb, Protocol="HTTPS", Port=port, Certificates=[{"CertificateArn": arn}],
+                DefaultActions=[{"Type": "forward", "TargetGroupArn": tg}])["Listeners"][0]["ListenerArn"],
+            delete=lambda: acm.delete_certificate(CertificateArn=arn) and "deleted")
         created = results["listener"].startswith("arn:")
         assert created != (results["delete"] == "deleted"), results
         if created:
@@ -525,8 +526,6 @@ def test_a_certificate_cannot_be_deleted_while_a_listener_takes_it_up(server, tm
 def test_run_task_and_delete_cluster_never_both_win(data_dir):
     """Item 8: RunTask re-checks its cluster inside the transaction that writes the tasks, so a
     DeleteCluster racing it either sees the task (and is refused) or makes RunTask fail."""
-    import threading
-    import botocore.exceptions
 
     s = Server(data_dir, ["--no-managed-capacity"]).start()
     try:
@@ -537,28 +536,11 @@ def test_run_task_and_delete_cluster_never_both_win(data_dir):
         for i in range(15):
             name = f"race{i}"
             ecs.create_cluster(clusterName=name)
-            results = {}
-
-            def run():
-                try:
-                    results["run"] = ecs.run_task(
-                        cluster=name, taskDefinition="f", launchType="FARGATE",
-                        networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})["tasks"]
-                except botocore.exceptions.ClientError as e:
-                    results["run"] = e.response["Error"]["Code"]
-
-            def delete():
-                try:
-                    ecs.delete_cluster(cluster=name)
-                    results["delete"] = "deleted"
-                except botocore.exceptions.ClientError as e:
-                    results["delete"] = e.response["Error"]["Code"]
-
-            threads = [threading.Thread(target=run), threading.Thread(target=delete)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            results = race(
+                run=lambda: ecs.run_task(
+                    cluster=name, taskDefinition="f", launchType="FARGATE",
+                    networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})["tasks"],
+                delete=lambda: ecs.delete_cluster(cluster=name) and "deleted")
             ran = isinstance(results["run"], list) and len(results["run"]) == 1
             assert ran != (results["delete"] == "deleted"), results
             status = ecs.describe_clusters(clusters=[name])["clusters"][0]["status"]

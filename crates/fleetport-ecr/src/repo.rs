@@ -606,6 +606,35 @@ mod tests {
 
     use super::*;
 
+    /// A registry over a fresh store in a temporary directory (kept alive by the first value).
+    fn registry() -> (tempfile::TempDir, Arc<SqliteStore>, Ecr) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let ecr = Ecr::open(
+            store.clone(),
+            dir.path(),
+            "us-east-1",
+            "000000000000",
+            "localhost:4566",
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+        (dir, store, ecr)
+    }
+
+    /// Pushes `manifest` to `repository` as tag `v1`.
+    async fn push(ecr: &Ecr, repository: &str, manifest: &Value) -> Result<String, RegistryError> {
+        let repo = ecr.find_repository(repository).unwrap().unwrap();
+        ecr.store_manifest(
+            &repo,
+            "v1",
+            &[],
+            None,
+            bytes::Bytes::from(manifest.to_string()),
+        )
+        .await
+    }
+
     async fn put_blob(ecr: &Ecr, bytes: &[u8]) -> String {
         let id = ecr.blobs.start("plat").await.unwrap();
         let body = futures_util::stream::iter([Ok::<_, std::io::Error>(
@@ -619,17 +648,7 @@ mod tests {
 
     #[tokio::test]
     async fn platforms_are_recorded_for_images_and_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let ecr = Ecr::open(
-            store,
-            dir.path(),
-            "us-east-1",
-            "000000000000",
-            "localhost:4566",
-            std::time::Duration::from_secs(60),
-        )
-        .unwrap();
+        let (_dir, _store, ecr) = registry();
         ecr.create_repository(json!({"repositoryName": "plat"}))
             .await
             .unwrap();
@@ -686,17 +705,7 @@ mod tests {
 
     #[tokio::test]
     async fn manifests_see_only_their_repositorys_blobs_and_report_stored_sizes() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let ecr = Ecr::open(
-            store,
-            dir.path(),
-            "us-east-1",
-            "000000000000",
-            "localhost:4566",
-            std::time::Duration::from_secs(60),
-        )
-        .unwrap();
+        let (_dir, _store, ecr) = registry();
         for name in ["plat", "other"] {
             ecr.create_repository(json!({"repositoryName": name}))
                 .await
@@ -709,45 +718,16 @@ mod tests {
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": u64::MAX},
                        {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": u64::MAX}]});
-        let other = ecr.find_repository("other").unwrap().unwrap();
-        let refused = ecr
-            .store_manifest(
-                &other,
-                "v1",
-                &[],
-                None,
-                bytes::Bytes::from(manifest.to_string()),
-            )
-            .await
-            .unwrap_err();
+        let refused = push(&ecr, "other", &manifest).await.unwrap_err();
         assert_eq!(refused.1, "MANIFEST_BLOB_UNKNOWN");
-        let plat = ecr.find_repository("plat").unwrap().unwrap();
-        ecr.store_manifest(
-            &plat,
-            "v1",
-            &[],
-            None,
-            bytes::Bytes::from(manifest.to_string()),
-        )
-        .await
-        .unwrap();
+        push(&ecr, "plat", &manifest).await.unwrap();
         let found = ecr.resolve("plat", "v1").unwrap().unwrap();
         assert_eq!(found.image_size, 10);
     }
 
     #[tokio::test]
     async fn a_released_blob_cannot_be_committed_and_a_used_one_is_not_released() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
-        let ecr = Ecr::open(
-            store.clone(),
-            dir.path(),
-            "us-east-1",
-            "000000000000",
-            "localhost:4566",
-            std::time::Duration::from_secs(60),
-        )
-        .unwrap();
+        let (_dir, store, ecr) = registry();
         ecr.create_repository(json!({"repositoryName": "plat"}))
             .await
             .unwrap();
@@ -772,17 +752,7 @@ mod tests {
         let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
             "layers": []});
-        let repo = ecr.find_repository("plat").unwrap().unwrap();
-        let refused = ecr
-            .store_manifest(
-                &repo,
-                "v1",
-                &[],
-                None,
-                bytes::Bytes::from(manifest.to_string()),
-            )
-            .await
-            .unwrap_err();
+        let refused = push(&ecr, "plat", &manifest).await.unwrap_err();
         assert_eq!(refused.1, "MANIFEST_BLOB_UNKNOWN");
     }
 }

@@ -223,25 +223,36 @@ impl Gateway {
             headers,
             body,
         };
+        self.verify_in_region(&signed, Protocol::Json, JSON_SKEW_SECS)
+            .map(|f| f.access_key)
+    }
+
+    /// Verifies a signature and that its scope names this region.
+    fn verify_in_region(
+        &self,
+        signed: &SignedRequest<'_>,
+        protocol: Protocol,
+        skew: i64,
+    ) -> Result<crate::sigv4::SignatureFields, AwsError> {
         let fields = self
             .verifier
             .verify(
-                &signed,
+                signed,
                 crate::clock::unix_secs(),
-                JSON_SKEW_SECS,
+                skew,
                 PayloadRule::BodyHash,
             )
-            .map_err(|e| sig_error(e, Protocol::Json))?;
+            .map_err(|e| sig_error(e, protocol))?;
         if fields.region != self.config.region {
             return Err(sig_error(
                 SigError::Scope(format!(
                     "Credential should be scoped to a valid region, not '{}'. ",
                     fields.region
                 )),
-                Protocol::Json,
+                protocol,
             ));
         }
-        Ok(fields.access_key)
+        Ok(fields)
     }
 
     fn authenticate(
@@ -262,24 +273,7 @@ impl Gateway {
         } else {
             QUERY_SKEW_SECS
         };
-        let fields = self
-            .verifier
-            .verify(
-                &signed,
-                crate::clock::unix_secs(),
-                skew,
-                PayloadRule::BodyHash,
-            )
-            .map_err(|e| sig_error(e, protocol))?;
-        if fields.region != self.config.region {
-            return Err(sig_error(
-                SigError::Scope(format!(
-                    "Credential should be scoped to a valid region, not '{}'. ",
-                    fields.region
-                )),
-                protocol,
-            ));
-        }
+        let fields = self.verify_in_region(&signed, protocol, skew)?;
         if fields.service != signing_name {
             return Err(sig_error(
                 SigError::Scope(format!(
