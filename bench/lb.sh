@@ -13,6 +13,7 @@
 #   PEERS_BATCH=1 bench/lb.sh        # HAProxy and nginx run as SCHED_BATCH too, as Fleetport's
 #                                    # ELB workers do by default
 #   FLEETPORT_ELB_SCHEDULING=normal bench/lb.sh   # Fleetport's workers keep the default policy
+#   KEEP_W=1 bench/lb.sh             # keep the work directory (configs, logs) for a look afterwards
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPEATS=${REPEATS:-3}
@@ -34,7 +35,7 @@ W=$(mktemp -d)
 chmod 755 "$W"
 B1=${B1:-46101} B2=${B2:-46102} HA=${HA:-46110} NG=${NG:-46111} LB=${LB:-46112} FP=${FP:-46120}
 pids=()
-cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; [ -n "${KEEP_W:-}" ] || rm -rf "$W"; }
 trap cleanup EXIT
 # exec: a backgrounded function is a subshell, and its $! must be the server itself.
 on_proxy_cpu() { if [ "$PIN" = 1 ]; then exec taskset -c 1 "$@"; else exec "$@"; fi; }
