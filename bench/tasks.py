@@ -112,11 +112,27 @@ def fleetport_run(ecs, n):
     return running, port
 
 
+def free_ports(n):
+    import socket
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            held.append(s)
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def docker_run(image, cmd, n):
     t0 = time.monotonic()
 
-    # Host ports are chosen here so that finding them costs docker nothing.
-    ports = [42100 + i for i in range(n)]
+    # Host ports are chosen here so that finding them costs docker nothing: ports the kernel
+    # hands out as free (all held at once, so they differ), not a fixed range that another
+    # process (or a Fleetport task's dynamic port) may already hold.
+    ports = free_ports(n)
 
     def one(p):
         return sh("docker", "run", "-d", "-m", "32m", "-p", f"127.0.0.1:{p}:8080", image, *cmd, text=True).stdout.strip()
