@@ -345,6 +345,146 @@ fn new_task(
     t
 }
 
+/// What to place: the task every placed copy starts from, how many, and the rules (RunTask and
+/// StartTask build it from their request; the service scheduler will build it from a service).
+pub(crate) struct Placement {
+    pub template: TaskRecord,
+    pub count: usize,
+    /// StartTask: the instance for each task, in order.
+    pub targets: Option<Vec<String>>,
+    pub need: Reservation,
+    pub strategies: Vec<placement::Strategy>,
+    pub constraints: Vec<Constraint>,
+    pub subnet: Option<String>,
+    pub seed: u64,
+    pub seen_after: f64,
+}
+
+/// Places `request.count` tasks on the cluster's instances (or the managed capacity) inside
+/// `txn`, and saves them: the placed tasks, and ECS's `failures` for those that did not fit.
+pub(crate) fn place_tasks(
+    txn: &mut dyn fleetport_store::WriteTxn,
+    scope: &crate::arn::Scope,
+    agents: &crate::agents::Agents,
+    request: &Placement,
+) -> Result<(Vec<TaskRecord>, Vec<Value>), Abort<fleetport_proto::AwsError>> {
+    let Placement {
+        template,
+        count,
+        targets,
+        need,
+        strategies,
+        constraints,
+        subnet,
+        seed,
+        seen_after,
+    } = request;
+    let (seed, seen_after) = (*seed, *seen_after);
+    let region = &scope.region;
+    if template.launch_type == MANAGED {
+        let mut placed = Vec::new();
+        for _ in 0..*count {
+            let t = new_task(
+                template,
+                scope,
+                None,
+                Some(format!("{region}a")),
+                subnet.as_deref(),
+            );
+            save_task(txn, &t)?;
+            placed.push(t);
+        }
+        return Ok((placed, Vec::new()));
+    }
+    let instances: Vec<InstanceRecord> = txn
+        .scan_json::<InstanceRecord>(
+            INSTANCES,
+            &format!("{}/", template.cluster),
+            None,
+            usize::MAX,
+        )?
+        .into_iter()
+        .map(|(_, r)| agents.overlay(r))
+        .filter(|r| r.status != "INACTIVE")
+        .collect();
+    if instances.is_empty() {
+        return Err(Abort::Domain(invalid(
+            "No Container Instances were found in your cluster.",
+        )));
+    }
+    let mut existing = tasks_of_cluster(txn, &template.cluster)?;
+    let mut placed = Vec::new();
+    let mut failures = Vec::new();
+    for n in 0..*count {
+        let mut cands = Vec::new();
+        let mut reasons = Vec::new();
+        // StartTask: exactly the named instance for this task, if it exists.
+        let target = targets.as_ref().and_then(|t| t.get(n));
+        if let Some(id) = target
+            && !instances.iter().any(|i| &i.id == id)
+        {
+            failures.push(json!({
+                "arn": scope.arn(&format!("container-instance/{}/{id}", template.cluster)),
+                "reason": "MISSING"
+            }));
+            continue;
+        }
+        for inst in instances
+            .iter()
+            .filter(|i| target.is_none_or(|id| &i.id == id))
+        {
+            let u = usage(&existing, &inst.arn);
+            if let Some(reason) = placement::misfit(inst, &u, need, seen_after) {
+                reasons.push(json!({"arn": inst.arn, "reason": reason}));
+                continue;
+            }
+            let group_count = existing
+                .iter()
+                .filter(|t| {
+                    t.container_instance_arn.as_deref() == Some(inst.arn.as_str())
+                        && t.desired_status == "RUNNING"
+                        && t.group == template.group
+                })
+                .count() as u64;
+            let ok = constraints.iter().all(|c| match c {
+                Constraint::DistinctInstance => group_count == 0,
+                Constraint::MemberOf(q) => {
+                    q.matches(&crate::instance::facts(inst, &existing, seen_after))
+                }
+            });
+            if !ok {
+                reasons.push(json!({"arn": inst.arn, "reason": "ATTRIBUTE"}));
+                continue;
+            }
+            cands.push(Candidate {
+                inst: inst.clone(),
+                usage: u,
+                group_count,
+            });
+        }
+        if cands.is_empty() {
+            failures.extend(reasons);
+            continue;
+        }
+        let refs: Vec<&Candidate> = cands.iter().collect();
+        let chosen = &cands[placement::choose(&refs, strategies, seed.wrapping_add(n as u64))];
+        let t = new_task(
+            template,
+            scope,
+            Some(chosen.inst.arn.clone()),
+            chosen
+                .inst
+                .attribute("ecs.availability-zone")
+                .map(String::from),
+            subnet.as_deref(),
+        );
+        save_task(txn, &t)?;
+        existing.push(t.clone());
+        placed.push(t);
+    }
+    Ok((placed, failures))
+}
+
 fn save_task(
     txn: &mut dyn fleetport_store::WriteTxn,
     t: &TaskRecord,
@@ -476,7 +616,6 @@ impl Ecs {
         let started_by = input::string(&input, "startedBy").map(String::from);
         let tags = input::items(&input, "tags");
         let now = crate::now();
-        let scope = self.scope.clone();
         let td_arn = td
             .get("taskDefinitionArn")
             .and_then(Value::as_str)
@@ -514,15 +653,25 @@ impl Ecs {
             platform_version: (launch_type_is_managed).then(|| "1.4.0".to_string()),
             ..Default::default()
         };
-        let seed = now.to_bits();
-        let seen_after = self.seen_after();
+        let request = Placement {
+            template,
+            count: count as usize,
+            targets,
+            need,
+            strategies,
+            constraints,
+            subnet,
+            seed: now.to_bits(),
+            seen_after: self.seen_after(),
+        };
+        let scope = self.scope.clone();
         let agents = self.agents.clone();
-        let region = self.scope.region.clone();
         // Placement and the new task documents are one transaction, so concurrent RunTasks
         // never both take the last free resources.
         let (tasks, failures) = crate::error::write(&*self.store, move |txn| {
             // Re-checked where the tasks are written: a DeleteCluster or a task definition
             // deregistration that committed since the read above wins.
+            let template = &request.template;
             match crate::cluster::named(txn, &template.cluster)? {
                 Some(c) if c.status == crate::cluster::ACTIVE => {}
                 _ => return Err(Abort::Domain(crate::error::cluster_not_found())),
@@ -539,109 +688,7 @@ impl Ecs {
             {
                 return Err(Abort::Domain(invalid("TaskDefinition is inactive")));
             }
-            if launch_type_is_managed {
-                let mut placed = Vec::new();
-                for _ in 0..count {
-                    let t = new_task(
-                        &template,
-                        &scope,
-                        None,
-                        Some(format!("{region}a")),
-                        subnet.as_deref(),
-                    );
-                    save_task(txn, &t)?;
-                    placed.push(t);
-                }
-                return Ok((placed, Vec::new()));
-            }
-            let instances: Vec<InstanceRecord> = txn
-                .scan_json::<InstanceRecord>(
-                    INSTANCES,
-                    &format!("{}/", template.cluster),
-                    None,
-                    usize::MAX,
-                )?
-                .into_iter()
-                .map(|(_, r)| agents.overlay(r))
-                .filter(|r| r.status != "INACTIVE")
-                .collect();
-            if instances.is_empty() {
-                return Err(Abort::Domain(invalid(
-                    "No Container Instances were found in your cluster.",
-                )));
-            }
-            let mut existing = tasks_of_cluster(txn, &template.cluster)?;
-            let mut placed = Vec::new();
-            let mut failures = Vec::new();
-            for n in 0..count {
-                let mut cands = Vec::new();
-                let mut reasons = Vec::new();
-                // StartTask: exactly the named instance for this task, if it exists.
-                let target = targets.as_ref().and_then(|t| t.get(n as usize));
-                if let Some(id) = target
-                    && !instances.iter().any(|i| &i.id == id)
-                {
-                    failures.push(json!({
-                        "arn": scope.arn(&format!("container-instance/{}/{id}", template.cluster)),
-                        "reason": "MISSING"
-                    }));
-                    continue;
-                }
-                for inst in instances
-                    .iter()
-                    .filter(|i| target.is_none_or(|id| &i.id == id))
-                {
-                    let u = usage(&existing, &inst.arn);
-                    if let Some(reason) = placement::misfit(inst, &u, &need, seen_after) {
-                        reasons.push(json!({"arn": inst.arn, "reason": reason}));
-                        continue;
-                    }
-                    let group_count = existing
-                        .iter()
-                        .filter(|t| {
-                            t.container_instance_arn.as_deref() == Some(inst.arn.as_str())
-                                && t.desired_status == "RUNNING"
-                                && t.group == template.group
-                        })
-                        .count() as u64;
-                    let ok = constraints.iter().all(|c| match c {
-                        Constraint::DistinctInstance => group_count == 0,
-                        Constraint::MemberOf(q) => {
-                            q.matches(&crate::instance::facts(inst, &existing, seen_after))
-                        }
-                    });
-                    if !ok {
-                        reasons.push(json!({"arn": inst.arn, "reason": "ATTRIBUTE"}));
-                        continue;
-                    }
-                    cands.push(Candidate {
-                        inst: inst.clone(),
-                        usage: u,
-                        group_count,
-                    });
-                }
-                if cands.is_empty() {
-                    failures.extend(reasons);
-                    continue;
-                }
-                let refs: Vec<&Candidate> = cands.iter().collect();
-                let chosen =
-                    &cands[placement::choose(&refs, &strategies, seed.wrapping_add(n as u64))];
-                let t = new_task(
-                    &template,
-                    &scope,
-                    Some(chosen.inst.arn.clone()),
-                    chosen
-                        .inst
-                        .attribute("ecs.availability-zone")
-                        .map(String::from),
-                    subnet.as_deref(),
-                );
-                save_task(txn, &t)?;
-                existing.push(t.clone());
-                placed.push(t);
-            }
-            Ok((placed, failures))
+            place_tasks(txn, &scope, &agents, &request)
         })
         .await?;
         self.wake(tasks.iter().map(TaskRecord::host));
@@ -1018,5 +1065,87 @@ fn transition(t: &mut TaskRecord, status: &str, reason: Option<String>, now: f64
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use fleetport_store::sqlite::SqliteStore;
+
+    use super::*;
+    use crate::agents::Agents;
+    use crate::arn::Scope;
+
+    fn instance(id: &str, memory: i64, last_seen: f64) -> InstanceRecord {
+        InstanceRecord {
+            arn: format!("arn:aws:ecs:us-east-1:000000000000:container-instance/c/{id}"),
+            id: id.into(),
+            cluster: "c".into(),
+            status: "ACTIVE".into(),
+            cpu: 1024,
+            memory,
+            last_seen,
+            ..Default::default()
+        }
+    }
+
+    /// Placement is a function of the store's state and the request: no API, no agent.
+    #[tokio::test]
+    async fn place_tasks_spreads_distinct_instances_and_reports_what_did_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let now = crate::now();
+        let instances = [
+            instance("aaaa", 512, now),
+            instance("bbbb", 512, now),
+            // Silent for longer than the agent timeout: never chosen, reported as AGENT.
+            instance("cccc", 4096, now - 3600.0),
+        ];
+        let agents = Arc::new(Agents::default());
+        let request = Placement {
+            template: TaskRecord {
+                cluster: "c".into(),
+                launch_type: "EC2".into(),
+                desired_status: "RUNNING".into(),
+                group: "service:web".into(),
+                ..Default::default()
+            },
+            count: 3,
+            targets: None,
+            need: Reservation {
+                memory: 256,
+                ..Default::default()
+            },
+            strategies: Vec::new(),
+            constraints: vec![Constraint::DistinctInstance],
+            subnet: None,
+            seed: 7,
+            seen_after: now - 60.0,
+        };
+        let scope = Scope {
+            region: "us-east-1".into(),
+            account: "000000000000".into(),
+        };
+        let (placed, failures) = crate::error::write(&*store, move |txn| {
+            for i in &instances {
+                txn.put_json(INSTANCES, &format!("c/{}", i.id), i)?;
+            }
+            place_tasks(txn, &scope, &agents, &request)
+        })
+        .await
+        .unwrap();
+        let mut hosts: Vec<&str> = placed.iter().map(TaskRecord::host).collect();
+        hosts.sort();
+        assert_eq!(hosts, ["aaaa", "bbbb"], "one per instance");
+        let reasons: Vec<&str> = failures
+            .iter()
+            .filter_map(|f| f.get("reason").and_then(Value::as_str))
+            .collect();
+        assert!(
+            reasons.contains(&"AGENT") && reasons.contains(&"ATTRIBUTE"),
+            "{failures:?}"
+        );
     }
 }
