@@ -207,6 +207,11 @@ def test_the_alb_speaks_http_strictly(server, backends):
     assert status_of(raw_http(port, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")) == 400, "HTTP/1.1 needs Host"
     assert status_of(raw_http(port, b"GET / HTTP/1.0\r\n\r\n")) == 200, "HTTP/1.0 may omit it"
     assert status_of(raw_http(port, b"GET / HTTP/1.1\r\nHost: evil.example/phish?\r\nConnection: close\r\n\r\n")) == 400
+    # ALB's line limits: 16 KiB for one header or the request line.
+    fits, too_long = b"x" * (15 * 1024), b"x" * (17 * 1024)
+    assert status_of(raw_http(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + fits + b"\r\nConnection: close\r\n\r\n")) == 200
+    assert status_of(raw_http(port, b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + too_long + b"\r\nConnection: close\r\n\r\n")) == 400
+    assert status_of(raw_http(port, b"GET /" + too_long + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")) == 400
     # Broken chunked framing from the client is the client's error.
     before = scrape(server)
     r = raw_http(port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n")
@@ -388,6 +393,8 @@ def test_the_registry_scopes_blobs_to_repositories(server):
     d = "sha256:" + hashlib.sha256(secret).hexdigest()
     assert send("POST", f"{e}/v2/alpha/blobs/uploads/?digest={d}", secret, h).status == 201
     assert send("GET", f"{e}/v2/alpha/blobs/{d}", headers=h).body == secret
+    blob_file = os.path.join(server.data_dir, "registry", "blobs", "sha256", d.split(":")[1])
+    assert os.stat(blob_file).st_mode & 0o777 == 0o600
     r = send("GET", f"{e}/v2/beta/blobs/{d}", headers=h)
     assert r.status == 404 and r.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
     assert send("HEAD", f"{e}/v2/beta/blobs/{d}", headers=h).status == 404

@@ -196,7 +196,12 @@ impl FsBlobs {
             }
         }
         let id = uuid::Uuid::new_v4().to_string();
-        tokio::fs::File::create(self.upload_path(&id)).await?;
+        // 0600 like every file in the data directory; the blob keeps the mode when renamed.
+        let mut create = tokio::fs::OpenOptions::new();
+        create.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        create.mode(0o600);
+        create.open(self.upload_path(&id)).await?;
         let s = Session {
             repository: repository.to_string(),
             hasher: Sha256::new(),

@@ -133,6 +133,8 @@ struct Conn {
 
 /// Request line and headers of one request together, at most (ALB: 64 KiB).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The request line, or one header, at most (ALB: 16 KiB).
+const MAX_LINE_BYTES: usize = 16 * 1024;
 /// Concurrent streams on one HTTP/2 connection (ALB: 128).
 const MAX_H2_STREAMS: u32 = 128;
 
@@ -344,6 +346,16 @@ where
 /// HTTP/1.1, and a host that is a valid authority. Anything else gets 400, so rules never see
 /// a host the target would read differently.
 fn well_formed(req: &Request<Incoming>, host: &str) -> bool {
+    // ALB's limits: 16 KiB for the request line and for any single header (64 KiB in all is
+    // enforced while the head is read).
+    if req.uri().path_and_query().map_or(0, |p| p.as_str().len()) > MAX_LINE_BYTES
+        || req
+            .headers()
+            .iter()
+            .any(|(n, v)| n.as_str().len() + v.len() > MAX_LINE_BYTES)
+    {
+        return false;
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let first = hosts.next();
     if hosts.next().is_some() {
