@@ -13,6 +13,7 @@ pub mod error;
 pub mod instance;
 pub mod placement;
 pub mod query;
+pub mod rollout;
 pub mod tags;
 pub mod task;
 pub mod taskdef;
