@@ -169,14 +169,14 @@ impl Verifier {
             &fields.region,
             &fields.service,
         );
+        let scope = format!(
+            "{}/{}/{}/aws4_request",
+            fields.date, fields.region, fields.service
+        );
         let candidates = payload_hashes(req, fields.presigned, rule)?;
         for payload_hash in candidates.iter().flatten() {
             let canonical =
                 canonical_request(req, &fields.signed_headers, payload_hash, fields.presigned)?;
-            let scope = format!(
-                "{}/{}/{}/aws4_request",
-                fields.date, fields.region, fields.service
-            );
             let string_to_sign = format!(
                 "{ALGORITHM}\n{}\n{scope}\n{}",
                 fields.amz_date,
@@ -477,11 +477,13 @@ fn payload_hashes(
     rule: PayloadRule,
 ) -> Result<[Option<String>; 2], SigError> {
     let body_hash = || hex::encode(Sha256::digest(req.body));
-    let unsigned_ok = presigned || rule == PayloadRule::UnsignedAllowed;
+    // A presigned URL may leave its payload unsigned only when it has none: an unsigned form
+    // body would add parameters the signature never covered.
+    let unsigned_ok = rule == PayloadRule::UnsignedAllowed || (presigned && req.body.is_empty());
     match header_str(req.headers, "x-amz-content-sha256") {
         Some(UNSIGNED_PAYLOAD) if unsigned_ok => Ok([Some(UNSIGNED_PAYLOAD.to_string()), None]),
         Some(UNSIGNED_PAYLOAD) => Err(SigError::UnsignedPayload(
-            "UNSIGNED-PAYLOAD is accepted only in presigned URLs; sign the request body.".into(),
+            "UNSIGNED-PAYLOAD is accepted only in presigned URLs without a body; sign the request body.".into(),
         )),
         Some(claimed) => {
             // A client-declared hash must match the body, or a signed header could cover a swapped body.
@@ -492,9 +494,8 @@ fn payload_hashes(
             }
         }
         // A presigned URL says nothing of its payload: SigV4 signs it as UNSIGNED-PAYLOAD,
-        // though some signers (botocore for non-S3 services) hash the body. Only with no body,
-        // unless the rule allows unsigned ones: an unsigned form body would add parameters.
-        None if presigned && (req.body.is_empty() || rule == PayloadRule::UnsignedAllowed) => {
+        // though some signers (botocore for non-S3 services) hash the body.
+        None if presigned && unsigned_ok => {
             Ok([Some(body_hash()), Some(UNSIGNED_PAYLOAD.to_string())])
         }
         None => Ok([Some(body_hash()), None]),
@@ -753,9 +754,7 @@ mod tests {
             ),
             ("content-type", "application/x-amz-json-1.1"),
         ] {
-            let mut h = http::HeaderMap::new();
-            h.insert("host", "localhost:4566".parse().unwrap());
-            signer().sign("POST", "/", "", &mut h, b"{}", now);
+            let mut h = signed_headers(&[], b"{}", now);
             check(&h, b"{}", now, PayloadRule::BodyHash).unwrap();
             // Added after signing: the signature does not cover it.
             h.insert(name, value.parse().unwrap());
@@ -770,13 +769,21 @@ mod tests {
         }
     }
 
+    /// Headers for `host` and `extra`, signed over `body` at `now`.
+    fn signed_headers(extra: &[(&'static str, &str)], body: &[u8], now: i64) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        h.insert("host", "localhost:4566".parse().unwrap());
+        for (k, v) in extra {
+            h.insert(*k, v.parse().unwrap());
+        }
+        signer().sign("POST", "/", "", &mut h, body, now);
+        h
+    }
+
     #[test]
     fn unsigned_payload_only_where_the_rule_allows_it() {
         let now = 1_800_000_000;
-        let mut h = http::HeaderMap::new();
-        h.insert("host", "localhost:4566".parse().unwrap());
-        h.insert("x-amz-content-sha256", UNSIGNED_PAYLOAD.parse().unwrap());
-        signer().sign("POST", "/", "", &mut h, b"{}", now);
+        let h = signed_headers(&[("x-amz-content-sha256", UNSIGNED_PAYLOAD)], b"{}", now);
         assert!(matches!(
             check(&h, b"{}", now, PayloadRule::BodyHash),
             Err(SigError::UnsignedPayload(_))
@@ -787,9 +794,7 @@ mod tests {
     #[test]
     fn scope_date_must_be_the_request_date() {
         let now = 1_800_000_000;
-        let mut h = http::HeaderMap::new();
-        h.insert("host", "localhost:4566".parse().unwrap());
-        signer().sign("POST", "/", "", &mut h, b"", now);
+        let mut h = signed_headers(&[], b"", now);
         let auth = h[http::header::AUTHORIZATION].to_str().unwrap().to_string();
         let date = &format_amz_date(now)[..8];
         for wrong in ["", "2027", "20270114"] {

@@ -157,3 +157,25 @@ fn presigned_urls_with_either_payload_form_up_to_seven_days() {
         check(&req, at).unwrap_or_else(|e| panic!("expires {expires}: {e}"));
     }
 }
+
+#[test]
+fn a_presigned_url_cannot_carry_an_unsigned_body() {
+    let at = SystemTime::now();
+    let mut req = http::Request::builder()
+        .method("POST")
+        .uri("http://localhost:4566/?Action=DescribeLoadBalancers&Version=2015-12-01")
+        .body(Vec::new())
+        .unwrap();
+    let mut settings = SigningSettings::default();
+    settings.signature_location = SignatureLocation::QueryParams;
+    settings.expires_in = Some(Duration::from_secs(300));
+    sdk_sign(&mut req, SignableBody::UnsignedPayload, settings, at);
+    check(&req, at).unwrap();
+    // The same URL with a form body that would add parameters the signature never covered.
+    *req.body_mut() = b"Names.member.1=other".to_vec();
+    assert_eq!(check(&req, at), Err(SigError::Mismatch));
+    // Nor by declaring the payload unsigned in a header.
+    req.headers_mut()
+        .insert("x-amz-content-sha256", "UNSIGNED-PAYLOAD".parse().unwrap());
+    assert!(matches!(check(&req, at), Err(SigError::UnsignedPayload(_))));
+}
