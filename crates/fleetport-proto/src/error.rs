@@ -91,12 +91,12 @@ impl AwsError {
     }
 }
 
-/// Escapes text for XML element content and attribute values.
 /// Whether XML 1.0 can carry `c` (its `Char` production).
 pub fn xml_char(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
+/// Escapes text for XML element content and attribute values.
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {

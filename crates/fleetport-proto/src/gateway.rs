@@ -189,6 +189,36 @@ impl Gateway {
         query: &str,
         headers: &http::HeaderMap,
     ) -> Option<Response<Bytes>> {
+        let protocol = if headers.contains_key("x-amz-target") {
+            Protocol::Json
+        } else {
+            Protocol::Query
+        };
+        let e = self
+            .unsigned(method, path, query, headers, protocol)
+            .err()?;
+        Some(reject(headers, &e))
+    }
+
+    /// [`Self::precheck`] for Fleetport's own endpoints, whose errors are awsJson-shaped.
+    pub fn precheck_own(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &http::HeaderMap,
+    ) -> Result<(), AwsError> {
+        self.unsigned(method, path, query, headers, Protocol::Json)
+    }
+
+    fn unsigned(
+        &self,
+        method: &str,
+        path: &str,
+        query: &str,
+        headers: &http::HeaderMap,
+        protocol: Protocol,
+    ) -> Result<(), AwsError> {
         let signed = SignedRequest {
             method,
             path,
@@ -196,13 +226,10 @@ impl Gateway {
             headers,
             body: &[],
         };
-        let e = self.verifier.precheck(&signed).err()?;
-        let protocol = if headers.contains_key("x-amz-target") {
-            Protocol::Json
-        } else {
-            Protocol::Query
-        };
-        Some(reject(headers, &sig_error(e, protocol)))
+        self.verifier
+            .precheck(&signed)
+            .map(|_| ())
+            .map_err(|e| sig_error(e, protocol))
     }
 
     /// Checks the SigV4 signature of a request to one of Fleetport's own endpoints (which

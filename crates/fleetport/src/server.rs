@@ -50,10 +50,33 @@ impl BodyBudget {
 /// Why a body was not read whole.
 enum BodyError {
     TooLarge,
-    /// No byte for the allowed pause, or no room in the budget in that time.
+    /// No byte for the allowed pause.
     Slow,
+    /// No room in the budget within the allowed pause.
     Room,
     Broken,
+}
+
+impl BodyError {
+    /// The AWS-shaped answer, in the protocol `headers` announce.
+    fn response(&self, headers: &http::HeaderMap, limit: usize) -> Response {
+        let e = match self {
+            Self::TooLarge => return too_large(headers, limit),
+            Self::Slow => AwsError::with_status(
+                "RequestTimeoutException",
+                "The request body was not received in time.",
+                StatusCode::REQUEST_TIMEOUT,
+            ),
+            Self::Room => AwsError::client(
+                "ThrottlingException",
+                "Too many request bodies in flight; retry.",
+            ),
+            Self::Broken => {
+                AwsError::client("SerializationException", "The request body ended early.")
+            }
+        };
+        into_axum(fleetport_proto::gateway::reject(headers, &e))
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -105,26 +128,7 @@ async fn aws(State(state): State<AppState>, req: Request) -> Response {
     // The permit is held until the answer is made: the body lives that long.
     let (body, _held) = match read_body(body, state.max_body_bytes, &state.bodies).await {
         Ok(b) => b,
-        Err(BodyError::TooLarge) => return too_large(&parts.headers, state.max_body_bytes),
-        Err(BodyError::Slow) => {
-            let e = AwsError::with_status(
-                "RequestTimeoutException",
-                "The request body was not received in time.",
-                StatusCode::REQUEST_TIMEOUT,
-            );
-            return into_axum(fleetport_proto::gateway::reject(&parts.headers, &e));
-        }
-        Err(BodyError::Room) => {
-            let e = AwsError::client(
-                "ThrottlingException",
-                "Too many request bodies in flight; retry.",
-            );
-            return into_axum(fleetport_proto::gateway::reject(&parts.headers, &e));
-        }
-        Err(BodyError::Broken) => {
-            let e = AwsError::client("SerializationException", "The request body ended early.");
-            return into_axum(fleetport_proto::gateway::reject(&parts.headers, &e));
-        }
+        Err(e) => return e.response(&parts.headers, state.max_body_bytes),
     };
     let api = ApiRequest {
         method: parts.method.as_str(),
@@ -214,8 +218,26 @@ async fn reset(State(state): State<AppState>, req: Request) -> Response {
         let body = r#"{"__type":"AccessDeniedException","message":"Cross-origin requests may not reset Fleetport."}"#;
         return json_error(StatusCode::FORBIDDEN, body.to_string());
     }
-    let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
-        return too_large(&parts.headers, 64 * 1024);
+    // As for the API: no body is read for an unsigned request, and a body takes its room from
+    // the shared budget.
+    let json = |e: AwsError| {
+        json_error(
+            e.status,
+            String::from_utf8_lossy(&e.json_body()).into_owned(),
+        )
+    };
+    if let Err(e) = state.gateway.precheck_own(
+        parts.method.as_str(),
+        parts.uri.path(),
+        parts.uri.query().unwrap_or(""),
+        &parts.headers,
+    ) {
+        return json(e);
+    }
+    const RESET_BODY: usize = 64 * 1024;
+    let (body, _held) = match read_body(body, RESET_BODY, &state.bodies).await {
+        Ok(b) => b,
+        Err(e) => return e.response(&parts.headers, RESET_BODY),
     };
     if let Err(e) = state.gateway.authenticate_own(
         parts.method.as_str(),
@@ -224,10 +246,7 @@ async fn reset(State(state): State<AppState>, req: Request) -> Response {
         &parts.headers,
         &body,
     ) {
-        return json_error(
-            e.status,
-            String::from_utf8_lossy(&e.json_body()).into_owned(),
-        );
+        return json(e);
     }
     match state.store.reset().await {
         Ok(()) => {

@@ -593,8 +593,6 @@ struct OpenPort {
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
-/// Follows the configuration until aborted, serving listeners on `count` worker threads,
-/// started with the first listener (a Fleetport without load balancers runs none).
 /// How the data plane runs: `workers` threads scheduled as `scheduling` says, with at most
 /// `max_connections` client connections open over all ports.
 #[derive(Debug, Clone)]
@@ -606,6 +604,8 @@ pub struct PlaneOptions {
     pub cookie_key: sticky::CookieKey,
 }
 
+/// Follows the configuration until aborted, serving listeners on `options.workers` worker
+/// threads, started with the first listener (a Fleetport without load balancers runs none).
 pub async fn run(
     mut config: watch::Receiver<Arc<ElbState>>,
     certificates: Arc<dyn CertificateSource>,
