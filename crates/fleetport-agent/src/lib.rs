@@ -488,35 +488,20 @@ mod tests {
         (format!("http://{addr}"), seen)
     }
 
+    /// Retried through 5xx until delivered; a 4xx ends the attempts at once.
     #[tokio::test]
-    async fn reports_are_retried_through_server_errors_until_delivered() {
-        let (endpoint, seen) = flaky(vec![500, 503, 200]).await;
-        let api = ApiClient::new(&endpoint, "us-east-1", "k", "s").unwrap();
-        assert!(
-            deliver(
-                &api,
-                "SubmitTaskStateChange",
-                &json!({}),
-                Duration::from_millis(1)
-            )
-            .await
-        );
-        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
-    }
-
-    #[tokio::test]
-    async fn a_refused_report_is_not_retried() {
-        let (endpoint, seen) = flaky(vec![400, 200]).await;
-        let api = ApiClient::new(&endpoint, "us-east-1", "k", "s").unwrap();
-        assert!(
-            !deliver(
-                &api,
-                "SubmitTaskStateChange",
-                &json!({}),
-                Duration::from_millis(1)
-            )
-            .await
-        );
-        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 1);
+    async fn reports_are_retried_through_server_errors_until_delivered_and_never_when_refused() {
+        for (statuses, delivered, calls) in
+            [(vec![500, 503, 200], true, 3), (vec![400, 200], false, 1)]
+        {
+            let (endpoint, seen) = flaky(statuses).await;
+            let api = ApiClient::new(&endpoint, "us-east-1", "k", "s").unwrap();
+            let wait = Duration::from_millis(1);
+            assert_eq!(
+                deliver(&api, "SubmitTaskStateChange", &json!({}), wait).await,
+                delivered
+            );
+            assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), calls);
+        }
     }
 }

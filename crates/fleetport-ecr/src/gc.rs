@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use fleetport_store::ReadTxnExt;
-use serde_json::Value;
 
 use crate::Ecr;
 use crate::repo::{MANIFESTS, ManifestRecord};
@@ -29,56 +28,60 @@ impl Ecr {
         let manifests: Vec<(String, ManifestRecord)> = fleetport_store::read(&*self.store, |t| {
             t.scan_json(MANIFESTS, prefix, None, usize::MAX)
         })?;
-        let mut refs = HashSet::new();
-        for (_, m) in manifests {
-            let Ok(doc) = serde_json::from_slice::<Value>(&m.bytes()) else {
-                continue;
-            };
-            let config = doc.get("config").into_iter();
-            let layers = doc
-                .get("layers")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten();
-            for d in config
-                .chain(layers)
-                .filter_map(|x| x.get("digest").and_then(Value::as_str))
-            {
-                refs.insert(d.to_string());
-            }
-        }
+        let refs = manifests
+            .iter()
+            .flat_map(|(_, m)| m.blob_digests())
+            .collect();
         Ok(refs)
     }
 
     /// Removes unreferenced blobs older than `grace`.
-    pub fn collect_garbage(&self, grace: Duration) -> Result<Collected, String> {
-        let blobs = self.blobs.list().map_err(|e| e.to_string())?;
+    pub async fn collect_garbage(&self, grace: Duration) -> Result<Collected, String> {
+        let blobs = self.blobs.clone();
+        let listed = tokio::task::spawn_blocking(move || blobs.list())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
         // Read references after listing, so a manifest committed meanwhile is seen.
         let refs = self.referenced("").map_err(|e| e.to_string())?;
         let cutoff = SystemTime::now()
             .checked_sub(grace)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut out = Collected::default();
         let cutoff_secs = cutoff
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        for (digest, modified) in blobs {
+        let mut out = Collected::default();
+        for (digest, modified) in listed {
             if refs.contains(&digest) || modified > cutoff {
                 continue;
             }
             // Released in the store first: a manifest committing meanwhile either marked the
             // blob used (then it stays) or finds it released and is refused.
-            if !self.release_blob(&digest, cutoff_secs) {
-                continue;
+            let d = digest.clone();
+            let released = fleetport_store::write(&*self.store, move |txn| {
+                crate::holds::release(txn, &d, cutoff_secs).map_err(fleetport_store::Abort::Store)
+            })
+            .await;
+            match released {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    let e: fleetport_store::StoreError = e;
+                    tracing::warn!(digest, error = %e, "could not release a blob");
+                    continue;
+                }
             }
-            match self.blobs.remove(&digest) {
-                Ok(size) => {
+            let blobs = self.blobs.clone();
+            let d = digest.clone();
+            match tokio::task::spawn_blocking(move || blobs.remove(&d)).await {
+                Ok(Ok(size)) => {
                     out.blobs += 1;
                     out.bytes += size;
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!(digest, error = %e, "could not remove an unreferenced blob")
                 }
+                Err(e) => tracing::warn!(digest, error = %e, "blob removal did not finish"),
             }
         }
         if out.blobs > 0 {
@@ -89,28 +92,6 @@ impl Ecr {
             );
         }
         Ok(out)
-    }
-
-    /// Deletes the records of `digest` unless one was used after `cutoff`; true when the blob
-    /// may go. Runs on the collector's blocking thread, so it waits on the write here.
-    fn release_blob(&self, digest: &str, cutoff: f64) -> bool {
-        let d = digest.to_string();
-        let store = self.store.clone();
-        let handle = tokio::runtime::Handle::try_current();
-        let job = async move {
-            fleetport_store::write(&*store, move |txn| {
-                crate::holds::release(txn, &d, cutoff).map_err(fleetport_store::Abort::Store)
-            })
-            .await
-        };
-        let released: Result<bool, fleetport_store::StoreError> = match handle {
-            Ok(h) => h.block_on(job),
-            Err(_) => return false,
-        };
-        released.unwrap_or_else(|e| {
-            tracing::warn!(digest, error = %e, "could not release a blob");
-            false
-        })
     }
 
     /// Runs [`Self::collect_garbage`] every `interval` until the task is dropped.
@@ -126,9 +107,7 @@ impl Ecr {
             if expired > 0 {
                 tracing::info!(sessions = expired, "expired idle upload sessions");
             }
-            let ecr = self.clone();
-            let r = tokio::task::spawn_blocking(move || ecr.collect_garbage(grace)).await;
-            if let Ok(Err(e)) = r {
+            if let Err(e) = self.collect_garbage(grace).await {
                 tracing::warn!(error = %e, "registry garbage collection failed");
             }
         }

@@ -48,29 +48,7 @@ pub(crate) fn link(
 
 /// Whether `repository` holds `digest`, inside a transaction.
 pub(crate) fn held(txn: &dyn ReadTxn, repository: &str, digest: &str) -> Result<bool, StoreError> {
-    if txn.get(BLOB_LINKS, &key(digest, repository))?.is_some() {
-        return Ok(true);
-    }
-    // State from before these records: a manifest of the repository that names the blob.
-    let manifests: Vec<(String, ManifestRecord)> =
-        txn.scan_json(MANIFESTS, &format!("{repository}@"), None, usize::MAX)?;
-    Ok(manifests.iter().any(|(_, m)| names(m, digest)))
-}
-
-/// Whether manifest `m` names blob `digest` (as its config or a layer).
-fn names(m: &ManifestRecord, digest: &str) -> bool {
-    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&m.bytes()) else {
-        return false;
-    };
-    let config = doc.get("config").into_iter();
-    let layers = doc
-        .get("layers")
-        .and_then(serde_json::Value::as_array)
-        .into_iter()
-        .flatten();
-    config
-        .chain(layers)
-        .any(|x| x.get("digest").and_then(serde_json::Value::as_str) == Some(digest))
+    Ok(txn.get(BLOB_LINKS, &key(digest, repository))?.is_some())
 }
 
 /// Forgets every blob `repository` holds (it is being deleted).
@@ -105,6 +83,27 @@ pub(crate) fn release(
 }
 
 impl Ecr {
+    /// Records, for state from before these records, that each repository holds the blobs its
+    /// manifests name; idempotent, run at start, writing only what is missing.
+    pub async fn link_existing(&self) -> Result<(), StoreError> {
+        fleetport_store::write(&*self.store, |txn| {
+            let manifests: Vec<(String, ManifestRecord)> =
+                txn.scan_json(MANIFESTS, "", None, usize::MAX)?;
+            for (k, m) in manifests {
+                let Some((repository, _)) = k.split_once('@') else {
+                    continue;
+                };
+                for d in m.blob_digests() {
+                    if !held(txn, repository, &d)? {
+                        link(txn, repository, &d)?;
+                    }
+                }
+            }
+            Ok::<_, fleetport_store::Abort<StoreError>>(())
+        })
+        .await
+    }
+
     /// Whether `repository` holds `digest`.
     pub(crate) fn holds(&self, repository: &str, digest: &str) -> bool {
         fleetport_store::read(&*self.store, |t| held(t, repository, digest)).unwrap_or_else(|e| {
@@ -131,7 +130,7 @@ impl Ecr {
                 .map_err(|e: StoreError| tracing::warn!(error = %e, "refreshing a blob record"));
                 true
             }
-            Ok(None) => self.holds(repository, digest),
+            Ok(None) => false,
             Err(e) => {
                 tracing::error!(error = %e, "reading blob records");
                 false

@@ -445,9 +445,10 @@ impl Ecr {
                 failures.push(json!({"layerDigest": d, "failureCode": "InvalidLayerDigest", "failureReason": "Invalid layer digest"}));
                 continue;
             }
-            let size = match self.holds(&name, d) {
-                true => self.blobs.size(d).await,
-                false => None,
+            let size = if self.holds(&name, d) {
+                self.blobs.size(d).await
+            } else {
+                None
             };
             match size {
                 Some(size) => layers.push(json!({"layerDigest": d, "layerAvailability": "AVAILABLE", "layerSize": size})),

@@ -555,9 +555,10 @@ impl Ecr {
             );
         }
         // Served only through a repository that holds it.
-        let size = match self.holds_and_touch(repository, digest).await {
-            true => self.blobs.size(digest).await,
-            false => None,
+        let size = if self.holds_and_touch(repository, digest).await {
+            self.blobs.size(digest).await
+        } else {
+            None
         };
         let Some(size) = size else {
             return error(
@@ -945,6 +946,24 @@ pub fn tag_ok(tag: &str) -> bool {
 impl ManifestRecord {
     pub fn bytes(&self) -> Bytes {
         Bytes::from(STANDARD.decode(&self.body).unwrap_or_default())
+    }
+
+    /// The blobs the manifest names: its config and its layers (none for an index).
+    pub fn blob_digests(&self) -> Vec<String> {
+        let Ok(doc) = serde_json::from_slice::<Value>(&self.bytes()) else {
+            return Vec::new();
+        };
+        let config = doc.get("config").into_iter();
+        let layers = doc
+            .get("layers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        config
+            .chain(layers)
+            .filter_map(|x| x.get("digest").and_then(Value::as_str))
+            .map(String::from)
+            .collect()
     }
 }
 

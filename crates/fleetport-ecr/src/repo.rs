@@ -622,12 +622,17 @@ mod tests {
         (dir, store, ecr)
     }
 
-    /// Pushes `manifest` to `repository` as tag `v1`.
-    async fn push(ecr: &Ecr, repository: &str, manifest: &Value) -> Result<String, RegistryError> {
+    /// Pushes `manifest` to `repository` as `tag`.
+    async fn push(
+        ecr: &Ecr,
+        repository: &str,
+        tag: &str,
+        manifest: &Value,
+    ) -> Result<String, RegistryError> {
         let repo = ecr.find_repository(repository).unwrap().unwrap();
         ecr.store_manifest(
             &repo,
-            "v1",
+            tag,
             &[],
             None,
             bytes::Bytes::from(manifest.to_string()),
@@ -652,7 +657,6 @@ mod tests {
         ecr.create_repository(json!({"repositoryName": "plat"}))
             .await
             .unwrap();
-        let repo = ecr.find_repository("plat").unwrap().unwrap();
         let mut digests = Vec::new();
         for arch in ["amd64", "arm64"] {
             let config = put_blob(
@@ -666,17 +670,7 @@ mod tests {
             let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
                 "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": 5}]});
-            let d = ecr
-                .store_manifest(
-                    &repo,
-                    arch,
-                    &[],
-                    None,
-                    bytes::Bytes::from(manifest.to_string()),
-                )
-                .await
-                .unwrap();
-            digests.push(d);
+            digests.push(push(&ecr, "plat", arch, &manifest).await.unwrap());
         }
         let arm = ecr.image_platforms("plat", "arm64").await.unwrap().unwrap();
         assert_eq!(
@@ -686,15 +680,7 @@ mod tests {
         let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
             {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digests[0], "size": 1, "platform": {"os": "linux", "architecture": "amd64"}},
             {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digests[1], "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}]});
-        ecr.store_manifest(
-            &repo,
-            "multi",
-            &[],
-            None,
-            bytes::Bytes::from(index.to_string()),
-        )
-        .await
-        .unwrap();
+        push(&ecr, "plat", "multi", &index).await.unwrap();
         let multi = ecr.image_platforms("plat", "multi").await.unwrap().unwrap();
         assert_eq!(
             multi.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -718,9 +704,9 @@ mod tests {
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": u64::MAX},
                        {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer, "size": u64::MAX}]});
-        let refused = push(&ecr, "other", &manifest).await.unwrap_err();
+        let refused = push(&ecr, "other", "v1", &manifest).await.unwrap_err();
         assert_eq!(refused.1, "MANIFEST_BLOB_UNKNOWN");
-        push(&ecr, "plat", &manifest).await.unwrap();
+        push(&ecr, "plat", "v1", &manifest).await.unwrap();
         let found = ecr.resolve("plat", "v1").unwrap().unwrap();
         assert_eq!(found.image_size, 10);
     }
@@ -752,7 +738,32 @@ mod tests {
         let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
             "layers": []});
-        let refused = push(&ecr, "plat", &manifest).await.unwrap_err();
+        let refused = push(&ecr, "plat", "v1", &manifest).await.unwrap_err();
         assert_eq!(refused.1, "MANIFEST_BLOB_UNKNOWN");
+    }
+
+    #[tokio::test]
+    async fn blobs_named_by_older_manifests_are_recorded_at_start() {
+        let (_dir, store, ecr) = registry();
+        ecr.create_repository(json!({"repositoryName": "plat"}))
+            .await
+            .unwrap();
+        let config = put_blob(&ecr, br#"{"os":"linux","architecture":"amd64"}"#).await;
+        let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": 1},
+            "layers": []});
+        push(&ecr, "plat", "v1", &manifest).await.unwrap();
+        // As an older build left it: the manifest, but no record of who holds its blobs.
+        fleetport_store::write(&*store, |txn| {
+            for r in txn.scan(crate::holds::BLOB_LINKS, "", None, usize::MAX)? {
+                txn.delete(crate::holds::BLOB_LINKS, &r.key)?;
+            }
+            Ok::<_, Abort<fleetport_store::StoreError>>(())
+        })
+        .await
+        .unwrap();
+        assert!(!ecr.holds("plat", &config));
+        ecr.link_existing().await.unwrap();
+        assert!(ecr.holds("plat", &config));
     }
 }

@@ -321,7 +321,12 @@ impl Ecs {
         txn: &mut dyn fleetport_store::WriteTxn,
     ) -> Result<(), fleetport_store::StoreError> {
         for (key, rec) in txn.scan_json::<InstanceRecord>(INSTANCES, "", None, usize::MAX)? {
-            txn.put(INSTANCES_BY_EC2_ID, &rec.ec2_instance_id, key.as_bytes())?;
+            if txn
+                .get(INSTANCES_BY_EC2_ID, &rec.ec2_instance_id)?
+                .is_none()
+            {
+                txn.put(INSTANCES_BY_EC2_ID, &rec.ec2_instance_id, key.as_bytes())?;
+            }
         }
         Ok(())
     }

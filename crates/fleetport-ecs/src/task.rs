@@ -954,7 +954,11 @@ impl Ecs {
         crate::error::write(&*self.store, |txn| {
             let tasks = txn.scan_json::<TaskRecord>(TASKS, "", None, usize::MAX)?;
             for (_, t) in tasks {
-                txn.put(TASKS_BY_HOST, &host_key(&t), b"")?;
+                // Only what is missing: a start after the first writes nothing.
+                let key = host_key(&t);
+                if txn.get(TASKS_BY_HOST, &key)?.is_none() {
+                    txn.put(TASKS_BY_HOST, &key, b"")?;
+                }
             }
             crate::Ecs::index_instances(txn)?;
             Ok::<_, Abort<_>>(())

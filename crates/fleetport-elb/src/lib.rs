@@ -256,6 +256,12 @@ impl Elb {
         let out = f(&mut next)?;
         let delta = state::Delta::between(&guard, &next).map_err(|_| AwsError::internal())?;
         let (gone, added) = certificate_uses(&guard).diff(&certificate_uses(&next));
+        if delta.is_empty() && gone.is_empty() && added.is_empty() {
+            // Nothing to store (a repeated idempotent call): no transaction, no fsync.
+            *guard = next.clone();
+            self.inner.current.send_replace(Arc::new(next));
+            return Ok(out);
+        }
         fleetport_store::write(&*self.inner.store, move |txn| {
             // Certificate uses are recorded where ACM checks them when it deletes one, in this
             // same transaction: a deleted certificate cannot be taken up, nor a used one deleted.
@@ -270,12 +276,7 @@ impl Elb {
                     ))),
                 })?;
             }
-            for (key, doc) in &delta.puts {
-                txn.put(state::PARTS, key, doc)?;
-            }
-            for key in &delta.deletes {
-                txn.delete(state::PARTS, key)?;
-            }
+            delta.apply(txn)?;
             Ok(())
         })
         .await
@@ -294,11 +295,9 @@ impl Elb {
         fleetport_store::write(&*self.inner.store, move |txn| {
             let (saved, legacy) = state::load(txn)?;
             if legacy {
-                let delta = state::Delta::between(&ElbState::default(), &saved)
-                    .map_err(|e| fleetport_store::StoreError::Backend(e.to_string()))?;
-                for (key, doc) in &delta.puts {
-                    txn.put(state::PARTS, key, doc)?;
-                }
+                state::Delta::between(&ElbState::default(), &saved)
+                    .map_err(|e| fleetport_store::StoreError::Backend(e.to_string()))?
+                    .apply(txn)?;
                 txn.delete(state::LEGACY_COLLECTION, state::LEGACY_KEY)?;
             }
             for (cert, listener) in &uses.0 {

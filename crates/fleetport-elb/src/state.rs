@@ -31,7 +31,7 @@ pub struct ElbState {
     pub listeners: Vec<Listener>,
     pub rules: Vec<Rule>,
     /// Resource ARN → tags in the order they were added.
-    pub tags: BTreeMap<String, Vec<(String, String)>>,
+    pub tags: Tags,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -299,18 +299,48 @@ impl Delta {
             &new.listeners,
         )?;
         d.list("rule", |x: &Rule| &x.arn, &old.rules, &new.rules)?;
-        type Tagged = (String, Vec<(String, String)>);
-        let tags = |s: &ElbState| -> Vec<Tagged> {
-            s.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-        };
-        d.list("tags", |x: &Tagged| &x.0, &tags(old), &tags(new))?;
+        d.tags(&old.tags, &new.tags)?;
         Ok(d)
+    }
+
+    /// Tags are a map (ordered by ARN), compared entry by entry without copying either side.
+    fn tags(&mut self, old: &Tags, new: &Tags) -> Result<(), serde_json::Error> {
+        for (arn, tags) in new {
+            if old.get(arn) != Some(tags) {
+                let doc = serde_json::to_vec(&Part {
+                    pos: 0,
+                    doc: &(arn, tags),
+                })?;
+                self.puts.push((format!("tags/{arn}"), doc));
+            }
+        }
+        for arn in old.keys().filter(|arn| !new.contains_key(*arn)) {
+            self.deletes.push(format!("tags/{arn}"));
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
         self.puts.is_empty() && self.deletes.is_empty()
     }
+
+    /// Writes the documents in `txn`.
+    pub fn apply(
+        &self,
+        txn: &mut dyn fleetport_store::WriteTxn,
+    ) -> Result<(), fleetport_store::StoreError> {
+        for (key, doc) in &self.puts {
+            txn.put(PARTS, key, doc)?;
+        }
+        for key in &self.deletes {
+            txn.delete(PARTS, key)?;
+        }
+        Ok(())
+    }
 }
+
+/// Resource ARN → tags in the order they were added.
+type Tags = BTreeMap<String, Vec<(String, String)>>;
 
 fn load_list<T: serde::de::DeserializeOwned>(
     txn: &dyn fleetport_store::ReadTxn,
@@ -323,8 +353,8 @@ fn load_list<T: serde::de::DeserializeOwned>(
     Ok(parts.into_iter().map(|(_, p)| p.doc).collect())
 }
 
-/// The stored configuration: from its documents, or from the single legacy document (which
-/// [`Delta::between`] the empty configuration and it then splits at the next write).
+/// The stored configuration, and whether it came from the single legacy document (which
+/// `Elb::prepare_store` splits into per-resource documents at start).
 pub fn load(
     txn: &dyn fleetport_store::ReadTxn,
 ) -> Result<(ElbState, bool), fleetport_store::StoreError> {

@@ -137,6 +137,25 @@ fn payload_must_be_the_body_hash_in_the_header_form() {
     assert!(matches!(check(&req, at), Err(SigError::UnsignedPayload(_))));
 }
 
+/// A DescribeLoadBalancers URL presigned by the SDK for `expires` seconds.
+fn presigned(
+    method: &str,
+    expires: u64,
+    body: SignableBody<'_>,
+    at: SystemTime,
+) -> http::Request<Vec<u8>> {
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri("http://localhost:4566/?Action=DescribeLoadBalancers&Version=2015-12-01")
+        .body(Vec::new())
+        .unwrap();
+    let mut settings = SigningSettings::default();
+    settings.signature_location = SignatureLocation::QueryParams;
+    settings.expires_in = Some(Duration::from_secs(expires));
+    sdk_sign(&mut req, body, settings, at);
+    req
+}
+
 #[test]
 fn presigned_urls_with_either_payload_form_up_to_seven_days() {
     let at = SystemTime::now();
@@ -145,15 +164,7 @@ fn presigned_urls_with_either_payload_form_up_to_seven_days() {
         (300, SignableBody::Bytes(b"")),
         (604_800, SignableBody::UnsignedPayload),
     ] {
-        let mut req = http::Request::builder()
-            .method("GET")
-            .uri("http://localhost:4566/?Action=DescribeLoadBalancers&Version=2015-12-01")
-            .body(Vec::new())
-            .unwrap();
-        let mut settings = SigningSettings::default();
-        settings.signature_location = SignatureLocation::QueryParams;
-        settings.expires_in = Some(Duration::from_secs(expires));
-        sdk_sign(&mut req, body, settings, at);
+        let req = presigned("GET", expires, body, at);
         check(&req, at).unwrap_or_else(|e| panic!("expires {expires}: {e}"));
     }
 }
@@ -161,15 +172,7 @@ fn presigned_urls_with_either_payload_form_up_to_seven_days() {
 #[test]
 fn a_presigned_url_cannot_carry_an_unsigned_body() {
     let at = SystemTime::now();
-    let mut req = http::Request::builder()
-        .method("POST")
-        .uri("http://localhost:4566/?Action=DescribeLoadBalancers&Version=2015-12-01")
-        .body(Vec::new())
-        .unwrap();
-    let mut settings = SigningSettings::default();
-    settings.signature_location = SignatureLocation::QueryParams;
-    settings.expires_in = Some(Duration::from_secs(300));
-    sdk_sign(&mut req, SignableBody::UnsignedPayload, settings, at);
+    let mut req = presigned("POST", 300, SignableBody::UnsignedPayload, at);
     check(&req, at).unwrap();
     // The same URL with a form body that would add parameters the signature never covered.
     *req.body_mut() = b"Names.member.1=other".to_vec();

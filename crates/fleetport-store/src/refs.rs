@@ -34,9 +34,18 @@ pub enum RefError {
     Store(#[from] StoreError),
 }
 
-/// Declares that `target` exists and may be referred to.
+/// Declares that `target` exists and may be referred to (writing nothing if it already is).
 pub fn declare(txn: &mut dyn WriteTxn, target: &str) -> Result<(), StoreError> {
-    txn.put(REFS, &declared_key(target), b"")
+    put_once(txn, &declared_key(target))
+}
+
+/// Records have no content: one that exists is not written again, so declaring or linking at
+/// every start costs reads only.
+fn put_once(txn: &mut dyn WriteTxn, key: &str) -> Result<(), StoreError> {
+    if txn.get(REFS, key)?.is_none() {
+        txn.put(REFS, key, b"")?;
+    }
+    Ok(())
 }
 
 /// Whether `target` is declared.
@@ -73,7 +82,7 @@ pub fn link(txn: &mut dyn WriteTxn, target: &str, referrer: &str) -> Result<(), 
     if !declared(txn, target)? {
         return Err(RefError::Missing(target.to_string()));
     }
-    txn.put(REFS, &use_key(target, referrer), b"")?;
+    put_once(txn, &use_key(target, referrer))?;
     Ok(())
 }
 

@@ -125,6 +125,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.registry_upload_ttl,
     )
     .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
+    // Blobs the manifests of older state name, recorded as held by their repositories.
+    ecr.link_existing()
+        .await
+        .context("recording which repository holds which blob")?;
     let mut gateway = Gateway::new(
         GatewayConfig {
             region: config.region.clone(),

@@ -785,9 +785,7 @@ async fn forward(
         h.insert(X_AMZN_TRACE_ID.clone(), v);
     }
     if !listener.preserve_host && !host.is_empty() {
-        let has_port = host
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()));
+        let has_port = split_authority(host).is_some_and(|(_, port)| port.is_some());
         let fixed = match (listener.port, has_port) {
             (80, true) => host.strip_suffix(":80").map(String::from),
             (p, false) if p != 80 => Some(format!("{host}:{p}")),
