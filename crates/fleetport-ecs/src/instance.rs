@@ -296,6 +296,7 @@ impl Ecs {
         })
         .await?;
         self.wake([rec.id.as_str()]);
+        self.nudge();
         Ok(json!({"containerInstance": render(&rec, &Usage::default(), self.seen_after(), true)}))
     }
 
@@ -451,6 +452,7 @@ impl Ecs {
         })
         .await?;
         self.wake(found.iter().map(|r| r.id.as_str()));
+        self.nudge();
         let tasks = crate::error::read(&*self.store, |txn| {
             tasks_of_cluster(txn, &cluster.name).map_err(store)
         })?;
@@ -491,6 +493,7 @@ impl Ecs {
         })
         .await?;
         self.wake([rec.id.as_str()]);
+        self.nudge();
         let rec = self.agents.overlay(rec);
         Ok(json!({"containerInstance": render(&rec, &u, seen_after, false)}))
     }

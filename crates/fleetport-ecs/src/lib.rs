@@ -1,19 +1,21 @@
 //! Amazon ECS for Fleetport: the awsJson service behind `AmazonEC2ContainerServiceV20141113`.
 //!
-//! Owns clusters, task definitions and tags (and later tasks, services and container
-//! instances). Handlers validate, write desired state to the store and render responses shaped
+//! Owns clusters, task definitions, tags, container instances, tasks and services (with the
+//! service scheduler). Handlers validate, write desired state to the store and render responses shaped
 //! by the ECS model; they know nothing about HTTP. Depends only on `fleetport-proto` and
 //! `fleetport-store`.
 
 pub mod agent_api;
 mod agents;
 pub mod arn;
+pub mod capacity;
 pub mod cluster;
 pub mod error;
 pub mod instance;
 pub mod placement;
 pub mod query;
 pub mod rollout;
+pub mod service;
 pub mod tags;
 pub mod task;
 pub mod taskdef;
@@ -36,6 +38,10 @@ pub struct Ecs {
     pub(crate) agents: Arc<agents::Agents>,
     /// Seconds without a poll after which an agent counts as disconnected.
     pub(crate) agent_timeout_secs: f64,
+    /// The load balancers service tasks are registered with (wired by the binary).
+    pub(crate) lb: Arc<service::lb::Slot>,
+    /// Wakes the service scheduler.
+    pub(crate) changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Ecs {
@@ -76,6 +82,16 @@ const IMPLEMENTED: &[&str] = &[
     "ListTasks",
     "SubmitTaskStateChange",
     "SubmitContainerStateChange",
+    "CreateService",
+    "UpdateService",
+    "DeleteService",
+    "DescribeServices",
+    "ListServices",
+    "ListServicesByNamespace",
+    "ListServiceDeployments",
+    "DescribeServiceDeployments",
+    "DescribeServiceRevisions",
+    "StopServiceDeployment",
 ];
 
 pub use fleetport_proto::clock::epoch_seconds as now;
@@ -90,6 +106,8 @@ impl Ecs {
             },
             agents: Arc::default(),
             agent_timeout_secs: instance::AGENT_TIMEOUT_SECS,
+            lb: Arc::default(),
+            changed: Arc::default(),
         }
     }
 
@@ -149,6 +167,16 @@ impl Ecs {
             "ListTasks" => self.list_tasks(input),
             "SubmitTaskStateChange" => self.submit_task_state_change(input).await,
             "SubmitContainerStateChange" => self.submit_container_state_change(input).await,
+            "CreateService" => self.create_service(input).await,
+            "UpdateService" => self.update_service(input).await,
+            "DeleteService" => self.delete_service(input).await,
+            "DescribeServices" => self.describe_services(input),
+            "ListServices" => self.list_services(input),
+            "ListServicesByNamespace" => self.list_services_by_namespace(input),
+            "ListServiceDeployments" => self.list_service_deployments(input),
+            "DescribeServiceDeployments" => self.describe_service_deployments(input),
+            "DescribeServiceRevisions" => self.describe_service_revisions(input),
+            "StopServiceDeployment" => self.stop_service_deployment(input).await,
             _ => Err(AwsError::client(
                 "UnknownOperationException",
                 format!("Unknown operation {operation}"),

@@ -109,6 +109,18 @@ impl crate::Ecs {
             txn.get(crate::cluster::COLLECTION, name)
                 .map_err(crate::error::store)?
                 .is_some()
+        } else if let Some(rest) = resource.strip_prefix("service/") {
+            let k = match rest.split_once('/') {
+                Some((cluster, name)) => crate::service::key(cluster, name),
+                None => crate::service::key("default", rest),
+            };
+            txn.get_json::<crate::service::ServiceRecord>(crate::service::COLLECTION, &k)
+                .map_err(crate::error::store)?
+                .is_some_and(|s| s.status != crate::service::INACTIVE)
+        } else if let Some(rest) = resource.strip_prefix("task/") {
+            txn.get(crate::cluster::TASKS, rest)
+                .map_err(crate::error::store)?
+                .is_some()
         } else if resource.starts_with("task-definition/") {
             self.find_task_definition(txn, arn)
                 .map_err(crate::error::store)?

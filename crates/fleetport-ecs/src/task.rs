@@ -60,6 +60,18 @@ pub struct TaskRecord {
     pub attachments: Vec<Value>,
     #[serde(default)]
     pub platform_version: Option<String>,
+    /// The capacity provider a strategy placed the task on (FARGATE or FARGATE_SPOT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_provider_name: Option<String>,
+    /// Service tasks: the load balancer targets the scheduler registered for the task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<crate::service::lb::TargetRef>,
+    /// Service tasks: deregistered from their target groups, stopped once this passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_until: Option<f64>,
+    /// Why the scheduler is stopping the task once its drain ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_reason: Option<String>,
 }
 
 pub const MANAGED: &str = "FARGATE";
@@ -146,6 +158,7 @@ impl TaskRecord {
         put("group", json!(self.group));
         put("launchType", json!(self.launch_type));
         put("availabilityZone", json!(self.availability_zone));
+        put("capacityProviderName", json!(self.capacity_provider_name));
         put("attachments", json!(self.attachments));
         if self.launch_type == MANAGED {
             put("platformVersion", json!(self.platform_version));
@@ -358,6 +371,8 @@ pub(crate) struct Placement {
     pub subnet: Option<String>,
     pub seed: u64,
     pub seen_after: f64,
+    /// With a capacity provider strategy: the provider of each task, in order.
+    pub providers: Vec<Option<String>>,
 }
 
 /// Places `request.count` tasks on the cluster's instances (or the managed capacity) inside
@@ -378,19 +393,21 @@ pub(crate) fn place_tasks(
         subnet,
         seed,
         seen_after,
+        providers,
     } = request;
     let (seed, seen_after) = (*seed, *seen_after);
     let region = &scope.region;
     if template.launch_type == MANAGED {
         let mut placed = Vec::new();
-        for _ in 0..*count {
-            let t = new_task(
+        for n in 0..*count {
+            let mut t = new_task(
                 template,
                 scope,
                 None,
                 Some(format!("{region}a")),
                 subnet.as_deref(),
             );
+            t.capacity_provider_name = providers.get(n).cloned().flatten();
             save_task(txn, &t)?;
             placed.push(t);
         }
@@ -492,8 +509,165 @@ fn save_task(
     txn.put_json(TASKS, &format!("{}/{}", t.cluster, t.id), t)?;
     txn.put(TASKS_BY_HOST, &host_key(t), b"")?;
     if !t.tags.is_empty() {
-        let tags = crate::tags::parse(&json!({"tags": t.tags}), "tags").unwrap_or_default();
+        // Not parsed as a request's tags: ECS-managed tags (`aws:ecs:…`) are allowed here.
+        let tags: Vec<crate::tags::Tag> = t
+            .tags
+            .iter()
+            .filter_map(|v| {
+                Some(crate::tags::Tag {
+                    key: v.get("key")?.as_str()?.to_string(),
+                    value: v
+                        .get("value")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string(),
+                })
+            })
+            .collect();
         crate::tags::merge(txn, &t.task_arn, &tags)?;
+    }
+    Ok(())
+}
+
+/// A task as a task definition describes it, before placement: what RunTask and the service
+/// scheduler both start from.
+pub(crate) struct Template {
+    pub task: TaskRecord,
+    pub need: Reservation,
+    /// The task definition's own placement constraints.
+    pub constraints: Vec<Value>,
+}
+
+/// The task `td` (with `overrides`) gives on `launch_type`, checked as RunTask checks it.
+pub(crate) fn template(
+    cluster: &crate::cluster::ClusterRecord,
+    td: &Value,
+    launch_type: &str,
+    overrides: &Value,
+    now: f64,
+    require_active: bool,
+) -> EcsResult<Template> {
+    // Services keep starting tasks of a revision deregistered after they took it, as ECS's do.
+    if require_active && td.get("status").and_then(Value::as_str) != Some("ACTIVE") {
+        return Err(invalid("TaskDefinition is inactive"));
+    }
+    let mode = td
+        .get("networkMode")
+        .and_then(Value::as_str)
+        .unwrap_or("bridge")
+        .to_string();
+    let compatible = td
+        .get("compatibilities")
+        .and_then(Value::as_array)
+        .is_some_and(|c| c.iter().any(|x| x.as_str() == Some(launch_type)));
+    if !compatible {
+        return Err(invalid(format!(
+            "Task definition does not support launch_type {launch_type}."
+        )));
+    }
+    let defs: Vec<Value> = td
+        .get("containerDefinitions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let defs = apply_overrides(&defs, overrides)?;
+    let task_cpu = int_of(overrides.get("cpu")).or_else(|| int_of(td.get("cpu")));
+    let task_memory = int_of(overrides.get("memory")).or_else(|| int_of(td.get("memory")));
+    let need = demand(&defs, task_cpu, task_memory, &mode);
+    let family = td
+        .get("family")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let revision = td.get("revision").and_then(Value::as_u64).unwrap_or(0);
+    let managed = launch_type == MANAGED;
+    let task = TaskRecord {
+        cluster: cluster.name.clone(),
+        cluster_arn: cluster.arn.clone(),
+        task_definition_arn: td
+            .get("taskDefinitionArn")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string(),
+        group: format!("family:{family}"),
+        family,
+        revision,
+        launch_type: launch_type.to_string(),
+        last_status: if managed { "PROVISIONING" } else { "PENDING" }.into(),
+        desired_status: "RUNNING".into(),
+        network_mode: mode,
+        cpu: task_cpu.map(|c| c.to_string()),
+        memory: task_memory.map(|m| m.to_string()),
+        container_definitions: defs,
+        overrides: json!({
+            "containerOverrides": overrides.get("containerOverrides").cloned().unwrap_or_else(|| json!([])),
+            "inferenceAcceleratorOverrides": [],
+        }),
+        version: 1,
+        created_at: now,
+        reservation: need.clone(),
+        platform_version: managed.then(|| "1.4.0".to_string()),
+        ..Default::default()
+    };
+    Ok(Template {
+        task,
+        need,
+        constraints: td
+            .get("placementConstraints")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    })
+}
+
+pub(crate) fn recheck_cluster(
+    txn: &dyn fleetport_store::ReadTxn,
+    cluster: &str,
+) -> Result<(), Abort<fleetport_proto::AwsError>> {
+    match crate::cluster::named(txn, cluster)? {
+        Some(c) if c.status == crate::cluster::ACTIVE => Ok(()),
+        _ => Err(Abort::Domain(crate::error::cluster_not_found())),
+    }
+}
+
+/// awsvpc: the subnet a task's interface goes in (the first listed); other modes take none.
+pub(crate) fn awsvpc_subnet(mode: &str, network: Option<&Value>) -> EcsResult<Option<String>> {
+    if mode != "awsvpc" {
+        return Ok(None);
+    }
+    let Some(vpc) = network.and_then(|n| n.get("awsvpcConfiguration")) else {
+        return Err(invalid(
+            "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
+        ));
+    };
+    let subnets = input::strings(vpc, "subnets");
+    if subnets.is_empty() {
+        return Err(invalid("subnets can not be empty."));
+    }
+    if subnets.len() > 16 {
+        return Err(invalid("At most 16 subnets can be provided."));
+    }
+    Ok(Some(subnets[0].clone()))
+}
+
+/// Where new tasks are written: the cluster must still be ACTIVE and the task definition still
+/// registered (a DeleteCluster or deregistration that committed since the request's read wins).
+pub(crate) fn recheck(
+    txn: &dyn fleetport_store::ReadTxn,
+    template: &TaskRecord,
+) -> Result<(), Abort<fleetport_proto::AwsError>> {
+    recheck_cluster(txn, &template.cluster)?;
+    let td_now: Option<Value> = txn.get_json(
+        crate::taskdef::COLLECTION,
+        &crate::taskdef::key(&template.family, template.revision),
+    )?;
+    if td_now
+        .as_ref()
+        .and_then(|v| v.get("status"))
+        .and_then(Value::as_str)
+        != Some("ACTIVE")
+    {
+        return Err(Abort::Domain(invalid("TaskDefinition is inactive")));
     }
     Ok(())
 }
@@ -529,18 +703,10 @@ impl Ecs {
         if !(1..=10).contains(&count) {
             return Err(invalid("The count must be between 1 and 10."));
         }
-        let launch_type = input::string(&input, "launchType")
-            .unwrap_or("EC2")
-            .to_string();
         if input.get("capacityProviderStrategy").is_some() && input.get("launchType").is_some() {
             return Err(invalid(
                 "Specifying both a launch type and capacity provider strategy is not supported. Remove one and try again.",
             ));
-        }
-        if launch_type != "EC2" && launch_type != MANAGED {
-            return Err(invalid(format!(
-                "Fleetport does not run the {launch_type} launch type; use EC2 or FARGATE."
-            )));
         }
         let (cluster, td) = crate::error::read(&*self.store, |txn| {
             let cluster = self.active_cluster(txn, input::string(&input, "cluster"))?;
@@ -551,110 +717,34 @@ impl Ecs {
                 .ok_or_else(|| client("TaskDefinition not found."))?;
             Ok((cluster, td))
         })?;
-        if td.get("status").and_then(Value::as_str) != Some("ACTIVE") {
-            return Err(invalid("TaskDefinition is inactive"));
-        }
-        let mode = td
-            .get("networkMode")
-            .and_then(Value::as_str)
-            .unwrap_or("bridge")
-            .to_string();
-        let compatible = td
-            .get("compatibilities")
-            .and_then(Value::as_array)
-            .is_some_and(|c| c.iter().any(|x| x.as_str() == Some(launch_type.as_str())));
-        if !compatible {
-            return Err(invalid(format!(
-                "Task definition does not support launch_type {launch_type}."
-            )));
-        }
-        let subnet = if mode == "awsvpc" {
-            let Some(vpc) = input.pointer("/networkConfiguration/awsvpcConfiguration") else {
-                return Err(invalid(
-                    "Network Configuration must be provided when networkMode 'awsvpc' is specified.",
-                ));
-            };
-            let subnets = input::strings(vpc, "subnets");
-            if subnets.is_empty() {
-                return Err(invalid("subnets can not be empty."));
-            }
-            if subnets.len() > 16 {
-                return Err(invalid("At most 16 subnets can be provided."));
-            }
-            Some(subnets[0].clone())
-        } else {
-            None
-        };
+        // An explicit strategy, else a launch type, else the cluster's default strategy.
+        let capacity = crate::capacity::resolve(
+            input::string(&input, "launchType"),
+            input
+                .get("capacityProviderStrategy")
+                .map(|_| input::items(&input, "capacityProviderStrategy")),
+            &cluster,
+            targets.is_some(),
+        )?;
         let overrides = input.get("overrides").cloned().unwrap_or_else(|| json!({}));
-        let defs: Vec<Value> = td
-            .get("containerDefinitions")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let defs = apply_overrides(&defs, &overrides)?;
-        let task_cpu = int_of(overrides.get("cpu")).or_else(|| int_of(td.get("cpu")));
-        let task_memory = int_of(overrides.get("memory")).or_else(|| int_of(td.get("memory")));
-        let need = demand(&defs, task_cpu, task_memory, &mode);
+        let now = crate::now();
+        let Template {
+            mut task,
+            need,
+            constraints: td_constraints,
+        } = template(&cluster, &td, capacity.launch_type(), &overrides, now, true)?;
+        let subnet = awsvpc_subnet(&task.network_mode, input.get("networkConfiguration"))?;
         let strategies = placement::parse_strategies(&input)?;
         let mut constraint_items = input::items(&input, "placementConstraints");
-        constraint_items.extend(
-            td.get("placementConstraints")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default(),
-        );
+        constraint_items.extend(td_constraints);
         let constraints = placement::parse_constraints(&constraint_items)?;
-        let family = td
-            .get("family")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let revision = td.get("revision").and_then(Value::as_u64).unwrap_or(0);
-        let group = input::string(&input, "group")
-            .map(String::from)
-            .unwrap_or_else(|| format!("family:{family}"));
-        let started_by = input::string(&input, "startedBy").map(String::from);
-        let tags = input::items(&input, "tags");
-        let now = crate::now();
-        let td_arn = td
-            .get("taskDefinitionArn")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let launch_type_is_managed = launch_type == MANAGED;
-        let template = TaskRecord {
-            cluster: cluster.name.clone(),
-            cluster_arn: cluster.arn.clone(),
-            task_definition_arn: td_arn,
-            family,
-            revision,
-            launch_type,
-            last_status: if launch_type_is_managed {
-                "PROVISIONING"
-            } else {
-                "PENDING"
-            }
-            .into(),
-            desired_status: "RUNNING".into(),
-            network_mode: mode,
-            cpu: task_cpu.map(|c| c.to_string()),
-            memory: task_memory.map(|m| m.to_string()),
-            container_definitions: defs,
-            overrides: json!({
-                "containerOverrides": overrides.get("containerOverrides").cloned().unwrap_or_else(|| json!([])),
-                "inferenceAcceleratorOverrides": [],
-            }),
-            started_by,
-            group,
-            version: 1,
-            created_at: now,
-            tags,
-            reservation: need.clone(),
-            platform_version: (launch_type_is_managed).then(|| "1.4.0".to_string()),
-            ..Default::default()
-        };
+        if let Some(group) = input::string(&input, "group") {
+            task.group = group.to_string();
+        }
+        task.started_by = input::string(&input, "startedBy").map(String::from);
+        task.tags = input::items(&input, "tags");
         let request = Placement {
-            template,
+            template: task,
             count: count as usize,
             targets,
             need,
@@ -663,35 +753,19 @@ impl Ecs {
             subnet,
             seed: now.to_bits(),
             seen_after: self.seen_after(),
+            providers: capacity.split(count as u32, &[]),
         };
         let scope = self.scope.clone();
         let agents = self.agents.clone();
         // Placement and the new task documents are one transaction, so concurrent RunTasks
         // never both take the last free resources.
         let (tasks, failures) = crate::error::write(&*self.store, move |txn| {
-            // Re-checked where the tasks are written: a DeleteCluster or a task definition
-            // deregistration that committed since the read above wins.
-            let template = &request.template;
-            match crate::cluster::named(txn, &template.cluster)? {
-                Some(c) if c.status == crate::cluster::ACTIVE => {}
-                _ => return Err(Abort::Domain(crate::error::cluster_not_found())),
-            }
-            let td_now: Option<Value> = txn.get_json(
-                crate::taskdef::COLLECTION,
-                &crate::taskdef::key(&template.family, template.revision),
-            )?;
-            if td_now
-                .as_ref()
-                .and_then(|v| v.get("status"))
-                .and_then(Value::as_str)
-                != Some("ACTIVE")
-            {
-                return Err(Abort::Domain(invalid("TaskDefinition is inactive")));
-            }
+            recheck(txn, &request.template)?;
             place_tasks(txn, &scope, &agents, &request)
         })
         .await?;
         self.wake(tasks.iter().map(TaskRecord::host));
+        self.nudge();
         let rendered: Vec<Value> = tasks.iter().map(|t| t.render(true)).collect();
         Ok(json!({"tasks": rendered, "failures": failures}))
     }
@@ -728,6 +802,7 @@ impl Ecs {
         })
         .await?;
         self.wake([task.host()]);
+        self.nudge();
         Ok(json!({"task": task.render(false)}))
     }
 
@@ -845,6 +920,9 @@ impl Ecs {
         .await?;
         // Only the reporting agent's own assignment list changed.
         self.wake([task.host()]);
+        if task.group.starts_with("service:") {
+            self.nudge();
+        }
         Ok(json!({"acknowledgment": "ACK"}))
     }
 
@@ -864,9 +942,15 @@ impl Ecs {
             update_container(&mut t, &input);
             t.version += 1;
             txn.put_json(TASKS, &key, &t)?;
-            Ok::<_, Abort<_>>(())
+            Ok::<_, Abort<_>>(t.group.starts_with("service:"))
         })
-        .await?;
+        .await
+        .map(|service_task| {
+            // Container health decides whether a service task counts as healthy.
+            if service_task {
+                self.nudge();
+            }
+        })?;
         Ok(json!({"acknowledgment": "ACK"}))
     }
 

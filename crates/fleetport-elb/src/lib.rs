@@ -35,6 +35,13 @@ use crate::instances::InstanceDirectory;
 use crate::plane::health::HealthBoard;
 use crate::state::ElbState;
 
+fn targets_input(target_group: &str, targets: &[(String, u16)]) -> Value {
+    serde_json::json!({
+        "TargetGroupArn": target_group,
+        "Targets": targets.iter().map(|(id, port)| serde_json::json!({"Id": id, "Port": port})).collect::<Vec<_>>(),
+    })
+}
+
 /// The ELB service. Cheap to clone.
 #[derive(Clone)]
 pub struct Elb {
@@ -230,6 +237,55 @@ impl Elb {
         if let Err(e) = r {
             tracing::warn!(error = %e.message, "could not update instance target addresses");
         }
+    }
+
+    /// A target group's type, whether a load balancer forwards to it, and its deregistration
+    /// delay in seconds (for ECS services, through the binary's link).
+    pub fn target_group_summary(&self, arn: &str) -> Option<(String, bool, f64)> {
+        let s = self.snapshot();
+        let tg = s.tg(arn)?;
+        let delay = tg
+            .attributes
+            .get("deregistration_delay.timeout_seconds")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300.0);
+        Some((tg.target_type.clone(), !s.lbs_of_tg(arn).is_empty(), delay))
+    }
+
+    /// RegisterTargets for one target group.
+    pub async fn register(
+        &self,
+        target_group: &str,
+        targets: &[(String, u16)],
+    ) -> Result<(), AwsError> {
+        self.register_targets(targets_input(target_group, targets))
+            .await
+            .map(|_| ())
+    }
+
+    /// DeregisterTargets for one target group (the targets drain for the group's delay).
+    pub async fn deregister(
+        &self,
+        target_group: &str,
+        targets: &[(String, u16)],
+    ) -> Result<(), AwsError> {
+        self.deregister_targets(targets_input(target_group, targets))
+            .await
+            .map(|_| ())
+    }
+
+    /// DescribeTargetHealth's `TargetHealth` for one target.
+    pub fn target_health(&self, target_group: &str, id: &str, port: u16) -> Option<Value> {
+        let out = self
+            .describe_target_health(targets_input(target_group, &[(id.to_string(), port)]))
+            .ok()?;
+        out.pointer("/TargetHealthDescriptions/0/TargetHealth")
+            .cloned()
+    }
+
+    /// Moves whenever some target's health changes.
+    pub fn health_changes(&self) -> watch::Receiver<u64> {
+        self.inner.health.changes()
     }
 
     /// Drops the configuration held in memory after the store was emptied (test resets), which

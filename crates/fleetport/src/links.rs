@@ -1,14 +1,18 @@
 //! The links between services that must not depend on each other: load balancers resolve
-//! `instance` targets to ECS container instances and serve ACM certificates, and ACM learns
-//! which load balancers use a certificate.
+//! `instance` targets to ECS container instances and serve ACM certificates, ACM learns which
+//! load balancers use a certificate, and the ECS service scheduler registers its tasks with
+//! target groups and follows their health.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use fleetport_acm::{Acm, CertificateUsers};
 use fleetport_ecs::Ecs;
+use fleetport_ecs::service::lb::{LoadBalancing, TargetGroupInfo, TargetHealth, TargetRef};
 use fleetport_elb::Elb;
 use fleetport_elb::certificates::{CertificateSource, ServerCertificate};
 use fleetport_elb::instances::{InstanceDirectory, InstanceState};
+use fleetport_proto::{AwsError, BoxFuture};
 use tokio::sync::watch;
 
 /// An EC2-style instance ID names an ECS container instance, reached on the private address
@@ -52,6 +56,75 @@ impl CertificateUsers for ElbCertificateUsers {
     }
 }
 
+/// ECS services register their tasks' targets and read their health through ELB's API.
+pub struct ElbTargets(pub Elb);
+
+impl LoadBalancing for ElbTargets {
+    fn target_group(&self, arn: &str) -> Option<TargetGroupInfo> {
+        self.0.target_group_summary(arn).map(
+            |(target_type, has_load_balancer, deregistration_delay)| TargetGroupInfo {
+                target_type,
+                has_load_balancer,
+                deregistration_delay,
+            },
+        )
+    }
+
+    fn register<'a>(&'a self, targets: &'a [TargetRef]) -> BoxFuture<'a, Result<(), AwsError>> {
+        Box::pin(async move {
+            for (tg, list) in by_group(targets) {
+                self.0.register(&tg, &list).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn deregister<'a>(&'a self, targets: &'a [TargetRef]) -> BoxFuture<'a, Result<(), AwsError>> {
+        Box::pin(async move {
+            for (tg, list) in by_group(targets) {
+                match self.0.deregister(&tg, &list).await {
+                    // A deleted target group has nothing left to drain.
+                    Err(e) if e.code == "TargetGroupNotFound" => {}
+                    r => r?,
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn health(&self, t: &TargetRef) -> TargetHealth {
+        let Some(h) = self.0.target_health(&t.target_group, &t.id, t.port) else {
+            return TargetHealth::NotRegistered;
+        };
+        let text = |k: &str| h.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+        match h.get("State").and_then(|v| v.as_str()).unwrap_or("") {
+            "healthy" => TargetHealth::Healthy,
+            "initial" => TargetHealth::Initial,
+            "unhealthy" => TargetHealth::Unhealthy {
+                reason: text("Reason"),
+                description: text("Description"),
+            },
+            "draining" => TargetHealth::Draining,
+            _ if text("Reason") == "Target.NotRegistered" => TargetHealth::NotRegistered,
+            _ => TargetHealth::Unused,
+        }
+    }
+
+    fn changes(&self) -> watch::Receiver<u64> {
+        self.0.health_changes()
+    }
+}
+
+fn by_group(targets: &[TargetRef]) -> BTreeMap<String, Vec<(String, u16)>> {
+    let mut out: BTreeMap<String, Vec<(String, u16)>> = BTreeMap::new();
+    for t in targets {
+        out.entry(t.target_group.clone())
+            .or_default()
+            .push((t.id.clone(), t.port));
+    }
+    out
+}
+
 /// ACM, and the load balancers wired to it and to ECS.
 pub fn load_balancing(
     store: Arc<dyn fleetport_store::Store>,
@@ -69,5 +142,6 @@ pub fn load_balancing(
         Arc::new(AcmCertificates(acm.clone())),
     )?;
     acm.set_users(Arc::new(ElbCertificateUsers(elb.clone())));
+    ecs.set_load_balancing(Arc::new(ElbTargets(elb.clone())));
     Ok((acm, elb))
 }

@@ -181,6 +181,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ecr.clone()
             .run_gc(config.registry_gc_interval, config.registry_gc_grace),
     );
+    let scheduler = tokio::spawn(ecs.clone().run_scheduler());
     let expiry = tokio::spawn(expire_stopped_tasks(
         ecs.clone(),
         config.stopped_task_retention,
@@ -215,6 +216,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     listen::serve(listener, server::router(state), limits, shutdown).await;
     tracing::info!("shutting down");
     gc.abort();
+    scheduler.abort();
     expiry.abort();
     elb_plane.abort();
     elb_maintenance.abort();

@@ -104,6 +104,8 @@ type Key = (String, String, u16);
 #[derive(Debug, Default)]
 pub struct HealthBoard {
     entries: RwLock<HashMap<Key, Entry>>,
+    /// Moves whenever a target's state changes (the ECS scheduler follows it).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 /// Why a probe failed, in AWS's reason codes.
@@ -151,7 +153,19 @@ impl HealthBoard {
         }
     }
 
+    /// A receiver that sees every change of some target's state.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     fn record(&self, key: Key, hc: &HealthCheck, result: Result<(), Failure>) {
+        let changed = self.record_inner(key, hc, result);
+        if changed {
+            self.changes.send_modify(|g| *g = g.wrapping_add(1));
+        }
+    }
+
+    fn record_inner(&self, key: Key, hc: &HealthCheck, result: Result<(), Failure>) -> bool {
         let mut map = self.entries.write();
         let now = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
         // Slow start applies only beside a target healthy for at least an interval: targets
@@ -165,6 +179,7 @@ impl HealthBoard {
         });
         let e = map.entry(key).or_default();
         let was_healthy = e.state == State::Healthy;
+        let was = e.state;
         match result {
             Ok(()) => {
                 e.passes += 1;
@@ -205,6 +220,7 @@ impl HealthBoard {
             e.cell.ramp_from_ms.store(ramp_from, Ordering::Relaxed);
         }
         e.cell.state.store(e.state.code(), Ordering::Relaxed);
+        was != e.state
     }
 
     /// Forgets every target of `tg` not in `keep`.
