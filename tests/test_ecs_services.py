@@ -190,3 +190,167 @@ def test_service_behind_an_alb_rolls_without_dropping_requests(env):
     assert service(ecs, cluster, "web")["status"] == "INACTIVE"
     assert ecs.delete_service(cluster=cluster, service="web")["service"]["status"] == "INACTIVE"
     wait_for(lambda: elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"] == [], 20)
+
+
+def code_and_message(call):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call()
+    return e.value.response["Error"]["Code"], e.value.response["Error"].get("Message", "")
+
+
+def test_service_bad_inputs_get_ecs_errors_and_store_nothing(server):
+    """Invalid service requests get ECS's error codes (and texts where ECS's are known); none of
+    them leaves a service behind."""
+    ecs, elb = server.client("ecs"), server.client("elbv2")
+    ecs.create_cluster(clusterName="bad")
+    ecs.register_task_definition(family="web", containerDefinitions=[web("img", "v1")])
+    ecs.register_task_definition(family="vpc", networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+                                 cpu="256", memory="512",
+                                 containerDefinitions=[web("img", "v1", portMappings=[{"containerPort": 8080}])])
+    lonely = elb.create_target_group(Name="lonely", Protocol="HTTP", Port=80, VpcId="vpc-local",
+                                     TargetType="instance")["TargetGroups"][0]["TargetGroupArn"]
+    tg, _, _ = alb(server, "good")
+    base = dict(cluster="bad", serviceName="s", taskDefinition="web", desiredCount=1)
+
+    def create(**kw):
+        args = dict(base, **kw)
+        return lambda: ecs.create_service(**{k: v for k, v in args.items() if v is not None})
+
+    def lbs(**kw):
+        return [dict({"targetGroupArn": tg, "containerName": "web", "containerPort": 8080}, **kw)]
+
+    cases = [
+        (create(serviceName="a b"), "InvalidParameterException", None),
+        (create(cluster="nope"), "ClusterNotFoundException", "Cluster not found."),
+        (create(taskDefinition="missing"), "ClientException", "TaskDefinition not found."),
+        (create(launchType="EC2", capacityProviderStrategy=[{"capacityProvider": "FARGATE", "weight": 1}]),
+         "InvalidParameterException",
+         "Specifying both a launch type and capacity provider strategy is not supported. Remove one and try again."),
+        (create(desiredCount=-1), "InvalidParameterException", None),
+        (create(desiredCount=None), "InvalidParameterException", None),
+        (create(schedulingStrategy="DAEMON"), "InvalidParameterException",
+         "The daemon scheduling strategy does not support a desired count for services. Remove the desired count value and try again"),
+        (create(desiredCount=None, schedulingStrategy="DAEMON", placementStrategy=[{"type": "random"}]),
+         "InvalidParameterException",
+         "The daemon scheduling strategy does not support placement strategies. Remove the placement strategy and try again"),
+        (create(desiredCount=None, schedulingStrategy="DAEMON", deploymentConfiguration={"maximumPercent": 200}),
+         "InvalidParameterException",
+         "The daemon scheduling strategy does not support values above 100 for maximumPercent on a deployment configuration. Change the maximumPercent value to 100, and try again"),
+        (create(loadBalancers=lbs(containerName="")), "InvalidParameterException", "Container Name can not be blank."),
+        (create(loadBalancers=lbs(containerName="db")), "InvalidParameterException",
+         "The container db does not exist in the task definition."),
+        (create(loadBalancers=lbs(containerPort=9999)), "InvalidParameterException",
+         "The container web did not have a container port 9999 defined."),
+        (create(loadBalancers=lbs(targetGroupArn=tg.replace("good", "gone"))), "InvalidParameterException", None),
+        (create(loadBalancers=lbs(targetGroupArn=lonely)), "InvalidParameterException", None),
+        (create(taskDefinition="vpc", launchType="FARGATE"), "InvalidParameterException",
+         "Network Configuration must be provided when networkMode 'awsvpc' is specified."),
+        (create(networkConfiguration={"awsvpcConfiguration": {"subnets": ["s-1"]}}), "InvalidParameterException",
+         "Network Configuration is not valid for the given networkMode of this task definition."),
+        (create(deploymentConfiguration={"strategy": "BLUE_GREEN"}), "InvalidParameterException", None),
+        (create(placementStrategy=[{"type": "pack"}]), "InvalidParameterException", None),
+        (create(placementConstraints=[{"type": "memberOf", "expression": "attribute:x ==="}]),
+         "InvalidParameterException", None),
+        (create(capacityProviderStrategy=[{"capacityProvider": "FARGATE", "weight": 1}]),
+         "InvalidParameterException", None),
+        (create(deploymentController={"type": "CODE_DEPLOY"}), "InvalidParameterException", None),
+        (create(deploymentConfiguration={"minimumHealthyPercent": 150}), "InvalidParameterException", None),
+        (create(taskDefinition="vpc", launchType="FARGATE", platformVersion="9.9.9",
+                networkConfiguration={"awsvpcConfiguration": {"subnets": ["s-1"]}}), "PlatformUnknownException", None),
+        (lambda: ecs.update_service(cluster="bad", service="none", desiredCount=1),
+         "ServiceNotFoundException", "Service not found."),
+        (lambda: ecs.delete_service(cluster="bad", service="none"), "ServiceNotFoundException", "Service not found."),
+        (lambda: ecs.list_service_deployments(cluster="bad", service="none"), "ServiceNotFoundException", None),
+        (lambda: ecs.stop_service_deployment(
+            serviceDeploymentArn="arn:aws:ecs:us-east-1:000000000000:service-deployment/bad/none/x"),
+         "ServiceDeploymentNotFoundException", None),
+    ]
+    for call, code, message in cases:
+        got = code_and_message(call)
+        assert got[0] == code, (got, code, message)
+        if message:
+            assert got[1] == message, got
+    assert ecs.list_services(cluster="bad")["serviceArns"] == []
+    assert ecs.describe_services(cluster="bad", services=["s"])["failures"] == [
+        {"arn": "arn:aws:ecs:us-east-1:000000000000:service/bad/s", "reason": "MISSING"}]
+
+    # A repeated identical create is idempotent; a different one is not.
+    first = ecs.create_service(**base)["service"]
+    assert ecs.create_service(**base)["service"]["serviceArn"] == first["serviceArn"]
+    assert code_and_message(create(desiredCount=3)) == (
+        "InvalidParameterException", "Creation of service was not idempotent.")
+    # UpdateService changes only what it names; bad updates store nothing.
+    assert code_and_message(lambda: ecs.update_service(cluster="bad", service="s", taskDefinition="missing"))[0] == \
+        "ClientException"
+    assert code_and_message(lambda: ecs.update_service(cluster="bad", service="s", loadBalancers=lbs(containerPort=1))) \
+        == ("InvalidParameterException", "The container web did not have a container port 1 defined.")
+    svc = service(ecs, "bad", "s")
+    assert svc["desiredCount"] == 1 and len(svc["deployments"]) == 1
+    # desiredCount alone starts no deployment; forceNewDeployment does.
+    ecs.update_service(cluster="bad", service="s", desiredCount=0)
+    assert len(service(ecs, "bad", "s")["deployments"]) == 1
+    out = ecs.update_service(cluster="bad", service="s", forceNewDeployment=True)["service"]
+    assert len(out["deployments"]) == 2
+    # Tags on services.
+    ecs.tag_resource(resourceArn=first["serviceArn"], tags=[{"key": "team", "value": "a"}])
+    assert ecs.list_tags_for_resource(resourceArn=first["serviceArn"])["tags"] == [{"key": "team", "value": "a"}]
+    assert service(ecs, "bad", "s")["tags"] == [{"key": "team", "value": "a"}]
+    # A DRAINING service: not ACTIVE for updates, its name not reusable yet; delete repeats.
+    ecs.delete_service(cluster="bad", service="s")
+    assert code_and_message(lambda: ecs.update_service(cluster="bad", service="s", desiredCount=1)) == (
+        "ServiceNotActiveException", "Service was not ACTIVE.")
+    wait_for(lambda: service(ecs, "bad", "s")["status"] == "INACTIVE", 20)
+    assert ecs.delete_service(cluster="bad", service="s")["service"]["status"] == "INACTIVE"
+    # Once INACTIVE the name can be used again.
+    assert ecs.create_service(**base)["service"]["status"] == "ACTIVE"
+    # The cluster cannot go while the service is active.
+    assert code_and_message(lambda: ecs.delete_cluster(cluster="bad"))[0] == "ClusterContainsServicesException"
+
+
+def test_circuit_breaker_rolls_back_a_crashing_deployment(env):
+    """A task definition whose container exits at once trips the breaker after the threshold
+    (3 for 2 tasks); the service rolls back to the last completed deployment, with ECS's
+    events, states and service deployment record."""
+    ecs, cluster, server = env["ecs"], env["cluster"], env["server"]
+    env["agent"]("a")
+    image = env["image"]
+    ecs.register_task_definition(family="app", containerDefinitions=[web(image, "good")])
+    ecs.register_task_definition(family="app", containerDefinitions=[
+        web(image, "bad", command=["sh", "-c", "exit 3"])])
+    ecs.create_service(cluster=cluster, serviceName="app", taskDefinition="app:1", desiredCount=2,
+                       deploymentConfiguration={"deploymentCircuitBreaker": {"enable": True, "rollback": True}})
+    stable(server, cluster, "app")
+    good_id = service(ecs, cluster, "app")["deployments"][0]["id"]
+    ecs.update_service(cluster=cluster, service="app", taskDefinition="app:2")
+    bad_id = service(ecs, cluster, "app")["deployments"][0]["id"]
+
+    def rolled_back():
+        s = service(ecs, cluster, "app")
+        return s if s["deployments"][0]["id"] not in (good_id, bad_id) else None
+
+    svc = wait_for(rolled_back, 90, 0.5)
+    primary = svc["deployments"][0]
+    assert primary["rolloutStateReason"] == f"ECS deployment circuit breaker: rolling back to deploymentId {good_id}."
+    assert primary["taskDefinition"].endswith("app:1")
+    # The failed deployment stays listed (ACTIVE, FAILED) while it has tasks left.
+    for d in svc["deployments"][1:]:
+        if d["id"] == bad_id:
+            assert d["rolloutState"] == "FAILED" and d["failedTasks"] >= 3
+            assert d["rolloutStateReason"] == "ECS deployment circuit breaker: tasks failed to start."
+    stable(server, cluster, "app")
+    msgs = messages(ecs, cluster, "app")
+    assert f"(service app) (deployment {bad_id}) deployment failed: tasks failed to start." in msgs
+    assert f"(service app) rolling back to deployment {good_id}." in msgs
+    svc = service(ecs, cluster, "app")
+    assert svc["taskDefinition"].endswith("app:1") and svc["runningCount"] == 2
+    sds = ecs.list_service_deployments(cluster=cluster, service="app")["serviceDeployments"]
+    assert sds[0]["status"] == "ROLLBACK_SUCCESSFUL", sds
+    full = ecs.describe_service_deployments(serviceDeploymentArns=[sds[0]["serviceDeploymentArn"]])
+    conformance.check("ecs", "DescribeServiceDeployments", full)
+    sd = full["serviceDeployments"][0]
+    assert sd["rollback"]["reason"] == f"ECS deployment circuit breaker: rolling back to deploymentId {good_id}."
+    assert sd["deploymentCircuitBreaker"]["status"] == "TRIGGERED"
+    assert sd["deploymentCircuitBreaker"]["failureCount"] >= 3 and sd["deploymentCircuitBreaker"]["threshold"] == 3
+    # The good tasks kept serving throughout: minimumHealthyPercent 100 never let them go.
+    running = ecs.list_tasks(cluster=cluster, serviceName="app")["taskArns"]
+    assert {t["startedBy"] for t in ecs.describe_tasks(cluster=cluster, tasks=running)["tasks"]} <= {good_id, primary["id"]}

@@ -839,7 +839,15 @@ impl Ecs {
         Some((parts.next()?, parts.next()?, parts.next()?))
     }
 
-    fn render_service_deployment(&self, s: &ServiceRecord, d: &Deployment, full: bool) -> Value {
+    /// One service deployment: the deployment it targeted and, if it was rolled back, the
+    /// deployment that rolled it back (whose state is the service deployment's state).
+    fn render_service_deployment(
+        &self,
+        s: &ServiceRecord,
+        (d, rollback): (&Deployment, Option<&Deployment>),
+        full: bool,
+    ) -> Value {
+        let latest = rollback.unwrap_or(d);
         let mut o = json!({
             "serviceDeploymentArn": s.deployment_arn(&self.scope, d),
             "serviceArn": s.arn,
@@ -847,16 +855,16 @@ impl Ecs {
             "createdAt": d.created_at,
             "startedAt": d.created_at,
             "targetServiceRevisionArn": s.revision_arn(&self.scope, d),
-            "status": d.service_deployment_status,
+            "status": latest.service_deployment_status,
         });
-        if let Some(f) = d.finished_at {
+        if let Some(f) = latest.finished_at {
             o["finishedAt"] = json!(f);
         }
         if let Some(r) = &d.status_reason {
             o["statusReason"] = json!(r);
         }
         if full {
-            o["updatedAt"] = json!(d.updated_at);
+            o["updatedAt"] = json!(latest.updated_at);
             o["targetServiceRevision"] = json!({
                 "arn": s.revision_arn(&self.scope, d),
                 "requestedTaskCount": d.desired_count,
@@ -889,33 +897,41 @@ impl Ecs {
                 "threshold": d.config.threshold(d.desired_count.max(1)),
             });
             o["alarms"] = json!({"status": "DISABLED"});
-            if let Some(from) = &d.rollback_of {
+            if let Some(r) = rollback {
                 o["rollback"] = json!({
-                    "reason": d.rollout_state_reason,
-                    "startedAt": d.created_at,
-                    "serviceRevisionArn": s.revision_arn(&self.scope, d),
+                    "reason": r.status_reason.as_deref().unwrap_or(&r.rollout_state_reason),
+                    "startedAt": r.created_at,
+                    "serviceRevisionArn": s.revision_arn(&self.scope, r),
                 });
-                let _ = from;
             }
-            if d.finished_at.is_some() && d.service_deployment_status == "STOPPED" {
-                o["stoppedAt"] = json!(d.finished_at);
+            if latest.service_deployment_status == "STOPPED" {
+                o["stoppedAt"] = json!(latest.finished_at);
             }
         }
         o
     }
 
-    /// The service's deployments, newest first, one per service deployment.
-    fn service_deployments(s: &ServiceRecord) -> Vec<&Deployment> {
-        let mut out: Vec<&Deployment> = Vec::new();
-        for d in s.deployments.iter().chain(s.history.iter()) {
-            if !out
+    /// The service's deployments, newest first, one per service deployment: the deployment it
+    /// targeted, with the rollback deployment if there was one.
+    fn service_deployments(s: &ServiceRecord) -> Vec<(&Deployment, Option<&Deployment>)> {
+        let all: Vec<&Deployment> = s.deployments.iter().chain(s.history.iter()).collect();
+        let mut out: Vec<(&Deployment, Option<&Deployment>)> = Vec::new();
+        for d in all.iter().filter(|d| d.rollback_of.is_none()) {
+            if out
                 .iter()
-                .any(|x| x.service_deployment_id == d.service_deployment_id)
+                .any(|(x, _)| x.service_deployment_id == d.service_deployment_id)
             {
-                out.push(d);
+                continue;
             }
+            let rollback = all
+                .iter()
+                .find(|r| {
+                    r.rollback_of.is_some() && r.service_deployment_id == d.service_deployment_id
+                })
+                .copied();
+            out.push((d, rollback));
         }
-        out.sort_by(|a, b| b.created_at.total_cmp(&a.created_at));
+        out.sort_by(|a, b| b.0.created_at.total_cmp(&a.0.created_at));
         out
     }
 
@@ -928,9 +944,11 @@ impl Ecs {
         let svc = crate::error::read(&*self.store, |txn| Ok(self.load_service(txn, &input)?.1))?;
         let items: Vec<(String, Value)> = Self::service_deployments(&svc)
             .into_iter()
-            .filter(|d| statuses.is_empty() || statuses.contains(&d.service_deployment_status))
-            .filter(|d| before.is_none_or(|b| d.created_at < b))
-            .filter(|d| since.is_none_or(|a| d.created_at > a))
+            .filter(|(d, r)| {
+                statuses.is_empty() || statuses.contains(&r.unwrap_or(d).service_deployment_status)
+            })
+            .filter(|(d, _)| before.is_none_or(|b| d.created_at < b))
+            .filter(|(d, _)| since.is_none_or(|a| d.created_at > a))
             .enumerate()
             // Newest first: the key orders by position in that list.
             .map(|(i, d)| {
@@ -965,8 +983,8 @@ impl Ecs {
                         .and_then(|svc| {
                             Self::service_deployments(&svc)
                                 .into_iter()
-                                .find(|d| d.service_deployment_id == id)
-                                .map(|d| self.render_service_deployment(&svc, d, true))
+                                .find(|(d, _)| d.service_deployment_id == id)
+                                .map(|pair| self.render_service_deployment(&svc, pair, true))
                         }),
                     None => None,
                 };

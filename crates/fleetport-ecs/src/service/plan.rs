@@ -786,7 +786,11 @@ fn trip_breaker(s: &mut ServiceRecord, desired: u32, now: f64) {
         ),
         service_deployment_id: s.deployments[pi].service_deployment_id.clone(),
         service_deployment_status: "ROLLBACK_IN_PROGRESS".into(),
-        status_reason: None,
+        // Kept for the service deployment's `rollback.reason` after the rollout completes.
+        status_reason: Some(format!(
+            "ECS deployment circuit breaker: rolling back to deploymentId {}.",
+            target.id
+        )),
         finished_at: None,
         sources: vec![failed_id.clone()],
         rollback_of: Some(failed_id),
