@@ -354,3 +354,149 @@ def test_circuit_breaker_rolls_back_a_crashing_deployment(env):
     # The good tasks kept serving throughout: minimumHealthyPercent 100 never let them go.
     running = ecs.list_tasks(cluster=cluster, serviceName="app")["taskArns"]
     assert {t["startedBy"] for t in ecs.describe_tasks(cluster=cluster, tasks=running)["tasks"]} <= {good_id, primary["id"]}
+
+
+def fargate_web(ecs, image, family="fweb"):
+    ecs.register_task_definition(family=family, networkMode="awsvpc", requiresCompatibilities=["FARGATE"],
+                                 cpu="256", memory="512",
+                                 containerDefinitions=[web(image, "fargate", portMappings=[{"containerPort": 8080}])])
+
+
+def test_fargate_service_ip_targets_capacity_providers_and_spot_interruption(env):
+    """The same service on FARGATE (awsvpc, `ip` targets), then on a FARGATE/FARGATE_SPOT
+    strategy; interrupting a Spot task drains and stops it with SpotInterruption, and the
+    scheduler replaces it."""
+    ecs, cluster, server = env["ecs"], env["cluster"], env["server"]
+    fargate_web(ecs, env["image"])
+    tg, port, _ = alb(server, "fweb", target_type="ip", delay=1)
+    net = "awsvpcConfiguration={subnets=[subnet-a],assignPublicIp=ENABLED}"
+    server.cli("ecs", "create-service", "--cluster", cluster, "--service-name", "fweb", "--task-definition", "fweb",
+               "--desired-count", "2", "--launch-type", "FARGATE", "--network-configuration", net,
+               "--load-balancers", f"targetGroupArn={tg},containerName=web,containerPort=8080")
+    stable(server, cluster, "fweb")
+    svc = service(ecs, cluster, "fweb")
+    assert svc["launchType"] == "FARGATE" and svc["platformVersion"] == "LATEST"
+    assert svc["networkConfiguration"]["awsvpcConfiguration"]["subnets"] == ["subnet-a"]
+    health = server.client("elbv2").describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+    ips = sorted(h["Target"]["Id"] for h in health)
+    tasks = ecs.describe_tasks(cluster=cluster, tasks=ecs.list_tasks(cluster=cluster, serviceName="fweb")["taskArns"])
+    task_ips = sorted(next(d["value"] for d in t["attachments"][0]["details"] if d["name"] == "privateIPv4Address")
+                      for t in tasks["tasks"])
+    assert ips == task_ips and {h["TargetHealth"]["State"] for h in health} == {"healthy"}
+    assert get(port) == (200, "fargate")
+
+    # A capacity provider strategy instead of a launch type.
+    ecs.put_cluster_capacity_providers(cluster=cluster, capacityProviders=["FARGATE", "FARGATE_SPOT"],
+                                       defaultCapacityProviderStrategy=[])
+    ecs.create_service(cluster=cluster, serviceName="spot", taskDefinition="fweb", desiredCount=4,
+                       capacityProviderStrategy=[{"capacityProvider": "FARGATE", "base": 1, "weight": 1},
+                                                 {"capacityProvider": "FARGATE_SPOT", "weight": 1}],
+                       networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})
+    stable(server, cluster, "spot")
+    svc = service(ecs, cluster, "spot")
+    assert "launchType" not in svc and svc["capacityProviderStrategy"][0]["capacityProvider"] == "FARGATE"
+    arns = ecs.list_tasks(cluster=cluster, serviceName="spot")["taskArns"]
+    tasks = ecs.describe_tasks(cluster=cluster, tasks=arns)["tasks"]
+    providers = sorted(t["capacityProviderName"] for t in tasks)
+    # Base 1 on FARGATE, the other 3 split 1:1 (FARGATE first on a tie).
+    assert providers == ["FARGATE", "FARGATE", "FARGATE", "FARGATE_SPOT"] or \
+        providers == ["FARGATE", "FARGATE", "FARGATE_SPOT", "FARGATE_SPOT"], providers
+    spot = next(t for t in tasks if t["capacityProviderName"] == "FARGATE_SPOT")
+    env_ = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+    from conftest import BIN
+    import subprocess
+    r = subprocess.run([BIN, "interrupt-spot", "--cluster", cluster, "--endpoint", server.endpoint, spot["taskArn"]],
+                       capture_output=True, text=True, env=env_, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stopCode"] == "SpotInterruption"
+    stopped = wait_for(lambda: next((t for t in ecs.describe_tasks(cluster=cluster, tasks=[spot["taskArn"]])["tasks"]
+                                     if t["lastStatus"] == "STOPPED"), None), 30)
+    assert stopped["stopCode"] == "SpotInterruption" and stopped["stoppedReason"] == "Your Spot Task was interrupted."
+    # The scheduler replaces it.
+    wait_for(lambda: len(ecs.list_tasks(cluster=cluster, serviceName="spot")["taskArns"]) == 4
+             and service(ecs, cluster, "spot")["runningCount"] == 4, 30)
+    # Only Spot tasks can be interrupted.
+    on_demand = next(t for t in tasks if t["capacityProviderName"] == "FARGATE")
+    r = subprocess.run([BIN, "interrupt-spot", "--cluster", cluster, "--endpoint", server.endpoint,
+                        on_demand["taskArn"]], capture_output=True, text=True, env=env_, timeout=30)
+    assert r.returncode != 0 and "FARGATE_SPOT" in r.stderr
+    for name in ("fweb", "spot"):
+        ecs.delete_service(cluster=cluster, service=name, force=True)
+    server.cli("ecs", "wait", "services-inactive", "--cluster", cluster, "--services", "fweb", "spot")
+
+
+def test_daemon_service_and_draining_instances(env):
+    """DAEMON runs one task per instance (3 agents); draining an instance stops its daemon task.
+    A REPLICA service on a drained instance is moved elsewhere, replacement first."""
+    ecs, cluster, server = env["ecs"], env["cluster"], env["server"]
+    agents = [env["agent"](n) for n in ("a", "b", "c")]
+    ecs.register_task_definition(family="d", containerDefinitions=[web(env["image"], "d")])
+    server.cli("ecs", "create-service", "--cluster", cluster, "--service-name", "daemon", "--task-definition", "d",
+               "--scheduling-strategy", "DAEMON")
+    stable(server, cluster, "daemon")
+    svc = service(ecs, cluster, "daemon")
+    assert svc["schedulingStrategy"] == "DAEMON" and svc["desiredCount"] == 3 and svc["runningCount"] == 3
+    assert svc["deploymentConfiguration"]["maximumPercent"] == 100
+    assert svc["deploymentConfiguration"]["minimumHealthyPercent"] == 0
+    tasks = ecs.describe_tasks(cluster=cluster,
+                               tasks=ecs.list_tasks(cluster=cluster, serviceName="daemon")["taskArns"])["tasks"]
+    assert sorted(t["containerInstanceArn"] for t in tasks) == sorted(a.arn for a in agents)
+
+    # A replica service spread over the instances: one task on each.
+    ecs.create_service(cluster=cluster, serviceName="rep", taskDefinition="d", desiredCount=3)
+    stable(server, cluster, "rep")
+
+    def on_a():
+        arns = ecs.list_tasks(cluster=cluster, serviceName="rep")["taskArns"]
+        return [t for t in ecs.describe_tasks(cluster=cluster, tasks=arns)["tasks"]
+                if t["containerInstanceArn"] == agents[0].arn]
+
+    assert len(on_a()) == 1
+    ecs.update_container_instances_state(cluster=cluster, containerInstances=[agents[0].arn], status="DRAINING")
+    wait_for(lambda: service(ecs, cluster, "daemon")["desiredCount"] == 2
+             and service(ecs, cluster, "daemon")["runningCount"] == 2, 30)
+    wait_for(lambda: not on_a(), 30)
+    stable(server, cluster, "rep")
+    assert service(ecs, cluster, "rep")["runningCount"] == 3
+    assert ecs.list_tasks(cluster=cluster, containerInstance=agents[0].arn)["taskArns"] == []
+    # Back to ACTIVE: the daemon returns to it.
+    ecs.update_container_instances_state(cluster=cluster, containerInstances=[agents[0].arn], status="ACTIVE")
+    wait_for(lambda: service(ecs, cluster, "daemon")["runningCount"] == 3, 30)
+    # A new instance gets its daemon task too.
+    agents.append(env["agent"]("d"))
+    wait_for(lambda: service(ecs, cluster, "daemon")["runningCount"] == 4, 30)
+
+
+def test_scheduler_survives_kill_9_mid_deployment(data_dir, tmp_path):
+    """`fleetport up` killed with SIGKILL during a rolling deployment resumes and finishes it
+    after a restart; the agent keeps its tasks running meanwhile."""
+    from test_ecs_tasks import push_image
+    server = Server(data_dir).start()
+    agent = None
+    cluster = "k9"
+    try:
+        ecs = server.client("ecs")
+        ecs.create_cluster(clusterName=cluster)
+        image = push_image(server, str(tmp_path))
+        agent = Agent(server, cluster, str(tmp_path / "agent"))
+        ecs.register_task_definition(family="k", containerDefinitions=[web(image, "one")])
+        ecs.register_task_definition(family="k", containerDefinitions=[web(image, "two")])
+        ecs.create_service(cluster=cluster, serviceName="k", taskDefinition="k:1", desiredCount=3)
+        stable(server, cluster, "k")
+        ecs.update_service(cluster=cluster, service="k", taskDefinition="k:2")
+        wait_for(lambda: service(ecs, cluster, "k")["deployments"][0]["pendingCount"]
+                 + service(ecs, cluster, "k")["deployments"][0]["runningCount"] > 0, 20, 0.05)
+        port = server.port
+        server.stop(signal.SIGKILL)
+        server = Server(data_dir).start(port=port)
+        ecs = server.client("ecs")
+        stable(server, cluster, "k")
+        svc = service(ecs, cluster, "k")
+        assert len(svc["deployments"]) == 1 and svc["taskDefinition"].endswith("k:2") and svc["runningCount"] == 3
+        tasks = ecs.describe_tasks(cluster=cluster, tasks=ecs.list_tasks(cluster=cluster, serviceName="k")["taskArns"])
+        assert {t["taskDefinitionArn"].rsplit(":", 1)[1] for t in tasks["tasks"]} == {"2"}
+    finally:
+        if agent:
+            agent.stop(signal.SIGKILL)
+        server.stop()
+        remove_containers(cluster)

@@ -20,7 +20,7 @@ use fleetport_runtime::{ContainerState, Runtime, labels};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, watch};
 
-pub use client::{ApiClient, ClientError};
+pub use client::{AGENT, ApiClient, ClientError};
 
 /// How one agent presents itself.
 #[derive(Debug, Clone)]

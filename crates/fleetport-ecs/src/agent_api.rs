@@ -75,7 +75,7 @@ impl Service for AgentApi {
     }
 
     fn implements(&self, operation: &str) -> bool {
-        operation == "PollTaskAssignments"
+        matches!(operation, "PollTaskAssignments" | "InterruptSpotTask")
     }
 
     fn call<'a>(
@@ -87,6 +87,7 @@ impl Service for AgentApi {
         Box::pin(async move {
             match operation {
                 "PollTaskAssignments" => self.poll(input).await,
+                "InterruptSpotTask" => self.0.interrupt_spot(input).await,
                 _ => Err(AwsError::client(
                     "UnknownOperationException",
                     format!("Unknown operation {operation}"),

@@ -16,6 +16,7 @@ pub mod placement;
 pub mod query;
 pub mod rollout;
 pub mod service;
+pub mod spot;
 pub mod tags;
 pub mod task;
 pub mod taskdef;

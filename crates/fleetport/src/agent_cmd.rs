@@ -207,3 +207,41 @@ pub async fn run_logs(args: LogsArgs) -> anyhow::Result<()> {
     anyhow::ensure!(found, "no containers of task {id} on this host");
     Ok(())
 }
+
+#[derive(Debug, Clone, Args)]
+pub struct InterruptSpotArgs {
+    /// Task ID or ARN (a task on the FARGATE_SPOT capacity provider).
+    pub task: String,
+
+    /// The task's cluster.
+    #[arg(long, env = "FLEETPORT_CLUSTER", default_value = "default")]
+    pub cluster: String,
+
+    /// Control-plane endpoint.
+    #[arg(
+        long,
+        env = "FLEETPORT_ENDPOINT",
+        default_value = "http://localhost:4566"
+    )]
+    pub endpoint: String,
+
+    /// Region to sign for (AWS_REGION / AWS_DEFAULT_REGION are read too).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+}
+
+/// Interrupts a FARGATE_SPOT task as Fargate Spot would (signed with the caller's keys).
+pub async fn run_interrupt_spot(args: InterruptSpotArgs) -> anyhow::Result<()> {
+    let (key, secret) = credentials()?;
+    let api = ApiClient::new(&args.endpoint, &region(&args.region), &key, &secret)?;
+    let out = api
+        .call(
+            fleetport_agent::AGENT,
+            "InterruptSpotTask",
+            &serde_json::json!({"cluster": args.cluster, "task": args.task}),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{out}");
+    Ok(())
+}

@@ -40,6 +40,9 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Print the logs of a task's containers that ran on this host.
     Logs(agent_cmd::LogsArgs),
+    /// Interrupt a FARGATE_SPOT task as Fargate Spot's two-minute warning would (targets
+    /// deregistered, SIGTERM, stopCode SpotInterruption), to prove a service survives it.
+    InterruptSpot(agent_cmd::InterruptSpotArgs),
 }
 
 // mimalloc: the request path allocates many small short-lived objects (JSON trees, headers);
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         }
         Command::Agent(args) => finish(block_on(agent_cmd::run_agent(args))),
         Command::Logs(args) => finish(block_on(agent_cmd::run_logs(args))),
+        Command::InterruptSpot(args) => finish(block_on(agent_cmd::run_interrupt_spot(args))),
     }
 }
 

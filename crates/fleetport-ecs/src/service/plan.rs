@@ -429,6 +429,10 @@ pub fn plan(svc: &ServiceRecord, o: &Observed<'_>) -> Decision {
     } else {
         0
     };
+    if s.is_daemon() && s.status == super::ACTIVE {
+        // A daemon service's desired count is the number of instances it should run on.
+        s.desired_count = desired;
+    }
     trip_breaker(&mut s, desired, now);
 
     // 4. The rollout step.
