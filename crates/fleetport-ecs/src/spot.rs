@@ -56,6 +56,8 @@ impl Ecs {
         .await?;
         self.wake([task.host()]);
         self.nudge();
-        Ok(json!({"taskArn": task.task_arn, "stopCode": task.stop_code, "stoppedReason": task.stopped_reason}))
+        Ok(
+            json!({"taskArn": task.task_arn, "stopCode": task.stop_code, "stoppedReason": task.stopped_reason}),
+        )
     }
 }

@@ -1211,6 +1211,7 @@ mod tests {
             subnet: None,
             seed: 7,
             seen_after: now - 60.0,
+            providers: Vec::new(),
         };
         let scope = Scope {
             region: "us-east-1".into(),

@@ -185,17 +185,29 @@ fn check_load_balancers(
     Ok(out)
 }
 
+/// The members of a request that make up a revision, before they are checked.
+struct Wanted {
+    capacity: Capacity,
+    platform_version: Option<String>,
+    network: Option<Value>,
+    load_balancers: Vec<Value>,
+    registries: Vec<Value>,
+}
+
 /// What a deployment would run, checked: capacity, network and load balancers against `td`.
 fn revision(
     cluster: &ClusterRecord,
     td: &Value,
-    capacity: Capacity,
-    platform_version: Option<String>,
-    network: Option<Value>,
-    lbs: &[Value],
-    registries: Vec<Value>,
+    wanted: Wanted,
     groups: &dyn super::lb::LoadBalancing,
 ) -> EcsResult<Revision> {
+    let Wanted {
+        capacity,
+        platform_version,
+        network,
+        load_balancers: lbs,
+        registries,
+    } = wanted;
     let t = crate::task::template(cluster, td, capacity.launch_type(), &json!({}), 0.0, true)?;
     let mode = t.task.network_mode.clone();
     if mode == "awsvpc" {
@@ -232,7 +244,7 @@ fn revision(
             "Service discovery (serviceRegistries) is not available in Fleetport yet.",
         ));
     }
-    let load_balancers = check_load_balancers(lbs, td, &mode, groups)?;
+    let load_balancers = check_load_balancers(&lbs, td, &mode, groups)?;
     Ok(Revision {
         task_definition: td
             .get("taskDefinitionArn")
@@ -414,11 +426,6 @@ impl Ecs {
         let config = deployment_config(&input, daemon, None)?;
         let (constraints, strategy) = check_placement(&input, daemon)?;
         let tags = crate::tags::parse(&input, "tags")?;
-        if input.get("enableECSManagedTags").and_then(Value::as_bool) == Some(true)
-            && input::string(&input, "propagateTags").is_none_or(|p| p == "NONE")
-        {
-            // ECS accepts it and adds the managed tags without propagating others.
-        }
         let groups = self.lb.get();
         let now = crate::now();
         let (cluster, rev) = crate::error::read(&*self.store, |txn| {
@@ -448,16 +455,14 @@ impl Ecs {
                     "The daemon scheduling strategy is not supported with the FARGATE launch type.",
                 ));
             }
-            let rev = revision(
-                &cluster,
-                &td,
-                cap,
-                input::string(&input, "platformVersion").map(String::from),
-                input.get("networkConfiguration").cloned(),
-                &input::items(&input, "loadBalancers"),
-                input::items(&input, "serviceRegistries"),
-                &*groups,
-            )?;
+            let wanted = Wanted {
+                capacity: cap,
+                platform_version: input::string(&input, "platformVersion").map(String::from),
+                network: input.get("networkConfiguration").cloned(),
+                load_balancers: input::items(&input, "loadBalancers"),
+                registries: input::items(&input, "serviceRegistries"),
+            };
+            let rev = revision(&cluster, &td, wanted, &*groups)?;
             Ok((cluster, rev))
         })?;
         let mut fp = input.clone();
@@ -647,17 +652,14 @@ impl Ecs {
                 .map(String::from)
                 .or_else(|| svc.revision.platform_version.clone());
             let registries = input::items(&input, "serviceRegistries");
-            let rev =
-                if cap.launch_type() == svc.revision.capacity.launch_type() || td_ref.is_some() {
-                    revision(
-                        &cluster, &td, cap, platform, network, &lbs, registries, &*groups,
-                    )?
-                } else {
-                    // A move between EC2 and FARGATE capacity needs a task definition for both.
-                    revision(
-                        &cluster, &td, cap, platform, network, &lbs, registries, &*groups,
-                    )?
-                };
+            let wanted = Wanted {
+                capacity: cap,
+                platform_version: platform,
+                network,
+                load_balancers: lbs,
+                registries,
+            };
+            let rev = revision(&cluster, &td, wanted, &*groups)?;
             let deploying = input.get("forceNewDeployment").and_then(Value::as_bool) == Some(true)
                 || td_ref.is_some_and(|_| rev.task_definition != svc.revision.task_definition)
                 || rev.network_configuration != svc.revision.network_configuration

@@ -235,16 +235,16 @@ pub fn plan(svc: &ServiceRecord, o: &Observed<'_>) -> Decision {
             None => true,
             Some(st) => at - st < PROVEN_AFTER_SECS,
         };
-        if by_itself && short {
-            if let Some(p) = s
+        if by_itself
+            && short
+            && let Some(p) = s
                 .deployments
                 .iter_mut()
                 .find(|dep| Some(dep.id.as_str()) == t.started_by.as_deref())
-            {
-                p.failed_tasks += 1;
-                if p.status == "PRIMARY" {
-                    s.progress.start_failures += 1;
-                }
+        {
+            p.failed_tasks += 1;
+            if p.status == "PRIMARY" {
+                s.progress.start_failures += 1;
             }
         }
     }
@@ -805,4 +805,340 @@ fn trip_breaker(s: &mut ServiceRecord, desired: u32, now: f64) {
     s.progress.start_failures = 0;
     s.progress.backoff_until = 0.0;
     s.event(events::rolling_back(&name, &target.id), now);
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::capacity::Capacity;
+    use crate::service::{DeploymentConfig, Progress, Revision};
+
+    const TG: &str = "arn:tg";
+
+    fn revision(lb: bool) -> Revision {
+        Revision {
+            task_definition: "arn:td:1".into(),
+            capacity: Capacity::LaunchType("EC2".into()),
+            platform_version: None,
+            network_configuration: None,
+            load_balancers: if lb {
+                vec![json!({"targetGroupArn": TG, "containerName": "web", "containerPort": 80})]
+            } else {
+                vec![]
+            },
+            service_registries: vec![],
+            container_images: vec![],
+        }
+    }
+
+    fn service(desired: u32, lb: bool) -> ServiceRecord {
+        let mut s = ServiceRecord {
+            arn: "arn:svc".into(),
+            name: "web".into(),
+            cluster: "c".into(),
+            cluster_arn: "arn:c".into(),
+            status: "ACTIVE".into(),
+            desired_count: desired,
+            scheduling_strategy: "REPLICA".into(),
+            revision: revision(lb),
+            deployment_config: DeploymentConfig {
+                maximum_percent: 200,
+                minimum_healthy_percent: 100,
+                breaker_enable: true,
+                breaker_rollback: true,
+                threshold_type: "BOUNDED_PERCENT".into(),
+                threshold_value: 50.0,
+                reset_on_healthy_task: true,
+                echo: json!({}),
+            },
+            placement_constraints: vec![],
+            placement_strategy: vec![],
+            health_check_grace_period: 0,
+            propagate_tags: "NONE".into(),
+            enable_ecs_managed_tags: false,
+            enable_execute_command: false,
+            availability_zone_rebalancing: "ENABLED".into(),
+            role_arn: String::new(),
+            created_at: 0.0,
+            created_by: String::new(),
+            client_token: None,
+            fingerprint: String::new(),
+            deployments: vec![],
+            history: vec![],
+            events: vec![],
+            running_count: 0,
+            pending_count: 0,
+            progress: Progress::default(),
+            version: 1,
+            deleted_at: None,
+        };
+        s.deploy(revision(lb), 0.0);
+        s
+    }
+
+    fn task(id: &str, dep: &str, status: &str, target: bool) -> TaskRecord {
+        TaskRecord {
+            id: id.into(),
+            task_arn: format!("arn:task/{id}"),
+            started_by: Some(dep.into()),
+            group: "service:web".into(),
+            last_status: status.into(),
+            desired_status: if status == "STOPPED" {
+                "STOPPED"
+            } else {
+                "RUNNING"
+            }
+            .into(),
+            started_at: (status == "RUNNING").then_some(1.0),
+            created_at: 1.0,
+            targets: if target {
+                vec![TargetRef {
+                    target_group: TG.into(),
+                    id: format!("i-{id}"),
+                    port: 80,
+                }]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        }
+    }
+
+    fn decide(s: &ServiceRecord, tasks: &[TaskRecord], now: f64, healthy: bool) -> Decision {
+        let health = move |_: &TargetRef| {
+            if healthy {
+                TargetHealth::Healthy
+            } else {
+                TargetHealth::Unhealthy {
+                    reason: "Target.ResponseCodeMismatch".into(),
+                    description: "Health checks failed with these codes: [503]".into(),
+                }
+            }
+        };
+        let groups = |_: &str| {
+            Some(TargetGroupInfo {
+                target_type: "instance".into(),
+                has_load_balancer: true,
+                deregistration_delay: 5.0,
+            })
+        };
+        plan(
+            s,
+            &Observed {
+                now,
+                tasks,
+                instances: &[],
+                seen_after: 0.0,
+                health: &health,
+                groups: &groups,
+            },
+        )
+    }
+
+    #[test]
+    fn a_new_service_starts_its_tasks_and_reaches_steady_state() {
+        let s = service(2, false);
+        let d = decide(&s, &[], 10.0, true);
+        let start = d.start.expect("starts");
+        assert_eq!(
+            (start.count, start.deployment.as_str()),
+            (2, s.deployments[0].id.as_str())
+        );
+        let dep = s.deployments[0].id.clone();
+        let tasks = [
+            task("a", &dep, "RUNNING", false),
+            task("b", &dep, "RUNNING", false),
+        ];
+        let d = decide(&d.service, &tasks, 11.0, true);
+        assert!(!d.has_actions());
+        let s = d.service;
+        assert_eq!(
+            (s.running_count, s.deployments[0].rollout_state.as_str()),
+            (2, "COMPLETED")
+        );
+        assert_eq!(
+            s.events[0].message,
+            "(service web) has reached a steady state."
+        );
+        assert_eq!(
+            s.events[1].message,
+            format!("(service web) (deployment {dep}) deployment completed.")
+        );
+        // Nothing new: no second steady-state event until six hours pass.
+        let again = decide(&s, &tasks, 12.0, true);
+        assert_eq!(again.service.events.len(), s.events.len());
+        let later = decide(&s, &tasks, 11.0 + events::REPEAT_AFTER_SECS, true);
+        assert_eq!(later.service.events.len(), s.events.len() + 1);
+    }
+
+    #[test]
+    fn a_rolling_deployment_starts_first_then_drains_then_stops() {
+        let mut s = service(2, true);
+        let old = s.deployments[0].id.clone();
+        s.deployments[0].rollout_state = "COMPLETED".into();
+        s.deploy(revision(true), 5.0);
+        let new = s.deployments[0].id.clone();
+        let mut tasks = vec![
+            task("o1", &old, "RUNNING", true),
+            task("o2", &old, "RUNNING", true),
+        ];
+        // 200/100: both new tasks start while the old ones keep serving.
+        let d = decide(&s, &tasks, 10.0, true);
+        assert_eq!(d.start.as_ref().map(|x| x.count), Some(2));
+        assert!(d.stop.is_empty() && d.drain.is_empty());
+        // New tasks running but not registered: they are registered, old ones stay.
+        tasks.push(task("n1", &new, "RUNNING", false));
+        tasks.push(task("n2", &new, "RUNNING", false));
+        let d = decide(&d.service, &tasks, 11.0, true);
+        assert!(d.start.is_none() && d.drain.is_empty());
+        assert_eq!(d.register.len(), 0, "no instance known for the targets yet");
+        // Registered and healthy: the old ones drain (deregistered, stopped after the delay).
+        tasks[2].targets = task("n1", &new, "RUNNING", true).targets;
+        tasks[3].targets = task("n2", &new, "RUNNING", true).targets;
+        let d = decide(&d.service, &tasks, 12.0, true);
+        let drained: Vec<&str> = d.drain.iter().map(|x| x.task_id.as_str()).collect();
+        assert_eq!(drained, ["o1", "o2"]);
+        assert!(
+            d.drain
+                .iter()
+                .all(|x| x.until == 17.0 && x.reason == scaling_reason(&new))
+        );
+        assert!(d.stop.is_empty());
+        for t in &mut tasks[..2] {
+            t.draining_until = Some(17.0);
+            t.drain_reason = Some(scaling_reason(&new));
+        }
+        let d = decide(&d.service, &tasks, 13.0, true);
+        assert!(d.stop.is_empty() && d.requeue_at.is_some_and(|r| r <= 17.0));
+        let d = decide(&d.service, &tasks, 17.5, true);
+        let stopped: Vec<&str> = d.stop.iter().map(|x| x.task_id.as_str()).collect();
+        assert_eq!(stopped, ["o1", "o2"]);
+        // Once stopped, the old deployment is gone and the new one completes.
+        for t in &mut tasks[..2] {
+            t.last_status = "STOPPED".into();
+            t.desired_status = "STOPPED".into();
+            t.stop_code = Some(SCHEDULER_CODE.into());
+            t.stopped_at = Some(18.0);
+        }
+        let d = decide(&d.service, &tasks, 18.5, true);
+        assert_eq!(d.service.deployments.len(), 1);
+        assert_eq!(d.service.deployments[0].rollout_state, "COMPLETED");
+        assert_eq!(d.service.history[0].id, old);
+        assert_eq!(
+            d.service.deployments[0].failed_tasks, 0,
+            "scheduler stops are no failures"
+        );
+    }
+
+    #[test]
+    fn failed_starts_trip_the_breaker_and_roll_back() {
+        let mut s = service(2, false);
+        let good = s.deployments[0].id.clone();
+        s.deployments[0].rollout_state = "COMPLETED".into();
+        s.deploy(revision(false), 5.0);
+        let bad = s.deployments[0].id.clone();
+        let mut tasks = vec![
+            task("g1", &good, "RUNNING", false),
+            task("g2", &good, "RUNNING", false),
+        ];
+        for (n, at) in [("b1", 6.0), ("b2", 7.0), ("b3", 8.0)] {
+            let mut t = task(n, &bad, "STOPPED", false);
+            t.stopped_at = Some(at);
+            t.stop_code = Some("EssentialContainerExited".into());
+            tasks.push(t);
+        }
+        let d = decide(&s, &tasks, 9.0, true);
+        let s2 = &d.service;
+        assert_eq!(
+            s2.deployments.len(),
+            2,
+            "the failed deployment has no tasks left"
+        );
+        assert_eq!(s2.history[0].id, bad);
+        assert_eq!(s2.history[0].rollout_state, "FAILED");
+        assert_eq!(s2.history[0].failed_tasks, 3);
+        let primary = &s2.deployments[0];
+        assert_eq!(
+            primary.rollout_state_reason,
+            format!("ECS deployment circuit breaker: rolling back to deploymentId {good}.")
+        );
+        let msgs: Vec<&str> = s2.events.iter().map(|e| e.message.as_str()).collect();
+        assert!(
+            msgs.contains(
+                &format!(
+                    "(service web) (deployment {bad}) deployment failed: tasks failed to start."
+                )
+                .as_str()
+            )
+        );
+        assert!(
+            msgs.contains(&format!("(service web) rolling back to deployment {good}.").as_str())
+        );
+        assert_eq!(d.start.map(|x| x.deployment), Some(primary.id.clone()));
+    }
+
+    #[test]
+    fn an_unhealthy_target_after_the_grace_period_is_replaced() {
+        let mut s = service(1, true);
+        s.health_check_grace_period = 30;
+        let dep = s.deployments[0].id.clone();
+        let tasks = [task("a", &dep, "RUNNING", true)];
+        // Inside the grace period: left alone, looked at again when it ends.
+        let d = decide(&s, &tasks, 10.0, false);
+        assert!(d.drain.is_empty() && d.stop.is_empty());
+        assert!(d.requeue_at.is_some_and(|r| r <= 31.0));
+        let d = decide(&s, &tasks, 40.0, false);
+        assert_eq!(d.drain.len(), 1);
+        assert_eq!(
+            d.drain[0].reason,
+            format!("Task failed ELB health checks in (target-group {TG})")
+        );
+        assert_eq!(
+            d.start.as_ref().map(|x| (x.count, x.replaced_unhealthy)),
+            Some((1, 1))
+        );
+        assert!(d.service.events.iter().any(|e| e.message
+            == format!("(service web) (task a) (instance i-a) (port 80) is unhealthy in (target-group {TG}) due to (reason Health checks failed with these codes: [503]).")));
+    }
+
+    #[test]
+    fn a_deleted_service_stops_everything_then_goes_inactive() {
+        let mut s = service(2, false);
+        let dep = s.deployments[0].id.clone();
+        s.status = "DRAINING".into();
+        s.desired_count = 0;
+        let tasks = [task("a", &dep, "RUNNING", false)];
+        let d = decide(&s, &tasks, 10.0, true);
+        assert_eq!(d.stop.len(), 1);
+        assert!(d.start.is_none());
+        assert_eq!(d.service.status, "DRAINING");
+        let mut stopped = tasks[0].clone();
+        stopped.last_status = "STOPPED".into();
+        stopped.stopped_at = Some(11.0);
+        stopped.stop_code = Some(SCHEDULER_CODE.into());
+        let d = decide(&d.service, &[stopped], 12.0, true);
+        assert_eq!(d.service.status, "INACTIVE");
+    }
+
+    #[test]
+    fn no_progress_possible_is_reported() {
+        let mut s = service(2, false);
+        s.deployment_config.maximum_percent = 100;
+        s.deployment_config.minimum_healthy_percent = 100;
+        let old = s.deployments[0].id.clone();
+        s.deployments[0].rollout_state = "COMPLETED".into();
+        s.deploy(revision(false), 5.0);
+        let tasks = [
+            task("a", &old, "RUNNING", false),
+            task("b", &old, "RUNNING", false),
+        ];
+        let d = decide(&s, &tasks, 10.0, true);
+        assert!(!d.has_actions());
+        assert_eq!(d.service.events[0].message, events::stuck("web"));
+        // Reported once while it lasts.
+        let again = decide(&d.service, &tasks, 11.0, true);
+        assert_eq!(again.service.events.len(), d.service.events.len());
+    }
 }
