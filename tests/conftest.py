@@ -49,13 +49,15 @@ class Server:
         env = dict(os.environ)
         env.update(self.env or {})
         started = time.monotonic()
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        # The log goes to a file: a pipe nobody reads fills up and blocks the server's logging.
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, env=env, text=True,
                                      preexec_fn=self.preexec_fn)
         lines = []
         while True:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError("fleetport exited: " + self.proc.stderr.read())
+                raise RuntimeError("fleetport exited: " + self.logs())
             lines.append(line)
             m = re.match(r"\s+listening:\s+(\S+)", line)
             if m:
@@ -66,6 +68,12 @@ class Server:
         self.ready_seconds = time.monotonic() - started
         self.banner = "".join(lines)
         return self
+
+    def logs(self):
+        """Everything the server logged so far."""
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
 
     @property
     def port(self):
@@ -91,7 +99,7 @@ class Server:
             config=botocore.config.Config(retries={"max_attempts": 1}),
         )
 
-    def cli(self, *args, check=True, key="test", secret="test"):
+    def cli(self, *args, check=True, key="test", secret="test", timeout=60):
         env = dict(os.environ)
         env.update(
             AWS_ACCESS_KEY_ID=key,
@@ -102,7 +110,7 @@ class Server:
             AWS_SHARED_CREDENTIALS_FILE="/dev/null",
         )
         env.pop("AWS_PROFILE", None)
-        r = subprocess.run([AWS_CLI, *args, "--output", "json"], capture_output=True, text=True, env=env, timeout=60)
+        r = subprocess.run([AWS_CLI, *args, "--output", "json"], capture_output=True, text=True, env=env, timeout=timeout)
         if check and r.returncode != 0:
             raise AssertionError(f"aws {' '.join(args)} failed: {r.stderr}")
         return r

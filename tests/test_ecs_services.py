@@ -90,8 +90,15 @@ def alb(server, name, target_type="instance", delay=2):
     return arn, port, lb["DNSName"]
 
 
+def stable_now(ecs, cluster, name):
+    """The services-stable waiter's success condition, checked once."""
+    s = service(ecs, cluster, name)
+    return len(s["deployments"]) == 1 and s["runningCount"] == s["desiredCount"]
+
+
 def stable(server, cluster, name):
-    server.cli("ecs", "wait", "services-stable", "--cluster", cluster, "--services", name)
+    # The waiter polls every 15 s, up to 40 times.
+    server.cli("ecs", "wait", "services-stable", "--cluster", cluster, "--services", name, timeout=600)
 
 
 def test_service_behind_an_alb_rolls_without_dropping_requests(env):
@@ -185,7 +192,7 @@ def test_service_behind_an_alb_rolls_without_dropping_requests(env):
     assert e.value.response["Error"]["Message"] == "The service cannot be stopped while it is scaled above 0."
     out = ecs.delete_service(cluster=cluster, service="web", force=True)["service"]
     assert out["status"] == "DRAINING"
-    server.cli("ecs", "wait", "services-inactive", "--cluster", cluster, "--services", "web")
+    server.cli("ecs", "wait", "services-inactive", "--cluster", cluster, "--services", "web", timeout=600)
     assert ecs.list_services(cluster=cluster)["serviceArns"] == []
     assert service(ecs, cluster, "web")["status"] == "INACTIVE"
     assert ecs.delete_service(cluster=cluster, service="web")["service"]["status"] == "INACTIVE"
@@ -422,7 +429,7 @@ def test_fargate_service_ip_targets_capacity_providers_and_spot_interruption(env
     assert r.returncode != 0 and "FARGATE_SPOT" in r.stderr
     for name in ("fweb", "spot"):
         ecs.delete_service(cluster=cluster, service=name, force=True)
-    server.cli("ecs", "wait", "services-inactive", "--cluster", cluster, "--services", "fweb", "spot")
+    server.cli("ecs", "wait", "services-inactive", "--cluster", cluster, "--services", "fweb", "spot", timeout=600)
 
 
 def test_daemon_service_and_draining_instances(env):
@@ -490,6 +497,10 @@ def test_scheduler_survives_kill_9_mid_deployment(data_dir, tmp_path):
         server.stop(signal.SIGKILL)
         server = Server(data_dir).start(port=port)
         ecs = server.client("ecs")
+        try:
+            wait_for(lambda: stable_now(ecs, cluster, "k"), 90, 0.5)
+        except AssertionError:
+            raise AssertionError((service(ecs, cluster, "k"), server.logs()[-4000:], agent.logs()[-4000:]))
         stable(server, cluster, "k")
         svc = service(ecs, cluster, "k")
         assert len(svc["deployments"]) == 1 and svc["taskDefinition"].endswith("k:2") and svc["runningCount"] == 3

@@ -38,12 +38,19 @@ def remove_containers(cluster):
 class Agent:
     def __init__(self, server, cluster, state_dir, *extra):
         env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
+        # The log goes to a file: a pipe nobody reads fills up and blocks the agent's logging.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen([BIN, "agent", "--cluster", cluster, "--endpoint", server.endpoint,
                                       "--state-dir", state_dir, *extra],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                     stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         line = self.proc.stdout.readline()
-        assert "container instance" in line, self.proc.stderr.read() if self.proc.poll() is not None else line
+        assert "container instance" in line, self.logs() if self.proc.poll() is not None else line
         self.arn = line.strip().rsplit(" ", 1)[1]
+
+    def logs(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc.poll() is None:

@@ -178,7 +178,7 @@ def test_credentials_file_and_loopback_rule(data_dir, tmp_path):
         ecs_call(s.endpoint, "ListClusters", {}, key="AKIAFLEETPORT1", secret="wrong")
     finally:
         s.stop()
-    logs = s.proc.stderr.read()
+    logs = s.logs()
     assert "s3cr3t" not in logs
     # Default credentials are refused off loopback, before anything binds.
     r = subprocess.run([BIN, "up", "--listen", "0.0.0.0:0", "--data-dir", data_dir], capture_output=True, text=True, timeout=10)
