@@ -450,8 +450,14 @@ def test_daemon_service_and_draining_instances(env):
     assert sorted(t["containerInstanceArn"] for t in tasks) == sorted(a.arn for a in agents)
 
     # A replica service spread over the instances: one task on each.
-    ecs.create_service(cluster=cluster, serviceName="rep", taskDefinition="d", desiredCount=3)
+    ecs.create_service(cluster=cluster, serviceName="rep", taskDefinition="d", desiredCount=3,
+                       tags=[{"key": "team", "value": "web"}], propagateTags="SERVICE", enableECSManagedTags=True)
     stable(server, cluster, "rep")
+    # The service's tags and ECS's managed tags are on its tasks.
+    arns = ecs.list_tasks(cluster=cluster, serviceName="rep")["taskArns"]
+    for t in ecs.describe_tasks(cluster=cluster, tasks=arns, include=["TAGS"])["tasks"]:
+        tags = {x["key"]: x["value"] for x in t["tags"]}
+        assert tags == {"team": "web", "aws:ecs:clusterName": cluster, "aws:ecs:serviceName": "rep"}, tags
 
     def on_a():
         arns = ecs.list_tasks(cluster=cluster, serviceName="rep")["taskArns"]

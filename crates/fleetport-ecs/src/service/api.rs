@@ -364,6 +364,7 @@ impl ServiceRecord {
         );
         self.revision = revision;
         self.progress.start_failures = 0;
+        self.progress.backoff_at_failures = 0;
         self.progress.backoff_until = 0.0;
         self.progress.steady_since = 0.0;
     }
@@ -669,8 +670,11 @@ impl Ecs {
                 svc.deploy(rev, now);
             } else {
                 svc.revision.capacity = rev.capacity;
+                // The running deployment follows the new settings (percents, breaker).
+                let config = svc.deployment_config.clone();
                 if let Some(p) = svc.deployments.iter_mut().find(|d| d.status == "PRIMARY") {
                     p.desired_count = svc.desired_count;
+                    p.config = config;
                 }
             }
             Ok(svc)

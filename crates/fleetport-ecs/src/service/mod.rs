@@ -163,6 +163,9 @@ pub struct Progress {
     pub start_failures: u32,
     /// No new task starts before this instant (ECS's launch back-off).
     pub backoff_until: f64,
+    /// `start_failures` when the last back-off began: a new failure after it backs off longer.
+    #[serde(default)]
+    pub backoff_at_failures: u32,
     /// The steady-state event was last written at this instant (0: not steady).
     pub steady_since: f64,
 }

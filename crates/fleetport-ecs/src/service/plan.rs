@@ -411,6 +411,7 @@ pub fn plan(svc: &ServiceRecord, o: &Observed<'_>) -> Decision {
     }
     if proven_primary {
         s.progress.start_failures = 0;
+        s.progress.backoff_at_failures = 0;
         if let Some(p) = s.deployments.iter_mut().find(|p| p.status == "PRIMARY")
             && p.config.reset_on_healthy_task
             && p.rollout_state == "IN_PROGRESS"
@@ -503,10 +504,14 @@ pub fn plan(svc: &ServiceRecord, o: &Observed<'_>) -> Decision {
     if step.start > 0 && !primary_failed && s.status == super::ACTIVE {
         if now < s.progress.backoff_until {
             requeue(s.progress.backoff_until, &mut d);
-        } else if s.progress.start_failures >= 3 {
+        } else if s.progress.start_failures >= 3
+            && s.progress.start_failures > s.progress.backoff_at_failures
+        {
+            // Each further failure doubles the wait, up to ECS's 15 minutes.
             let exp = (s.progress.start_failures - 3).min(10);
             let delay = (10.0 * f64::from(1u32 << exp)).min(900.0);
             s.progress.backoff_until = now + delay;
+            s.progress.backoff_at_failures = s.progress.start_failures;
             s.event(events::throttled(&name), now);
             requeue(s.progress.backoff_until, &mut d);
         } else if s.is_daemon() {
@@ -803,6 +808,7 @@ fn trip_breaker(s: &mut ServiceRecord, desired: u32, now: f64) {
     s.revision = target.revision.clone();
     s.deployments.insert(0, rollback_dep);
     s.progress.start_failures = 0;
+    s.progress.backoff_at_failures = 0;
     s.progress.backoff_until = 0.0;
     s.event(events::rolling_back(&name, &target.id), now);
 }
@@ -1120,6 +1126,34 @@ mod tests {
         stopped.stop_code = Some(SCHEDULER_CODE.into());
         let d = decide(&d.service, &[stopped], 12.0, true);
         assert_eq!(d.service.status, "INACTIVE");
+    }
+
+    #[test]
+    fn tasks_that_never_start_back_off() {
+        let mut s = service(1, false);
+        s.deployments[0].config.breaker_enable = false;
+        let dep = s.deployments[0].id.clone();
+        let mut tasks = Vec::new();
+        for (n, at) in [("a", 1.0), ("b", 2.0), ("c", 3.0)] {
+            let mut t = task(n, &dep, "STOPPED", false);
+            t.stopped_at = Some(at);
+            t.stop_code = Some("TaskFailedToStart".into());
+            tasks.push(t);
+        }
+        let d = decide(&s, &tasks, 4.0, true);
+        assert!(d.start.is_none(), "backing off");
+        assert_eq!(d.service.progress.start_failures, 3);
+        assert_eq!(d.service.progress.backoff_until, 14.0);
+        assert_eq!(d.requeue_at, Some(14.0));
+        assert_eq!(d.service.events[0].message, events::throttled("web"));
+        // Once the back-off has passed, it tries again; a task that runs ends the back-off.
+        let later = decide(&d.service, &tasks, 14.5, true);
+        assert_eq!(later.start.map(|x| x.count), Some(1));
+        let mut ok = task("d", &dep, "RUNNING", false);
+        ok.started_at = Some(15.0);
+        tasks.push(ok);
+        let healed = decide(&later.service, &tasks, 15.0 + PROVEN_AFTER_SECS, true);
+        assert_eq!(healed.service.progress.start_failures, 0);
     }
 
     #[test]
