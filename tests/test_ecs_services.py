@@ -310,6 +310,17 @@ def test_service_bad_inputs_get_ecs_errors_and_store_nothing(server):
     assert ecs.delete_service(cluster="bad", service="s")["service"]["status"] == "INACTIVE"
     # Once INACTIVE the name can be used again.
     assert ecs.create_service(**base)["service"]["status"] == "ACTIVE"
+    # ListServices pages; DescribeCapacityProviders lists the built-in providers.
+    for n in ("s2", "s3"):
+        ecs.create_service(**dict(base, serviceName=n))
+    page = ecs.list_services(cluster="bad", maxResults=2)
+    rest = ecs.list_services(cluster="bad", maxResults=2, nextToken=page["nextToken"])
+    assert len(page["serviceArns"]) == 2 and len(rest["serviceArns"]) == 1 and "nextToken" not in rest
+    assert ecs.list_services(cluster="bad", launchType="FARGATE")["serviceArns"] == []
+    cps = ecs.describe_capacity_providers()
+    conformance.check("ecs", "DescribeCapacityProviders", cps)
+    assert [c["name"] for c in cps["capacityProviders"]] == ["FARGATE", "FARGATE_SPOT"]
+    assert ecs.describe_capacity_providers(capacityProviders=["nope"])["failures"][0]["reason"] == "MISSING"
     # The cluster cannot go while the service is active.
     assert code_and_message(lambda: ecs.delete_cluster(cluster="bad"))[0] == "ClusterContainsServicesException"
 
@@ -395,6 +406,11 @@ def test_fargate_service_ip_targets_capacity_providers_and_spot_interruption(env
     # A capacity provider strategy instead of a launch type.
     ecs.put_cluster_capacity_providers(cluster=cluster, capacityProviders=["FARGATE", "FARGATE_SPOT"],
                                        defaultCapacityProviderStrategy=[])
+    run = ecs.run_task(cluster=cluster, taskDefinition="fweb",
+                       capacityProviderStrategy=[{"capacityProvider": "FARGATE_SPOT", "weight": 1}],
+                       networkConfiguration={"awsvpcConfiguration": {"subnets": ["subnet-a"]}})["tasks"][0]
+    assert run["capacityProviderName"] == "FARGATE_SPOT" and run["launchType"] == "FARGATE"
+    ecs.stop_task(cluster=cluster, task=run["taskArn"])
     ecs.create_service(cluster=cluster, serviceName="spot", taskDefinition="fweb", desiredCount=4,
                        capacityProviderStrategy=[{"capacityProvider": "FARGATE", "base": 1, "weight": 1},
                                                  {"capacityProvider": "FARGATE_SPOT", "weight": 1}],

@@ -93,6 +93,7 @@ const IMPLEMENTED: &[&str] = &[
     "DescribeServiceDeployments",
     "DescribeServiceRevisions",
     "StopServiceDeployment",
+    "DescribeCapacityProviders",
 ];
 
 pub use fleetport_proto::clock::epoch_seconds as now;
@@ -178,6 +179,7 @@ impl Ecs {
             "DescribeServiceDeployments" => self.describe_service_deployments(input),
             "DescribeServiceRevisions" => self.describe_service_revisions(input),
             "StopServiceDeployment" => self.stop_service_deployment(input).await,
+            "DescribeCapacityProviders" => self.describe_capacity_providers(input),
             _ => Err(AwsError::client(
                 "UnknownOperationException",
                 format!("Unknown operation {operation}"),
