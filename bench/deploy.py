@@ -105,9 +105,22 @@ def main():
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(2)
     t0 = time.monotonic()
+    wall0 = time.time()
     ecs.update_service(cluster="bench", service="web", taskDefinition="web:2")
+    if os.environ.get("TRACE_HEALTH"):
+        seen = {}
+        while not (lambda s: len(s["deployments"]) == 1 and s["runningCount"] == 4)(service(ecs, "web")):
+            for h in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]:
+                k = (h["Target"]["Id"], h["Target"]["Port"])
+                v = (h["TargetHealth"]["State"], h["TargetHealth"].get("Reason"))
+                if seen.get(k) != v:
+                    seen[k] = v
+                    print(f"  {time.monotonic() - t0:6.2f}s {k} {v}")
+            time.sleep(0.2)
     wait_stable(ecs, "web")
     took = time.monotonic() - t0
+    timeline = [(e["createdAt"].timestamp() - wall0, e["message"])
+                for e in service(ecs, "web")["events"] if e["createdAt"].timestamp() >= wall0]
     out = wrk.communicate()[0]
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
@@ -117,7 +130,12 @@ def main():
     print(f"  requests {requests}, non-2xx {non2xx}, socket errors {socket_errors}")
     print(f"  deployment {took:.1f}s; lower bound {bound}s (healthy threshold {THRESHOLD} x interval {INTERVAL}s "
           f"+ deregistration delay {DELAY}s); ratio {took / bound:.2f}x")
+    print("  the deployment's events:")
+    for at, message in sorted(timeline):
+        print(f"    {at:6.2f}s  {message[:110]}")
 
+    if TASKS == 0:
+        return
     # 2. Scaling from 0 to TASKS tasks on the two agents, against docker run of as many.
     ecs.register_task_definition(family="plain", containerDefinitions=[{
         "name": "web", "image": image, "memory": 32, "stopTimeout": 1,

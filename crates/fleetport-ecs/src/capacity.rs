@@ -188,6 +188,55 @@ impl Capacity {
     }
 }
 
+/// The capacity providers every account has.
+const BUILT_IN: [&str; 2] = ["FARGATE", "FARGATE_SPOT"];
+
+impl crate::Ecs {
+    /// DescribeCapacityProviders: FARGATE and FARGATE_SPOT (the only providers Fleetport has
+    /// until Auto Scaling group providers come with EC2); unknown names are `failures`.
+    pub fn describe_capacity_providers(&self, input: Value) -> EcsResult<Value> {
+        let limit = fleetport_proto::paging::max_results(&input, 10, 10)?;
+        let after = fleetport_proto::paging::decode_token(&input)?;
+        let names = fleetport_proto::input::strings(&input, "capacityProviders");
+        let with_tags = fleetport_proto::input::includes(&input, "include", "TAGS");
+        let render = |name: &str| {
+            let mut o = json!({
+                "capacityProviderArn": self.scope.arn(&format!("capacity-provider/{name}")),
+                "name": name,
+                "status": "ACTIVE",
+                "type": name,
+            });
+            if with_tags {
+                o["tags"] = json!([]);
+            }
+            o
+        };
+        if names.is_empty() {
+            let items: Vec<(String, Value)> = BUILT_IN
+                .iter()
+                .map(|n| (n.to_string(), render(n)))
+                .collect();
+            let (page, token) =
+                fleetport_proto::paging::page(items, after.as_deref(), limit, false);
+            return Ok(fleetport_proto::paging::with_token(
+                json!({"capacityProviders": page, "failures": []}),
+                token,
+            ));
+        }
+        let mut found = Vec::new();
+        let mut failures = Vec::new();
+        for n in &names {
+            let name = n.rsplit('/').next().unwrap_or(n);
+            if BUILT_IN.contains(&name) {
+                found.push(render(name));
+            } else {
+                failures.push(json!({"arn": n, "reason": "MISSING"}));
+            }
+        }
+        Ok(json!({"capacityProviders": found, "failures": failures}))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,54 +303,5 @@ mod tests {
             resolve(None, None, &cluster, false).unwrap(),
             Capacity::LaunchType("EC2".into())
         );
-    }
-}
-
-/// The capacity providers every account has.
-const BUILT_IN: [&str; 2] = ["FARGATE", "FARGATE_SPOT"];
-
-impl crate::Ecs {
-    /// DescribeCapacityProviders: FARGATE and FARGATE_SPOT (the only providers Fleetport has
-    /// until Auto Scaling group providers come with EC2); unknown names are `failures`.
-    pub fn describe_capacity_providers(&self, input: Value) -> EcsResult<Value> {
-        let limit = fleetport_proto::paging::max_results(&input, 10, 10)?;
-        let after = fleetport_proto::paging::decode_token(&input)?;
-        let names = fleetport_proto::input::strings(&input, "capacityProviders");
-        let with_tags = fleetport_proto::input::includes(&input, "include", "TAGS");
-        let render = |name: &str| {
-            let mut o = json!({
-                "capacityProviderArn": self.scope.arn(&format!("capacity-provider/{name}")),
-                "name": name,
-                "status": "ACTIVE",
-                "type": name,
-            });
-            if with_tags {
-                o["tags"] = json!([]);
-            }
-            o
-        };
-        if names.is_empty() {
-            let items: Vec<(String, Value)> = BUILT_IN
-                .iter()
-                .map(|n| (n.to_string(), render(n)))
-                .collect();
-            let (page, token) =
-                fleetport_proto::paging::page(items, after.as_deref(), limit, false);
-            return Ok(fleetport_proto::paging::with_token(
-                json!({"capacityProviders": page, "failures": []}),
-                token,
-            ));
-        }
-        let mut found = Vec::new();
-        let mut failures = Vec::new();
-        for n in &names {
-            let name = n.rsplit('/').next().unwrap_or(n);
-            if BUILT_IN.contains(&name) {
-                found.push(render(name));
-            } else {
-                failures.push(json!({"arn": n, "reason": "MISSING"}));
-            }
-        }
-        Ok(json!({"capacityProviders": found, "failures": failures}))
     }
 }

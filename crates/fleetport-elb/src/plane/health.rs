@@ -83,6 +83,8 @@ struct Entry {
     description: String,
     passes: u32,
     failures: u32,
+    /// When the last probe started: each target keeps its own cadence across checker restarts.
+    last_probe: Option<std::time::Instant>,
 }
 
 impl Default for Entry {
@@ -94,6 +96,7 @@ impl Default for Entry {
             description: "Initial health checks in progress".into(),
             passes: 0,
             failures: 0,
+            last_probe: None,
         }
     }
 }
@@ -123,6 +126,25 @@ impl HealthBoard {
             .read()
             .get(&(tg.to_string(), id.to_string(), port))
             .map_or(State::Initial, |e| e.state)
+    }
+
+    /// If the target's next probe is due by `now`, notes that it starts now and returns
+    /// `None`; otherwise returns when it is due.
+    fn claim_probe(
+        &self,
+        key: &Key,
+        now: std::time::Instant,
+        every: Duration,
+    ) -> Option<std::time::Instant> {
+        let mut map = self.entries.write();
+        let e = map.entry(key.clone()).or_default();
+        match e.last_probe {
+            Some(at) if at + every > now => Some(at + every),
+            _ => {
+                e.last_probe = Some(now);
+                None
+            }
+        }
     }
 
     /// The shared cell of a target's state, created (as `initial`) if the target is new.
@@ -304,24 +326,31 @@ where
     }
 }
 
-/// Checks every live target of `tg` each interval, the first round at once.
+/// Checks every live target of `tg` once per interval. The checker restarts whenever the group's
+/// targets or settings change, so the cadence is kept per target on the board: a new target is
+/// probed at once, the others when their own interval has passed — a restart neither probes a
+/// target twice within an interval (registrations a moment apart would count several failures
+/// of a starting target at once) nor pushes its next probe back.
 pub async fn check_group(board: Arc<HealthBoard>, tg: TargetGroup) {
     let interval = Duration::from_secs(tg.health.interval.max(1));
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        let now = std::time::Instant::now();
+        let mut next = now + interval;
         let mut probes = tokio::task::JoinSet::new();
         for t in tg.targets.iter().filter(|t| t.draining_until.is_none()) {
             let Some(ip) = t.ip() else {
                 continue;
             };
+            let key = (tg.arn.clone(), t.id.clone(), t.port);
+            if let Some(due) = board.claim_probe(&key, now, interval) {
+                next = next.min(due);
+                continue;
+            }
             let port = match tg.health.port.parse::<u16>() {
                 Ok(p) => p,
                 Err(_) => t.port,
             };
             let hc = tg.health.clone();
-            let key = (tg.arn.clone(), t.id.clone(), t.port);
             let board = board.clone();
             probes.spawn(async move {
                 let r = probe(SocketAddr::new(ip, port), &hc).await;
@@ -329,6 +358,7 @@ pub async fn check_group(board: Arc<HealthBoard>, tg: TargetGroup) {
             });
         }
         while probes.join_next().await.is_some() {}
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
     }
 }
 
