@@ -43,12 +43,7 @@ impl Ecs {
             let Some(mut t) = txn.get_json::<TaskRecord>(TASKS, &key)? else {
                 return Err(Abort::Domain(invalid("The referenced task was not found.")));
             };
-            if t.desired_status != "STOPPED" {
-                t.desired_status = "STOPPED".into();
-                t.stop_code = Some("SpotInterruption".into());
-                t.stopped_reason = Some(REASON.into());
-                t.stopping_at = Some(now);
-                t.version += 1;
+            if t.request_stop("SpotInterruption", REASON.into(), now) {
                 txn.put_json(TASKS, &key, &t)?;
             }
             Ok(t)

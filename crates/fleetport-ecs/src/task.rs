@@ -81,6 +81,20 @@ pub const MANAGED: &str = "FARGATE";
 pub(crate) const TASKS_BY_HOST: &str = "ecs.task_by_host";
 
 impl TaskRecord {
+    /// Asks for the task to stop (the agent stops its containers); the first reason given stays.
+    /// Returns whether anything changed.
+    pub(crate) fn request_stop(&mut self, code: &str, reason: String, now: f64) -> bool {
+        if self.desired_status == "STOPPED" {
+            return false;
+        }
+        self.desired_status = "STOPPED".into();
+        self.stopped_reason = Some(reason);
+        self.stop_code = Some(code.into());
+        self.stopping_at = Some(now);
+        self.version += 1;
+        true
+    }
+
     /// Who runs the task: its container instance's ID, or `FARGATE` for managed capacity.
     pub(crate) fn host(&self) -> &str {
         match &self.container_instance_arn {
@@ -302,6 +316,20 @@ fn demand(defs: &[Value], cpu: Option<i64>, memory: Option<i64>, mode: &str) -> 
     }
 }
 
+/// The cluster's registered (not INACTIVE) container instances, with their latest heartbeats.
+pub(crate) fn live_instances(
+    txn: &dyn fleetport_store::ReadTxn,
+    agents: &crate::agents::Agents,
+    cluster: &str,
+) -> Result<Vec<InstanceRecord>, fleetport_store::StoreError> {
+    Ok(txn
+        .scan_json::<InstanceRecord>(INSTANCES, &format!("{cluster}/"), None, usize::MAX)?
+        .into_iter()
+        .map(|(_, r)| agents.overlay(r))
+        .filter(|r| r.status != "INACTIVE")
+        .collect())
+}
+
 /// A new task from the RunTask template: its ARN, containers, and (awsvpc) its network interface.
 fn new_task(
     template: &TaskRecord,
@@ -413,17 +441,7 @@ pub(crate) fn place_tasks(
         }
         return Ok((placed, Vec::new()));
     }
-    let instances: Vec<InstanceRecord> = txn
-        .scan_json::<InstanceRecord>(
-            INSTANCES,
-            &format!("{}/", template.cluster),
-            None,
-            usize::MAX,
-        )?
-        .into_iter()
-        .map(|(_, r)| agents.overlay(r))
-        .filter(|r| r.status != "INACTIVE")
-        .collect();
+    let instances = live_instances(txn, agents, &template.cluster)?;
     if instances.is_empty() {
         return Err(Abort::Domain(invalid(
             "No Container Instances were found in your cluster.",
@@ -790,12 +808,7 @@ impl Ecs {
             let Some(mut t) = txn.get_json::<TaskRecord>(TASKS, &key)? else {
                 return Err(Abort::Domain(invalid("The referenced task was not found.")));
             };
-            if t.desired_status != "STOPPED" {
-                t.desired_status = "STOPPED".into();
-                t.stopped_reason = Some(reason);
-                t.stop_code = Some("UserInitiated".into());
-                t.stopping_at = Some(now);
-                t.version += 1;
+            if t.request_stop("UserInitiated", reason, now) {
                 txn.put_json(TASKS, &key, &t)?;
             }
             Ok(t)

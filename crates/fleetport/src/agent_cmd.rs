@@ -9,12 +9,9 @@ use clap::Args;
 use fleetport_agent::{Agent, AgentConfig, ApiClient};
 use fleetport_runtime::{DockerRuntime, Runtime, labels};
 
+/// Where a command reaches the control plane, and the region it signs for.
 #[derive(Debug, Clone, Args)]
-pub struct AgentArgs {
-    /// Cluster to join (must exist).
-    #[arg(long, env = "FLEETPORT_CLUSTER", default_value = "default")]
-    pub cluster: String,
-
+pub struct ControlPlane {
     /// Control-plane endpoint.
     #[arg(
         long,
@@ -26,6 +23,24 @@ pub struct AgentArgs {
     /// Region to sign for (AWS_REGION / AWS_DEFAULT_REGION are read too).
     #[arg(long, env = "AWS_REGION")]
     pub region: Option<String>,
+}
+
+impl ControlPlane {
+    /// A client signing with the caller's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        let (key, secret) = credentials()?;
+        Ok(ApiClient::new(&self.endpoint, &region(&self.region), &key, &secret)?)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Cluster to join (must exist).
+    #[arg(long, env = "FLEETPORT_CLUSTER", default_value = "default")]
+    pub cluster: String,
+
+    #[command(flatten)]
+    pub control_plane: ControlPlane,
 
     /// CPU units to offer (1024 per core). Default: this host's cores × 1024.
     #[arg(long)]
@@ -105,8 +120,7 @@ fn region(arg: &Option<String>) -> String {
 }
 
 pub async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let (key, secret) = credentials()?;
-    let api = ApiClient::new(&args.endpoint, &region(&args.region), &key, &secret)?;
+    let api = args.control_plane.client()?;
     let rt: Arc<dyn Runtime> = Arc::new(
         DockerRuntime::connect()
             .await
@@ -217,23 +231,13 @@ pub struct InterruptSpotArgs {
     #[arg(long, env = "FLEETPORT_CLUSTER", default_value = "default")]
     pub cluster: String,
 
-    /// Control-plane endpoint.
-    #[arg(
-        long,
-        env = "FLEETPORT_ENDPOINT",
-        default_value = "http://localhost:4566"
-    )]
-    pub endpoint: String,
-
-    /// Region to sign for (AWS_REGION / AWS_DEFAULT_REGION are read too).
-    #[arg(long, env = "AWS_REGION")]
-    pub region: Option<String>,
+    #[command(flatten)]
+    pub control_plane: ControlPlane,
 }
 
 /// Interrupts a FARGATE_SPOT task as Fargate Spot would (signed with the caller's keys).
 pub async fn run_interrupt_spot(args: InterruptSpotArgs) -> anyhow::Result<()> {
-    let (key, secret) = credentials()?;
-    let api = ApiClient::new(&args.endpoint, &region(&args.region), &key, &secret)?;
+    let api = args.control_plane.client()?;
     let out = api
         .call(
             fleetport_agent::AGENT,

@@ -370,6 +370,32 @@ impl ServiceRecord {
     }
 }
 
+impl ServiceRecord {
+    /// Rolls the PRIMARY deployment `failed` (index) back to `target`'s revision: a new PRIMARY
+    /// that belongs to the same service deployment, whose status becomes ROLLBACK_IN_PROGRESS.
+    pub fn roll_back(&mut self, failed: usize, target: &Deployment, reason: String, now: f64) {
+        let failed_id = self.deployments[failed].id.clone();
+        let sd = self.deployments[failed].service_deployment_id.clone();
+        let status_reason = self.deployments[failed].status_reason.clone();
+        self.deploy(target.revision.clone(), now);
+        // deploy() moved the failed one to ACTIVE and marked it superseded; it is rolling back.
+        if let Some(old) = self.deployments.iter_mut().find(|d| d.id == failed_id) {
+            old.service_deployment_status = "ROLLBACK_IN_PROGRESS".into();
+            old.finished_at = None;
+            old.status_reason = status_reason;
+        }
+        let new = &mut self.deployments[0];
+        new.service_deployment_id = sd;
+        new.service_deployment_status = "ROLLBACK_IN_PROGRESS".into();
+        new.rollback_of = Some(failed_id);
+        new.rollout_state_reason = reason.clone();
+        // Kept for the service deployment's `rollback.reason` after the rollout completes.
+        new.status_reason = Some(reason);
+        let name = self.name.clone();
+        self.event(super::events::rolling_back(&name, &target.id), now);
+    }
+}
+
 impl Ecs {
     fn service_arn(&self, cluster: &str, name: &str) -> String {
         self.scope.arn(&format!("service/{cluster}/{name}"))
@@ -1120,7 +1146,6 @@ impl Ecs {
                 .chain(svc.history.iter())
                 .find(|x| x.id != p.id && x.rollout_state == "COMPLETED")
                 .cloned();
-            let failed_id = p.id.clone();
             let reason = "Service deployment stopped by StopServiceDeployment.".to_string();
             {
                 let p = &mut svc.deployments[pi];
@@ -1131,24 +1156,11 @@ impl Ecs {
             }
             match (stop_type.as_str(), target) {
                 ("ROLLBACK", Some(target)) => {
-                    let sd = svc.deployments[pi].service_deployment_id.clone();
-                    svc.deployments[pi].service_deployment_status = "ROLLBACK_IN_PROGRESS".into();
-                    svc.deploy(target.revision.clone(), now);
-                    let new = &mut svc.deployments[0];
-                    new.service_deployment_id = sd;
-                    new.service_deployment_status = "ROLLBACK_IN_PROGRESS".into();
-                    new.rollback_of = Some(failed_id);
-                    new.rollout_state_reason =
-                        format!("Rolling back to deploymentId {}.", target.id);
-                    // deploy() marked the stopped one superseded; it is rolling back instead.
-                    if let Some(old) = svc.deployments.get_mut(pi + 1) {
-                        old.service_deployment_status = "ROLLBACK_IN_PROGRESS".into();
-                        old.finished_at = None;
-                        old.status_reason =
-                            Some("Service deployment stopped by StopServiceDeployment.".into());
-                    }
-                    let name = svc.name.clone();
-                    svc.event(super::events::rolling_back(&name, &target.id), now);
+                    let reason = format!(
+                        "Service deployment rolled back by StopServiceDeployment to deploymentId {}.",
+                        target.id
+                    );
+                    svc.roll_back(pi, &target, reason, now);
                 }
                 _ => {
                     let p = &mut svc.deployments[pi];

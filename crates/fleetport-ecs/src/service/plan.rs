@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use super::lb::{TargetGroupInfo, TargetHealth, TargetRef};
-use super::{Deployment, ServiceRecord, events};
+use super::{ServiceRecord, events};
 use crate::instance::InstanceRecord;
 use crate::rollout::{self, Tasks};
 use crate::task::TaskRecord;
@@ -775,42 +775,11 @@ fn trip_breaker(s: &mut ServiceRecord, desired: u32, now: f64) {
         p.finished_at = Some(now);
         return;
     };
-    s.deployments[pi].status = "ACTIVE".into();
-    s.deployments[pi].service_deployment_status = "ROLLBACK_IN_PROGRESS".into();
-    let number = super::new_number();
-    let rollback_dep = Deployment {
-        id: format!("ecs-svc/{number}"),
-        status: "PRIMARY".into(),
-        revision: target.revision.clone(),
-        desired_count: desired,
-        running_count: 0,
-        pending_count: 0,
-        failed_tasks: 0,
-        created_at: now,
-        updated_at: now,
-        rollout_state: "IN_PROGRESS".into(),
-        rollout_state_reason: format!(
-            "ECS deployment circuit breaker: rolling back to deploymentId {}.",
-            target.id
-        ),
-        service_deployment_id: s.deployments[pi].service_deployment_id.clone(),
-        service_deployment_status: "ROLLBACK_IN_PROGRESS".into(),
-        // Kept for the service deployment's `rollback.reason` after the rollout completes.
-        status_reason: Some(format!(
-            "ECS deployment circuit breaker: rolling back to deploymentId {}.",
-            target.id
-        )),
-        finished_at: None,
-        sources: vec![failed_id.clone()],
-        rollback_of: Some(failed_id),
-        config: s.deployment_config.clone(),
-    };
-    s.revision = target.revision.clone();
-    s.deployments.insert(0, rollback_dep);
-    s.progress.start_failures = 0;
-    s.progress.backoff_at_failures = 0;
-    s.progress.backoff_until = 0.0;
-    s.event(events::rolling_back(&name, &target.id), now);
+    let reason = format!(
+        "ECS deployment circuit breaker: rolling back to deploymentId {}.",
+        target.id
+    );
+    s.roll_back(pi, &target, reason, now);
 }
 
 #[cfg(test)]

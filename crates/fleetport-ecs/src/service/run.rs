@@ -19,9 +19,8 @@ use super::lb::{LoadBalancing, TargetRef};
 use super::plan::{self, Decision, Observed, Start};
 use super::{COLLECTION, INACTIVE, ServiceRecord, events, key};
 use crate::Ecs;
-use crate::cluster::INSTANCES;
 use crate::error::{EcsResult, store};
-use crate::instance::{InstanceRecord, tasks_of_cluster};
+use crate::instance::tasks_of_cluster;
 use crate::placement::{self, Strategy};
 use crate::task::{Placement, TaskRecord, place_tasks};
 
@@ -139,18 +138,8 @@ impl Ecs {
                 .into_iter()
                 .filter(|t| t.group == group)
                 .collect();
-            let instances: Vec<InstanceRecord> = txn
-                .scan_json::<InstanceRecord>(
-                    INSTANCES,
-                    &format!("{}/", svc.cluster),
-                    None,
-                    usize::MAX,
-                )
-                .map_err(store)?
-                .into_iter()
-                .map(|(_, r)| self.agents.overlay(r))
-                .filter(|r| r.status != "INACTIVE")
-                .collect();
+            let instances =
+                crate::task::live_instances(txn, &self.agents, &svc.cluster).map_err(store)?;
             Ok((tasks, instances))
         })?;
         // Decided in a block: the observation borrows closures that must not live across
@@ -283,18 +272,13 @@ impl Ecs {
             for st in &stop {
                 if let Some(mut t) =
                     txn.get_json::<TaskRecord>(crate::cluster::TASKS, &task_key(&st.task_id))?
-                    && t.desired_status != "STOPPED"
+                    && t.request_stop(&st.code, st.reason.clone(), now)
                 {
                     if t.last_status == "RUNNING" {
                         running.push(t.id.clone());
                     } else {
                         pending += 1;
                     }
-                    t.desired_status = "STOPPED".into();
-                    t.stopped_reason = Some(st.reason.clone());
-                    t.stop_code = Some(st.code.clone());
-                    t.stopping_at = Some(now);
-                    t.version += 1;
                     txn.put_json(crate::cluster::TASKS, &task_key(&st.task_id), &t)?;
                     hosts.push(t.host().to_string());
                 }
