@@ -533,3 +533,28 @@ def test_scheduler_survives_kill_9_mid_deployment(data_dir, tmp_path):
             agent.stop(signal.SIGKILL)
         server.stop()
         remove_containers(cluster)
+
+
+def test_image_for_another_architecture_backs_off_with_ecs_events(env):
+    """The tutorial's wrong-architecture case: every task fails before it runs (the agent
+    refuses an image built for another platform), so the scheduler backs off with ECS's event;
+    with the breaker on, the deployment fails."""
+    from test_registry import push_foreign_image
+    ecs, cluster, server = env["ecs"], env["cluster"], env["server"]
+    env["agent"]("a")
+    push_foreign_image(server, "app", "arm")
+    ecs.register_task_definition(family="arm", containerDefinitions=[
+        {"name": "web", "image": f"localhost:{server.port}/app:arm", "memory": 16}])
+    ecs.create_service(cluster=cluster, serviceName="arm", taskDefinition="arm", desiredCount=1)
+    throttled = ("(service arm) is unable to consistently start tasks successfully. For more information, see the "
+                 "Troubleshooting section of the Amazon ECS Developer Guide.")
+    wait_for(lambda: throttled in messages(ecs, cluster, "arm"), 60, 0.5)
+    stopped = ecs.list_tasks(cluster=cluster, serviceName="arm", desiredStatus="STOPPED")["taskArns"]
+    t = ecs.describe_tasks(cluster=cluster, tasks=stopped[:1])["tasks"][0]
+    assert t["stopCode"] == "TaskFailedToStart"
+    assert t["containers"][0]["reason"].startswith("CannotPullContainerError: image ") and \
+        "is built for linux/arm64" in t["containers"][0]["reason"]
+    # Reported once while it lasts, not on every attempt.
+    time.sleep(12)
+    assert messages(ecs, cluster, "arm").count(throttled) == 1
+    ecs.delete_service(cluster=cluster, service="arm", force=True)
