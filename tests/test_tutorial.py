@@ -59,7 +59,7 @@ def test_tutorial_runs_as_written():
                AWS_SHARED_CREDENTIALS_FILE="/dev/null",
                PATH=os.pathsep.join([os.path.dirname(BIN), os.path.dirname(AWS_CLI), env.get("PATH", "")]))
     # Why a request failed is in the load balancer's debug log, kept with the test's output.
-    env.setdefault("FLEETPORT_LOG", "info,fleetport_elb=debug")
+    env.setdefault("FLEETPORT_LOG", "info,fleetport_elb=debug,fleetport_ecs=debug")
     for k in ("AWS_PROFILE", "XDG_DATA_HOME", "FLEETPORT_ENDPOINT", "FLEETPORT_CLUSTER"):
         env.pop(k, None)
     try:

@@ -29,7 +29,12 @@ impl ControlPlane {
     /// A client signing with the caller's AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
     fn client(&self) -> anyhow::Result<ApiClient> {
         let (key, secret) = credentials()?;
-        Ok(ApiClient::new(&self.endpoint, &region(&self.region), &key, &secret)?)
+        Ok(ApiClient::new(
+            &self.endpoint,
+            &region(&self.region),
+            &key,
+            &secret,
+        )?)
     }
 }
 

@@ -398,7 +398,15 @@ pub fn plan(svc: &ServiceRecord, o: &Observed<'_>) -> Decision {
                 requeue(st + grace, &mut d);
             }
         }
-        let standing = if healthy {
+        // A RUNNING task of an older deployment keeps serving unless it is known to be bad:
+        // a target reading that is not (yet, or for a moment no longer) "healthy" must not let
+        // the rollout stop the tasks that carry the traffic before their replacements do.
+        let serving_old = dep.status != "PRIMARY"
+            && running
+            && container != "UNHEALTHY"
+            && unhealthy_target.is_none()
+            && (lbs.is_empty() || !t.targets.is_empty());
+        let standing = if healthy || serving_old {
             Standing::Healthy
         } else {
             Standing::Other

@@ -162,6 +162,15 @@ impl Ecs {
             return Ok(decision.requeue_at);
         }
         let requeue = decision.requeue_at;
+        for dr in &decision.drain {
+            let lb = self.lb.get();
+            let health: Vec<String> = dr
+                .targets
+                .iter()
+                .map(|t| format!("{}:{} {:?}", t.id, t.port, lb.health(t)))
+                .collect();
+            tracing::debug!(service = %svc.arn, task = %dr.task_id, reason = %dr.reason, ?health, "draining a task");
+        }
         match self.apply(svc, decision, &tasks, now).await? {
             Applied::Done(hosts) => {
                 self.wake(hosts.iter().map(String::as_str));
