@@ -208,7 +208,7 @@ impl TaskRecord {
 }
 
 /// ECS's rule: from essential containers that have a health check; UNHEALTHY wins, then UNKNOWN.
-fn task_health(containers: &[Value], defs: &[Value]) -> &'static str {
+pub(crate) fn task_health(containers: &[Value], defs: &[Value]) -> &'static str {
     let mut seen = false;
     let mut unknown = false;
     for d in defs {

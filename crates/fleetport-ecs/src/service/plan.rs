@@ -100,33 +100,16 @@ struct Live<'a> {
     standing: Standing,
 }
 
+/// Whether an essential container has a health check, and the task's health by ECS's rule.
 fn container_health(t: &TaskRecord) -> (bool, &'static str) {
     let checked = t.container_definitions.iter().any(|d| {
         d.get("essential").and_then(Value::as_bool).unwrap_or(true)
             && d.get("healthCheck").is_some()
     });
-    let mut status = "HEALTHY";
-    for d in &t.container_definitions {
-        if !d.get("essential").and_then(Value::as_bool).unwrap_or(true)
-            || d.get("healthCheck").is_none()
-        {
-            continue;
-        }
-        let name = d.get("name").and_then(Value::as_str).unwrap_or("");
-        let s = t
-            .containers
-            .iter()
-            .find(|c| c.get("name").and_then(Value::as_str) == Some(name))
-            .and_then(|c| c.get("healthStatus").and_then(Value::as_str))
-            .unwrap_or("UNKNOWN");
-        if s == "UNHEALTHY" {
-            return (true, "UNHEALTHY");
-        }
-        if s != "HEALTHY" {
-            status = "UNKNOWN";
-        }
-    }
-    (checked, status)
+    (
+        checked,
+        crate::task::task_health(&t.containers, &t.container_definitions),
+    )
 }
 
 /// The targets a RUNNING task gives for `load_balancers`, or `None` while its address or host

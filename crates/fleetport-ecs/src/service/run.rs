@@ -162,7 +162,12 @@ impl Ecs {
             return Ok(decision.requeue_at);
         }
         let requeue = decision.requeue_at;
-        for dr in &decision.drain {
+        // Only built when debug logging is on: it asks for every drained target's health again.
+        for dr in decision
+            .drain
+            .iter()
+            .filter(|_| tracing::enabled!(tracing::Level::DEBUG))
+        {
             let lb = self.lb.get();
             let health: Vec<String> = dr
                 .targets
