@@ -217,6 +217,11 @@ impl Elb {
         {
             return;
         }
+        for t in &targets {
+            if let Some(a) = resolved.get(&t.id).filter(|a| **a != t.address) {
+                tracing::debug!(instance = %t.id, from = ?t.address, to = ?a, "instance target address changed");
+            }
+        }
         let r = self
             .change(|s| {
                 for tg in s

@@ -6,6 +6,11 @@
 //! passing check makes it `healthy`, or UnhealthyThresholdCount failures make it `unhealthy`; a
 //! healthy target turns unhealthy after UnhealthyThresholdCount consecutive failures, and an
 //! unhealthy one healthy after HealthyThresholdCount consecutive passes.
+//!
+//! A target still `initial` after a failed check is checked again every second between its
+//! counted checks, and only a pass of those counts: a task registered a moment before its
+//! application listens goes into service when it is ready, not an interval later, while a
+//! slow starter is not declared unhealthy any sooner than the thresholds say.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,8 +88,11 @@ struct Entry {
     description: String,
     passes: u32,
     failures: u32,
-    /// When the last probe started: each target keeps its own cadence across checker restarts.
+    /// When the last counted probe started: each target keeps its own cadence across checker
+    /// restarts.
     last_probe: Option<std::time::Instant>,
+    /// When the last probe of any kind started (counted or early).
+    last_any: Option<std::time::Instant>,
 }
 
 impl Default for Entry {
@@ -97,6 +105,7 @@ impl Default for Entry {
             passes: 0,
             failures: 0,
             last_probe: None,
+            last_any: None,
         }
     }
 }
@@ -109,6 +118,20 @@ pub struct HealthBoard {
     entries: RwLock<HashMap<Key, Entry>>,
     /// Moves whenever a target's state changes (the ECS scheduler follows it).
     changes: tokio::sync::watch::Sender<u64>,
+}
+
+/// How soon a target still `initial` after a failed check is checked again.
+const EARLY_RECHECK: Duration = Duration::from_secs(1);
+
+/// What a target's probe cadence allows now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// A check at the target group's interval: passes and failures count.
+    Counted,
+    /// An extra check of an `initial` target between counted ones: only a pass counts.
+    Early,
+    /// Nothing is due before this instant.
+    NotDue(std::time::Instant),
 }
 
 /// Why a probe failed, in AWS's reason codes.
@@ -128,23 +151,29 @@ impl HealthBoard {
             .map_or(State::Initial, |e| e.state)
     }
 
-    /// If the target's next probe is due by `now`, notes that it starts now and returns
-    /// `None`; otherwise returns when it is due.
-    fn claim_probe(
-        &self,
-        key: &Key,
-        now: std::time::Instant,
-        every: Duration,
-    ) -> Option<std::time::Instant> {
+    /// Whether the target is due a probe by `now`, and of which kind; the probe is noted as
+    /// started now.
+    fn claim_probe(&self, key: &Key, now: std::time::Instant, every: Duration) -> Claim {
         let mut map = self.entries.write();
         let e = map.entry(key.clone()).or_default();
-        match e.last_probe {
-            Some(at) if at + every > now => Some(at + every),
-            _ => {
-                e.last_probe = Some(now);
-                None
-            }
+        let counted_due = e.last_probe.map_or(now, |at| at + every);
+        if counted_due <= now {
+            e.last_probe = Some(now);
+            e.last_any = Some(now);
+            return Claim::Counted;
         }
+        // A target still `initial` that failed a check (typically registered a moment before
+        // its application listened) is checked again sooner, so it goes into service about
+        // when it is ready instead of a whole interval later. Only a pass counts.
+        if e.state == State::Initial && e.failures > 0 {
+            let early_due = e.last_any.map_or(now, |at| at + EARLY_RECHECK);
+            if early_due <= now {
+                e.last_any = Some(now);
+                return Claim::Early;
+            }
+            return Claim::NotDue(counted_due.min(early_due));
+        }
+        Claim::NotDue(counted_due)
     }
 
     /// The shared cell of a target's state, created (as `initial`) if the target is new.
@@ -180,15 +209,27 @@ impl HealthBoard {
         self.changes.subscribe()
     }
 
-    fn record(&self, key: Key, hc: &HealthCheck, result: Result<(), Failure>) {
-        let changed = self.record_inner(key, hc, result);
+    /// Records a check's result. The result of an early check (see [`Claim::Early`]) counts
+    /// only if it passed while the target is still `initial`: its counted checks alone decide
+    /// when it turns unhealthy.
+    fn record(&self, key: Key, hc: &HealthCheck, result: Result<(), Failure>, early: bool) {
+        let changed = self.record_inner(key, hc, result, early);
         if changed {
             self.changes.send_modify(|g| *g = g.wrapping_add(1));
         }
     }
 
-    fn record_inner(&self, key: Key, hc: &HealthCheck, result: Result<(), Failure>) -> bool {
+    fn record_inner(
+        &self,
+        key: Key,
+        hc: &HealthCheck,
+        result: Result<(), Failure>,
+        early: bool,
+    ) -> bool {
         let mut map = self.entries.write();
+        if early && (result.is_err() || map.get(&key).is_none_or(|e| e.state != State::Initial)) {
+            return false;
+        }
         let now = u64::try_from(jiff::Timestamp::now().as_millisecond()).unwrap_or(0);
         // Slow start applies only beside a target healthy for at least an interval: targets
         // that turn healthy together (the first batch) take full traffic at once.
@@ -199,6 +240,7 @@ impl HealthBoard {
                 && now.saturating_sub(other.cell.healthy_at_ms.load(Ordering::Relaxed))
                     >= hc.interval * 1000
         });
+        let (id, port) = (key.1.clone(), key.2);
         let e = map.entry(key).or_default();
         let was_healthy = e.state == State::Healthy;
         let was = e.state;
@@ -242,14 +284,21 @@ impl HealthBoard {
             e.cell.ramp_from_ms.store(ramp_from, Ordering::Relaxed);
         }
         e.cell.state.store(e.state.code(), Ordering::Relaxed);
+        if was != e.state {
+            tracing::debug!(target_id = %id, port, from = ?was, to = ?e.state, reason = e.reason, "target health changed");
+        }
         was != e.state
     }
 
     /// Forgets every target of `tg` not in `keep`.
     pub fn retain(&self, tg: &str, keep: &[(String, u16)]) {
-        self.entries
-            .write()
-            .retain(|(t, id, port), _| t != tg || keep.iter().any(|(i, p)| i == id && p == port));
+        self.entries.write().retain(|(t, id, port), _| {
+            let kept = t != tg || keep.iter().any(|(i, p)| i == id && p == port);
+            if !kept {
+                tracing::debug!(target_id = %id, port, "target health forgotten");
+            }
+            kept
+        });
     }
 
     pub fn forget_group(&self, tg: &str) {
@@ -342,10 +391,23 @@ pub async fn check_group(board: Arc<HealthBoard>, tg: TargetGroup) {
                 continue;
             };
             let key = (tg.arn.clone(), t.id.clone(), t.port);
-            if let Some(due) = board.claim_probe(&key, now, interval) {
-                next = next.min(due);
-                continue;
-            }
+            let early = match board.claim_probe(&key, now, interval) {
+                Claim::NotDue(due) => {
+                    next = next.min(due);
+                    continue;
+                }
+                Claim::Counted => {
+                    // If it fails while `initial`, its early check is due before the interval.
+                    if board.state(&key.0, &key.1, key.2) == State::Initial {
+                        next = next.min(now + EARLY_RECHECK);
+                    }
+                    false
+                }
+                Claim::Early => {
+                    next = next.min(now + EARLY_RECHECK);
+                    true
+                }
+            };
             let port = match tg.health.port.parse::<u16>() {
                 Ok(p) => p,
                 Err(_) => t.port,
@@ -354,7 +416,8 @@ pub async fn check_group(board: Arc<HealthBoard>, tg: TargetGroup) {
             let board = board.clone();
             probes.spawn(async move {
                 let r = probe(SocketAddr::new(ip, port), &hc).await;
-                board.record(key, &hc, r);
+                tracing::trace!(target_id = %key.1, port = key.2, early, result = ?r, "health probe");
+                board.record(key, &hc, r, early);
             });
         }
         while probes.join_next().await.is_some() {}
@@ -386,23 +449,70 @@ mod tests {
         let k = || ("tg".to_string(), "10.0.0.1".to_string(), 80);
         let h = hc();
         assert_eq!(b.state("tg", "10.0.0.1", 80), State::Initial);
-        b.record(k(), &h, Err(Failure::Code(404)));
+        b.record(k(), &h, Err(Failure::Code(404)), false);
         assert_eq!(b.state("tg", "10.0.0.1", 80), State::Initial);
-        b.record(k(), &h, Err(Failure::Code(404)));
+        b.record(k(), &h, Err(Failure::Code(404)), false);
         assert_eq!(b.state("tg", "10.0.0.1", 80), State::Unhealthy);
         assert_eq!(
             b.describe("tg", "10.0.0.1", 80)["Description"],
             "Health checks failed with these codes: [404]"
         );
-        b.record(k(), &h, Ok(()));
-        b.record(k(), &h, Ok(()));
+        b.record(k(), &h, Ok(()), false);
+        b.record(k(), &h, Ok(()), false);
         assert_eq!(b.state("tg", "10.0.0.1", 80), State::Unhealthy);
-        b.record(k(), &h, Ok(()));
+        b.record(k(), &h, Ok(()), false);
         assert_eq!(b.state("tg", "10.0.0.1", 80), State::Healthy);
-        b.record(k(), &h, Err(Failure::Timeout));
+        b.record(k(), &h, Err(Failure::Timeout), false);
         assert_eq!(b.state("tg", "10.0.0.1", 80), State::Healthy);
-        b.record(k(), &h, Err(Failure::Timeout));
+        b.record(k(), &h, Err(Failure::Timeout), false);
         assert_eq!(b.describe("tg", "10.0.0.1", 80)["Reason"], "Target.Timeout");
         assert!(matches_code("200-299,302", 302) && !matches_code("200-299,302", 301));
+    }
+
+    #[test]
+    fn an_initial_target_that_failed_is_rechecked_early_and_only_a_pass_counts() {
+        let b = HealthBoard::default();
+        let key = ("tg".to_string(), "10.0.0.1".to_string(), 80);
+        let h = hc();
+        let every = Duration::from_secs(5);
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(b.claim_probe(&key, at(0), every), Claim::Counted);
+        // Not probed yet: nothing early before the first result.
+        assert_eq!(b.claim_probe(&key, at(500), every), Claim::NotDue(at(5000)));
+        b.record(key.clone(), &h, Err(Failure::Failed), false);
+        assert_eq!(b.claim_probe(&key, at(500), every), Claim::NotDue(at(1000)));
+        assert_eq!(b.claim_probe(&key, at(1000), every), Claim::Early);
+        // Early failures never count: after any number the target is still initial.
+        for _ in 0..5 {
+            b.record(key.clone(), &h, Err(Failure::Failed), true);
+        }
+        assert_eq!(b.state("tg", "10.0.0.1", 80), State::Initial);
+        assert_eq!(
+            b.claim_probe(&key, at(1500), every),
+            Claim::NotDue(at(2000))
+        );
+        // The counted cadence is kept.
+        assert_eq!(b.claim_probe(&key, at(5000), every), Claim::Counted);
+        b.record(key.clone(), &h, Err(Failure::Failed), false);
+        assert_eq!(b.state("tg", "10.0.0.1", 80), State::Unhealthy);
+        // An unhealthy target waits for its counted checks (and its healthy threshold).
+        assert_eq!(
+            b.claim_probe(&key, at(6000), every),
+            Claim::NotDue(at(10000))
+        );
+        b.record(key.clone(), &h, Ok(()), true);
+        assert_eq!(b.state("tg", "10.0.0.1", 80), State::Unhealthy);
+
+        let other = ("tg".to_string(), "10.0.0.2".to_string(), 80);
+        assert_eq!(b.claim_probe(&other, at(0), every), Claim::Counted);
+        b.record(other.clone(), &h, Err(Failure::Failed), false);
+        assert_eq!(b.claim_probe(&other, at(1000), every), Claim::Early);
+        b.record(other.clone(), &h, Ok(()), true);
+        assert_eq!(b.state("tg", "10.0.0.2", 80), State::Healthy);
+        assert_eq!(
+            b.claim_probe(&other, at(2000), every),
+            Claim::NotDue(at(5000))
+        );
     }
 }

@@ -714,6 +714,7 @@ fn sync_checkers(
             .map(Target::key)
             .collect();
         board.retain(&tg.arn, &keep);
+        tracing::debug!(target_group = %tg.arn, targets = keep.len(), "health checker (re)started");
         let h = tokio::spawn(health::check_group(board.clone(), tg.clone()));
         checkers.insert(tg.arn.clone(), (fingerprint, h.abort_handle()));
     }

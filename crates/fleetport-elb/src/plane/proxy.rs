@@ -875,7 +875,14 @@ async fn forward(
             Response::from_parts(parts, body.boxed())
         }
         Ok(Err(e)) => {
-            tracing::debug!(target = %target.addr, error = %e, "target failed");
+            tracing::debug!(
+                target = %target.addr,
+                state = ?target.health.state(),
+                healthy_in_group = group.targets.iter().filter(|t| t.health.state() == crate::plane::health::State::Healthy).count(),
+                in_group = group.targets.len(),
+                error = %e,
+                "target failed"
+            );
             match e {
                 UpstreamError::ConnectTimeout => page(StatusCode::GATEWAY_TIMEOUT),
                 _ => page(StatusCode::BAD_GATEWAY),
