@@ -12,7 +12,8 @@ import sys
 
 import botocore
 
-SERVICES = [("ecs", "2014-11-13"), ("ecr", "2015-09-21"), ("elbv2", "2015-12-01"), ("acm", "2015-12-08")]
+SERVICES = [("ecs", "2014-11-13"), ("ecr", "2015-09-21"), ("elbv2", "2015-12-01"), ("acm", "2015-12-08"),
+            ("iam", "2010-05-08"), ("sts", "2011-06-15")]
 DROP = {"documentation", "documentationUrl", "examples"}
 
 

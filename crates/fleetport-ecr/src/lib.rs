@@ -173,4 +173,25 @@ impl Service for Ecr {
     ) -> BoxFuture<'a, Result<Value, AwsError>> {
         Box::pin(self.dispatch(operation, input))
     }
+
+    /// Repository actions are authorised on the repository's ARN; registry-wide ones (and
+    /// GetAuthorizationToken) on `*`.
+    fn resources(&self, ctx: &RequestContext, operation: &str, input: &Value) -> Vec<String> {
+        let arn = |name: &str| {
+            format!(
+                "arn:aws:ecr:{}:{}:repository/{name}",
+                ctx.region, ctx.account_id
+            )
+        };
+        if let Some(name) = input.get("repositoryName").and_then(Value::as_str) {
+            return vec![arn(name)];
+        }
+        if operation == "DescribeRepositories"
+            && let Some(names) = input.get("repositoryNames").and_then(Value::as_array)
+            && !names.is_empty()
+        {
+            return names.iter().filter_map(Value::as_str).map(arn).collect();
+        }
+        vec!["*".to_string()]
+    }
 }

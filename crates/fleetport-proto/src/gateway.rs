@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::Value;
 
+use crate::auth::{self, Access, Authorizer, Principal, RequestFacts};
 use crate::error::AwsError;
 use crate::model::{self, ServiceModel};
 use crate::query;
@@ -27,12 +28,14 @@ pub struct RequestContext {
     pub access_key: String,
     pub account_id: String,
     pub region: String,
+    /// Who signed: the account's root for static keys, an IAM user for IAM's keys.
+    pub principal: Principal,
 }
 
 impl RequestContext {
     /// The IAM principal AWS reports as `registeredBy`/`createdBy` for this caller.
     pub fn principal_arn(&self) -> String {
-        format!("arn:aws:iam::{}:root", self.account_id)
+        self.principal.arn.clone()
     }
 }
 
@@ -53,6 +56,13 @@ pub trait Service: Send + Sync {
         operation: &'a str,
         input: Value,
     ) -> BoxFuture<'a, Result<Value, AwsError>>;
+
+    /// The resources (ARNs) `operation` acts on, for authorisation; `*` for actions IAM checks
+    /// against no particular resource (AWS's "resource types" of the action).
+    fn resources(&self, ctx: &RequestContext, operation: &str, input: &Value) -> Vec<String> {
+        let _ = (ctx, operation, input);
+        vec!["*".to_string()]
+    }
 }
 
 /// Static configuration of the gateway.
@@ -78,7 +88,9 @@ type Api = (&'static ServiceModel, Option<Arc<dyn Service>>);
 
 pub struct Gateway {
     config: GatewayConfig,
-    verifier: Verifier,
+    verifier: Arc<Verifier>,
+    /// Evaluates the policies of non-root callers (IAM); without one they are refused.
+    authorizer: Option<Arc<dyn Authorizer>>,
     /// awsJson APIs by `X-Amz-Target` prefix.
     json: HashMap<&'static str, Api>,
     /// awsQuery APIs by (signing name, API version).
@@ -118,12 +130,32 @@ impl Gateway {
             ("elasticloadbalancing", elb.metadata.api_version.as_str()),
             (elb, None),
         );
+        for m in [model::iam(), model::sts()] {
+            query.insert(
+                (
+                    m.metadata.endpoint_prefix.as_str(),
+                    m.metadata.api_version.as_str(),
+                ),
+                (m, None),
+            );
+        }
         Self {
             config,
-            verifier,
+            verifier: Arc::new(verifier),
+            authorizer: None,
             json,
             query,
         }
+    }
+
+    /// The verifier, shared with whoever issues run-time keys (IAM sets its key source on it).
+    pub fn verifier(&self) -> &Arc<Verifier> {
+        &self.verifier
+    }
+
+    /// Puts policy evaluation between validation and every call.
+    pub fn set_authorizer(&mut self, authorizer: Arc<dyn Authorizer>) {
+        self.authorizer = Some(authorizer);
     }
 
     /// Attaches the implementation of one service (matched to its model).
@@ -250,16 +282,18 @@ impl Gateway {
             headers,
             body,
         };
-        self.verify_in_region(&signed, Protocol::Json, JSON_SKEW_SECS)
+        self.verify_in_region(&signed, Protocol::Json, JSON_SKEW_SECS, false)
             .map(|f| f.access_key)
     }
 
-    /// Verifies a signature and that its scope names this region.
+    /// Verifies a signature and that its scope names this region (any region for a global
+    /// service: clients sign IAM and STS calls with their own region).
     fn verify_in_region(
         &self,
         signed: &SignedRequest<'_>,
         protocol: Protocol,
         skew: i64,
+        global: bool,
     ) -> Result<crate::sigv4::SignatureFields, AwsError> {
         let fields = self
             .verifier
@@ -270,7 +304,7 @@ impl Gateway {
                 PayloadRule::BodyHash,
             )
             .map_err(|e| sig_error(e, protocol))?;
-        if fields.region != self.config.region {
+        if fields.region != self.config.region && !global {
             return Err(sig_error(
                 SigError::Scope(format!(
                     "Credential should be scoped to a valid region, not '{}'. ",
@@ -287,7 +321,7 @@ impl Gateway {
         req: &ApiRequest<'_>,
         protocol: Protocol,
         signing_name: &str,
-    ) -> Result<String, AwsError> {
+    ) -> Result<crate::sigv4::SignatureFields, AwsError> {
         let signed = SignedRequest {
             method: req.method,
             path: req.path,
@@ -300,7 +334,8 @@ impl Gateway {
         } else {
             QUERY_SKEW_SECS
         };
-        let fields = self.verify_in_region(&signed, protocol, skew)?;
+        let global = matches!(signing_name, "iam" | "sts");
+        let fields = self.verify_in_region(&signed, protocol, skew, global)?;
         if fields.service != signing_name {
             return Err(sig_error(
                 SigError::Scope(format!(
@@ -309,16 +344,67 @@ impl Gateway {
                 protocol,
             ));
         }
-        Ok(fields.access_key)
+        Ok(fields)
     }
 
     fn context(&self, request_id: &str, access_key: String) -> RequestContext {
+        let principal = self
+            .verifier
+            .principal_of(&access_key)
+            .unwrap_or_else(|| Principal::root(&self.config.account_id));
         RequestContext {
             request_id: request_id.to_string(),
             access_key,
             account_id: self.config.account_id.clone(),
             region: self.config.region.clone(),
+            principal,
         }
+    }
+
+    /// The one authorisation path: the operation's IAM action on each resource the service
+    /// names, evaluated for the caller (root passes). Denials come in the protocol's shape.
+    fn authorize(
+        &self,
+        ctx: &RequestContext,
+        service: &dyn Service,
+        operation: &str,
+        input: &Value,
+        scope_region: &str,
+        protocol: Protocol,
+    ) -> Result<(), AwsError> {
+        if ctx.principal.is_root() {
+            return Ok(());
+        }
+        let model = service.model();
+        let prefix = model
+            .metadata
+            .signing_name
+            .as_deref()
+            .unwrap_or(&model.metadata.endpoint_prefix);
+        // Anyone may ask who they are, even under an explicit deny.
+        if prefix == "sts" && operation == "GetCallerIdentity" {
+            return Ok(());
+        }
+        let action = format!("{prefix}:{operation}");
+        let accesses: Vec<Access> = service
+            .resources(ctx, operation, input)
+            .into_iter()
+            .map(|resource| Access {
+                action: action.clone(),
+                resource,
+            })
+            .collect();
+        let facts = RequestFacts {
+            region: scope_region.to_string(),
+            source_ip: None,
+            secure_transport: false,
+        };
+        auth::check(self.authorizer.as_ref(), &ctx.principal, &accesses, &facts).map_err(
+            |message| match protocol {
+                Protocol::Json => auth::json_denial(message),
+                Protocol::Query => auth::query_denial(message),
+            },
+        )
     }
 
     async fn handle_json(
@@ -336,7 +422,7 @@ impl Gateway {
             .signing_name
             .as_deref()
             .unwrap_or(&model.metadata.endpoint_prefix);
-        let access_key = self.authenticate(req, Protocol::Json, signing)?;
+        let fields = self.authenticate(req, Protocol::Json, signing)?;
         if req.method != "POST" {
             return Err(AwsError::client(
                 "UnknownOperationException",
@@ -352,7 +438,15 @@ impl Gateway {
             validate::validate(model, &input_ref.shape, &input)
                 .map_err(|e| e.into_error(service.constraint_error_code()))?;
         }
-        let ctx = self.context(request_id, access_key);
+        let ctx = self.context(request_id, fields.access_key);
+        self.authorize(
+            &ctx,
+            service.as_ref(),
+            &op.name,
+            &input,
+            &fields.region,
+            Protocol::Json,
+        )?;
         let output = service.call(&ctx, &op.name, input).await?;
         serde_json::to_vec(&output)
             .map(Bytes::from)
@@ -396,7 +490,7 @@ impl Gateway {
             let signing = entry.map_or(scope_service.as_str(), |(m, _)| {
                 m.metadata.signing_name.as_deref().unwrap_or(&m.metadata.endpoint_prefix)
             });
-            let access_key = self.authenticate(req, Protocol::Query, signing)?;
+            let fields = self.authenticate(req, Protocol::Query, signing)?;
             let Some(action) = params.get("Action").cloned() else {
                 return Err(AwsError::client("MissingAction", "The request must contain the parameter Action."));
             };
@@ -424,7 +518,8 @@ impl Gateway {
                 }
                 None => Value::Object(Default::default()),
             };
-            let ctx = self.context(request_id, access_key);
+            let ctx = self.context(request_id, fields.access_key);
+            self.authorize(&ctx, service.as_ref(), &op.name, &input, &fields.region, Protocol::Query)?;
             let output = service.call(&ctx, &op.name, input).await?;
             Ok(Bytes::from(query::write_response(model, &op.name, &output, request_id)))
         }

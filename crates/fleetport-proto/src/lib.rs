@@ -4,6 +4,7 @@
 //! Owns everything between "bytes arrived" and "a service method is called with a validated
 //! JSON document". It depends on no service crate; services plug in through [`gateway::Service`].
 
+pub mod auth;
 pub mod clock;
 pub mod error;
 pub mod gateway;

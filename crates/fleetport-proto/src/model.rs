@@ -119,6 +119,8 @@ static ECR: OnceLock<ServiceModel> = OnceLock::new();
 static ELBV2: OnceLock<ServiceModel> = OnceLock::new();
 static AGENT: OnceLock<ServiceModel> = OnceLock::new();
 static ACM: OnceLock<ServiceModel> = OnceLock::new();
+static IAM: OnceLock<ServiceModel> = OnceLock::new();
+static STS: OnceLock<ServiceModel> = OnceLock::new();
 
 fn load(cell: &'static OnceLock<ServiceModel>, json: &'static str) -> &'static ServiceModel {
     // The vendored files are tested to parse (see tests below), so a failure here is a build defect.
@@ -146,6 +148,16 @@ pub fn acm() -> &'static ServiceModel {
     load(&ACM, include_str!("../models/acm.json"))
 }
 
+/// AWS Identity and Access Management (awsQuery, global).
+pub fn iam() -> &'static ServiceModel {
+    load(&IAM, include_str!("../models/iam.json"))
+}
+
+/// AWS Security Token Service (awsQuery, global).
+pub fn sts() -> &'static ServiceModel {
+    load(&STS, include_str!("../models/sts.json"))
+}
+
 /// Fleetport's own agent channel (awsJson1.1, `FleetportAgentV20261124`): the long poll that
 /// replaces ECS's ACS WebSocket. Written here in botocore's format, not vendored.
 pub fn agent() -> &'static ServiceModel {
@@ -158,7 +170,7 @@ mod tests {
 
     #[test]
     fn vendored_models_parse_and_reference_only_known_shapes() {
-        for m in [ecs(), ecr(), elbv2(), agent()] {
+        for m in [ecs(), ecr(), elbv2(), agent(), acm(), iam(), sts()] {
             assert!(!m.operations.is_empty());
             for op in m.operations.values() {
                 for r in op

@@ -128,22 +128,55 @@ type ScopeKey = (String, String, String, String);
 
 /// Verifies signatures against a [`CredentialSet`], caching derived signing keys (they change
 /// only with the date, region and service, so a hot path does one HMAC instead of five).
-#[derive(Debug)]
 pub struct Verifier {
     credentials: CredentialSet,
+    /// Keys issued at run time (IAM's), asked when a key is not a static one.
+    source: std::sync::OnceLock<std::sync::Arc<dyn crate::auth::KeySource>>,
     key_cache: Mutex<HashMap<ScopeKey, [u8; 32]>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("static_keys", &self.credentials.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Verifier {
     pub fn new(credentials: CredentialSet) -> Self {
         Self {
             credentials,
+            source: std::sync::OnceLock::new(),
             key_cache: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Adds the source of run-time keys (set once, when IAM starts).
+    pub fn set_source(&self, source: std::sync::Arc<dyn crate::auth::KeySource>) {
+        let _ = self.source.set(source);
+    }
+
     pub fn credentials(&self) -> &CredentialSet {
         &self.credentials
+    }
+
+    /// The secret of a static key, or of a run-time key with the principal it stands for.
+    fn secret_of(&self, access_key: &str) -> Option<std::borrow::Cow<'_, str>> {
+        if let Some(s) = self.credentials.secret(access_key) {
+            return Some(std::borrow::Cow::Borrowed(s));
+        }
+        let resolved = self.source.get()?.resolve(access_key)?;
+        Some(std::borrow::Cow::Owned(resolved.secret))
+    }
+
+    /// Who a key stands for: `None` for a static key (the root of the configured account),
+    /// the run-time key's principal otherwise.
+    pub fn principal_of(&self, access_key: &str) -> Option<crate::auth::Principal> {
+        if self.credentials.secret(access_key).is_some() {
+            return None;
+        }
+        self.source.get()?.resolve(access_key).map(|r| r.principal)
     }
 
     /// Checks the request's signature. `now` is Unix seconds; `max_skew` in seconds.
@@ -159,12 +192,11 @@ impl Verifier {
         check_time(&fields, now, max_skew)?;
         check_signed_headers(req.headers, &fields.signed_headers)?;
         let secret = self
-            .credentials
-            .secret(&fields.access_key)
+            .secret_of(&fields.access_key)
             .ok_or(SigError::UnknownAccessKey)?;
         let key = self.signing_key(
             &fields.access_key,
-            secret,
+            &secret,
             &fields.date,
             &fields.region,
             &fields.service,
@@ -194,7 +226,7 @@ impl Verifier {
     /// read: that the request is signed at all, and with a key this server knows.
     pub fn precheck(&self, req: &SignedRequest<'_>) -> Result<SignatureFields, SigError> {
         let fields = extract(req)?;
-        if self.credentials.secret(&fields.access_key).is_none() {
+        if self.secret_of(&fields.access_key).is_none() {
             return Err(SigError::UnknownAccessKey);
         }
         Ok(fields)

@@ -149,14 +149,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gateway.serve(Arc::new(fleetport_ecs::agent_api::AgentApi(ecs.clone())));
     gateway.serve(Arc::new(ecs.clone()));
     gateway.serve(Arc::new(ecr.clone()));
-    let sealer = fleetport_store::seal::Sealer::open_dir(&config.data_dir)
-        .context("reading the secrets key")?;
+    let sealer = Arc::new(
+        fleetport_store::seal::Sealer::open_dir(&config.data_dir)
+            .context("reading the secrets key")?,
+    );
+    // IAM: its access keys are known to the verifier, its policies decide every call that a
+    // non-root key signs.
+    let iam = fleetport_iam::Iam::open(store.clone(), sealer.clone())
+        .map_err(|e| anyhow::anyhow!("loading IAM: {e}"))?;
+    gateway.verifier().set_source(Arc::new(iam.clone()));
+    gateway.set_authorizer(Arc::new(iam.clone()));
+    gateway.serve(Arc::new(iam.clone()));
+    gateway.serve(Arc::new(fleetport_iam::Sts));
     let (acm, elb) = links::load_balancing(
         store.clone(),
         &config.region,
         &config.account_id,
         &ecs,
-        Arc::new(sealer),
+        sealer,
     )
     .context("loading the load balancer configuration")?;
     // Certificates and their uses from before the store kept reference records.
@@ -196,6 +206,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         elb,
         store: store.clone(),
         enable_reset: config.enable_reset,
+        iam,
         max_body_bytes: config.max_body_bytes,
         bodies: server::BodyBudget::new(config.max_inflight_body_bytes, config.header_read_timeout),
     };

@@ -24,6 +24,7 @@ pub struct AppState {
     pub elb: fleetport_elb::Elb,
     pub store: Arc<dyn Store>,
     pub enable_reset: bool,
+    pub iam: fleetport_iam::Iam,
     pub max_body_bytes: usize,
     pub bodies: BodyBudget,
 }
@@ -239,18 +240,30 @@ async fn reset(State(state): State<AppState>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return e.response(&parts.headers, RESET_BODY),
     };
-    if let Err(e) = state.gateway.authenticate_own(
+    let key = match state.gateway.authenticate_own(
         parts.method.as_str(),
         parts.uri.path(),
         parts.uri.query().unwrap_or(""),
         &parts.headers,
         &body,
     ) {
-        return json(e);
+        Ok(k) => k,
+        Err(e) => return json(e),
+    };
+    // Only the operator's own (root) keys may wipe everything, never an IAM user's.
+    if let Some(p) = state.gateway.verifier().principal_of(&key) {
+        let body = serde_json::json!({
+            "__type": "AccessDeniedException",
+            "message": format!("User: {} is not authorized to reset Fleetport; only the root credentials may.", p.arn),
+        });
+        return json_error(StatusCode::FORBIDDEN, body.to_string());
     }
     match state.store.reset().await {
         Ok(()) => {
             state.elb.forget_all().await;
+            if let Err(e) = state.iam.refresh() {
+                tracing::error!(error = %e, "could not reload IAM after the reset");
+            }
             tracing::info!("all state reset by POST /_fleetport/reset");
             (
                 [(http::header::CONTENT_TYPE, "application/json")],

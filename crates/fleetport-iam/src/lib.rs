@@ -1,0 +1,345 @@
+//! IAM and STS for Fleetport: users, their access keys, customer-managed policies with versions,
+//! the AWS managed policies (`managed`), attachments and inline policies — and the evaluation
+//! every signed call goes through (`policy`), offered to the gateway as its
+//! [`Authorizer`] and [`KeySource`].
+//!
+//! IAM is global: records are keyed by account, never by region. Access-key secrets are kept
+//! sealed with the data directory's key (`fleetport_store::seal`), not hashed: SigV4 needs the
+//! secret itself to check a signature. What evaluation reads — each key's secret and principal,
+//! each user's compiled policies — is held in memory as one snapshot, rebuilt after every IAM
+//! write, so a request costs a map lookup and the statement matching, no store read.
+
+mod api;
+pub mod ids;
+pub mod managed;
+pub mod policy;
+mod sts;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use fleetport_proto::auth::{
+    Access, Authorizer, Decision, KeySource, Principal, PrincipalKind, RequestFacts, ResolvedKey,
+};
+use fleetport_proto::model::{self, ServiceModel};
+use fleetport_proto::{AwsError, BoxFuture, RequestContext, Service};
+use fleetport_store::seal::Sealer;
+use fleetport_store::{ReadTxnExt, Store, StoreError};
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use sts::Sts;
+
+pub(crate) const USERS: &str = "iam.user";
+pub(crate) const KEYS: &str = "iam.access-key";
+pub(crate) const POLICIES: &str = "iam.policy";
+
+/// An IAM user as stored (`iam.user`, key `account/lowercased name`: names are unique
+/// case-insensitively).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UserRecord {
+    pub account: String,
+    pub name: String,
+    pub path: String,
+    pub id: String,
+    pub arn: String,
+    pub created: f64,
+    #[serde(default)]
+    pub tags: Vec<Value>,
+    /// Managed policy ARNs, in attachment order.
+    #[serde(default)]
+    pub attached: Vec<String>,
+    /// Inline policies by name.
+    #[serde(default)]
+    pub inline: BTreeMap<String, String>,
+}
+
+/// An access key (`iam.access-key`, key: the key ID).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct KeyRecord {
+    pub id: String,
+    pub account: String,
+    pub user: String,
+    /// Sealed with the data directory's key, bound to the key ID.
+    pub secret: String,
+    /// `Active` or `Inactive`.
+    pub status: String,
+    pub created: f64,
+    #[serde(default)]
+    pub last_used: Option<LastUsed>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LastUsed {
+    pub at: f64,
+    pub service: String,
+    pub region: String,
+}
+
+/// A customer-managed policy (`iam.policy`, key `account/path+name`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PolicyRecord {
+    pub account: String,
+    pub name: String,
+    pub path: String,
+    pub id: String,
+    pub arn: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub versions: Vec<PolicyVersion>,
+    pub default_version: String,
+    /// The number the next version gets (versions are never renumbered).
+    pub next_version: u32,
+    pub created: f64,
+    pub updated: f64,
+    #[serde(default)]
+    pub tags: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct PolicyVersion {
+    pub id: String,
+    pub document: String,
+    pub created: f64,
+}
+
+impl PolicyRecord {
+    pub fn default_document(&self) -> Option<&str> {
+        self.versions
+            .iter()
+            .find(|v| v.id == self.default_version)
+            .map(|v| v.document.as_str())
+    }
+}
+
+/// What evaluation reads, rebuilt after every IAM write.
+#[derive(Default)]
+struct Snapshot {
+    /// Active keys: secret and principal.
+    keys: HashMap<String, ResolvedKey>,
+    /// Compiled identity policies by principal ARN.
+    policies: HashMap<String, Arc<Vec<policy::Policy>>>,
+}
+
+/// The IAM service. Cheap to clone.
+#[derive(Clone)]
+pub struct Iam {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    sealer: Arc<Sealer>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    refreshing: parking_lot::Mutex<()>,
+}
+
+impl std::fmt::Debug for Iam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Iam").finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn store_error(e: StoreError) -> AwsError {
+    tracing::error!(error = %e, "IAM store");
+    AwsError::server_exception()
+}
+
+impl Iam {
+    /// Opens IAM over the store and builds the evaluation snapshot.
+    pub fn open(store: Arc<dyn Store>, sealer: Arc<Sealer>) -> Result<Self, StoreError> {
+        let iam = Self {
+            inner: Arc::new(Inner {
+                store,
+                sealer,
+                snapshot: RwLock::new(Arc::default()),
+                refreshing: parking_lot::Mutex::new(()),
+            }),
+        };
+        iam.refresh()?;
+        Ok(iam)
+    }
+
+    /// Rebuilds the snapshot from the store (after every write, and after a reset empties it).
+    pub fn refresh(&self) -> Result<(), StoreError> {
+        // One rebuild at a time: a slower one that read older state must not publish last.
+        let _one = self.inner.refreshing.lock();
+        let sealer = self.inner.sealer.clone();
+        let snapshot = fleetport_store::read(&*self.inner.store, |txn| {
+            let users: Vec<UserRecord> = txn
+                .scan_json::<UserRecord>(USERS, "", None, usize::MAX)?
+                .into_iter()
+                .map(|(_, u)| u)
+                .collect();
+            let customer: HashMap<String, PolicyRecord> = txn
+                .scan_json::<PolicyRecord>(POLICIES, "", None, usize::MAX)?
+                .into_iter()
+                .map(|(_, p)| (p.arn.clone(), p))
+                .collect();
+            let keys: Vec<KeyRecord> = txn
+                .scan_json::<KeyRecord>(KEYS, "", None, usize::MAX)?
+                .into_iter()
+                .map(|(_, k)| k)
+                .collect();
+            let mut snap = Snapshot::default();
+            let mut principals: HashMap<(String, String), Principal> = HashMap::new();
+            for u in &users {
+                let principal = user_principal(u);
+                let mut compiled = Vec::new();
+                for arn in &u.attached {
+                    let doc = match managed::find(arn) {
+                        Some(m) => Some(m.document.to_string()),
+                        None => customer
+                            .get(arn)
+                            .and_then(|p| p.default_document().map(String::from)),
+                    };
+                    if let Some(p) =
+                        doc.and_then(|d| policy::parse(&d, policy::Kind::Identity).ok())
+                    {
+                        compiled.push(p);
+                    }
+                }
+                for doc in u.inline.values() {
+                    if let Ok(p) = policy::parse(doc, policy::Kind::Identity) {
+                        compiled.push(p);
+                    }
+                }
+                snap.policies
+                    .insert(principal.arn.clone(), Arc::new(compiled));
+                principals.insert((u.account.clone(), u.name.clone()), principal);
+            }
+            for k in keys.iter().filter(|k| k.status == "Active") {
+                // A key made for no user (CreateAccessKey signed by root) is a root key.
+                let principal = if k.user.is_empty() {
+                    Principal::root(&k.account)
+                } else {
+                    match principals.get(&(k.account.clone(), k.user.clone())) {
+                        Some(p) => p.clone(),
+                        None => continue,
+                    }
+                };
+                let secret = match sealer.open(&k.id, &k.secret) {
+                    Ok(s) => String::from_utf8_lossy(&s).into_owned(),
+                    Err(e) => {
+                        tracing::warn!(key = %k.id, error = %e, "cannot unseal an access key's secret");
+                        continue;
+                    }
+                };
+                snap.keys
+                    .insert(k.id.clone(), ResolvedKey { secret, principal });
+            }
+            Ok::<_, StoreError>(snap)
+        })?;
+        *self.inner.snapshot.write() = Arc::new(snapshot);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.read().clone()
+    }
+}
+
+pub(crate) fn user_principal(u: &UserRecord) -> Principal {
+    Principal {
+        account_id: u.account.clone(),
+        arn: u.arn.clone(),
+        user_id: u.id.clone(),
+        kind: PrincipalKind::User {
+            name: u.name.clone(),
+        },
+    }
+}
+
+impl KeySource for Iam {
+    fn resolve(&self, access_key: &str) -> Option<ResolvedKey> {
+        self.snapshot().keys.get(access_key).cloned()
+    }
+}
+
+impl Authorizer for Iam {
+    fn decide(&self, principal: &Principal, access: &Access, facts: &RequestFacts) -> Decision {
+        if principal.is_root() {
+            return Decision::Allow;
+        }
+        let Some(policies) = self.snapshot().policies.get(&principal.arn).cloned() else {
+            return Decision::ImplicitDeny;
+        };
+        policy::evaluate(
+            policies.iter(),
+            &policy::Request {
+                principal,
+                action: &access.action,
+                resource: &access.resource,
+                facts,
+                now: fleetport_proto::clock::unix_secs(),
+            },
+        )
+    }
+}
+
+const IMPLEMENTED: &[&str] = &[
+    "CreateUser",
+    "GetUser",
+    "ListUsers",
+    "DeleteUser",
+    "CreateAccessKey",
+    "ListAccessKeys",
+    "UpdateAccessKey",
+    "DeleteAccessKey",
+    "GetAccessKeyLastUsed",
+    "CreatePolicy",
+    "GetPolicy",
+    "DeletePolicy",
+    "ListPolicies",
+    "CreatePolicyVersion",
+    "GetPolicyVersion",
+    "ListPolicyVersions",
+    "DeletePolicyVersion",
+    "SetDefaultPolicyVersion",
+    "AttachUserPolicy",
+    "DetachUserPolicy",
+    "ListAttachedUserPolicies",
+    "PutUserPolicy",
+    "GetUserPolicy",
+    "ListUserPolicies",
+    "DeleteUserPolicy",
+];
+
+impl Service for Iam {
+    fn model(&self) -> &'static ServiceModel {
+        model::iam()
+    }
+
+    fn constraint_error_code(&self) -> &'static str {
+        "ValidationError"
+    }
+
+    fn implements(&self, operation: &str) -> bool {
+        IMPLEMENTED.contains(&operation)
+    }
+
+    fn call<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        operation: &'a str,
+        input: Value,
+    ) -> BoxFuture<'a, Result<Value, AwsError>> {
+        Box::pin(async move {
+            let out = api::dispatch(self, ctx, operation, &input).await;
+            if out.is_ok() && api::writes(operation) {
+                self.refresh().map_err(store_error)?;
+            }
+            out
+        })
+    }
+
+    fn resources(&self, ctx: &RequestContext, operation: &str, input: &Value) -> Vec<String> {
+        vec![api::resource(ctx, operation, input)]
+    }
+}

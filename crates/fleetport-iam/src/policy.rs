@@ -1,0 +1,823 @@
+//! Policy documents: parsing with IAM's validation texts, and evaluation of one request against
+//! a set of compiled policies (explicit deny wins, then any allow, else an implicit deny).
+//!
+//! Matching follows the IAM User Guide: actions compare case-insensitively with `*` and `?`
+//! anywhere; resources compare ARN segment by segment (the last segment spans `:` and `/`),
+//! case-sensitively; every condition operator block, every key in it and at least one value per
+//! key must match. Policy variables (`${aws:username}`) are resolved only under version
+//! 2012-10-17, and a statement whose variable cannot be resolved does not apply.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use fleetport_proto::auth::{Decision, Principal, PrincipalKind, RequestFacts};
+use serde_json::Value;
+
+/// Why a document was refused (`MalformedPolicyDocument`'s message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Malformed(pub String);
+
+impl std::error::Error for Malformed {}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn malformed(m: &str) -> Malformed {
+    Malformed(m.to_string())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// A list of patterns, or everything but them (`NotAction`, `NotResource`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patterns {
+    pub negated: bool,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    /// The operator without its modifiers, e.g. `StringLike`.
+    pub operator: String,
+    pub if_exists: bool,
+    /// `ForAnyValue` / `ForAllValues`, when given.
+    pub set: Option<SetOperator>,
+    pub key: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOperator {
+    AnyValue,
+    AllValues,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sid: Option<String>,
+    pub effect: Effect,
+    pub actions: Patterns,
+    /// None in a resource policy that leaves it out (the resource is implied).
+    pub resources: Option<Patterns>,
+    pub conditions: Vec<Condition>,
+}
+
+/// A parsed policy document, ready to evaluate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// `2012-10-17` enables policy variables.
+    pub version: String,
+    pub statements: Vec<Statement>,
+}
+
+const OPERATORS: &[&str] = &[
+    "StringEquals",
+    "StringNotEquals",
+    "StringEqualsIgnoreCase",
+    "StringNotEqualsIgnoreCase",
+    "StringLike",
+    "StringNotLike",
+    "NumericEquals",
+    "NumericNotEquals",
+    "NumericLessThan",
+    "NumericLessThanEquals",
+    "NumericGreaterThan",
+    "NumericGreaterThanEquals",
+    "DateEquals",
+    "DateNotEquals",
+    "DateLessThan",
+    "DateLessThanEquals",
+    "DateGreaterThan",
+    "DateGreaterThanEquals",
+    "Bool",
+    "IpAddress",
+    "NotIpAddress",
+    "ArnEquals",
+    "ArnNotEquals",
+    "ArnLike",
+    "ArnNotLike",
+    "Null",
+];
+
+fn strings(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::String(s) => Some(vec![s.clone()]),
+        Value::Array(a) => a.iter().map(|x| x.as_str().map(String::from)).collect(),
+        _ => None,
+    }
+}
+
+/// Condition values may be strings, numbers or booleans (JSON `true` for `Bool`).
+fn condition_values(v: &Value) -> Option<Vec<String>> {
+    let one = |x: &Value| match x {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    match v {
+        Value::Array(a) => a.iter().map(one).collect(),
+        x => one(x).map(|s| vec![s]),
+    }
+}
+
+/// What kind of document is being parsed: their rules differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Managed and inline policies of users, groups and roles.
+    Identity,
+    /// Resource policies (ECR repository policies, trust policies): principals, optional
+    /// resource.
+    Resource,
+}
+
+/// Parses and validates a policy document as IAM does.
+pub fn parse(text: &str, kind: Kind) -> Result<Policy, Malformed> {
+    let doc: Value =
+        serde_json::from_str(text).map_err(|_| malformed("Syntax errors in policy."))?;
+    let obj = doc
+        .as_object()
+        .ok_or_else(|| malformed("Syntax errors in policy."))?;
+    for k in obj.keys() {
+        if !matches!(k.as_str(), "Version" | "Id" | "Statement") {
+            return Err(malformed("Syntax errors in policy."));
+        }
+    }
+    let version = match obj.get("Version") {
+        None => "2008-10-17".to_string(),
+        Some(Value::String(v)) if v == "2012-10-17" || v == "2008-10-17" => v.clone(),
+        Some(_) => {
+            return Err(malformed(
+                "Policy document must be version 2012-10-17 or greater.",
+            ));
+        }
+    };
+    let raw = match obj.get("Statement") {
+        Some(Value::Array(a)) => a.clone(),
+        Some(o @ Value::Object(_)) => vec![o.clone()],
+        _ => return Err(malformed("Syntax errors in policy.")),
+    };
+    let mut sids = HashSet::new();
+    let mut statements = Vec::with_capacity(raw.len());
+    for st in &raw {
+        let st = st
+            .as_object()
+            .ok_or_else(|| malformed("Syntax errors in policy."))?;
+        for k in st.keys() {
+            if !matches!(
+                k.as_str(),
+                "Sid"
+                    | "Effect"
+                    | "Action"
+                    | "NotAction"
+                    | "Resource"
+                    | "NotResource"
+                    | "Condition"
+                    | "Principal"
+                    | "NotPrincipal"
+            ) {
+                return Err(malformed("Syntax errors in policy."));
+            }
+        }
+        let sid = match st.get("Sid") {
+            None => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(malformed("Syntax errors in policy.")),
+        };
+        if let Some(s) = &sid
+            && kind == Kind::Identity
+            && !s.is_empty()
+            && !sids.insert(s.clone())
+        {
+            return Err(malformed(
+                "Statement IDs (SID) in a single policy must be unique.",
+            ));
+        }
+        let effect = match st.get("Effect").and_then(Value::as_str) {
+            Some("Allow") => Effect::Allow,
+            Some("Deny") => Effect::Deny,
+            _ => return Err(malformed("Syntax errors in policy.")),
+        };
+        let has_principal = st.contains_key("Principal") || st.contains_key("NotPrincipal");
+        if kind == Kind::Identity && has_principal {
+            return Err(malformed("Policy document should not specify a principal."));
+        }
+        if kind == Kind::Resource && !has_principal {
+            return Err(malformed(
+                "Invalid principal in policy: The passed in policy has a statement with no principals!",
+            ));
+        }
+        let actions = match (st.get("Action"), st.get("NotAction")) {
+            (Some(a), None) => Patterns {
+                negated: false,
+                values: strings(a).ok_or_else(|| malformed("Syntax errors in policy."))?,
+            },
+            (None, Some(a)) => Patterns {
+                negated: true,
+                values: strings(a).ok_or_else(|| malformed("Syntax errors in policy."))?,
+            },
+            (None, None) => return Err(malformed("Policy statement must contain actions.")),
+            _ => return Err(malformed("Syntax errors in policy.")),
+        };
+        if actions.values.is_empty() {
+            return Err(malformed("Policy statement must contain actions."));
+        }
+        for a in &actions.values {
+            if a != "*" && !a.contains(':') {
+                return Err(malformed(
+                    "Actions/Conditions must be prefaced by a vendor, e.g., iam, sdb, ec2, etc.",
+                ));
+            }
+        }
+        let resources = match (st.get("Resource"), st.get("NotResource")) {
+            (Some(r), None) => Some(Patterns {
+                negated: false,
+                values: strings(r).ok_or_else(|| malformed("Syntax errors in policy."))?,
+            }),
+            (None, Some(r)) => Some(Patterns {
+                negated: true,
+                values: strings(r).ok_or_else(|| malformed("Syntax errors in policy."))?,
+            }),
+            (None, None) if kind == Kind::Resource => None,
+            (None, None) => return Err(malformed("Policy statement must contain resources.")),
+            _ => return Err(malformed("Syntax errors in policy.")),
+        };
+        let conditions = match st.get("Condition") {
+            None => Vec::new(),
+            Some(Value::Object(blocks)) => parse_conditions(blocks)?,
+            Some(_) => return Err(malformed("Syntax errors in policy.")),
+        };
+        statements.push(Statement {
+            sid,
+            effect,
+            actions,
+            resources,
+            conditions,
+        });
+    }
+    Ok(Policy {
+        version,
+        statements,
+    })
+}
+
+fn parse_conditions(blocks: &serde_json::Map<String, Value>) -> Result<Vec<Condition>, Malformed> {
+    let mut out = Vec::new();
+    for (op, keys) in blocks {
+        let (set, rest) = if let Some(r) = op.strip_prefix("ForAnyValue:") {
+            (Some(SetOperator::AnyValue), r)
+        } else if let Some(r) = op.strip_prefix("ForAllValues:") {
+            (Some(SetOperator::AllValues), r)
+        } else {
+            (None, op.as_str())
+        };
+        let (base, if_exists) = match rest.strip_suffix("IfExists") {
+            Some(b) if b != "Null" => (b, true),
+            _ => (rest, false),
+        };
+        if !OPERATORS.contains(&base) {
+            return Err(Malformed(format!("Invalid Condition type : {op}.")));
+        }
+        let keys = keys
+            .as_object()
+            .ok_or_else(|| malformed("Syntax errors in policy."))?;
+        for (key, values) in keys {
+            if !key.contains(':') {
+                return Err(malformed(
+                    "Actions/Conditions must be prefaced by a vendor, e.g., iam, sdb, ec2, etc.",
+                ));
+            }
+            let values =
+                condition_values(values).ok_or_else(|| malformed("Syntax errors in policy."))?;
+            out.push(Condition {
+                operator: base.to_string(),
+                if_exists,
+                set,
+                key: key.clone(),
+                values,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// `*` matches any run of characters, `?` any one.
+pub fn glob(pattern: &str, text: &str, ignore_case: bool) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let eq = |a: char, b: char| {
+        if ignore_case {
+            a.to_lowercase().eq(b.to_lowercase())
+        } else {
+            a == b
+        }
+    };
+    // Iterative matching with one backtrack point: linear in practice, never exponential.
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || (p[pi] != '*' && eq(p[pi], t[ti]))) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// ARN matching: the first five segments one by one, the rest (which may hold `:` and `/`)
+/// as one.
+pub fn arn_like(pattern: &str, arn: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let ps: Vec<&str> = pattern.splitn(6, ':').collect();
+    let ts: Vec<&str> = arn.splitn(6, ':').collect();
+    if ps.len() != 6 || ts.len() != 6 {
+        return glob(pattern, arn, false);
+    }
+    ps.iter().zip(&ts).all(|(p, t)| glob(p, t, false))
+}
+
+/// The request as conditions and variables see it.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub principal: &'a Principal,
+    pub action: &'a str,
+    pub resource: &'a str,
+    pub facts: &'a RequestFacts,
+    /// Unix seconds, for `aws:CurrentTime` and `aws:EpochTime`.
+    pub now: i64,
+}
+
+impl Request<'_> {
+    /// The values of a context key (key names are case-insensitive); None when absent.
+    fn context(&self, key: &str) -> Option<Vec<String>> {
+        let k = key.to_ascii_lowercase();
+        let p = self.principal;
+        let one = |s: String| Some(vec![s]);
+        match k.as_str() {
+            "aws:requestedregion" if !self.facts.region.is_empty() => {
+                one(self.facts.region.clone())
+            }
+            "aws:sourceip" => self.facts.source_ip.map(|ip| vec![ip.to_string()]),
+            "aws:securetransport" => one(self.facts.secure_transport.to_string()),
+            "aws:principalarn" => one(p.arn.clone()),
+            "aws:principalaccount" => one(p.account_id.clone()),
+            "aws:userid" => one(p.user_id.clone()),
+            "aws:username" => match &p.kind {
+                PrincipalKind::User { name } => one(name.clone()),
+                PrincipalKind::Root => None,
+            },
+            "aws:principaltype" => one(match p.kind {
+                PrincipalKind::Root => "Account",
+                PrincipalKind::User { .. } => "User",
+            }
+            .to_string()),
+            "aws:currenttime" => jiff::Timestamp::from_second(self.now)
+                .ok()
+                .map(|t| vec![t.to_string()]),
+            "aws:epochtime" => one(self.now.to_string()),
+            "aws:multifactorauthpresent" => None,
+            _ => None,
+        }
+    }
+}
+
+/// Replaces `${…}` variables; None when one cannot be resolved (the statement then does not
+/// apply).
+fn substitute(text: &str, req: &Request<'_>) -> Option<String> {
+    if !text.contains("${") {
+        return Some(text.to_string());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}')?;
+        let inner = &after[..end];
+        match inner {
+            "*" => out.push('*'),
+            "?" => out.push('?'),
+            "$" => out.push('$'),
+            _ => {
+                let (key, default) = match inner.split_once(',') {
+                    Some((k, d)) => (k.trim(), Some(d.trim().trim_matches('\'').to_string())),
+                    None => (inner.trim(), None),
+                };
+                match req
+                    .context(key)
+                    .and_then(|v| v.into_iter().next())
+                    .or(default)
+                {
+                    Some(v) => out.push_str(&v),
+                    None => return None,
+                }
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+fn matches_patterns(
+    patterns: &Patterns,
+    value: &str,
+    policy: &Policy,
+    req: &Request<'_>,
+    action: bool,
+) -> Option<bool> {
+    let mut any = false;
+    for p in &patterns.values {
+        let p = if !action && policy.version == "2012-10-17" {
+            substitute(p, req)?
+        } else {
+            p.clone()
+        };
+        let hit = if action {
+            glob(&p, value, true)
+        } else {
+            arn_like(&p, value)
+        };
+        if hit {
+            any = true;
+            break;
+        }
+    }
+    Some(any != patterns.negated)
+}
+
+fn parse_date(s: &str) -> Option<i64> {
+    if let Ok(n) = s.parse::<i64>() {
+        return Some(n);
+    }
+    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_second())
+}
+
+fn cidr_contains(cidr: &str, ip: &str) -> bool {
+    let Ok(ip) = ip.parse::<IpAddr>() else {
+        return false;
+    };
+    let (net, bits) = match cidr.split_once('/') {
+        Some((n, b)) => (n, b.parse::<u32>().ok()),
+        None => (cidr, None),
+    };
+    let Ok(net) = net.parse::<IpAddr>() else {
+        return false;
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let bits = bits.unwrap_or(32).min(32);
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let bits = bits.unwrap_or(128).min(128);
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Whether one context value satisfies an operator against one policy value.
+fn value_matches(op: &str, policy: &str, actual: &str) -> bool {
+    match op {
+        "StringEquals" | "StringNotEquals" => policy == actual,
+        "StringEqualsIgnoreCase" | "StringNotEqualsIgnoreCase" => {
+            policy.eq_ignore_ascii_case(actual)
+        }
+        "StringLike" | "StringNotLike" => glob(policy, actual, false),
+        "ArnEquals" | "ArnNotEquals" | "ArnLike" | "ArnNotLike" => arn_like(policy, actual),
+        "Bool" => policy.eq_ignore_ascii_case(actual),
+        "IpAddress" | "NotIpAddress" => cidr_contains(policy, actual),
+        op if op.starts_with("Numeric") => {
+            let (Ok(p), Ok(a)) = (policy.parse::<f64>(), actual.parse::<f64>()) else {
+                return false;
+            };
+            match op {
+                "NumericEquals" | "NumericNotEquals" => a == p,
+                "NumericLessThan" => a < p,
+                "NumericLessThanEquals" => a <= p,
+                "NumericGreaterThan" => a > p,
+                "NumericGreaterThanEquals" => a >= p,
+                _ => false,
+            }
+        }
+        op if op.starts_with("Date") => {
+            let (Some(p), Some(a)) = (parse_date(policy), parse_date(actual)) else {
+                return false;
+            };
+            match op {
+                "DateEquals" | "DateNotEquals" => a == p,
+                "DateLessThan" => a < p,
+                "DateLessThanEquals" => a <= p,
+                "DateGreaterThan" => a > p,
+                "DateGreaterThanEquals" => a >= p,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+fn negated(op: &str) -> bool {
+    matches!(
+        op,
+        "StringNotEquals"
+            | "StringNotEqualsIgnoreCase"
+            | "StringNotLike"
+            | "ArnNotEquals"
+            | "ArnNotLike"
+            | "NotIpAddress"
+            | "NumericNotEquals"
+            | "DateNotEquals"
+    )
+}
+
+fn condition_holds(c: &Condition, policy: &Policy, req: &Request<'_>) -> Option<bool> {
+    let actual = req.context(&c.key);
+    if c.operator == "Null" {
+        let want_absent = c.values.iter().any(|v| v.eq_ignore_ascii_case("true"));
+        return Some(actual.is_none() == want_absent);
+    }
+    let Some(actual) = actual else {
+        // A missing key: false, except for negated operators and `…IfExists`.
+        return Some(c.if_exists || negated(&c.operator));
+    };
+    let variables = policy.version == "2012-10-17"
+        && (c.operator.starts_with("String")
+            || c.operator.starts_with("Arn")
+            || c.operator == "Bool");
+    let mut values = Vec::with_capacity(c.values.len());
+    for v in &c.values {
+        values.push(if variables {
+            substitute(v, req)?
+        } else {
+            v.clone()
+        });
+    }
+    let neg = negated(&c.operator);
+    let any_value = |a: &str| values.iter().any(|p| value_matches(&c.operator, p, a));
+    let holds = match c.set {
+        Some(SetOperator::AllValues) => actual.iter().all(|a| any_value(a) != neg),
+        Some(SetOperator::AnyValue) => actual.iter().any(|a| any_value(a) != neg),
+        None => {
+            // A single-valued key: negated operators hold when no value matches.
+            let hit = actual.iter().any(|a| any_value(a));
+            hit != neg
+        }
+    };
+    Some(holds)
+}
+
+/// Whether a statement applies to the request (None: an unresolvable variable, so it does not).
+fn applies(st: &Statement, policy: &Policy, req: &Request<'_>) -> bool {
+    let action = matches_patterns(&st.actions, req.action, policy, req, true).unwrap_or(false);
+    if !action {
+        return false;
+    }
+    let resource = match &st.resources {
+        None => true,
+        Some(r) => matches_patterns(r, req.resource, policy, req, false).unwrap_or(false),
+    };
+    if !resource {
+        return false;
+    }
+    st.conditions
+        .iter()
+        .all(|c| condition_holds(c, policy, req).unwrap_or(false))
+}
+
+/// Evaluates identity policies for one request: an applicable Deny wins, else an applicable
+/// Allow allows, else the request is implicitly denied.
+pub fn evaluate<'p>(policies: impl IntoIterator<Item = &'p Policy>, req: &Request<'_>) -> Decision {
+    let mut allowed = false;
+    for p in policies {
+        for st in &p.statements {
+            if applies(st, p, req) {
+                match st.effect {
+                    Effect::Deny => return Decision::ExplicitDeny,
+                    Effect::Allow => allowed = true,
+                }
+            }
+        }
+    }
+    if allowed {
+        Decision::Allow
+    } else {
+        Decision::ImplicitDeny
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> Principal {
+        Principal {
+            account_id: "123456789012".into(),
+            arn: "arn:aws:iam::123456789012:user/alice".into(),
+            user_id: "AIDAEXAMPLEALICE".into(),
+            kind: PrincipalKind::User {
+                name: "alice".into(),
+            },
+        }
+    }
+
+    fn decide(doc: &str, action: &str, resource: &str) -> Decision {
+        let p = parse(doc, Kind::Identity).unwrap_or_else(|e| panic!("{e}"));
+        let principal = user();
+        let facts = RequestFacts {
+            region: "us-east-1".into(),
+            source_ip: Some("127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))),
+            secure_transport: false,
+        };
+        evaluate(
+            [&p],
+            &Request {
+                principal: &principal,
+                action,
+                resource,
+                facts: &facts,
+                now: 1_700_000_000,
+            },
+        )
+    }
+
+    const REPO: &str = "arn:aws:ecr:us-east-1:123456789012:repository/app";
+
+    #[test]
+    fn globs_and_arns() {
+        assert!(glob("iam:*AccessKey*", "iam:ListAccessKeys", true));
+        assert!(glob("IAM:listaccesskeys", "iam:ListAccessKeys", true));
+        assert!(!glob("ecr:Get*", "ecr:BatchGetImage", true));
+        assert!(glob("a?c", "abc", false) && !glob("a?c", "abbc", false));
+        assert!(glob("*", "", false) && !glob("a*b", "ac", false));
+        assert!(arn_like("arn:aws:ecr:*:123456789012:repository/*", REPO));
+        assert!(!arn_like("arn:aws:ecr:*:999999999999:repository/*", REPO));
+        // The last part spans `/` and `:`; other segments do not.
+        assert!(arn_like(
+            "arn:aws:ecs:us-east-1:1:task/*",
+            "arn:aws:ecs:us-east-1:1:task/c/x:y"
+        ));
+        assert!(!arn_like("arn:aws:s:*:1:f/*", "arn:aws:s:r:2:x:1:f/y"));
+        assert!(!arn_like(
+            "arn:aws:ecr:us-east-1:123456789012:repository/App",
+            REPO
+        ));
+    }
+
+    #[test]
+    fn the_documented_rules() {
+        let allow_ecr = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ecr:*","Resource":"*"}]}"#;
+        assert_eq!(
+            decide(allow_ecr, "ecr:CreateRepository", REPO),
+            Decision::Allow
+        );
+        assert_eq!(
+            decide(allow_ecr, "ecs:CreateCluster", "*"),
+            Decision::ImplicitDeny
+        );
+        let deny_wins = r#"{"Version":"2012-10-17","Statement":[
+            {"Effect":"Allow","Action":"*","Resource":"*"},
+            {"Effect":"Deny","Action":"ecr:DeleteRepository","Resource":"arn:aws:ecr:*:*:repository/app"}]}"#;
+        assert_eq!(
+            decide(deny_wins, "ecr:DeleteRepository", REPO),
+            Decision::ExplicitDeny
+        );
+        assert_eq!(decide(deny_wins, "ecr:PutImage", REPO), Decision::Allow);
+        let not_action = r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","NotAction":"iam:*","Resource":"*"}}"#;
+        assert_eq!(
+            decide(not_action, "iam:CreateUser", "*"),
+            Decision::ImplicitDeny
+        );
+        assert_eq!(decide(not_action, "ecs:ListClusters", "*"), Decision::Allow);
+        let not_resource = r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"ecr:*","NotResource":"arn:aws:ecr:*:*:repository/secret*"}}"#;
+        assert_eq!(decide(not_resource, "ecr:PutImage", REPO), Decision::Allow);
+        assert_eq!(
+            decide(
+                not_resource,
+                "ecr:PutImage",
+                "arn:aws:ecr:us-east-1:1:repository/secret-x"
+            ),
+            Decision::ImplicitDeny
+        );
+    }
+
+    #[test]
+    fn variables_and_conditions() {
+        let own = r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"ecr:*","Resource":"arn:aws:ecr:*:*:repository/${aws:username}-*"}}"#;
+        assert_eq!(
+            decide(
+                own,
+                "ecr:PutImage",
+                "arn:aws:ecr:us-east-1:1:repository/alice-web"
+            ),
+            Decision::Allow
+        );
+        assert_eq!(decide(own, "ecr:PutImage", REPO), Decision::ImplicitDeny);
+        // Without the 2012 version the variable is literal text.
+        let old = own.replace(r#""Version":"2012-10-17","#, "");
+        assert_eq!(
+            decide(
+                &old,
+                "ecr:PutImage",
+                "arn:aws:ecr:us-east-1:1:repository/alice-web"
+            ),
+            Decision::ImplicitDeny
+        );
+        let region = r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"StringEquals":{"aws:RequestedRegion":["eu-west-1","us-east-1"]}}}}"#;
+        assert_eq!(decide(region, "ecs:ListClusters", "*"), Decision::Allow);
+        let other = region.replace("us-east-1", "ap-south-1");
+        assert_eq!(
+            decide(&other, "ecs:ListClusters", "*"),
+            Decision::ImplicitDeny
+        );
+        let ip = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"},{"Effect":"Deny","Action":"*","Resource":"*","Condition":{"NotIpAddress":{"aws:SourceIp":"10.0.0.0/8"}}}]}"#;
+        assert_eq!(decide(ip, "ecs:ListClusters", "*"), Decision::ExplicitDeny);
+        let tls = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"},{"Effect":"Deny","Action":"*","Resource":"*","Condition":{"Bool":{"aws:SecureTransport":false}}}]}"#;
+        assert_eq!(decide(tls, "ecs:ListClusters", "*"), Decision::ExplicitDeny);
+        let missing = r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"StringEquals":{"aws:PrincipalTag/team":"x"}}}}"#;
+        assert_eq!(
+            decide(missing, "ecs:ListClusters", "*"),
+            Decision::ImplicitDeny
+        );
+        let if_exists = missing.replace("StringEquals", "StringEqualsIfExists");
+        assert_eq!(decide(&if_exists, "ecs:ListClusters", "*"), Decision::Allow);
+        let null = r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"*","Resource":"*","Condition":{"Null":{"aws:PrincipalTag/team":"true"}}}}"#;
+        assert_eq!(decide(null, "ecs:ListClusters", "*"), Decision::Allow);
+    }
+
+    #[test]
+    fn malformed_documents_get_iam_texts() {
+        let bad = |d: &str| parse(d, Kind::Identity).err().map(|e| e.0);
+        assert_eq!(bad("{"), Some("Syntax errors in policy.".into()));
+        assert_eq!(
+            bad(r#"{"Version":"2011-01-01","Statement":[]}"#),
+            Some("Policy document must be version 2012-10-17 or greater.".into())
+        );
+        assert_eq!(
+            bad(r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Resource":"*"}}"#),
+            Some("Policy statement must contain actions.".into())
+        );
+        assert_eq!(
+            bad(r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"ecr:*"}}"#),
+            Some("Policy statement must contain resources.".into())
+        );
+        assert_eq!(
+            bad(
+                r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"GetObject","Resource":"*"}}"#
+            ),
+            Some(
+                "Actions/Conditions must be prefaced by a vendor, e.g., iam, sdb, ec2, etc.".into()
+            )
+        );
+        assert_eq!(
+            bad(
+                r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":"*","Action":"ecr:*","Resource":"*"}}"#
+            ),
+            Some("Policy document should not specify a principal.".into())
+        );
+        assert_eq!(
+            bad(
+                r#"{"Version":"2012-10-17","Statement":[{"Sid":"a","Effect":"Allow","Action":"ecr:*","Resource":"*"},{"Sid":"a","Effect":"Deny","Action":"ecr:*","Resource":"*"}]}"#
+            ),
+            Some("Statement IDs (SID) in a single policy must be unique.".into())
+        );
+        assert_eq!(
+            bad(
+                r#"{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":"ecr:*","Resource":"*","Condition":{"StringSorta":{"aws:x":"y"}}}}"#
+            ),
+            Some("Invalid Condition type : StringSorta.".into())
+        );
+    }
+}

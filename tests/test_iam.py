@@ -1,0 +1,315 @@
+"""IAM and STS, black-box: users with access keys that sign at once, managed and inline policies
+enforced on ECS, ECR and IAM calls with AWS's denial texts, explicit denies, policy versions, and
+IAM's error codes for bad requests (with nothing stored)."""
+import json
+import urllib.parse
+
+import botocore.exceptions
+import pytest
+
+import conformance
+
+READ_ONLY = "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryReadOnly"
+FULL = "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryFullAccess"
+
+
+def error(call, *args, **kwargs):
+    with pytest.raises(botocore.exceptions.ClientError) as e:
+        call(*args, **kwargs)
+    return e.value.response["Error"], e.value.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+def user_with_key(iam, name, *policies):
+    iam.create_user(UserName=name)
+    for p in policies:
+        iam.attach_user_policy(UserName=name, PolicyArn=p)
+    k = iam.create_access_key(UserName=name)["AccessKey"]
+    return k["AccessKeyId"], k["SecretAccessKey"]
+
+
+def test_caller_identity_and_the_courses_ecr_user(server):
+    sts = server.client("sts")
+    me = sts.get_caller_identity()
+    assert me["Account"] == "000000000000" and me["Arn"] == "arn:aws:iam::000000000000:root"
+    assert me["UserId"] == "000000000000"
+    conformance.check("sts", "GetCallerIdentity", me)
+
+    # The course's steps, with the AWS CLI: a user with ECR full access and a key for the CLI.
+    server.cli("iam", "create-user", "--user-name", "ci")
+    server.cli("iam", "attach-user-policy", "--user-name", "ci", "--policy-arn", FULL)
+    key = json.loads(server.cli("iam", "create-access-key", "--user-name", "ci").stdout)["AccessKey"]
+    assert key["AccessKeyId"].startswith("AKIA") and len(key["AccessKeyId"]) == 20
+    assert len(key["SecretAccessKey"]) == 40
+    ak, sk = key["AccessKeyId"], key["SecretAccessKey"]
+    # The key's account can be read off the key, as AWS's can.
+    assert sts.get_access_key_info(AccessKeyId=ak)["Account"] == "000000000000"
+
+    who = json.loads(server.cli("sts", "get-caller-identity", key=ak, secret=sk).stdout)
+    assert who["Arn"] == "arn:aws:iam::000000000000:user/ci" and who["UserId"].startswith("AIDA")
+    server.cli("ecr", "create-repository", "--repository-name", "app", key=ak, secret=sk)
+    r = server.cli("ecs", "create-cluster", "--cluster-name", "x", key=ak, secret=sk, check=False)
+    assert r.returncode != 0
+    assert "AccessDeniedException" in r.stderr
+    assert ("User: arn:aws:iam::000000000000:user/ci is not authorized to perform: ecs:CreateCluster "
+            "on resource: * because no identity-based policy allows the ecs:CreateCluster action") in r.stderr
+    # Nothing was created by the refused call.
+    assert server.client("ecs").list_clusters()["clusterArns"] == []
+    # A wrong secret for a real key is a signature error, not a denial.
+    r = server.cli("ecr", "describe-repositories", key=ak, secret="x" * 40, check=False)
+    assert "InvalidSignatureException" in r.stderr
+
+
+def test_read_only_user_explicit_deny_and_query_denials(server):
+    iam = server.client("iam")
+    ecr = server.client("ecr")
+    ecr.create_repository(repositoryName="app")
+    ak, sk = user_with_key(iam, "reader", READ_ONLY)
+    reader = server.client("ecr", key=ak, secret=sk)
+    assert [r["repositoryName"] for r in reader.describe_repositories()["repositories"]] == ["app"]
+    assert reader.get_authorization_token()["authorizationData"]
+    err, status = error(reader.create_repository, repositoryName="other")
+    assert (err["Code"], status) == ("AccessDeniedException", 400)
+    assert err["Message"] == (
+        "User: arn:aws:iam::000000000000:user/reader is not authorized to perform: ecr:CreateRepository on "
+        "resource: arn:aws:ecr:us-east-1:000000000000:repository/other because no identity-based policy allows "
+        "the ecr:CreateRepository action")
+    assert [r["repositoryName"] for r in ecr.describe_repositories()["repositories"]] == ["app"]
+    # IAM itself is denied in the query shape: 403 AccessDenied.
+    err, status = error(server.client("iam", key=ak, secret=sk).create_user, UserName="evil")
+    assert (err["Code"], status) == ("AccessDenied", 403)
+    assert "iam:CreateUser on resource: arn:aws:iam::000000000000:user/evil" in err["Message"]
+    # ELBv2 (query) too.
+    err, status = error(server.client("elbv2", key=ak, secret=sk).describe_load_balancers)
+    assert (err["Code"], status) == ("AccessDenied", 403)
+
+    # An explicit deny on one repository beats the full-access allow, and only there.
+    ak2, sk2 = user_with_key(iam, "dev", FULL)
+    iam.put_user_policy(UserName="dev", PolicyName="no-prod", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Deny", "Action": "ecr:*", "Resource": "arn:aws:ecr:*:*:repository/prod*"}]}))
+    dev = server.client("ecr", key=ak2, secret=sk2)
+    dev.create_repository(repositoryName="dev-app")
+    err, _ = error(dev.create_repository, repositoryName="prod-app")
+    assert err["Message"].endswith("with an explicit deny in an identity-based policy")
+    # Policies take effect at once, both ways.
+    iam.delete_user_policy(UserName="dev", PolicyName="no-prod")
+    dev.create_repository(repositoryName="prod-app")
+    iam.detach_user_policy(UserName="dev", PolicyArn=FULL)
+    err, _ = error(dev.describe_repositories)
+    assert err["Code"] == "AccessDeniedException"
+    # Even an explicit deny of everything leaves GetCallerIdentity.
+    iam.put_user_policy(UserName="dev", PolicyName="nothing", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}]}))
+    assert server.client("sts", key=ak2, secret=sk2).get_caller_identity()["Arn"].endswith(":user/dev")
+
+
+def test_variables_conditions_and_customer_policies_with_versions(server):
+    iam = server.client("iam")
+    own = iam.create_policy(PolicyName="own-repos", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "ecr:*",
+                       "Resource": "arn:aws:ecr:*:*:repository/${aws:username}-*"},
+                      {"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*",
+                       "Condition": {"StringEquals": {"aws:RequestedRegion": "us-east-1"}}}]}))["Policy"]
+    conformance.check("iam", "CreatePolicy", {"Policy": own})
+    assert own["Arn"] == "arn:aws:iam::000000000000:policy/own-repos" and own["DefaultVersionId"] == "v1"
+    ak, sk = user_with_key(iam, "bob", own["Arn"])
+    bob = server.client("ecr", key=ak, secret=sk)
+    bob.create_repository(repositoryName="bob-web")
+    assert error(bob.create_repository, repositoryName="alice-web")[0]["Code"] == "AccessDeniedException"
+    bob.get_authorization_token()
+    # The condition on the region named in the signature.
+    assert error(server.client("ecr", key=ak, secret=sk, region="eu-west-1").get_authorization_token)[0]["Code"] \
+        in ("AccessDeniedException", "InvalidSignatureException")
+
+    # A new default version replaces the old rules at once; the document comes back URL-encoded
+    # on the wire and parsed by boto3.
+    v2 = iam.create_policy_version(PolicyArn=own["Arn"], SetAsDefault=True, PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:Describe*", "Resource": "*"}]}))
+    assert v2["PolicyVersion"]["VersionId"] == "v2" and v2["PolicyVersion"]["IsDefaultVersion"]
+    assert error(bob.create_repository, repositoryName="bob-api")[0]["Code"] == "AccessDeniedException"
+    bob.describe_repositories()
+    doc = iam.get_policy_version(PolicyArn=own["Arn"], VersionId="v2")["PolicyVersion"]["Document"]
+    assert doc["Statement"][0]["Action"] == "ecr:Describe*"
+    assert iam.get_policy(PolicyArn=own["Arn"])["Policy"]["AttachmentCount"] == 1
+    for n in range(3, 6):
+        iam.create_policy_version(PolicyArn=own["Arn"], PolicyDocument=json.dumps({
+            "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": f"ecr:List{n}", "Resource": "*"}]}))
+    err, status = error(iam.create_policy_version, PolicyArn=own["Arn"], PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:X", "Resource": "*"}]}))
+    assert (err["Code"], status) == ("LimitExceeded", 409)
+    assert error(iam.delete_policy_version, PolicyArn=own["Arn"], VersionId="v2")[0]["Message"] == \
+        "Cannot delete the default version of a policy."
+    versions = [v["VersionId"] for v in iam.list_policy_versions(PolicyArn=own["Arn"])["Versions"]]
+    assert sorted(versions) == ["v1", "v2", "v3", "v4", "v5"]
+    assert error(iam.delete_policy, PolicyArn=own["Arn"])[0]["Code"] == "DeleteConflict"
+
+    # The AWS managed policies are listed and readable.
+    names = {p["PolicyName"] for p in iam.list_policies(Scope="AWS", MaxItems=1000)["Policies"]}
+    assert {"AdministratorAccess", "AmazonEC2ContainerRegistryReadOnly", "AmazonECS_FullAccess"} <= names
+    attached = iam.list_policies(OnlyAttached=True)["Policies"]
+    assert [p["PolicyName"] for p in attached] == ["own-repos"]
+    ro = iam.get_policy_version(PolicyArn=READ_ONLY, VersionId="v3")["PolicyVersion"]["Document"]
+    assert "ecr:BatchGetImage" in ro["Statement"][0]["Action"]
+
+
+def test_access_keys_lifecycle_and_delete_conflicts(server):
+    iam = server.client("iam")
+    ak, sk = user_with_key(iam, "ops", "arn:aws:iam::aws:policy/AdministratorAccess")
+    ops = server.client("ecs", key=ak, secret=sk)
+    ops.create_cluster(clusterName="ops")
+    iam.create_access_key(UserName="ops")
+    err, status = error(iam.create_access_key, UserName="ops")
+    assert (err["Code"], status, err["Message"]) == (
+        "LimitExceeded", 409, "Cannot exceed quota for AccessKeysPerUser: 2")
+    keys = iam.list_access_keys(UserName="ops")["AccessKeyMetadata"]
+    assert len(keys) == 2 and {k["Status"] for k in keys} == {"Active"}
+    # An inactive key no longer signs.
+    iam.update_access_key(UserName="ops", AccessKeyId=ak, Status="Inactive")
+    err, _ = error(ops.list_clusters)
+    assert err["Code"] == "UnrecognizedClientException"
+    iam.update_access_key(UserName="ops", AccessKeyId=ak, Status="Active")
+    assert ops.list_clusters()["clusterArns"]
+    assert iam.get_access_key_last_used(AccessKeyId=ak)["AccessKeyLastUsed"]["ServiceName"]
+
+    err, status = error(iam.delete_user, UserName="ops")
+    assert (err["Code"], status, err["Message"]) == (
+        "DeleteConflict", 409, "Cannot delete entity, must delete access keys first.")
+    for k in iam.list_access_keys(UserName="ops")["AccessKeyMetadata"]:
+        iam.delete_access_key(UserName="ops", AccessKeyId=k["AccessKeyId"])
+    assert error(iam.delete_user, UserName="ops")[0]["Message"] == \
+        "Cannot delete entity, must detach all policies first."
+    iam.detach_user_policy(UserName="ops", PolicyArn="arn:aws:iam::aws:policy/AdministratorAccess")
+    iam.delete_user(UserName="ops")
+    # The deleted key is refused at once.
+    assert error(ops.list_clusters)[0]["Code"] == "UnrecognizedClientException"
+    assert error(iam.get_user, UserName="ops")[0]["Code"] == "NoSuchEntity"
+
+
+def test_keys_and_policies_survive_a_restart(data_dir):
+    from conftest import Server
+    s = Server(data_dir).start()
+    try:
+        ak, sk = user_with_key(s.client("iam"), "kept", READ_ONLY)
+    finally:
+        s.stop()
+    s = Server(data_dir).start()
+    try:
+        ecr = s.client("ecr", key=ak, secret=sk)
+        ecr.describe_repositories()
+        assert error(ecr.create_repository, repositoryName="xy")[0]["Code"] == "AccessDeniedException"
+        # The secret is not kept in the clear in the state files.
+        import glob
+        for f in glob.glob(f"{data_dir}/**", recursive=True):
+            try:
+                assert sk.encode() not in open(f, "rb").read(), f
+            except IsADirectoryError:
+                pass
+    finally:
+        s.stop()
+
+
+BAD = [
+    ("create_user", {"UserName": "bad name"}, "ValidationError", 400),
+    ("create_user", {"UserName": "x" * 65}, "ValidationError", 400),
+    ("create_user", {"UserName": "ok", "Path": "no-slashes"}, "ValidationError", 400),
+    ("get_user", {"UserName": "ghost"}, "NoSuchEntity", 404),
+    ("delete_user", {"UserName": "ghost"}, "NoSuchEntity", 404),
+    ("create_access_key", {"UserName": "ghost"}, "NoSuchEntity", 404),
+    ("list_access_keys", {"UserName": "ghost"}, "NoSuchEntity", 404),
+    ("update_access_key", {"UserName": "taken", "AccessKeyId": "AKIAIOSFODNN7EXAMPLE", "Status": "Active"},
+     "NoSuchEntity", 404),
+    ("delete_access_key", {"UserName": "taken", "AccessKeyId": "AKIAIOSFODNN7EXAMPLE"}, "NoSuchEntity", 404),
+    ("update_access_key", {"UserName": "taken", "AccessKeyId": "AKIAIOSFODNN7EXAMPLE", "Status": "Sleeping"},
+     "ValidationError", 400),
+    ("create_policy", {"PolicyName": "p", "PolicyDocument": "{"}, "MalformedPolicyDocument", 400),
+    ("create_policy", {"PolicyName": "p", "PolicyDocument": json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*"}]})},
+     "MalformedPolicyDocument", 400),
+    ("create_policy", {"PolicyName": "p", "PolicyDocument": json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*"}]})},
+     "MalformedPolicyDocument", 400),
+    ("create_policy", {"PolicyName": "p", "PolicyDocument": json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "Get", "Resource": "*"}]})},
+     "MalformedPolicyDocument", 400),
+    ("create_policy", {"PolicyName": "p", "PolicyDocument": json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": "*", "Action": "ecr:*",
+                                                 "Resource": "*"}]})},
+     "MalformedPolicyDocument", 400),
+    ("create_policy", {"PolicyName": "p", "PolicyDocument": json.dumps(
+        {"Version": "2001-01-01", "Statement": [{"Effect": "Allow", "Action": "ecr:*", "Resource": "*"}]})},
+     "MalformedPolicyDocument", 400),
+    ("create_policy", {"PolicyName": "p", "PolicyDocument": json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Maybe", "Action": "ecr:*", "Resource": "*"}]})},
+     "MalformedPolicyDocument", 400),
+    ("create_policy", {"PolicyName": "p", "PolicyDocument": json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*", "Resource": "*",
+                                                 "Condition": {"Sorta": {"aws:x": "y"}}}]})},
+     "MalformedPolicyDocument", 400),
+    ("create_policy", {"PolicyName": "p", "PolicyDocument": json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*", "Resource": "*"}] * 2 +
+         [{"Sid": "a", "Effect": "Allow", "Action": "ecr:*", "Resource": "*"}] * 2})},
+     "MalformedPolicyDocument", 400),
+    ("create_policy", {"PolicyName": "p", "PolicyDocument": json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": [f"ecr:A{'x' * 90}{i}" for i in
+                                                                               range(80)], "Resource": "*"}]})},
+     "LimitExceeded", 409),
+    ("get_policy", {"PolicyArn": "arn:aws:iam::000000000000:policy/ghost"}, "NoSuchEntity", 404),
+    ("get_policy", {"PolicyArn": "arn:aws:iam::000000000000:role/x"}, "InvalidInput", 400),
+    ("attach_user_policy", {"UserName": "taken", "PolicyArn": "arn:aws:iam::aws:policy/NoSuchPolicy"},
+     "NoSuchEntity", 404),
+    ("attach_user_policy", {"UserName": "ghost", "PolicyArn": READ_ONLY}, "NoSuchEntity", 404),
+    ("detach_user_policy", {"UserName": "taken", "PolicyArn": READ_ONLY}, "NoSuchEntity", 404),
+    ("put_user_policy", {"UserName": "taken", "PolicyName": "p", "PolicyDocument": "[]"},
+     "MalformedPolicyDocument", 400),
+    ("put_user_policy", {"UserName": "ghost", "PolicyName": "p", "PolicyDocument": json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*", "Resource": "*"}]})},
+     "NoSuchEntity", 404),
+    ("get_user_policy", {"UserName": "taken", "PolicyName": "none"}, "NoSuchEntity", 404),
+    ("delete_user_policy", {"UserName": "taken", "PolicyName": "none"}, "NoSuchEntity", 404),
+    ("get_policy_version", {"PolicyArn": READ_ONLY, "VersionId": "v1"}, "NoSuchEntity", 404),
+    ("create_policy_version", {"PolicyArn": "arn:aws:iam::000000000000:policy/ghost", "PolicyDocument": json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*", "Resource": "*"}]})},
+     "NoSuchEntity", 404),
+]
+
+
+def test_bad_iam_requests_get_iams_codes_and_store_nothing(server):
+    iam = server.client("iam")
+    iam.create_user(UserName="taken")
+    err, status = error(iam.create_user, UserName="TAKEN")
+    assert (err["Code"], status, err["Message"]) == ("EntityAlreadyExists", 409, "User with name TAKEN already exists.")
+    assert len(BAD) >= 25
+    for op, kwargs, code, want_status in BAD:
+        err, status = error(getattr(iam, op), **kwargs)
+        assert (err["Code"], status) == (code, want_status), (op, kwargs, err)
+        assert err["Message"], (op, kwargs)
+    assert [u["UserName"] for u in iam.list_users()["Users"]] == ["taken"]
+    assert iam.list_policies(Scope="Local")["Policies"] == []
+    assert iam.list_attached_user_policies(UserName="taken")["AttachedPolicies"] == []
+    assert iam.list_user_policies(UserName="taken")["PolicyNames"] == []
+    assert iam.list_access_keys(UserName="taken")["AccessKeyMetadata"] == []
+    # Unsigned-for-IAM-scope or unknown keys are refused in the query shape.
+    err, status = error(server.client("iam", key="AKIANOTAKEY000000000", secret="x").list_users)
+    assert (err["Code"], status) == ("InvalidClientTokenId", 403)
+
+
+def test_iam_and_sts_accept_any_signing_region_and_paging(server):
+    iam = server.client("iam", region="eu-west-1")
+    for n in range(5):
+        iam.create_user(UserName=f"u{n}", Path="/team/")
+    page1 = iam.list_users(MaxItems=2)
+    assert page1["IsTruncated"] and len(page1["Users"]) == 2
+    rest = iam.list_users(Marker=page1["Marker"], MaxItems=100)
+    assert not rest["IsTruncated"]
+    names = [u["UserName"] for u in page1["Users"] + rest["Users"]]
+    assert sorted(names) == [f"u{n}" for n in range(5)]
+    u = iam.get_user(UserName="u1")["User"]
+    conformance.check("iam", "GetUser", {"User": u})
+    assert u["Arn"] == "arn:aws:iam::000000000000:user/team/u1" and u["Path"] == "/team/"
+    assert server.client("sts", region="ap-northeast-2").get_caller_identity()["Account"] == "000000000000"
+    # The raw wire form of a policy document is RFC 3986 URL-encoded JSON.
+    iam.put_user_policy(UserName="u1", PolicyName="p", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*", "Resource": "*"}]}))
+    raw = server.cli("iam", "get-user-policy", "--user-name", "u1", "--policy-name", "p", "--debug", check=False).stderr
+    assert urllib.parse.quote('{"Version"', safe="") in raw
