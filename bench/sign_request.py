@@ -4,6 +4,7 @@
 The signature stays valid for the 5-minute SigV4 window, long enough for one benchmark phase;
 the script is regenerated before each phase. Usage: sign_request.py ENDPOINT OPERATION BODY OUT.lua
 """
+import os
 import sys
 
 from botocore.auth import SigV4Auth
@@ -21,7 +22,10 @@ def main():
         "X-Amz-Target": f"AmazonEC2ContainerServiceV20141113.{operation}",
         "Content-Type": "application/x-amz-json-1.1",
     })
-    SigV4Auth(Credentials("test", "test"), "ecs", "us-east-1").add_auth(req)
+    # SIGN_KEY/SIGN_SECRET sign as another principal (an IAM user's key).
+    key = os.environ.get("SIGN_KEY", "test")
+    secret = os.environ.get("SIGN_SECRET", "test")
+    SigV4Auth(Credentials(key, secret), "ecs", "us-east-1").add_auth(req)
     lines = ['wrk.method = "POST"', f"wrk.body = {lua_str(body)}"]
     for k, v in req.prepare().headers.items():
         if k.lower() in ("content-length",):
