@@ -313,3 +313,53 @@ def test_iam_and_sts_accept_any_signing_region_and_paging(server):
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ecr:*", "Resource": "*"}]}))
     raw = server.cli("iam", "get-user-policy", "--user-name", "u1", "--policy-name", "p", "--debug", check=False).stderr
     assert urllib.parse.quote('{"Version"', safe="") in raw
+
+
+def test_registry_authorises_each_push_and_pull_as_the_tokens_user(server):
+    """The course's ECR user pushes with the Docker CLI; a read-only user pulls but cannot push,
+    and Docker shows ECR's denial."""
+    import subprocess
+    import tempfile
+    import uuid
+
+    from test_registry import build_image, docker
+
+    iam = server.client("iam")
+    server.client("ecr").create_repository(repositoryName="app")
+    ci = user_with_key(iam, "ci", FULL)
+    reader = user_with_key(iam, "reader", READ_ONLY)
+    host = f"localhost:{server.port}"
+    created = []
+    tag = f"{host}/app:{uuid.uuid4().hex[:8]}"
+    build_image(tag, uuid.uuid4().hex, created)
+
+    def login_as(key):
+        d = tempfile.mkdtemp(prefix="fleetport-docker-")
+        env = dict(__import__("os").environ, DOCKER_CONFIG=d)
+        password = server.cli("ecr", "get-login-password", key=key[0], secret=key[1]).stdout.strip()
+        r = subprocess.run(["docker", "login", "--username", "AWS", "--password-stdin", host], input=password,
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return env
+
+    try:
+        reader_env = login_as(reader)
+        r = docker("push", tag, env=reader_env, check=False)
+        assert r.returncode != 0
+        assert ("denied: User: arn:aws:iam::000000000000:user/reader is not authorized to perform: "
+                "ecr:InitiateLayerUpload on resource: arn:aws:ecr:us-east-1:000000000000:repository/app "
+                "because no identity-based policy allows the ecr:InitiateLayerUpload action") in r.stderr + r.stdout
+        assert server.client("ecr").list_images(repositoryName="app")["imageIds"] == []
+
+        docker("push", tag, env=login_as(ci))
+        assert len(server.client("ecr").list_images(repositoryName="app")["imageIds"]) == 1
+        docker("rmi", "-f", tag, check=False)
+        docker("pull", tag, env=reader_env)
+        # Taking the policy away takes the pulls away, with the same token.
+        iam.detach_user_policy(UserName="reader", PolicyArn=READ_ONLY)
+        docker("rmi", "-f", tag, check=False)
+        r = docker("pull", tag, env=reader_env, check=False)
+        assert r.returncode != 0 and "ecr:BatchGetImage" in r.stderr + r.stdout
+    finally:
+        for t in created:
+            docker("rmi", "-f", t, check=False)

@@ -40,6 +40,8 @@ pub struct Ecr {
     /// `host:port` users put in image names (`localhost:4566/web:1`).
     registry_host: String,
     token_key: TokenKey,
+    /// Decides what a token's principal may do in the registry (IAM, wired by the binary).
+    authorizer: Arc<std::sync::OnceLock<Arc<dyn fleetport_proto::auth::Authorizer>>>,
 }
 
 impl std::fmt::Debug for Ecr {
@@ -111,12 +113,23 @@ impl Ecr {
             },
             registry_host: registry_host.into(),
             token_key,
+            authorizer: Arc::default(),
         })
     }
 
-    async fn dispatch(&self, operation: &str, input: Value) -> Result<Value, AwsError> {
+    /// The policy evaluation registry requests go through (set once, at start).
+    pub fn set_authorizer(&self, authorizer: Arc<dyn fleetport_proto::auth::Authorizer>) {
+        let _ = self.authorizer.set(authorizer);
+    }
+
+    async fn dispatch(
+        &self,
+        ctx: &RequestContext,
+        operation: &str,
+        input: Value,
+    ) -> Result<Value, AwsError> {
         match operation {
-            "GetAuthorizationToken" => self.get_authorization_token(),
+            "GetAuthorizationToken" => self.get_authorization_token(&ctx.principal),
             "CreateRepository" => self.create_repository(input).await,
             "DescribeRepositories" => self.describe_repositories(input),
             "DeleteRepository" => self.delete_repository(input).await,
@@ -167,11 +180,11 @@ impl Service for Ecr {
 
     fn call<'a>(
         &'a self,
-        _ctx: &'a RequestContext,
+        ctx: &'a RequestContext,
         operation: &'a str,
         input: Value,
     ) -> BoxFuture<'a, Result<Value, AwsError>> {
-        Box::pin(self.dispatch(operation, input))
+        Box::pin(self.dispatch(ctx, operation, input))
     }
 
     /// Repository actions are authorised on the repository's ARN; registry-wide ones (and

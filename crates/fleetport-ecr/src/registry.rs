@@ -9,6 +9,7 @@ use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
+use fleetport_proto::auth::{Access, Principal, PrincipalKind, RequestFacts};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -185,8 +186,9 @@ impl Ecr {
         r
     }
 
-    /// ECR's registry auth: Basic `AWS:<password from GetAuthorizationToken>`.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    /// ECR's registry auth: Basic `AWS:<password from GetAuthorizationToken>`. Returns whom the
+    /// password stands for.
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Box<Response>> {
         let Some(auth) = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -204,7 +206,20 @@ impl Ecr {
             return Err(Box::new(self.challenge("Not Authorized")));
         }
         match self.token_key.verify(password, now_secs()) {
-            Ok(account) if account == self.scope.account => Ok(()),
+            Ok(issued) if issued.account == self.scope.account => Ok(match issued.principal {
+                None => Principal::root(&issued.account),
+                Some((arn, user_id)) => Principal {
+                    kind: match arn.rsplit_once(":user/") {
+                        Some((_, path_name)) => PrincipalKind::User {
+                            name: path_name.rsplit('/').next().unwrap_or_default().to_string(),
+                        },
+                        None => PrincipalKind::Root,
+                    },
+                    account_id: issued.account,
+                    arn,
+                    user_id,
+                },
+            }),
             Ok(_) => Err(boxed(
                 StatusCode::FORBIDDEN,
                 "DENIED",
@@ -212,6 +227,81 @@ impl Ecr {
             )),
             Err(e) => Err(Box::new(self.challenge(&e.to_string()))),
         }
+    }
+
+    /// Authorises a registry request as the ECR action it amounts to, on the repository's ARN
+    /// (ECR's mapping: pulls are BatchGetImage and GetDownloadUrlForLayer, pushes
+    /// InitiateLayerUpload, UploadLayerPart, CompleteLayerUpload and PutImage). A denial is
+    /// Docker's `denied: <AWS's text>`.
+    fn permit(
+        &self,
+        principal: &Principal,
+        route: &Route<'_>,
+        method: &Method,
+        query: &str,
+    ) -> Result<(), Box<Response>> {
+        if principal.is_root() {
+            return Ok(());
+        }
+        let arn = |name: &str| {
+            format!(
+                "arn:aws:ecr:{}:{}:repository/{name}",
+                self.scope.region, self.scope.account
+            )
+        };
+        let mut needs: Vec<(&str, String)> = Vec::new();
+        match route {
+            Route::Base => {}
+            Route::Catalog => needs.push(("ecr:DescribeRepositories", "*".into())),
+            Route::Tags(name) => needs.push(("ecr:ListImages", arn(name))),
+            Route::Manifest(name, _) => needs.push((
+                match *method {
+                    Method::PUT => "ecr:PutImage",
+                    Method::DELETE => "ecr:BatchDeleteImage",
+                    _ => "ecr:BatchGetImage",
+                },
+                arn(name),
+            )),
+            Route::Referrers(name, _) => needs.push(("ecr:BatchGetImage", arn(name))),
+            Route::Blob(name, _) => needs.push((
+                if *method == Method::HEAD {
+                    "ecr:BatchCheckLayerAvailability"
+                } else {
+                    "ecr:GetDownloadUrlForLayer"
+                },
+                arn(name),
+            )),
+            Route::Uploads(name, id) => {
+                let action = match (method, id) {
+                    (&Method::POST, None) | (&Method::DELETE, _) => "ecr:InitiateLayerUpload",
+                    (&Method::PUT, _) => "ecr:CompleteLayerUpload",
+                    _ => "ecr:UploadLayerPart",
+                };
+                needs.push((action, arn(name)));
+                // Mounting reads the blob from the other repository.
+                if let Some(from) = query_param(query, "from").filter(|_| id.is_none()) {
+                    needs.push(("ecr:GetDownloadUrlForLayer", arn(&from)));
+                }
+            }
+        }
+        let accesses: Vec<Access> = needs
+            .into_iter()
+            .map(|(action, resource)| Access {
+                action: action.to_string(),
+                resource,
+            })
+            .collect();
+        let facts = RequestFacts {
+            region: self.scope.region.clone(),
+            source_ip: None,
+            secure_transport: false,
+        };
+        fleetport_proto::auth::check(self.authorizer.get(), principal, &accesses, &facts).map_err(
+            |message| {
+                tracing::debug!(%message, "registry request denied");
+                boxed(StatusCode::FORBIDDEN, "DENIED", &message)
+            },
+        )
     }
 
     /// A GetDownloadUrlForLayer URL stands in for credentials, for its one blob, until it expires.
@@ -297,8 +387,16 @@ impl Ecr {
             }
             _ => false,
         };
-        if !presigned && let Err(r) = self.authorize(&parts.headers) {
-            return *r;
+        if !presigned {
+            let principal = match self.authenticate(&parts.headers) {
+                Ok(p) => p,
+                Err(r) => return *r,
+            };
+            if let Some(route) = &route
+                && let Err(r) = self.permit(&principal, route, &parts.method, query)
+            {
+                return *r;
+            }
         }
         let Some(route) = route else {
             return error(

@@ -557,9 +557,14 @@ impl Ecr {
         Ok(json!({ "repository": self.render_repo(&record) }))
     }
 
-    pub(crate) fn get_authorization_token(&self) -> Result<Value, AwsError> {
+    pub(crate) fn get_authorization_token(
+        &self,
+        principal: &fleetport_proto::auth::Principal,
+    ) -> Result<Value, AwsError> {
         let expires = now_secs() + crate::token::VALIDITY_SECS;
-        let token = self.token_key.issue(&self.scope.account, expires);
+        let who =
+            (!principal.is_root()).then_some((principal.arn.as_str(), principal.user_id.as_str()));
+        let token = self.token_key.issue(&self.scope.account, expires, who);
         Ok(json!({"authorizationData": [{
             "authorizationToken": STANDARD.encode(format!("AWS:{token}")),
             "expiresAt": expires as f64,

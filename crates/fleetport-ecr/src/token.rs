@@ -1,7 +1,12 @@
 //! Registry passwords as ECR issues them: `GetAuthorizationToken` returns base64(`AWS:<token>`),
 //! valid 12 hours. The token is self-describing and HMAC-signed
-//! (`<account>.<expiry>.<nonce>.<mac>`, no `:`), so the registry checks it without a store lookup.
+//! (`<account>.<expiry>.<nonce>[.<principal>].<mac>`, no `:`), so the registry checks it without a
+//! store lookup. The principal (base64url of `arn` and `aws:userid`) is who asked for the token:
+//! the registry authorises each request as that principal, as ECR does. Tokens without one
+//! (issued before principals existed) stand for the account's root.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -10,6 +15,14 @@ pub const VALIDITY_SECS: i64 = 12 * 3600;
 
 #[derive(Debug, Clone)]
 pub struct TokenKey([u8; 32]);
+
+/// What a valid password stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    pub account: String,
+    /// (`arn`, `aws:userid`) of who asked for it; None for the account's root.
+    pub principal: Option<(String, String)>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -34,10 +47,17 @@ impl TokenKey {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// A password for `account`, valid until `expires_at` (Unix seconds).
-    pub fn issue(&self, account: &str, expires_at: i64) -> String {
+    /// A password for `account`, valid until `expires_at` (Unix seconds), standing for the
+    /// principal (`arn`, `aws:userid`) when one is given.
+    pub fn issue(&self, account: &str, expires_at: i64, principal: Option<(&str, &str)>) -> String {
         let nonce = uuid::Uuid::new_v4().simple().to_string();
-        let payload = format!("{account}.{expires_at}.{nonce}");
+        let payload = match principal {
+            Some((arn, user_id)) => format!(
+                "{account}.{expires_at}.{nonce}.{}",
+                URL_SAFE_NO_PAD.encode(format!("{arn}\n{user_id}"))
+            ),
+            None => format!("{account}.{expires_at}.{nonce}"),
+        };
         format!("{payload}.{}", self.mac(&payload))
     }
 
@@ -66,13 +86,18 @@ impl TokenKey {
         Ok(())
     }
 
-    /// Checks a password at time `now`; returns the account it was issued for.
-    pub fn verify(&self, token: &str, now: i64) -> Result<String, TokenError> {
+    /// Checks a password at time `now`; returns the account it was issued for and the
+    /// principal (`arn`, `aws:userid`) it stands for, if it names one.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Issued, TokenError> {
         let (payload, mac) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let mut parts = payload.split('.');
-        let (Some(account), Some(expiry), Some(_nonce), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(account), Some(expiry), Some(_nonce), principal, None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
             return Err(TokenError::Malformed);
         };
         if !bool::from(self.mac(payload).as_bytes().ct_eq(mac.as_bytes())) {
@@ -82,7 +107,22 @@ impl TokenKey {
         if now > expiry {
             return Err(TokenError::Expired);
         }
-        Ok(account.to_string())
+        let principal = match principal {
+            None => None,
+            Some(p) => {
+                let text = URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or(TokenError::Malformed)?;
+                let (arn, user_id) = text.split_once('\n').ok_or(TokenError::Malformed)?;
+                Some((arn.to_string(), user_id.to_string()))
+            }
+        };
+        Ok(Issued {
+            account: account.to_string(),
+            principal,
+        })
     }
 }
 
@@ -93,9 +133,19 @@ mod tests {
     #[test]
     fn issue_verify_expire_forge() {
         let k = TokenKey::new([7; 32]);
-        let t = k.issue("000000000000", 1000);
+        let t = k.issue("000000000000", 1000, None);
         assert!(!t.contains(':'));
-        assert_eq!(k.verify(&t, 999).unwrap(), "000000000000");
+        assert_eq!(k.verify(&t, 999).unwrap().account, "000000000000");
+        let u = k.issue(
+            "000000000000",
+            1000,
+            Some(("arn:aws:iam::000000000000:user/ci", "AIDAX")),
+        );
+        assert!(!u.contains(':'));
+        assert_eq!(
+            k.verify(&u, 999).unwrap().principal,
+            Some(("arn:aws:iam::000000000000:user/ci".into(), "AIDAX".into()))
+        );
         assert_eq!(k.verify(&t, 1001), Err(TokenError::Expired));
         let forged = t.replacen("1000", "9999", 1);
         assert_eq!(k.verify(&forged, 999), Err(TokenError::Forged));

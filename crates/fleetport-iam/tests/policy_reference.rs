@@ -16,7 +16,7 @@ fn wild(p: &[char], t: &[char], fold: bool) -> bool {
         (Some('?'), Some(_)) => wild(&p[1..], &t[1..], fold),
         (Some(a), Some(b)) => {
             let same = if fold {
-                a.to_ascii_lowercase() == b.to_ascii_lowercase()
+                a.eq_ignore_ascii_case(b)
             } else {
                 a == b
             };
@@ -47,7 +47,10 @@ fn arn_match(p: &str, a: &str) -> bool {
 fn list(v: &Value) -> Vec<String> {
     match v {
         Value::String(s) => vec![s.clone()],
-        Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect(),
         _ => vec![],
     }
 }
@@ -59,12 +62,16 @@ fn reference(doc: &Value, action: &str, resource: &str) -> Decision {
         let action_hit = if let Some(a) = st.get("Action") {
             list(a).iter().any(|p| wild_str(p, action, true))
         } else {
-            !list(&st["NotAction"]).iter().any(|p| wild_str(p, action, true))
+            !list(&st["NotAction"])
+                .iter()
+                .any(|p| wild_str(p, action, true))
         };
         let resource_hit = if let Some(r) = st.get("Resource") {
             list(r).iter().any(|p| arn_match(p, resource))
         } else {
-            !list(&st["NotResource"]).iter().any(|p| arn_match(p, resource))
+            !list(&st["NotResource"])
+                .iter()
+                .any(|p| arn_match(p, resource))
         };
         if action_hit && resource_hit {
             if st["Effect"] == "Deny" {
@@ -119,7 +126,11 @@ fn statement() -> impl Strategy<Value = Value> {
         .prop_map(|(deny, not_action, not_resource, actions, resources)| {
             let mut st = json!({"Effect": if deny { "Deny" } else { "Allow" }});
             st[if not_action { "NotAction" } else { "Action" }] = json!(actions);
-            st[if not_resource { "NotResource" } else { "Resource" }] = json!(resources);
+            st[if not_resource {
+                "NotResource"
+            } else {
+                "Resource"
+            }] = json!(resources);
             st
         })
 }

@@ -159,6 +159,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("loading IAM: {e}"))?;
     gateway.verifier().set_source(Arc::new(iam.clone()));
     gateway.set_authorizer(Arc::new(iam.clone()));
+    ecr.set_authorizer(Arc::new(iam.clone()));
     gateway.serve(Arc::new(iam.clone()));
     gateway.serve(Arc::new(fleetport_iam::Sts));
     let (acm, elb) = links::load_balancing(
