@@ -363,3 +363,141 @@ def test_registry_authorises_each_push_and_pull_as_the_tokens_user(server):
     finally:
         for t in created:
             docker("rmi", "-f", t, check=False)
+
+
+def trust(*principals, condition=None):
+    st = {"Effect": "Allow", "Principal": {"AWS": list(principals)}, "Action": "sts:AssumeRole"}
+    if condition:
+        st["Condition"] = condition
+    return json.dumps({"Version": "2012-10-17", "Statement": [st]})
+
+
+def test_roles_assume_role_and_temporary_credentials(server):
+    iam = server.client("iam")
+    dev = user_with_key(iam, "dev")
+    ops = user_with_key(iam, "ops")
+    role = iam.create_role(RoleName="deployer", AssumeRolePolicyDocument=trust("arn:aws:iam::000000000000:user/dev"),
+                           Description="deploys")["Role"]
+    # (boto3 parses the URL-encoded trust document into a dict, so the shape check skips it.)
+    conformance.check("iam", "CreateRole", {"Role": {k: v for k, v in role.items() if k != "AssumeRolePolicyDocument"}})
+    assert role["Arn"] == "arn:aws:iam::000000000000:role/deployer" and role["RoleId"].startswith("AROA")
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Action"] == "sts:AssumeRole"
+    iam.attach_role_policy(RoleName="deployer", PolicyArn="arn:aws:iam::aws:policy/AmazonECS_FullAccess")
+
+    # The trust policy names dev: enough on its own, with no identity policy.
+    creds = server.client("sts", key=dev[0], secret=dev[1]).assume_role(
+        RoleArn=role["Arn"], RoleSessionName="s1")
+    conformance.check("sts", "AssumeRole", creds)
+    c = creds["Credentials"]
+    assert c["AccessKeyId"].startswith("ASIA") and c["SessionToken"]
+    assert creds["AssumedRoleUser"] == {"AssumedRoleId": role["RoleId"] + ":s1",
+                                        "Arn": "arn:aws:sts::000000000000:assumed-role/deployer/s1"}
+    session = dict(key=c["AccessKeyId"], secret=c["SecretAccessKey"])
+
+    def client(service, token=c["SessionToken"]):
+        import boto3
+        import botocore.config
+        return boto3.client(service, endpoint_url=server.endpoint, region_name="us-east-1",
+                            aws_access_key_id=session["key"], aws_secret_access_key=session["secret"],
+                            aws_session_token=token, config=botocore.config.Config(retries={"max_attempts": 1}))
+
+    who = client("sts").get_caller_identity()
+    assert who["Arn"] == "arn:aws:sts::000000000000:assumed-role/deployer/s1"
+    assert who["UserId"] == role["RoleId"] + ":s1"
+    # The role's policies apply to its sessions.
+    client("ecs").create_cluster(clusterName="deployed")
+    err, _ = error(client("ecr").create_repository, repositoryName="nope")
+    assert err["Message"].startswith(
+        "User: arn:aws:sts::000000000000:assumed-role/deployer/s1 is not authorized to perform: ecr:CreateRepository")
+    # Without the token, or with another, the key is not valid.
+    assert error(client("ecs", token=None).list_clusters)[0]["Code"] == "UnrecognizedClientException"
+    assert error(client("ecs", token="bogus").list_clusters)[0]["Code"] == "UnrecognizedClientException"
+    assert error(client("iam", token="bogus").list_users)[0]["Code"] == "InvalidClientTokenId"
+    # A session cannot ask for a session token.
+    err, status = error(client("sts").get_session_token)
+    assert (err["Code"], status) == ("AccessDenied", 403)
+
+    # Not named by the trust policy: denied.
+    sts_ops = server.client("sts", key=ops[0], secret=ops[1])
+    err, status = error(sts_ops.assume_role, RoleArn=role["Arn"], RoleSessionName="s2")
+    assert (err["Code"], status) == ("AccessDenied", 403)
+    assert err["Message"] == ("User: arn:aws:iam::000000000000:user/ops is not authorized to perform: "
+                              "sts:AssumeRole on resource: arn:aws:iam::000000000000:role/deployer")
+    # A trust policy naming only the account also needs the caller's own allow.
+    iam.update_assume_role_policy(RoleName="deployer", PolicyDocument=trust("arn:aws:iam::000000000000:root"))
+    assert error(sts_ops.assume_role, RoleArn=role["Arn"], RoleSessionName="s2")[0]["Code"] == "AccessDenied"
+    iam.put_user_policy(UserName="ops", PolicyName="assume", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role["Arn"]}]}))
+    sts_ops.assume_role(RoleArn=role["Arn"], RoleSessionName="s2")
+    # Durations: above the role's maximum, and chaining beyond an hour.
+    err, status = error(sts_ops.assume_role, RoleArn=role["Arn"], RoleSessionName="s3", DurationSeconds=7200)
+    assert (err["Code"], status, err["Message"]) == (
+        "ValidationError", 400, "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.")
+    iam.update_role(RoleName="deployer", MaxSessionDuration=14400)
+    assert sts_ops.assume_role(RoleArn=role["Arn"], RoleSessionName="s3", DurationSeconds=7200)["Credentials"]
+
+    # Root may assume a role that trusts its account; GetSessionToken gives a user a session.
+    assert server.client("sts").assume_role(RoleArn=role["Arn"], RoleSessionName="root-s")["Credentials"]
+    t = server.client("sts", key=ops[0], secret=ops[1]).get_session_token()["Credentials"]
+    assert t["AccessKeyId"].startswith("ASIA")
+    # Bad requests.
+    assert error(sts_ops.assume_role, RoleArn="arn:aws:iam::000000000000:role/ghost",
+                 RoleSessionName="s9")[0]["Code"] == "AccessDenied"
+    assert error(sts_ops.assume_role, RoleArn=role["Arn"], RoleSessionName="bad name")[0]["Code"] == "ValidationError"
+    assert error(iam.create_role, RoleName="r2", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"},
+                                                "Action": "sts:AssumeRole", "Resource": "*"}]}))[0]["Message"] == \
+        "Has prohibited field Resource"
+    err, _ = error(iam.create_role, RoleName="r2", AssumeRolePolicyDocument=trust("arn:aws:iam::000000000000:user/nobody"))
+    assert (err["Code"], err["Message"]) == (
+        "MalformedPolicyDocument", 'Invalid principal in policy: "AWS":"arn:aws:iam::000000000000:user/nobody"')
+    assert error(iam.create_role, RoleName="deployer", AssumeRolePolicyDocument=trust("000000000000"))[0]["Code"] \
+        == "EntityAlreadyExists"
+    assert error(iam.delete_role, RoleName="deployer")[0]["Code"] == "DeleteConflict"
+    assert [r["RoleName"] for r in iam.list_roles()["Roles"]] == ["deployer"]
+
+
+def test_temporary_credentials_expire(data_dir):
+    """Credentials valid for 15 minutes are refused once the clock has passed that: the server and
+    the CLI run 20 minutes ahead (libfaketime), signing as usual."""
+    import shutil
+    import subprocess
+
+    from conftest import AWS_CLI, Server
+    if not shutil.which("faketime"):
+        pytest.fail("install faketime (scripts/test-env does)")
+    s = Server(data_dir).start()
+    try:
+        iam = s.client("iam")
+        iam.create_role(RoleName="short", AssumeRolePolicyDocument=trust("000000000000"))
+        iam.attach_role_policy(RoleName="short", PolicyArn="arn:aws:iam::aws:policy/AdministratorAccess")
+        c = s.client("sts").assume_role(RoleArn="arn:aws:iam::000000000000:role/short", RoleSessionName="s1",
+                                        DurationSeconds=900)["Credentials"]
+    finally:
+        s.stop()
+
+    def cli(server, offset, *args):
+        env = dict(__import__("os").environ, AWS_ACCESS_KEY_ID=c["AccessKeyId"],
+                   AWS_SECRET_ACCESS_KEY=c["SecretAccessKey"], AWS_SESSION_TOKEN=c["SessionToken"],
+                   AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=server.endpoint, AWS_CONFIG_FILE="/dev/null",
+                   AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+        return subprocess.run(["faketime", "-f", offset, AWS_CLI, *args], capture_output=True, text=True,
+                              env=env, timeout=60)
+
+    now = Server(data_dir).start()
+    try:
+        r = cli(now, "+0s", "ecs", "list-clusters")
+        assert r.returncode == 0, r.stderr
+    finally:
+        now.stop()
+    lib = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+    later = Server(data_dir, env={"LD_PRELOAD": lib, "FAKETIME": "+20m"}).start()
+    try:
+        r = cli(later, "+20m", "ecs", "list-clusters")
+        assert r.returncode != 0 and "ExpiredTokenException" in r.stderr, r.stderr
+        assert "The security token included in the request is expired" in r.stderr
+        r = cli(later, "+20m", "iam", "list-users")
+        assert r.returncode != 0 and "ExpiredToken" in r.stderr, r.stderr
+    finally:
+        later.stop()

@@ -9,7 +9,7 @@ use axum::response::Response;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use fleetport_proto::auth::{Access, Principal, PrincipalKind, RequestFacts};
+use fleetport_proto::auth::{Access, Principal, RequestFacts};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde_json::{Value, json};
 
@@ -206,20 +206,12 @@ impl Ecr {
             return Err(Box::new(self.challenge("Not Authorized")));
         }
         match self.token_key.verify(password, now_secs()) {
-            Ok(issued) if issued.account == self.scope.account => Ok(match issued.principal {
-                None => Principal::root(&issued.account),
-                Some((arn, user_id)) => Principal {
-                    kind: match arn.rsplit_once(":user/") {
-                        Some((_, path_name)) => PrincipalKind::User {
-                            name: path_name.rsplit('/').next().unwrap_or_default().to_string(),
-                        },
-                        None => PrincipalKind::Root,
-                    },
-                    account_id: issued.account,
-                    arn,
-                    user_id,
-                },
-            }),
+            Ok(issued) if issued.account == self.scope.account => match issued.principal {
+                None => Ok(Principal::root(&issued.account)),
+                Some(text) => Principal::decode(&text)
+                    .filter(|p| p.account_id == issued.account)
+                    .ok_or_else(|| Box::new(self.challenge("the registry password is malformed"))),
+            },
             Ok(_) => Err(boxed(
                 StatusCode::FORBIDDEN,
                 "DENIED",
@@ -295,6 +287,7 @@ impl Ecr {
             region: self.scope.region.clone(),
             source_ip: None,
             secure_transport: false,
+            token_issued_at: None,
         };
         fleetport_proto::auth::check(self.authorizer.get(), principal, &accesses, &facts).map_err(
             |message| {

@@ -562,9 +562,10 @@ impl Ecr {
         principal: &fleetport_proto::auth::Principal,
     ) -> Result<Value, AwsError> {
         let expires = now_secs() + crate::token::VALIDITY_SECS;
-        let who =
-            (!principal.is_root()).then_some((principal.arn.as_str(), principal.user_id.as_str()));
-        let token = self.token_key.issue(&self.scope.account, expires, who);
+        let who = (!principal.is_root()).then(|| principal.encode());
+        let token = self
+            .token_key
+            .issue(&self.scope.account, expires, who.as_deref());
         Ok(json!({"authorizationData": [{
             "authorizationToken": STANDARD.encode(format!("AWS:{token}")),
             "expiresAt": expires as f64,

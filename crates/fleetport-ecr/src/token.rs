@@ -1,7 +1,7 @@
 //! Registry passwords as ECR issues them: `GetAuthorizationToken` returns base64(`AWS:<token>`),
 //! valid 12 hours. The token is self-describing and HMAC-signed
 //! (`<account>.<expiry>.<nonce>[.<principal>].<mac>`, no `:`), so the registry checks it without a
-//! store lookup. The principal (base64url of `arn` and `aws:userid`) is who asked for the token:
+//! store lookup. The principal (base64url of its encoded form) is who asked for the token:
 //! the registry authorises each request as that principal, as ECR does. Tokens without one
 //! (issued before principals existed) stand for the account's root.
 
@@ -20,8 +20,8 @@ pub struct TokenKey([u8; 32]);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
     pub account: String,
-    /// (`arn`, `aws:userid`) of who asked for it; None for the account's root.
-    pub principal: Option<(String, String)>,
+    /// Who asked for it ([`Principal::encode`]'s text); None for the account's root.
+    pub principal: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,13 +48,13 @@ impl TokenKey {
     }
 
     /// A password for `account`, valid until `expires_at` (Unix seconds), standing for the
-    /// principal (`arn`, `aws:userid`) when one is given.
-    pub fn issue(&self, account: &str, expires_at: i64, principal: Option<(&str, &str)>) -> String {
+    /// principal (its [`Principal::encode`] text) when one is given.
+    pub fn issue(&self, account: &str, expires_at: i64, principal: Option<&str>) -> String {
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let payload = match principal {
-            Some((arn, user_id)) => format!(
+            Some(p) => format!(
                 "{account}.{expires_at}.{nonce}.{}",
-                URL_SAFE_NO_PAD.encode(format!("{arn}\n{user_id}"))
+                URL_SAFE_NO_PAD.encode(p)
             ),
             None => format!("{account}.{expires_at}.{nonce}"),
         };
@@ -109,15 +109,13 @@ impl TokenKey {
         }
         let principal = match principal {
             None => None,
-            Some(p) => {
-                let text = URL_SAFE_NO_PAD
+            Some(p) => Some(
+                URL_SAFE_NO_PAD
                     .decode(p)
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or(TokenError::Malformed)?;
-                let (arn, user_id) = text.split_once('\n').ok_or(TokenError::Malformed)?;
-                Some((arn.to_string(), user_id.to_string()))
-            }
+                    .ok_or(TokenError::Malformed)?,
+            ),
         };
         Ok(Issued {
             account: account.to_string(),
@@ -136,15 +134,11 @@ mod tests {
         let t = k.issue("000000000000", 1000, None);
         assert!(!t.contains(':'));
         assert_eq!(k.verify(&t, 999).unwrap().account, "000000000000");
-        let u = k.issue(
-            "000000000000",
-            1000,
-            Some(("arn:aws:iam::000000000000:user/ci", "AIDAX")),
-        );
+        let u = k.issue("000000000000", 1000, Some("who:ever\nx"));
         assert!(!u.contains(':'));
         assert_eq!(
-            k.verify(&u, 999).unwrap().principal,
-            Some(("arn:aws:iam::000000000000:user/ci".into(), "AIDAX".into()))
+            k.verify(&u, 999).unwrap().principal.as_deref(),
+            Some("who:ever\nx")
         );
         assert_eq!(k.verify(&t, 1001), Err(TokenError::Expired));
         let forged = t.replacen("1000", "9999", 1);

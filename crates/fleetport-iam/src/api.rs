@@ -28,15 +28,15 @@ const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-fn encode_document(doc: &str) -> String {
+pub(crate) fn encode_document(doc: &str) -> String {
     utf8_percent_encode(doc, ENCODE).to_string()
 }
 
-fn now() -> f64 {
+pub(crate) fn now() -> f64 {
     fleetport_proto::clock::epoch_seconds()
 }
 
-fn err(code: &str, status: StatusCode, message: impl Into<String>) -> AwsError {
+pub(crate) fn err(code: &str, status: StatusCode, message: impl Into<String>) -> AwsError {
     AwsError::with_status(code, message, status)
 }
 
@@ -48,7 +48,7 @@ fn no_such_user(name: &str) -> AwsError {
     )
 }
 
-fn no_such_policy(arn: &str) -> AwsError {
+pub(crate) fn no_such_policy(arn: &str) -> AwsError {
     err(
         "NoSuchEntity",
         StatusCode::NOT_FOUND,
@@ -56,19 +56,19 @@ fn no_such_policy(arn: &str) -> AwsError {
     )
 }
 
-fn conflict(message: impl Into<String>) -> AwsError {
+pub(crate) fn conflict(message: impl Into<String>) -> AwsError {
     err("DeleteConflict", StatusCode::CONFLICT, message)
 }
 
-fn limit(message: impl Into<String>) -> AwsError {
+pub(crate) fn limit(message: impl Into<String>) -> AwsError {
     err("LimitExceeded", StatusCode::CONFLICT, message)
 }
 
-fn invalid(message: impl Into<String>) -> AwsError {
+pub(crate) fn invalid(message: impl Into<String>) -> AwsError {
     AwsError::client("InvalidInput", message)
 }
 
-fn malformed(e: policy::Malformed) -> AwsError {
+pub(crate) fn malformed(e: policy::Malformed) -> AwsError {
     AwsError::client("MalformedPolicyDocument", e.0)
 }
 
@@ -90,6 +90,9 @@ pub(crate) fn resource(ctx: &RequestContext, operation: &str, input: &Value) -> 
             input::string(input, "PolicyName").unwrap_or_default()
         );
     }
+    if let Some(name) = input::string(input, "RoleName") {
+        return format!("arn:aws:iam::{account}:role/{name}");
+    }
     match input::string(input, "UserName") {
         Some(name) => format!("arn:aws:iam::{account}:user/{name}"),
         None if operation.contains("User") || operation.contains("AccessKey") => {
@@ -104,11 +107,15 @@ fn user_key(account: &str, name: &str) -> String {
     format!("{account}/{}", name.to_lowercase())
 }
 
+pub(crate) fn user_key_of(account: &str, name: &str) -> String {
+    user_key(account, name)
+}
+
 fn policy_key(account: &str, name: &str) -> String {
     format!("{account}/{}", name.to_lowercase())
 }
 
-fn check_path(path: &str) -> Result<(), AwsError> {
+pub(crate) fn check_path(path: &str) -> Result<(), AwsError> {
     let ok = path == "/"
         || (path.starts_with('/')
             && path.ends_with('/')
@@ -127,7 +134,7 @@ fn check_path(path: &str) -> Result<(), AwsError> {
 }
 
 /// A policy ARN's account and name, or the InvalidInput IAM gives.
-fn parse_policy_arn(arn: &str) -> Result<(String, String), AwsError> {
+pub(crate) fn parse_policy_arn(arn: &str) -> Result<(String, String), AwsError> {
     let bad = || invalid(format!("ARN {arn} is not valid."));
     let rest = arn.strip_prefix("arn:aws:iam::").ok_or_else(bad)?;
     let (account, resource) = rest.split_once(':').ok_or_else(bad)?;
@@ -216,6 +223,10 @@ fn subject(ctx: &RequestContext, input: &Value) -> Result<Option<String>, AwsErr
     match &ctx.principal.kind {
         fleetport_proto::auth::PrincipalKind::User { name } => Ok(Some(name.clone())),
         fleetport_proto::auth::PrincipalKind::Root => Ok(None),
+        fleetport_proto::auth::PrincipalKind::AssumedRole { .. } => Err(AwsError::client(
+            "ValidationError",
+            "Must specify userName when calling with non-User credentials",
+        )),
     }
 }
 
@@ -227,7 +238,7 @@ impl From<fleetport_store::StoreError> for Failed {
     }
 }
 
-async fn write<T: Send + 'static>(
+pub(crate) async fn write<T: Send + 'static>(
     iam: &Iam,
     f: impl FnOnce(&mut dyn WriteTxn) -> Result<T, AwsError> + Send + 'static,
 ) -> Result<T, AwsError> {
@@ -238,11 +249,14 @@ async fn write<T: Send + 'static>(
     .map_err(|Failed(e)| e)
 }
 
-fn read<T>(iam: &Iam, f: impl FnOnce(&dyn ReadTxn) -> Result<T, AwsError>) -> Result<T, AwsError> {
+pub(crate) fn read<T>(
+    iam: &Iam,
+    f: impl FnOnce(&dyn ReadTxn) -> Result<T, AwsError>,
+) -> Result<T, AwsError> {
     fleetport_store::read(&*iam.inner.store, |txn| f(txn).map_err(Failed)).map_err(|Failed(e)| e)
 }
 
-fn put<T: serde::Serialize>(
+pub(crate) fn put<T: serde::Serialize>(
     txn: &mut dyn WriteTxn,
     collection: &str,
     key: &str,
@@ -252,7 +266,7 @@ fn put<T: serde::Serialize>(
 }
 
 /// `Marker`/`MaxItems` paging over items already in order; the marker is the index.
-fn page(items: Vec<Value>, input: &Value, member: &str) -> Result<Value, AwsError> {
+pub(crate) fn page(items: Vec<Value>, input: &Value, member: &str) -> Result<Value, AwsError> {
     let max = input
         .get("MaxItems")
         .and_then(Value::as_i64)
@@ -274,15 +288,20 @@ fn page(items: Vec<Value>, input: &Value, member: &str) -> Result<Value, AwsErro
     Ok(out)
 }
 
-fn validate_document(doc: &str) -> Result<(), AwsError> {
+pub(crate) fn validate_document(doc: &str) -> Result<(), AwsError> {
     policy::parse(doc, Kind::Identity).map_err(malformed)?;
     Ok(())
 }
 
 /// IAM's name pattern (`[\w+=,.@-]+`), which the model states and the gateway's generic
 /// validation does not check.
-fn check_names(input: &Value) -> Result<(), AwsError> {
-    for (member, field) in [("UserName", "userName"), ("PolicyName", "policyName")] {
+pub(crate) fn check_names(input: &Value) -> Result<(), AwsError> {
+    for (member, field) in [
+        ("UserName", "userName"),
+        ("PolicyName", "policyName"),
+        ("RoleName", "roleName"),
+        ("RoleSessionName", "roleSessionName"),
+    ] {
         if let Some(v) = input::string(input, member)
             && !v
                 .chars()
@@ -887,14 +906,15 @@ pub(crate) async fn dispatch(
             .await?;
             Ok(json!({}))
         }
-        _ => Err(AwsError::client(
-            "InvalidAction",
-            format!("The action {operation} is not valid for this web service."),
-        )),
+        _ => crate::roles::dispatch(iam, ctx, operation, input).await,
     }
 }
 
-fn customer_policy(txn: &dyn ReadTxn, account: &str, arn: &str) -> Result<PolicyRecord, AwsError> {
+pub(crate) fn customer_policy(
+    txn: &dyn ReadTxn,
+    account: &str,
+    arn: &str,
+) -> Result<PolicyRecord, AwsError> {
     let (arn_account, name) = parse_policy_arn(arn)?;
     if arn_account != account {
         return Err(no_such_policy(arn));

@@ -13,6 +13,7 @@ mod api;
 pub mod ids;
 pub mod managed;
 pub mod policy;
+mod roles;
 mod sts;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +35,66 @@ pub use sts::Sts;
 pub(crate) const USERS: &str = "iam.user";
 pub(crate) const KEYS: &str = "iam.access-key";
 pub(crate) const POLICIES: &str = "iam.policy";
+pub(crate) const ROLES: &str = "iam.role";
+pub(crate) const SESSIONS: &str = "iam.session";
+
+/// A role (`iam.role`, key `account/lowercased name`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RoleRecord {
+    pub account: String,
+    pub name: String,
+    pub path: String,
+    pub id: String,
+    pub arn: String,
+    pub created: f64,
+    /// The trust policy document.
+    pub trust: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub max_session_duration: i64,
+    #[serde(default)]
+    pub tags: Vec<Value>,
+    #[serde(default)]
+    pub attached: Vec<String>,
+    #[serde(default)]
+    pub inline: BTreeMap<String, String>,
+}
+
+/// Who temporary credentials stand for, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub(crate) enum StoredPrincipal {
+    Root,
+    User {
+        name: String,
+    },
+    AssumedRole {
+        role_arn: String,
+        role_name: String,
+        session: String,
+    },
+}
+
+/// Temporary credentials from STS (`iam.session`, key: the `ASIA…` key ID). The secret is
+/// sealed; of the token only its SHA-256 is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SessionRecord {
+    pub id: String,
+    pub account: String,
+    pub arn: String,
+    pub user_id: String,
+    pub principal: StoredPrincipal,
+    pub secret: String,
+    pub token_sha256: String,
+    pub issued: i64,
+    pub expires: i64,
+}
+
+/// How long expired sessions stay known, so that their use is answered "expired", not
+/// "invalid".
+pub(crate) const EXPIRED_KEPT_SECS: i64 = 3600;
 
 /// An IAM user as stored (`iam.user`, key `account/lowercased name`: names are unique
 /// case-insensitively).
@@ -182,6 +243,16 @@ impl Iam {
                 .into_iter()
                 .map(|(_, p)| (p.arn.clone(), p))
                 .collect();
+            let roles: Vec<RoleRecord> = txn
+                .scan_json::<RoleRecord>(ROLES, "", None, usize::MAX)?
+                .into_iter()
+                .map(|(_, r)| r)
+                .collect();
+            let sessions: Vec<SessionRecord> = txn
+                .scan_json::<SessionRecord>(SESSIONS, "", None, usize::MAX)?
+                .into_iter()
+                .map(|(_, s)| s)
+                .collect();
             let keys: Vec<KeyRecord> = txn
                 .scan_json::<KeyRecord>(KEYS, "", None, usize::MAX)?
                 .into_iter()
@@ -189,10 +260,9 @@ impl Iam {
                 .collect();
             let mut snap = Snapshot::default();
             let mut principals: HashMap<(String, String), Principal> = HashMap::new();
-            for u in &users {
-                let principal = user_principal(u);
+            let compile = |attached: &[String], inline: &BTreeMap<String, String>| {
                 let mut compiled = Vec::new();
-                for arn in &u.attached {
+                for arn in attached {
                     let doc = match managed::find(arn) {
                         Some(m) => Some(m.document.to_string()),
                         None => customer
@@ -205,14 +275,65 @@ impl Iam {
                         compiled.push(p);
                     }
                 }
-                for doc in u.inline.values() {
+                for doc in inline.values() {
                     if let Ok(p) = policy::parse(doc, policy::Kind::Identity) {
                         compiled.push(p);
                     }
                 }
+                Arc::new(compiled)
+            };
+            for u in &users {
+                let principal = user_principal(u);
                 snap.policies
-                    .insert(principal.arn.clone(), Arc::new(compiled));
+                    .insert(principal.arn.clone(), compile(&u.attached, &u.inline));
                 principals.insert((u.account.clone(), u.name.clone()), principal);
+            }
+            for r in &roles {
+                snap.policies
+                    .insert(r.arn.clone(), compile(&r.attached, &r.inline));
+            }
+            let now = fleetport_proto::clock::unix_secs();
+            for s in sessions
+                .iter()
+                .filter(|s| s.expires + EXPIRED_KEPT_SECS > now)
+            {
+                let kind = match &s.principal {
+                    StoredPrincipal::Root => PrincipalKind::Root,
+                    StoredPrincipal::User { name } => PrincipalKind::User { name: name.clone() },
+                    StoredPrincipal::AssumedRole {
+                        role_arn,
+                        role_name,
+                        session,
+                    } => PrincipalKind::AssumedRole {
+                        role_arn: role_arn.clone(),
+                        role_name: role_name.clone(),
+                        session: session.clone(),
+                    },
+                };
+                let secret = match sealer.open(&s.id, &s.secret) {
+                    Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+                    Err(e) => {
+                        tracing::warn!(key = %s.id, error = %e, "cannot unseal a session's secret");
+                        continue;
+                    }
+                };
+                snap.keys.insert(
+                    s.id.clone(),
+                    ResolvedKey {
+                        secret,
+                        principal: Principal {
+                            account_id: s.account.clone(),
+                            arn: s.arn.clone(),
+                            user_id: s.user_id.clone(),
+                            kind,
+                        },
+                        session: Some(fleetport_proto::auth::Session {
+                            token_sha256: s.token_sha256.clone(),
+                            expires_at: s.expires,
+                            issued_at: s.issued,
+                        }),
+                    },
+                );
             }
             for k in keys.iter().filter(|k| k.status == "Active") {
                 // A key made for no user (CreateAccessKey signed by root) is a root key.
@@ -231,13 +352,27 @@ impl Iam {
                         continue;
                     }
                 };
-                snap.keys
-                    .insert(k.id.clone(), ResolvedKey { secret, principal });
+                snap.keys.insert(
+                    k.id.clone(),
+                    ResolvedKey {
+                        secret,
+                        principal,
+                        session: None,
+                    },
+                );
             }
             Ok::<_, StoreError>(snap)
         })?;
         *self.inner.snapshot.write() = Arc::new(snapshot);
         Ok(())
+    }
+
+    /// Whether a key is temporary (issued by STS).
+    pub(crate) fn resolve_session(&self, access_key: &str) -> bool {
+        self.snapshot()
+            .keys
+            .get(access_key)
+            .is_some_and(|k| k.session.is_some())
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
@@ -267,7 +402,12 @@ impl Authorizer for Iam {
         if principal.is_root() {
             return Decision::Allow;
         }
-        let Some(policies) = self.snapshot().policies.get(&principal.arn).cloned() else {
+        // A role's sessions have the role's policies.
+        let holder = match &principal.kind {
+            PrincipalKind::AssumedRole { role_arn, .. } => role_arn,
+            _ => &principal.arn,
+        };
+        let Some(policies) = self.snapshot().policies.get(holder).cloned() else {
             return Decision::ImplicitDeny;
         };
         policy::evaluate(
@@ -309,6 +449,19 @@ const IMPLEMENTED: &[&str] = &[
     "GetUserPolicy",
     "ListUserPolicies",
     "DeleteUserPolicy",
+    "CreateRole",
+    "GetRole",
+    "ListRoles",
+    "DeleteRole",
+    "UpdateAssumeRolePolicy",
+    "UpdateRole",
+    "AttachRolePolicy",
+    "DetachRolePolicy",
+    "ListAttachedRolePolicies",
+    "PutRolePolicy",
+    "GetRolePolicy",
+    "ListRolePolicies",
+    "DeleteRolePolicy",
 ];
 
 impl Service for Iam {

@@ -59,10 +59,76 @@ pub enum SetOperator {
     AllValues,
 }
 
+/// Who a resource policy's statement is about (`Principal` / `NotPrincipal`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Principals {
+    pub negated: bool,
+    /// `"*"` or `{"AWS": "*"}`.
+    pub anyone: bool,
+    /// Account IDs, `arn:aws:iam::A:root`, user, role and assumed-role session ARNs.
+    pub aws: Vec<String>,
+    /// Service principals (`ecs-tasks.amazonaws.com`).
+    pub service: Vec<String>,
+}
+
+/// How a principal entry matched the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Named {
+    /// Through its account (`123456789012`, `…:root`) or `*`.
+    Account,
+    /// By its own ARN (user, role or session).
+    Directly,
+}
+
+impl Principals {
+    /// Whether the statement is about `caller`, and how specifically.
+    pub fn matches(&self, caller: &Principal) -> Option<Named> {
+        let hit = if self.anyone {
+            Some(Named::Account)
+        } else {
+            self.aws
+                .iter()
+                .filter_map(|p| aws_principal_matches(p, caller))
+                .max()
+        };
+        match (hit, self.negated) {
+            (Some(n), false) => Some(n),
+            (None, true) => Some(Named::Account),
+            _ => None,
+        }
+    }
+
+    /// Whether the statement names the AWS service (`ecs-tasks.amazonaws.com`).
+    pub fn names_service(&self, service: &str) -> bool {
+        (self.anyone || self.service.iter().any(|s| s == service)) != self.negated
+    }
+}
+
+fn aws_principal_matches(p: &str, caller: &Principal) -> Option<Named> {
+    if p == "*" {
+        return Some(Named::Account);
+    }
+    let account = &caller.account_id;
+    if p == account || *p == format!("arn:aws:iam::{account}:root") {
+        return Some(Named::Account);
+    }
+    if *p == caller.arn {
+        return Some(Named::Directly);
+    }
+    if let PrincipalKind::AssumedRole { role_arn, .. } = &caller.kind
+        && p == role_arn
+    {
+        return Some(Named::Directly);
+    }
+    None
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
     pub sid: Option<String>,
     pub effect: Effect,
+    /// Resource policies only.
+    pub principals: Option<Principals>,
     pub actions: Patterns,
     /// None in a resource policy that leaves it out (the resource is implied).
     pub resources: Option<Patterns>,
@@ -133,9 +199,10 @@ fn condition_values(v: &Value) -> Option<Vec<String>> {
 pub enum Kind {
     /// Managed and inline policies of users, groups and roles.
     Identity,
-    /// Resource policies (ECR repository policies, trust policies): principals, optional
-    /// resource.
+    /// Resource policies (ECR repository policies): principals, optional resource.
     Resource,
+    /// A role's trust policy: principals, and no resource.
+    Trust,
 }
 
 /// Parses and validates a policy document as IAM does.
@@ -209,11 +276,20 @@ pub fn parse(text: &str, kind: Kind) -> Result<Policy, Malformed> {
         if kind == Kind::Identity && has_principal {
             return Err(malformed("Policy document should not specify a principal."));
         }
-        if kind == Kind::Resource && !has_principal {
+        if kind == Kind::Trust && (st.contains_key("Resource") || st.contains_key("NotResource")) {
+            return Err(malformed("Has prohibited field Resource"));
+        }
+        if kind != Kind::Identity && !has_principal {
             return Err(malformed(
                 "Invalid principal in policy: The passed in policy has a statement with no principals!",
             ));
         }
+        let principals = match (st.get("Principal"), st.get("NotPrincipal")) {
+            (Some(p), None) => Some(parse_principals(p, false)?),
+            (None, Some(p)) => Some(parse_principals(p, true)?),
+            (None, None) => None,
+            _ => return Err(malformed("Syntax errors in policy.")),
+        };
         let actions = match (st.get("Action"), st.get("NotAction")) {
             (Some(a), None) => Patterns {
                 negated: false,
@@ -245,7 +321,7 @@ pub fn parse(text: &str, kind: Kind) -> Result<Policy, Malformed> {
                 negated: true,
                 values: strings(r).ok_or_else(|| malformed("Syntax errors in policy."))?,
             }),
-            (None, None) if kind == Kind::Resource => None,
+            (None, None) if kind != Kind::Identity => None,
             (None, None) => return Err(malformed("Policy statement must contain resources.")),
             _ => return Err(malformed("Syntax errors in policy.")),
         };
@@ -257,6 +333,7 @@ pub fn parse(text: &str, kind: Kind) -> Result<Policy, Malformed> {
         statements.push(Statement {
             sid,
             effect,
+            principals,
             actions,
             resources,
             conditions,
@@ -266,6 +343,35 @@ pub fn parse(text: &str, kind: Kind) -> Result<Policy, Malformed> {
         version,
         statements,
     })
+}
+
+fn parse_principals(v: &Value, negated: bool) -> Result<Principals, Malformed> {
+    let mut out = Principals {
+        negated,
+        ..Principals::default()
+    };
+    match v {
+        Value::String(s) if s == "*" => out.anyone = true,
+        Value::Object(m) => {
+            for (kind, values) in m {
+                let values =
+                    strings(values).ok_or_else(|| malformed("Syntax errors in policy."))?;
+                match kind.as_str() {
+                    "AWS" => {
+                        if values.iter().any(|v| v == "*") {
+                            out.anyone = true;
+                        }
+                        out.aws.extend(values);
+                    }
+                    "Service" => out.service.extend(values),
+                    "Federated" | "CanonicalUser" => {}
+                    _ => return Err(malformed("Syntax errors in policy.")),
+                }
+            }
+        }
+        _ => return Err(malformed("Syntax errors in policy.")),
+    }
+    Ok(out)
 }
 
 fn parse_conditions(blocks: &serde_json::Map<String, Value>) -> Result<Vec<Condition>, Malformed> {
@@ -385,13 +491,19 @@ impl Request<'_> {
             "aws:userid" => one(p.user_id.clone()),
             "aws:username" => match &p.kind {
                 PrincipalKind::User { name } => one(name.clone()),
-                PrincipalKind::Root => None,
+                _ => None,
             },
             "aws:principaltype" => one(match p.kind {
                 PrincipalKind::Root => "Account",
                 PrincipalKind::User { .. } => "User",
+                PrincipalKind::AssumedRole { .. } => "AssumedRole",
             }
             .to_string()),
+            "aws:tokenissuetime" => self.facts.token_issued_at.and_then(|t| {
+                jiff::Timestamp::from_second(t)
+                    .ok()
+                    .map(|t| vec![t.to_string()])
+            }),
             "aws:currenttime" => jiff::Timestamp::from_second(self.now)
                 .ok()
                 .map(|t| vec![t.to_string()]),
@@ -617,6 +729,37 @@ fn applies(st: &Statement, policy: &Policy, req: &Request<'_>) -> bool {
         .all(|c| condition_holds(c, policy, req).unwrap_or(false))
 }
 
+/// A resource policy's (trust policy's) verdict on the caller: the strongest way an applicable
+/// statement names them, and whether one denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceVerdict {
+    Deny,
+    Allow(Named),
+    Silent,
+}
+
+/// Evaluates a resource policy (statements with principals) for the caller.
+pub fn evaluate_resource(policy: &Policy, req: &Request<'_>) -> ResourceVerdict {
+    let mut best: Option<Named> = None;
+    for st in &policy.statements {
+        let Some(named) = st
+            .principals
+            .as_ref()
+            .and_then(|p| p.matches(req.principal))
+        else {
+            continue;
+        };
+        if !applies(st, policy, req) {
+            continue;
+        }
+        match st.effect {
+            Effect::Deny => return ResourceVerdict::Deny,
+            Effect::Allow => best = best.max(Some(named)),
+        }
+    }
+    best.map_or(ResourceVerdict::Silent, ResourceVerdict::Allow)
+}
+
 /// Evaluates identity policies for one request: an applicable Deny wins, else an applicable
 /// Allow allows, else the request is implicitly denied.
 pub fn evaluate<'p>(policies: impl IntoIterator<Item = &'p Policy>, req: &Request<'_>) -> Decision {
@@ -660,6 +803,7 @@ mod tests {
             region: "us-east-1".into(),
             source_ip: Some("127.0.0.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]))),
             secure_transport: false,
+            token_issued_at: None,
         };
         evaluate(
             [&p],

@@ -16,6 +16,12 @@ pub enum PrincipalKind {
     Root,
     /// An IAM user, by name.
     User { name: String },
+    /// A session of an assumed role: the role's policies apply.
+    AssumedRole {
+        role_arn: String,
+        role_name: String,
+        session: String,
+    },
 }
 
 /// The identity behind an access key.
@@ -42,6 +48,46 @@ impl Principal {
     pub fn is_root(&self) -> bool {
         self.kind == PrincipalKind::Root
     }
+
+    /// A line-based text form, for tokens that carry who they were issued to (the registry's).
+    pub fn encode(&self) -> String {
+        let kind = match &self.kind {
+            PrincipalKind::Root => "root".to_string(),
+            PrincipalKind::User { name } => format!("user\n{name}"),
+            PrincipalKind::AssumedRole {
+                role_arn,
+                role_name,
+                session,
+            } => format!("role\n{role_arn}\n{role_name}\n{session}"),
+        };
+        format!(
+            "{}\n{}\n{}\n{kind}",
+            self.account_id, self.arn, self.user_id
+        )
+    }
+
+    /// The inverse of [`Self::encode`]; None for anything else.
+    pub fn decode(text: &str) -> Option<Self> {
+        let f: Vec<&str> = text.split('\n').collect();
+        let kind = match f.get(3..)? {
+            ["root"] => PrincipalKind::Root,
+            ["user", name] => PrincipalKind::User {
+                name: (*name).to_string(),
+            },
+            ["role", role_arn, role_name, session] => PrincipalKind::AssumedRole {
+                role_arn: (*role_arn).to_string(),
+                role_name: (*role_name).to_string(),
+                session: (*session).to_string(),
+            },
+            _ => return None,
+        };
+        Some(Self {
+            account_id: f[0].to_string(),
+            arn: f[1].to_string(),
+            user_id: f[2].to_string(),
+            kind,
+        })
+    }
 }
 
 /// An access key's secret and the principal it stands for.
@@ -49,6 +95,27 @@ impl Principal {
 pub struct ResolvedKey {
     pub secret: String,
     pub principal: Principal,
+    /// Temporary credentials (STS): the token that must come with them, and their expiry.
+    pub session: Option<Session>,
+}
+
+/// What makes temporary credentials temporary.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// SHA-256 (hex) of the session token: the token itself is not kept.
+    pub token_sha256: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Unix seconds (`aws:TokenIssueTime`).
+    pub issued_at: i64,
+}
+
+impl Session {
+    pub fn token_matches(&self, token: &str) -> bool {
+        use sha2::Digest;
+        let sent = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+        subtle::ConstantTimeEq::ct_eq(sent.as_bytes(), self.token_sha256.as_bytes()).into()
+    }
 }
 
 /// Keys issued at run time (IAM access keys). Lookups are synchronous and cheap: they run on
@@ -76,6 +143,8 @@ pub struct RequestFacts {
     pub source_ip: Option<std::net::IpAddr>,
     /// `aws:SecureTransport`.
     pub secure_transport: bool,
+    /// `aws:TokenIssueTime` (temporary credentials only), Unix seconds.
+    pub token_issued_at: Option<i64>,
 }
 
 /// The outcome of evaluating a principal's policies for one access.
@@ -145,6 +214,26 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn principals_round_trip_through_text() {
+        for p in [
+            Principal::root("123456789012"),
+            Principal {
+                account_id: "1".into(),
+                arn: "arn:aws:sts::1:assumed-role/r/s".into(),
+                user_id: "AROAX:s".into(),
+                kind: PrincipalKind::AssumedRole {
+                    role_arn: "arn:aws:iam::1:role/path/r".into(),
+                    role_name: "r".into(),
+                    session: "s".into(),
+                },
+            },
+        ] {
+            assert_eq!(Principal::decode(&p.encode()), Some(p));
+        }
+        assert_eq!(Principal::decode("a\nb\nc\nuser"), None);
+    }
 
     #[test]
     fn denial_texts_are_aws_s() {

@@ -398,6 +398,7 @@ impl Gateway {
             region: scope_region.to_string(),
             source_ip: None,
             secure_transport: false,
+            token_issued_at: None,
         };
         auth::check(self.authorizer.as_ref(), &ctx.principal, &accesses, &facts).map_err(
             |message| match protocol {
@@ -577,7 +578,14 @@ fn sig_error(e: SigError, protocol: Protocol) -> AwsError {
     const MISMATCH: &str = "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.";
     const BAD_TOKEN: &str = "The security token included in the request is invalid.";
     let forbidden = StatusCode::FORBIDDEN;
+    const EXPIRED: &str = "The security token included in the request is expired";
     match (protocol, e) {
+        (Protocol::Json, SigError::ExpiredToken) => {
+            AwsError::client("ExpiredTokenException", EXPIRED)
+        }
+        (Protocol::Query, SigError::ExpiredToken) => {
+            AwsError::with_status("ExpiredToken", EXPIRED, forbidden)
+        }
         (Protocol::Json, SigError::Missing) => AwsError::client(
             "MissingAuthenticationTokenException",
             "Missing Authentication Token",

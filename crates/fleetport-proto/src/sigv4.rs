@@ -46,6 +46,9 @@ pub enum SigError {
     /// it): the signature would not bind the body.
     #[error("payload not signed: {0}")]
     UnsignedPayload(String),
+    /// Temporary credentials past their expiry.
+    #[error("the security token expired")]
+    ExpiredToken,
 }
 
 /// Whether a request may leave its body out of the signature.
@@ -170,6 +173,45 @@ impl Verifier {
         Some(std::borrow::Cow::Owned(resolved.secret))
     }
 
+    /// Temporary credentials: the request must carry the session's token (header or, presigned,
+    /// query parameter), and the session must not have expired.
+    fn check_session(
+        &self,
+        req: &SignedRequest<'_>,
+        access_key: &str,
+        now: i64,
+    ) -> Result<(), SigError> {
+        if self.credentials.secret(access_key).is_some() {
+            return Ok(());
+        }
+        let Some(resolved) = self.source.get().and_then(|s| s.resolve(access_key)) else {
+            return Err(SigError::UnknownAccessKey);
+        };
+        let Some(session) = &resolved.session else {
+            return Ok(());
+        };
+        let sent = req
+            .headers
+            .get("x-amz-security-token")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+            .or_else(|| {
+                form_urlencoded::parse(req.query.as_bytes())
+                    .find(|(k, _)| k == "X-Amz-Security-Token")
+                    .map(|(_, v)| v.into_owned())
+            });
+        let Some(sent) = sent else {
+            return Err(SigError::UnknownAccessKey);
+        };
+        if !session.token_matches(&sent) {
+            return Err(SigError::UnknownAccessKey);
+        }
+        if now >= session.expires_at {
+            return Err(SigError::ExpiredToken);
+        }
+        Ok(())
+    }
+
     /// Who a key stands for: `None` for a static key (the root of the configured account),
     /// the run-time key's principal otherwise.
     pub fn principal_of(&self, access_key: &str) -> Option<crate::auth::Principal> {
@@ -189,6 +231,7 @@ impl Verifier {
         rule: PayloadRule,
     ) -> Result<SignatureFields, SigError> {
         let fields = self.precheck(req)?;
+        self.check_session(req, &fields.access_key, now)?;
         check_time(&fields, now, max_skew)?;
         check_signed_headers(req.headers, &fields.signed_headers)?;
         let secret = self

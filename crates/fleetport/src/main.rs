@@ -161,7 +161,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gateway.set_authorizer(Arc::new(iam.clone()));
     ecr.set_authorizer(Arc::new(iam.clone()));
     gateway.serve(Arc::new(iam.clone()));
-    gateway.serve(Arc::new(fleetport_iam::Sts));
+    gateway.serve(Arc::new(fleetport_iam::Sts(iam.clone())));
     let (acm, elb) = links::load_balancing(
         store.clone(),
         &config.region,
