@@ -501,3 +501,80 @@ def test_temporary_credentials_expire(data_dir):
         assert r.returncode != 0 and "ExpiredToken" in r.stderr, r.stderr
     finally:
         later.stop()
+
+
+def test_repository_policies_grant_and_deny_within_the_account(server):
+    """A repository policy that names a user lets that user pull with no identity policy of
+    its own (beyond the registry login); a Deny in it beats an identity policy's allow."""
+    import subprocess
+    import tempfile
+    import uuid
+
+    from test_registry import build_image, docker
+
+    iam = server.client("iam")
+    ecr = server.client("ecr")
+    for name in ("shared", "private"):
+        ecr.create_repository(repositoryName=name)
+    puller = user_with_key(iam, "puller")
+    iam.put_user_policy(UserName="puller", PolicyName="login", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"}]}))
+    pusher = user_with_key(iam, "pusher", "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryPowerUser")
+    ecr.set_repository_policy(repositoryName="shared", policyText=json.dumps({
+        "Version": "2008-10-17",
+        "Statement": [
+            {"Sid": "pull", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::000000000000:user/puller"},
+             "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability",
+                        "ecr:ListImages"]},
+            {"Sid": "no-push", "Effect": "Deny", "Principal": {"AWS": "arn:aws:iam::000000000000:user/pusher"},
+             "Action": "ecr:PutImage"}]}))
+
+    host = f"localhost:{server.port}"
+    created = []
+    shared = f"{host}/shared:{uuid.uuid4().hex[:8]}"
+    private = f"{host}/private:{uuid.uuid4().hex[:8]}"
+    build_image(shared, uuid.uuid4().hex, created)
+    docker("tag", shared, private)
+    created.append(private)
+
+    def login_as(key):
+        d = tempfile.mkdtemp(prefix="fleetport-docker-")
+        env = dict(__import__("os").environ, DOCKER_CONFIG=d)
+        password = server.cli("ecr", "get-login-password", key=key[0], secret=key[1]).stdout.strip()
+        r = subprocess.run(["docker", "login", "--username", "AWS", "--password-stdin", host], input=password,
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return env
+
+    try:
+        root_env = tempfile.mkdtemp(prefix="fleetport-docker-")
+        env = dict(__import__("os").environ, DOCKER_CONFIG=root_env)
+        password = server.cli("ecr", "get-login-password").stdout.strip()
+        subprocess.run(["docker", "login", "--username", "AWS", "--password-stdin", host], input=password,
+                       capture_output=True, text=True, env=env, timeout=60, check=True)
+        docker("push", shared, env=env)
+        docker("push", private, env=env)
+        docker("rmi", "-f", shared, private, check=False)
+
+        puller_env = login_as(puller)
+        docker("pull", shared, env=puller_env)
+        r = docker("pull", private, env=puller_env, check=False)
+        assert r.returncode != 0 and "ecr:BatchGetImage" in r.stderr + r.stdout
+        # The API answers the same way.
+        p = server.client("ecr", key=puller[0], secret=puller[1])
+        assert p.list_images(repositoryName="shared")["imageIds"]
+        assert error(p.list_images, repositoryName="private")[0]["Code"] == "AccessDeniedException"
+
+        # PowerUser may push anywhere, except where the repository policy denies it.
+        push = server.client("ecr", key=pusher[0], secret=pusher[1])
+        manifest = push.batch_get_image(repositoryName="private", imageIds=[{"imageTag": private.rsplit(":", 1)[1]}])
+        body = manifest["images"][0]["imageManifest"]
+        push.put_image(repositoryName="private", imageManifest=body, imageTag="copied")
+        err, _ = error(push.put_image, repositoryName="shared", imageManifest=body, imageTag="copied")
+        assert err["Message"] == (
+            "User: arn:aws:iam::000000000000:user/pusher is not authorized to perform: ecr:PutImage on resource: "
+            "arn:aws:ecr:us-east-1:000000000000:repository/shared with an explicit deny in a resource-based policy")
+    finally:
+        for t in created:
+            docker("rmi", "-f", t, check=False)

@@ -207,4 +207,8 @@ impl Service for Ecr {
         }
         vec!["*".to_string()]
     }
+
+    fn resource_policy(&self, resource: &str) -> Option<String> {
+        self.policy_of_arn(resource)
+    }
 }

@@ -1,6 +1,8 @@
 //! Repository policies: SetRepositoryPolicy, GetRepositoryPolicy, DeleteRepositoryPolicy.
-//! Stored and returned as ECR does (the JSON text as given, checked for shape and size);
-//! Fleetport does not evaluate IAM, so a policy does not restrict access.
+//! Stored and returned as ECR does (the JSON text as given, checked for shape and size), and
+//! handed to IAM's evaluation with every API or registry request on the repository
+//! ([`Ecr::policy_of_arn`]): within the account, a repository policy that allows a principal is
+//! enough, and one that denies wins.
 
 use fleetport_proto::AwsError;
 use fleetport_store::{Abort, ReadTxnExt, WriteTxnExt};
@@ -45,6 +47,20 @@ fn check_policy(text: &str) -> Result<(), AwsError> {
 }
 
 impl Ecr {
+    /// The policy of the repository an ARN of this registry names.
+    pub(crate) fn policy_of_arn(&self, arn: &str) -> Option<String> {
+        let name = arn.strip_prefix(&format!(
+            "arn:aws:ecr:{}:{}:repository/",
+            self.scope.region, self.scope.account
+        ))?;
+        fleetport_store::read(&*self.store, |t| t.get_json::<String>(POLICIES, name))
+            .map_err(|e: fleetport_store::StoreError| {
+                tracing::warn!(error = %e, "could not read a repository policy")
+            })
+            .ok()
+            .flatten()
+    }
+
     pub(crate) async fn set_repository_policy(&self, input: Value) -> Result<Value, AwsError> {
         let name = input::owned(&input, "repositoryName");
         let text = input::owned(&input, "policyText");

@@ -280,6 +280,7 @@ impl Ecr {
             .into_iter()
             .map(|(action, resource)| Access {
                 action: action.to_string(),
+                resource_policy: self.policy_of_arn(&resource),
                 resource,
             })
             .collect();

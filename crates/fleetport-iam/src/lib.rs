@@ -407,19 +407,35 @@ impl Authorizer for Iam {
             PrincipalKind::AssumedRole { role_arn, .. } => role_arn,
             _ => &principal.arn,
         };
-        let Some(policies) = self.snapshot().policies.get(holder).cloned() else {
-            return Decision::ImplicitDeny;
+        let policies = self
+            .snapshot()
+            .policies
+            .get(holder)
+            .cloned()
+            .unwrap_or_default();
+        let request = policy::Request {
+            principal,
+            action: &access.action,
+            resource: &access.resource,
+            facts,
+            now: fleetport_proto::clock::unix_secs(),
         };
-        policy::evaluate(
-            policies.iter(),
-            &policy::Request {
-                principal,
-                action: &access.action,
-                resource: &access.resource,
-                facts,
-                now: fleetport_proto::clock::unix_secs(),
-            },
-        )
+        let identity = policy::evaluate(policies.iter(), &request);
+        let resource = access
+            .resource_policy
+            .as_deref()
+            .and_then(|text| policy::parse(text, policy::Kind::Resource).ok())
+            .map_or(policy::ResourceVerdict::Silent, |p| {
+                policy::evaluate_resource(&p, &request)
+            });
+        // Within one account: an explicit deny anywhere wins; otherwise an allow on either side
+        // is enough.
+        match (identity, resource) {
+            (Decision::ExplicitDeny, _) => Decision::ExplicitDeny,
+            (_, policy::ResourceVerdict::Deny) => Decision::ExplicitDenyInResourcePolicy,
+            (Decision::Allow, _) | (_, policy::ResourceVerdict::Allow(_)) => Decision::Allow,
+            _ => Decision::ImplicitDeny,
+        }
     }
 }
 

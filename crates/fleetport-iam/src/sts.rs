@@ -191,6 +191,7 @@ impl Sts {
                 &fleetport_proto::auth::Access {
                     action: "sts:AssumeRole".into(),
                     resource: role_arn.clone(),
+                    resource_policy: None,
                 },
                 &facts,
             )

@@ -132,6 +132,8 @@ pub struct Access {
     pub action: String,
     /// The resource's ARN, or `*` for actions that take no resource.
     pub resource: String,
+    /// The resource's own policy (an ECR repository policy), evaluated with the caller's.
+    pub resource_policy: Option<String>,
 }
 
 /// The facts about the request that policies' conditions may test.
@@ -153,8 +155,10 @@ pub enum Decision {
     Allow,
     /// No statement allowed it.
     ImplicitDeny,
-    /// A `Deny` statement matched.
+    /// A `Deny` statement of an identity-based policy matched.
     ExplicitDeny,
+    /// A `Deny` statement of the resource's policy matched.
+    ExplicitDenyInResourcePolicy,
 }
 
 /// Evaluates policies (IAM). Must be fast: it runs on every request a non-root principal signs.
@@ -166,6 +170,9 @@ pub trait Authorizer: Send + Sync + 'static {
 pub fn denial_message(principal: &Principal, access: &Access, decision: Decision) -> String {
     let why = match decision {
         Decision::ExplicitDeny => "with an explicit deny in an identity-based policy".to_string(),
+        Decision::ExplicitDenyInResourcePolicy => {
+            "with an explicit deny in a resource-based policy".to_string()
+        }
         _ => format!(
             "because no identity-based policy allows the {} action",
             access.action
@@ -246,6 +253,7 @@ mod tests {
         let a = Access {
             action: "ecs:CreateCluster".into(),
             resource: "arn:aws:ecs:us-east-1:123456789012:cluster/c".into(),
+            resource_policy: None,
         };
         assert_eq!(
             denial_message(&p, &a, Decision::ImplicitDeny),

@@ -63,6 +63,12 @@ pub trait Service: Send + Sync {
         let _ = (ctx, operation, input);
         vec!["*".to_string()]
     }
+
+    /// The policy a resource carries itself (an ECR repository policy), if any.
+    fn resource_policy(&self, resource: &str) -> Option<String> {
+        let _ = resource;
+        None
+    }
 }
 
 /// Static configuration of the gateway.
@@ -391,6 +397,7 @@ impl Gateway {
             .into_iter()
             .map(|resource| Access {
                 action: action.clone(),
+                resource_policy: service.resource_policy(&resource),
                 resource,
             })
             .collect();
