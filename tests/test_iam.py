@@ -578,3 +578,38 @@ def test_repository_policies_grant_and_deny_within_the_account(server):
     finally:
         for t in created:
             docker("rmi", "-f", t, check=False)
+
+
+def test_groups_give_their_policies_to_members(server):
+    iam = server.client("iam")
+    g = iam.create_group(GroupName="builders")["Group"]
+    conformance.check("iam", "CreateGroup", {"Group": g})
+    assert g["Arn"] == "arn:aws:iam::000000000000:group/builders" and g["GroupId"].startswith("AGPA")
+    ak, sk = user_with_key(iam, "member")
+    ecr = server.client("ecr", key=ak, secret=sk)
+    assert error(ecr.describe_repositories)[0]["Code"] == "AccessDeniedException"
+    iam.attach_group_policy(GroupName="builders", PolicyArn=READ_ONLY)
+    iam.add_user_to_group(GroupName="builders", UserName="member")
+    ecr.describe_repositories()
+    iam.put_group_policy(GroupName="builders", PolicyName="no-describe", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Deny", "Action": "ecr:DescribeRepositories", "Resource": "*"}]}))
+    assert error(ecr.describe_repositories)[0]["Message"].endswith("with an explicit deny in an identity-based policy")
+    got = iam.get_group(GroupName="builders")
+    assert [u["UserName"] for u in got["Users"]] == ["member"]
+    assert [x["GroupName"] for x in iam.list_groups_for_user(UserName="member")["Groups"]] == ["builders"]
+    assert iam.list_group_policies(GroupName="builders")["PolicyNames"] == ["no-describe"]
+    assert error(iam.delete_group, GroupName="builders")[0]["Message"] == \
+        "Cannot delete entity, must remove users from group first."
+    for k in iam.list_access_keys(UserName="member")["AccessKeyMetadata"]:
+        iam.delete_access_key(UserName="member", AccessKeyId=k["AccessKeyId"])
+    assert error(iam.delete_user, UserName="member")[0]["Message"] == \
+        "Cannot delete entity, must remove users from group first."
+    iam.remove_user_from_group(GroupName="builders", UserName="member")
+    assert error(iam.delete_group, GroupName="builders")[0]["Code"] == "DeleteConflict"
+    iam.delete_group_policy(GroupName="builders", PolicyName="no-describe")
+    iam.detach_group_policy(GroupName="builders", PolicyArn=READ_ONLY)
+    iam.delete_group(GroupName="builders")
+    iam.delete_user(UserName="member")
+    assert error(iam.get_group, GroupName="builders")[0]["Code"] == "NoSuchEntity"
+    assert error(iam.create_group, GroupName="bad name")[0]["Code"] == "ValidationError"

@@ -90,6 +90,9 @@ pub(crate) fn resource(ctx: &RequestContext, operation: &str, input: &Value) -> 
             input::string(input, "PolicyName").unwrap_or_default()
         );
     }
+    if let Some(name) = input::string(input, "GroupName") {
+        return format!("arn:aws:iam::{account}:group/{name}");
+    }
     if let Some(name) = input::string(input, "RoleName") {
         return format!("arn:aws:iam::{account}:role/{name}");
     }
@@ -300,6 +303,7 @@ pub(crate) fn check_names(input: &Value) -> Result<(), AwsError> {
         ("UserName", "userName"),
         ("PolicyName", "policyName"),
         ("RoleName", "roleName"),
+        ("GroupName", "groupName"),
         ("RoleSessionName", "roleSessionName"),
     ] {
         if let Some(v) = input::string(input, member)
@@ -396,6 +400,11 @@ pub(crate) async fn dispatch(
                 if has_keys {
                     return Err(conflict(
                         "Cannot delete entity, must delete access keys first.",
+                    ));
+                }
+                if !crate::groups::groups_of(txn, &account, &u.name)?.is_empty() {
+                    return Err(conflict(
+                        "Cannot delete entity, must remove users from group first.",
                     ));
                 }
                 if !u.inline.is_empty() {
@@ -906,6 +915,7 @@ pub(crate) async fn dispatch(
             .await?;
             Ok(json!({}))
         }
+        op if op.contains("Group") => crate::groups::dispatch(iam, ctx, operation, input).await,
         _ => crate::roles::dispatch(iam, ctx, operation, input).await,
     }
 }

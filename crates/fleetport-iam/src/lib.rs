@@ -10,6 +10,7 @@
 //! write, so a request costs a map lookup and the statement matching, no store read.
 
 mod api;
+mod groups;
 pub mod ids;
 pub mod managed;
 pub mod policy;
@@ -36,6 +37,25 @@ pub(crate) const USERS: &str = "iam.user";
 pub(crate) const KEYS: &str = "iam.access-key";
 pub(crate) const POLICIES: &str = "iam.policy";
 pub(crate) const ROLES: &str = "iam.role";
+pub(crate) const GROUPS: &str = "iam.group";
+
+/// A group (`iam.group`, key `account/lowercased name`) and its members' user names.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct GroupRecord {
+    pub account: String,
+    pub name: String,
+    pub path: String,
+    pub id: String,
+    pub arn: String,
+    pub created: f64,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub attached: Vec<String>,
+    #[serde(default)]
+    pub inline: BTreeMap<String, String>,
+}
 pub(crate) const SESSIONS: &str = "iam.session";
 
 /// A role (`iam.role`, key `account/lowercased name`).
@@ -248,6 +268,11 @@ impl Iam {
                 .into_iter()
                 .map(|(_, r)| r)
                 .collect();
+            let groups: Vec<GroupRecord> = txn
+                .scan_json::<GroupRecord>(GROUPS, "", None, usize::MAX)?
+                .into_iter()
+                .map(|(_, g)| g)
+                .collect();
             let sessions: Vec<SessionRecord> = txn
                 .scan_json::<SessionRecord>(SESSIONS, "", None, usize::MAX)?
                 .into_iter()
@@ -284,8 +309,26 @@ impl Iam {
             };
             for u in &users {
                 let principal = user_principal(u);
+                // A user's policies and those of each of its groups.
+                let mut attached = u.attached.clone();
+                let mut inline: BTreeMap<String, String> = u
+                    .inline
+                    .iter()
+                    .map(|(k, v)| (format!("user/{k}"), v.clone()))
+                    .collect();
+                for g in groups
+                    .iter()
+                    .filter(|g| g.account == u.account && g.members.contains(&u.name))
+                {
+                    attached.extend(g.attached.iter().cloned());
+                    inline.extend(
+                        g.inline
+                            .iter()
+                            .map(|(k, v)| (format!("group/{}/{k}", g.name), v.clone())),
+                    );
+                }
                 snap.policies
-                    .insert(principal.arn.clone(), compile(&u.attached, &u.inline));
+                    .insert(principal.arn.clone(), compile(&attached, &inline));
                 principals.insert((u.account.clone(), u.name.clone()), principal);
             }
             for r in &roles {
@@ -478,6 +521,20 @@ const IMPLEMENTED: &[&str] = &[
     "GetRolePolicy",
     "ListRolePolicies",
     "DeleteRolePolicy",
+    "CreateGroup",
+    "GetGroup",
+    "ListGroups",
+    "ListGroupsForUser",
+    "DeleteGroup",
+    "AddUserToGroup",
+    "RemoveUserFromGroup",
+    "AttachGroupPolicy",
+    "DetachGroupPolicy",
+    "ListAttachedGroupPolicies",
+    "PutGroupPolicy",
+    "GetGroupPolicy",
+    "ListGroupPolicies",
+    "DeleteGroupPolicy",
 ];
 
 impl Service for Iam {
