@@ -613,3 +613,39 @@ def test_groups_give_their_policies_to_members(server):
     iam.delete_user(UserName="member")
     assert error(iam.get_group, GroupName="builders")[0]["Code"] == "NoSuchEntity"
     assert error(iam.create_group, GroupName="bad name")[0]["Code"] == "ValidationError"
+
+
+def test_ecs_actions_are_authorised_on_their_resources(server):
+    """Cluster-scoped permissions: a user may manage one cluster's services but not another's, and
+    run only the task definition family it is allowed; RunTask names the revision it resolved."""
+    iam = server.client("iam")
+    root = server.client("ecs")
+    for c in ("team", "prod"):
+        root.create_cluster(clusterName=c)
+    root.register_task_definition(family="web", containerDefinitions=[
+        {"name": "web", "image": "busybox", "memory": 64}])
+    root.register_task_definition(family="web", containerDefinitions=[
+        {"name": "web", "image": "busybox", "memory": 64}])
+    ak, sk = user_with_key(iam, "teamdev")
+    iam.put_user_policy(UserName="teamdev", PolicyName="team", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": ["ecs:Describe*", "ecs:List*"], "Resource": "*"},
+            {"Effect": "Allow", "Action": ["ecs:CreateService", "ecs:UpdateService", "ecs:DeleteService"],
+             "Resource": "arn:aws:ecs:us-east-1:000000000000:service/team/*"},
+            {"Effect": "Allow", "Action": "ecs:UpdateCluster", "Resource": "arn:aws:ecs:*:*:cluster/team"},
+            {"Effect": "Allow", "Action": "ecs:RunTask",
+             "Resource": "arn:aws:ecs:us-east-1:000000000000:task-definition/web:1"}]}))
+    ecs = server.client("ecs", key=ak, secret=sk)
+    assert len(ecs.describe_clusters(clusters=["team", "prod"])["clusters"]) == 2
+    ecs.update_cluster(cluster="team", settings=[{"name": "containerInsights", "value": "enabled"}])
+    err, _ = error(ecs.update_cluster, cluster="prod", settings=[{"name": "containerInsights", "value": "enabled"}])
+    assert "ecs:UpdateCluster on resource: arn:aws:ecs:us-east-1:000000000000:cluster/prod" in err["Message"]
+    ecs.create_service(cluster="team", serviceName="api", taskDefinition="web:1", desiredCount=0)
+    err, _ = error(ecs.create_service, cluster="prod", serviceName="api", taskDefinition="web:1", desiredCount=0)
+    assert "ecs:CreateService on resource: arn:aws:ecs:us-east-1:000000000000:service/prod/api" in err["Message"]
+    assert root.list_services(cluster="prod")["serviceArns"] == []
+    ecs.delete_service(cluster="team", service="api", force=True)
+    # RunTask is checked on the revision a bare family resolves to (the latest, web:2 here).
+    err, _ = error(ecs.run_task, cluster="team", taskDefinition="web")
+    assert "ecs:RunTask on resource: arn:aws:ecs:us-east-1:000000000000:task-definition/web:2" in err["Message"]

@@ -8,6 +8,7 @@
 pub mod agent_api;
 mod agents;
 pub mod arn;
+mod authz;
 pub mod capacity;
 pub mod cluster;
 pub mod error;
@@ -208,5 +209,9 @@ impl Service for Ecs {
         input: Value,
     ) -> BoxFuture<'a, Result<Value, AwsError>> {
         Box::pin(self.dispatch(ctx, operation, input))
+    }
+
+    fn resources(&self, _ctx: &RequestContext, operation: &str, input: &Value) -> Vec<String> {
+        self.authz_resources(operation, input)
     }
 }
