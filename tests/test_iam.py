@@ -51,7 +51,8 @@ def test_caller_identity_and_the_courses_ecr_user(server):
     assert r.returncode != 0
     assert "AccessDeniedException" in r.stderr
     assert ("User: arn:aws:iam::000000000000:user/ci is not authorized to perform: ecs:CreateCluster "
-            "on resource: * because no identity-based policy allows the ecs:CreateCluster action") in r.stderr
+            "on resource: arn:aws:ecs:us-east-1:000000000000:cluster/x because no identity-based policy allows "
+            "the ecs:CreateCluster action") in r.stderr
     # Nothing was created by the refused call.
     assert server.client("ecs").list_clusters()["clusterArns"] == []
     # A wrong secret for a real key is a signature error, not a denial.
@@ -649,3 +650,49 @@ def test_ecs_actions_are_authorised_on_their_resources(server):
     # RunTask is checked on the revision a bare family resolves to (the latest, web:2 here).
     err, _ = error(ecs.run_task, cluster="team", taskDefinition="web")
     assert "ecs:RunTask on resource: arn:aws:ecs:us-east-1:000000000000:task-definition/web:2" in err["Message"]
+
+
+def test_instance_profiles_and_service_linked_roles(server):
+    iam = server.client("iam")
+    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                                                "Action": "sts:AssumeRole"}]}))
+    iam.attach_role_policy(RoleName="ecsInstanceRole",
+                           PolicyArn="arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role")
+    p = iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")["InstanceProfile"]
+    conformance.check("iam", "CreateInstanceProfile", {"InstanceProfile": p})
+    assert p["InstanceProfileId"].startswith("AIPA") and p["Roles"] == []
+    iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
+    got = iam.get_instance_profile(InstanceProfileName="ecsInstanceRole")["InstanceProfile"]
+    assert [r["RoleName"] for r in got["Roles"]] == ["ecsInstanceRole"]
+    err, status = error(iam.add_role_to_instance_profile, InstanceProfileName="ecsInstanceRole",
+                        RoleName="ecsInstanceRole")
+    assert (err["Code"], status) == ("LimitExceeded", 409)
+    assert [x["InstanceProfileName"] for x in
+            iam.list_instance_profiles_for_role(RoleName="ecsInstanceRole")["InstanceProfiles"]] == ["ecsInstanceRole"]
+    iam.detach_role_policy(RoleName="ecsInstanceRole",
+                           PolicyArn="arn:aws:iam::aws:policy/service-role/AmazonEC2ContainerServiceforEC2Role")
+    assert error(iam.delete_role, RoleName="ecsInstanceRole")[0]["Message"] == \
+        "Cannot delete entity, must remove roles from instance profile first."
+    assert error(iam.delete_instance_profile, InstanceProfileName="ecsInstanceRole")[0]["Code"] == "DeleteConflict"
+    iam.remove_role_from_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
+    iam.delete_instance_profile(InstanceProfileName="ecsInstanceRole")
+    iam.delete_role(RoleName="ecsInstanceRole")
+
+    role = iam.create_service_linked_role(AWSServiceName="ecs.amazonaws.com")["Role"]
+    assert role["Arn"] == "arn:aws:iam::000000000000:role/aws-service-role/ecs.amazonaws.com/AWSServiceRoleForECS"
+    assert role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "ecs.amazonaws.com"}
+    assert [a["PolicyName"] for a in iam.list_attached_role_policies(RoleName="AWSServiceRoleForECS")[
+        "AttachedPolicies"]] == ["AmazonECSServiceRolePolicy"]
+    err, _ = error(iam.create_service_linked_role, AWSServiceName="ecs.amazonaws.com")
+    assert (err["Code"], err["Message"]) == (
+        "InvalidInput",
+        "Service role name AWSServiceRoleForECS has been taken in this account, please try a different suffix.")
+    err, _ = error(iam.delete_role, RoleName="AWSServiceRoleForECS")
+    assert err["Code"] == "UnmodifiableEntity"
+    assert error(iam.put_role_policy, RoleName="AWSServiceRoleForECS", PolicyName="x", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))[0]["Code"] \
+        == "UnmodifiableEntity"
+    task = iam.delete_service_linked_role(RoleName="AWSServiceRoleForECS")["DeletionTaskId"]
+    assert iam.get_service_linked_role_deletion_status(DeletionTaskId=task)["Status"] == "SUCCEEDED"
+    assert error(iam.get_role, RoleName="AWSServiceRoleForECS")[0]["Code"] == "NoSuchEntity"

@@ -90,6 +90,9 @@ pub(crate) fn resource(ctx: &RequestContext, operation: &str, input: &Value) -> 
             input::string(input, "PolicyName").unwrap_or_default()
         );
     }
+    if let Some(name) = input::string(input, "InstanceProfileName") {
+        return format!("arn:aws:iam::{account}:instance-profile/{name}");
+    }
     if let Some(name) = input::string(input, "GroupName") {
         return format!("arn:aws:iam::{account}:group/{name}");
     }
@@ -914,6 +917,9 @@ pub(crate) async fn dispatch(
             })
             .await?;
             Ok(json!({}))
+        }
+        op if op.contains("InstanceProfile") || op.contains("ServiceLinkedRole") => {
+            crate::profiles::dispatch(iam, ctx, operation, input).await
         }
         op if op.contains("Group") => crate::groups::dispatch(iam, ctx, operation, input).await,
         _ => crate::roles::dispatch(iam, ctx, operation, input).await,

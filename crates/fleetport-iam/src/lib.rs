@@ -14,6 +14,7 @@ mod groups;
 pub mod ids;
 pub mod managed;
 pub mod policy;
+mod profiles;
 mod roles;
 mod sts;
 
@@ -38,6 +39,24 @@ pub(crate) const KEYS: &str = "iam.access-key";
 pub(crate) const POLICIES: &str = "iam.policy";
 pub(crate) const ROLES: &str = "iam.role";
 pub(crate) const GROUPS: &str = "iam.group";
+pub(crate) const INSTANCE_PROFILES: &str = "iam.instance-profile";
+
+/// An instance profile (`iam.instance-profile`, key `account/lowercased name`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ProfileRecord {
+    pub account: String,
+    pub name: String,
+    pub path: String,
+    pub id: String,
+    pub arn: String,
+    pub created: f64,
+    /// Role names (at most one).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<Value>,
+}
 
 /// A group (`iam.group`, key `account/lowercased name`) and its members' user names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +98,9 @@ pub(crate) struct RoleRecord {
     pub attached: Vec<String>,
     #[serde(default)]
     pub inline: BTreeMap<String, String>,
+    /// Created by CreateServiceLinkedRole: only its service may change it.
+    #[serde(default)]
+    pub service_linked: bool,
 }
 
 /// Who temporary credentials stand for, as stored.
@@ -535,6 +557,16 @@ const IMPLEMENTED: &[&str] = &[
     "GetGroupPolicy",
     "ListGroupPolicies",
     "DeleteGroupPolicy",
+    "CreateInstanceProfile",
+    "GetInstanceProfile",
+    "ListInstanceProfiles",
+    "ListInstanceProfilesForRole",
+    "DeleteInstanceProfile",
+    "AddRoleToInstanceProfile",
+    "RemoveRoleFromInstanceProfile",
+    "CreateServiceLinkedRole",
+    "DeleteServiceLinkedRole",
+    "GetServiceLinkedRoleDeletionStatus",
 ];
 
 impl Service for Iam {

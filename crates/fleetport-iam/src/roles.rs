@@ -95,7 +95,7 @@ fn check_trust(txn: &dyn ReadTxn, account: &str, doc: &str) -> Result<(), AwsErr
     Ok(())
 }
 
-fn role_json(r: &RoleRecord, full: bool) -> Value {
+pub(crate) fn role_json(r: &RoleRecord, full: bool) -> Value {
     let mut v = json!({
         "Path": r.path, "RoleName": r.name, "RoleId": r.id, "Arn": r.arn, "CreateDate": r.created,
         "AssumeRolePolicyDocument": encode_document(&r.trust),
@@ -143,6 +143,7 @@ pub(crate) async fn dispatch(
                 tags: input::items(input, "Tags"),
                 attached: Vec::new(),
                 inline: Default::default(),
+                service_linked: false,
             };
             let out = role_json(&role, true);
             write(iam, move |txn| {
@@ -186,6 +187,12 @@ pub(crate) async fn dispatch(
             let name = input::owned(input, "RoleName");
             write(iam, move |txn| {
                 let r = get_role(txn, &account, &name)?;
+                crate::profiles::protected(&r)?;
+                if !crate::profiles::profiles_of(txn, &account, &r.name)?.is_empty() {
+                    return Err(conflict(
+                        "Cannot delete entity, must remove roles from instance profile first.",
+                    ));
+                }
                 if !r.inline.is_empty() {
                     return Err(conflict(
                         "Cannot delete entity, must delete policies first.",
@@ -210,6 +217,7 @@ pub(crate) async fn dispatch(
             let max = input.get("MaxSessionDuration").and_then(Value::as_i64);
             write(iam, move |txn| {
                 let mut r = get_role(txn, &account, &name)?;
+                crate::profiles::protected(&r)?;
                 if let Some(t) = trust {
                     check_trust(txn, &account, &t)?;
                     r.trust = t;
@@ -232,6 +240,7 @@ pub(crate) async fn dispatch(
             let attach = operation == "AttachRolePolicy";
             write(iam, move |txn| {
                 let mut r = get_role(txn, &account, &name)?;
+                crate::profiles::protected(&r)?;
                 if attach {
                     let exists = managed::find(&arn).is_some()
                         || customer_policy(txn, &account, &arn).is_ok();
@@ -282,6 +291,7 @@ pub(crate) async fn dispatch(
             crate::api::validate_document(&doc)?;
             write(iam, move |txn| {
                 let mut r = get_role(txn, &account, &name)?;
+                crate::profiles::protected(&r)?;
                 r.inline.insert(policy_name, doc);
                 let total: usize = r
                     .inline
@@ -330,6 +340,7 @@ pub(crate) async fn dispatch(
             let policy_name = input::owned(input, "PolicyName");
             write(iam, move |txn| {
                 let mut r = get_role(txn, &account, &name)?;
+                crate::profiles::protected(&r)?;
                 if r.inline.remove(&policy_name).is_none() {
                     return Err(err(
                         "NoSuchEntity",
