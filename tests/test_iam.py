@@ -696,3 +696,57 @@ def test_instance_profiles_and_service_linked_roles(server):
     task = iam.delete_service_linked_role(RoleName="AWSServiceRoleForECS")["DeletionTaskId"]
     assert iam.get_service_linked_role_deletion_status(DeletionTaskId=task)["Status"] == "SUCCEEDED"
     assert error(iam.get_role, RoleName="AWSServiceRoleForECS")[0]["Code"] == "NoSuchEntity"
+
+
+def test_policy_users_and_tags(server):
+    iam = server.client("iam")
+    iam.create_user(UserName="u1", Tags=[{"Key": "team", "Value": "a"}])
+    iam.create_group(GroupName="g1")
+    iam.create_role(RoleName="r1", AssumeRolePolicyDocument=trust("000000000000"))
+    for attach in (lambda: iam.attach_user_policy(UserName="u1", PolicyArn=READ_ONLY),
+                   lambda: iam.attach_group_policy(GroupName="g1", PolicyArn=READ_ONLY),
+                   lambda: iam.attach_role_policy(RoleName="r1", PolicyArn=READ_ONLY)):
+        attach()
+    who = iam.list_entities_for_policy(PolicyArn=READ_ONLY)
+    assert [u["UserName"] for u in who["PolicyUsers"]] == ["u1"]
+    assert [g["GroupName"] for g in who["PolicyGroups"]] == ["g1"]
+    assert [r["RoleName"] for r in who["PolicyRoles"]] == ["r1"]
+    assert iam.get_policy(PolicyArn=READ_ONLY)["Policy"]["AttachmentCount"] == 3
+    assert iam.list_entities_for_policy(PolicyArn=READ_ONLY, EntityFilter="Role")["PolicyUsers"] == []
+    iam.tag_user(UserName="u1", Tags=[{"Key": "team", "Value": "b"}, {"Key": "env", "Value": "dev"}])
+    tags = {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName="u1")["Tags"]}
+    assert tags == {"team": "b", "env": "dev"}
+    iam.untag_user(UserName="u1", TagKeys=["env"])
+    assert iam.list_user_tags(UserName="u1")["Tags"] == [{"Key": "team", "Value": "b"}]
+    iam.tag_role(RoleName="r1", Tags=[{"Key": "k", "Value": "v"}])
+    assert iam.list_role_tags(RoleName="r1")["Tags"] == [{"Key": "k", "Value": "v"}]
+    assert error(iam.tag_user, UserName="ghost", Tags=[{"Key": "k", "Value": "v"}])[0]["Code"] == "NoSuchEntity"
+
+
+def test_passing_a_role_to_ecs_needs_pass_role(server):
+    iam = server.client("iam")
+    iam.create_role(RoleName="web-task", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                                                "Action": "sts:AssumeRole"}]}))
+    task_role = "arn:aws:iam::000000000000:role/web-task"
+    ak, sk = user_with_key(iam, "deployer")
+    iam.put_user_policy(UserName="deployer", PolicyName="td", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "ecs:RegisterTaskDefinition", "Resource": "*"}]}))
+    ecs = server.client("ecs", key=ak, secret=sk)
+    td = dict(family="web", containerDefinitions=[{"name": "web", "image": "busybox", "memory": 64}])
+    ecs.register_task_definition(**td)
+    err, _ = error(ecs.register_task_definition, taskRoleArn=task_role, **td)
+    assert err["Message"] == (
+        "User: arn:aws:iam::000000000000:user/deployer is not authorized to perform: iam:PassRole on resource: "
+        f"{task_role} because no identity-based policy allows the iam:PassRole action")
+    # AmazonECS_FullAccess allows passing roles to ECS tasks (its condition on iam:PassedToService).
+    iam.attach_user_policy(UserName="deployer", PolicyArn="arn:aws:iam::aws:policy/AmazonECS_FullAccess")
+    assert ecs.register_task_definition(taskRoleArn=task_role, **td)["taskDefinition"]["revision"] == 2
+    # A pass-role allow for another service does not do.
+    iam.detach_user_policy(UserName="deployer", PolicyArn="arn:aws:iam::aws:policy/AmazonECS_FullAccess")
+    iam.put_user_policy(UserName="deployer", PolicyName="pass-ec2", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*",
+                       "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}]}))
+    assert error(ecs.register_task_definition, executionRoleArn="web-task", **td)[0]["Code"] == "AccessDeniedException"

@@ -282,6 +282,7 @@ impl Ecr {
                 action: action.to_string(),
                 resource_policy: self.policy_of_arn(&resource),
                 resource,
+                context: Vec::new(),
             })
             .collect();
         let facts = RequestFacts {

@@ -116,3 +116,35 @@ impl Ecs {
         }
     }
 }
+
+/// A task definition that names a task or execution role hands that role to ECS: the caller
+/// needs `iam:PassRole` on it, with `iam:PassedToService` = `ecs-tasks.amazonaws.com` (the key
+/// AWS's ECS policies condition it on).
+pub(crate) fn pass_roles(
+    account: &str,
+    operation: &str,
+    input: &Value,
+) -> Vec<fleetport_proto::auth::Access> {
+    if operation != "RegisterTaskDefinition" {
+        return Vec::new();
+    }
+    ["taskRoleArn", "executionRoleArn"]
+        .iter()
+        .filter_map(|m| input.get(*m).and_then(Value::as_str))
+        .filter(|arn| !arn.is_empty())
+        .map(|arn| fleetport_proto::auth::Access {
+            action: "iam:PassRole".into(),
+            // ECS also takes a role's bare name.
+            resource: if arn.starts_with("arn:") {
+                arn.to_string()
+            } else {
+                format!("arn:aws:iam::{account}:role/{arn}")
+            },
+            resource_policy: None,
+            context: vec![(
+                "iam:PassedToService".into(),
+                "ecs-tasks.amazonaws.com".into(),
+            )],
+        })
+        .collect()
+}

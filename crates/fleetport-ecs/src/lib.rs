@@ -214,4 +214,13 @@ impl Service for Ecs {
     fn resources(&self, _ctx: &RequestContext, operation: &str, input: &Value) -> Vec<String> {
         self.authz_resources(operation, input)
     }
+
+    fn also_needs(
+        &self,
+        ctx: &RequestContext,
+        operation: &str,
+        input: &Value,
+    ) -> Vec<fleetport_proto::auth::Access> {
+        authz::pass_roles(&ctx.principal.account_id, operation, input)
+    }
 }

@@ -213,12 +213,7 @@ fn get_user(txn: &dyn ReadTxn, account: &str, name: &str) -> Result<UserRecord, 
 }
 
 fn attachments(txn: &dyn ReadTxn, account: &str, arn: &str) -> Result<usize, AwsError> {
-    Ok(txn
-        .scan_json::<UserRecord>(USERS, &format!("{account}/"), None, usize::MAX)
-        .map_err(store_error)?
-        .iter()
-        .filter(|(_, u)| u.attached.iter().any(|a| a == arn))
-        .count())
+    crate::entities::attachments(txn, account, arn)
 }
 
 /// The name an operation acts on: the given `UserName`, or the signer's own.
@@ -918,6 +913,13 @@ pub(crate) async fn dispatch(
             .await?;
             Ok(json!({}))
         }
+        "ListEntitiesForPolicy"
+        | "TagUser"
+        | "UntagUser"
+        | "ListUserTags"
+        | "TagRole"
+        | "UntagRole"
+        | "ListRoleTags" => crate::entities::dispatch(iam, ctx, operation, input).await,
         op if op.contains("InstanceProfile") || op.contains("ServiceLinkedRole") => {
             crate::profiles::dispatch(iam, ctx, operation, input).await
         }

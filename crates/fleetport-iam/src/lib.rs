@@ -10,6 +10,7 @@
 //! write, so a request costs a map lookup and the statement matching, no store read.
 
 mod api;
+mod entities;
 mod groups;
 pub mod ids;
 pub mod managed;
@@ -484,6 +485,7 @@ impl Authorizer for Iam {
             resource: &access.resource,
             facts,
             now: fleetport_proto::clock::unix_secs(),
+            context: &access.context,
         };
         let identity = policy::evaluate(policies.iter(), &request);
         let resource = access
@@ -567,6 +569,13 @@ const IMPLEMENTED: &[&str] = &[
     "CreateServiceLinkedRole",
     "DeleteServiceLinkedRole",
     "GetServiceLinkedRoleDeletionStatus",
+    "ListEntitiesForPolicy",
+    "TagUser",
+    "UntagUser",
+    "ListUserTags",
+    "TagRole",
+    "UntagRole",
+    "ListRoleTags",
 ];
 
 impl Service for Iam {

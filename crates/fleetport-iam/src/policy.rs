@@ -472,12 +472,23 @@ pub struct Request<'a> {
     pub facts: &'a RequestFacts,
     /// Unix seconds, for `aws:CurrentTime` and `aws:EpochTime`.
     pub now: i64,
+    /// Condition keys of this access alone (lower-cased names).
+    pub context: &'a [(String, String)],
 }
 
 impl Request<'_> {
     /// The values of a context key (key names are case-insensitive); None when absent.
     fn context(&self, key: &str) -> Option<Vec<String>> {
         let k = key.to_ascii_lowercase();
+        let own: Vec<String> = self
+            .context
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case(&k))
+            .map(|(_, v)| v.clone())
+            .collect();
+        if !own.is_empty() {
+            return Some(own);
+        }
         let p = self.principal;
         let one = |s: String| Some(vec![s]);
         match k.as_str() {
@@ -813,6 +824,7 @@ mod tests {
                 resource,
                 facts: &facts,
                 now: 1_700_000_000,
+                context: &[],
             },
         )
     }

@@ -176,6 +176,7 @@ impl Sts {
             resource: &role_arn,
             facts: &facts,
             now: fleetport_proto::clock::unix_secs(),
+            context: &[],
         };
         // Within one account, the trust policy (a resource policy) that names the caller is
         // enough; one that names only the account needs the caller's own allow too.
@@ -192,6 +193,7 @@ impl Sts {
                     action: "sts:AssumeRole".into(),
                     resource: role_arn.clone(),
                     resource_policy: None,
+                    context: Vec::new(),
                 },
                 &facts,
             )

@@ -181,6 +181,7 @@ proptest! {
             resource: &resource,
             facts: &facts,
             now: 0,
+            context: &[],
         });
         prop_assert_eq!(got, reference(&doc, &action, &resource), "{} {} {}", doc, action, resource);
     }

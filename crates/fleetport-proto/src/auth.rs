@@ -134,6 +134,8 @@ pub struct Access {
     pub resource: String,
     /// The resource's own policy (an ECR repository policy), evaluated with the caller's.
     pub resource_policy: Option<String>,
+    /// Condition keys of this access alone (`iam:PassedToService` for `iam:PassRole`).
+    pub context: Vec<(String, String)>,
 }
 
 /// The facts about the request that policies' conditions may test.
@@ -254,6 +256,7 @@ mod tests {
             action: "ecs:CreateCluster".into(),
             resource: "arn:aws:ecs:us-east-1:123456789012:cluster/c".into(),
             resource_policy: None,
+            context: Vec::new(),
         };
         assert_eq!(
             denial_message(&p, &a, Decision::ImplicitDeny),

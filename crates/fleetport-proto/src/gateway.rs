@@ -69,6 +69,13 @@ pub trait Service: Send + Sync {
         let _ = resource;
         None
     }
+
+    /// Permissions an operation needs besides its own action, such as `iam:PassRole` on the
+    /// roles a task definition hands to ECS.
+    fn also_needs(&self, ctx: &RequestContext, operation: &str, input: &Value) -> Vec<Access> {
+        let _ = (ctx, operation, input);
+        Vec::new()
+    }
 }
 
 /// Static configuration of the gateway.
@@ -392,15 +399,17 @@ impl Gateway {
             return Ok(());
         }
         let action = format!("{prefix}:{operation}");
-        let accesses: Vec<Access> = service
+        let mut accesses: Vec<Access> = service
             .resources(ctx, operation, input)
             .into_iter()
             .map(|resource| Access {
                 action: action.clone(),
                 resource_policy: service.resource_policy(&resource),
                 resource,
+                context: Vec::new(),
             })
             .collect();
+        accesses.extend(service.also_needs(ctx, operation, input));
         let facts = RequestFacts {
             region: scope_region.to_string(),
             source_ip: None,
