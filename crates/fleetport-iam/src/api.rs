@@ -17,9 +17,7 @@ use crate::{
 
 const ACCESS_KEYS_PER_USER: usize = 2;
 const VERSIONS_PER_POLICY: usize = 5;
-const MANAGED_POLICIES_PER_USER: usize = 10;
 const MANAGED_POLICY_SIZE: usize = 6144;
-const INLINE_USER_TOTAL: usize = 2048;
 
 /// RFC 3986 unreserved characters stay; everything else is percent-encoded.
 const ENCODE: &AsciiSet = &NON_ALPHANUMERIC
@@ -328,6 +326,9 @@ pub(crate) async fn dispatch(
 ) -> Result<Value, AwsError> {
     check_names(input)?;
     let account = ctx.principal.account_id.clone();
+    if let Some(out) = crate::holders::dispatch(iam, &account, operation, input).await {
+        return out;
+    }
     match operation {
         "CreateUser" => {
             let name = input::owned(input, "UserName");
@@ -787,128 +788,6 @@ pub(crate) async fn dispatch(
                     p.default_version = version;
                 }
                 put(txn, POLICIES, &policy_key(&account, &p.name), &p)
-            })
-            .await?;
-            Ok(json!({}))
-        }
-        "AttachUserPolicy" | "DetachUserPolicy" => {
-            let name = input::owned(input, "UserName");
-            let arn = input::owned(input, "PolicyArn");
-            parse_policy_arn(&arn)?;
-            let attach = operation == "AttachUserPolicy";
-            write(iam, move |txn| {
-                let mut u = get_user(txn, &account, &name)?;
-                let exists =
-                    managed::find(&arn).is_some() || customer_policy(txn, &account, &arn).is_ok();
-                if attach {
-                    if !exists {
-                        return Err(no_such_policy(&arn));
-                    }
-                    if u.attached.contains(&arn) {
-                        return Ok(());
-                    }
-                    if u.attached.len() >= MANAGED_POLICIES_PER_USER {
-                        return Err(limit(format!(
-                            "Cannot exceed quota for PoliciesPerUser: {MANAGED_POLICIES_PER_USER}"
-                        )));
-                    }
-                    u.attached.push(arn);
-                } else {
-                    if !u.attached.contains(&arn) {
-                        return Err(err(
-                            "NoSuchEntity",
-                            StatusCode::NOT_FOUND,
-                            format!("Policy {arn} was not found."),
-                        ));
-                    }
-                    u.attached.retain(|a| *a != arn);
-                }
-                put(txn, USERS, &user_key(&account, &name), &u)
-            })
-            .await?;
-            Ok(json!({}))
-        }
-        "ListAttachedUserPolicies" => {
-            let name = input::owned(input, "UserName");
-            let prefix = input::string(input, "PathPrefix")
-                .unwrap_or("/")
-                .to_string();
-            let items = read(iam, |txn| {
-                let u = get_user(txn, &account, &name)?;
-                Ok(u.attached
-                    .iter()
-                    .filter(|arn| {
-                        let path = arn.split_once(":policy").map_or("", |(_, p)| p);
-                        path.starts_with(&prefix)
-                    })
-                    .map(|arn| {
-                        let name = arn.rsplit('/').next().unwrap_or_default();
-                        json!({"PolicyName": name, "PolicyArn": arn})
-                    })
-                    .collect())
-            })?;
-            page(items, input, "AttachedPolicies")
-        }
-        "PutUserPolicy" => {
-            let name = input::owned(input, "UserName");
-            let policy_name = input::owned(input, "PolicyName");
-            let doc = input::owned(input, "PolicyDocument");
-            validate_document(&doc)?;
-            write(iam, move |txn| {
-                let mut u = get_user(txn, &account, &name)?;
-                u.inline.insert(policy_name.clone(), doc);
-                let total: usize = u
-                    .inline
-                    .values()
-                    .map(|d| d.chars().filter(|c| !c.is_whitespace()).count())
-                    .sum();
-                if total > INLINE_USER_TOTAL {
-                    return Err(limit(format!(
-                        "Maximum policy size of {INLINE_USER_TOTAL} bytes exceeded for user {name}"
-                    )));
-                }
-                put(txn, USERS, &user_key(&account, &name), &u)
-            })
-            .await?;
-            Ok(json!({}))
-        }
-        "GetUserPolicy" => {
-            let name = input::owned(input, "UserName");
-            let policy_name = input::owned(input, "PolicyName");
-            read(iam, |txn| {
-                let u = get_user(txn, &account, &name)?;
-                let doc = u.inline.get(&policy_name).ok_or_else(|| {
-                    err(
-                        "NoSuchEntity",
-                        StatusCode::NOT_FOUND,
-                        format!("The user policy with name {policy_name} cannot be found."),
-                    )
-                })?;
-                Ok(json!({"UserName": u.name, "PolicyName": policy_name,
-                          "PolicyDocument": encode_document(doc)}))
-            })
-        }
-        "ListUserPolicies" => {
-            let name = input::owned(input, "UserName");
-            let items = read(iam, |txn| {
-                let u = get_user(txn, &account, &name)?;
-                Ok(u.inline.keys().map(|k| json!(k)).collect())
-            })?;
-            page(items, input, "PolicyNames")
-        }
-        "DeleteUserPolicy" => {
-            let name = input::owned(input, "UserName");
-            let policy_name = input::owned(input, "PolicyName");
-            write(iam, move |txn| {
-                let mut u = get_user(txn, &account, &name)?;
-                if u.inline.remove(&policy_name).is_none() {
-                    return Err(err(
-                        "NoSuchEntity",
-                        StatusCode::NOT_FOUND,
-                        format!("The user policy with name {policy_name} cannot be found."),
-                    ));
-                }
-                put(txn, USERS, &user_key(&account, &name), &u)
             })
             .await?;
             Ok(json!({}))

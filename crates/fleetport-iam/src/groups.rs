@@ -7,15 +7,10 @@ use fleetport_store::{ReadTxn, ReadTxnExt};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::api::{
-    conflict, customer_policy, encode_document, err, invalid, limit, now, page, parse_policy_arn,
-    put, read, user_key_of, write,
-};
-use crate::{GROUPS, GroupRecord, Iam, USERS, UserRecord, ids, managed, store_error};
+use crate::api::{conflict, err, invalid, limit, now, page, put, read, user_key_of, write};
+use crate::{GROUPS, GroupRecord, Iam, USERS, UserRecord, ids, store_error};
 
 const GROUPS_PER_USER: usize = 10;
-const MANAGED_POLICIES_PER_GROUP: usize = 10;
-const INLINE_GROUP_TOTAL: usize = 5120;
 
 pub(crate) fn group_key(account: &str, name: &str) -> String {
     format!("{account}/{}", name.to_lowercase())
@@ -198,117 +193,6 @@ pub(crate) async fn dispatch(
                         ));
                     }
                     g.members.retain(|m| *m != u.name);
-                }
-                put(txn, GROUPS, &group_key(&account, &group_name), &g)
-            })
-            .await?;
-            Ok(json!({}))
-        }
-        "AttachGroupPolicy" | "DetachGroupPolicy" => {
-            let arn = input::owned(input, "PolicyArn");
-            parse_policy_arn(&arn)?;
-            let attach = operation == "AttachGroupPolicy";
-            write(iam, move |txn| {
-                let mut g = get_group(txn, &account, &group_name)?;
-                if attach {
-                    let exists = managed::find(&arn).is_some()
-                        || customer_policy(txn, &account, &arn).is_ok();
-                    if !exists {
-                        return Err(crate::api::no_such_policy(&arn));
-                    }
-                    if g.attached.contains(&arn) {
-                        return Ok(());
-                    }
-                    if g.attached.len() >= MANAGED_POLICIES_PER_GROUP {
-                        return Err(limit(format!(
-                            "Cannot exceed quota for PoliciesPerGroup: {MANAGED_POLICIES_PER_GROUP}"
-                        )));
-                    }
-                    g.attached.push(arn);
-                } else {
-                    if !g.attached.contains(&arn) {
-                        return Err(err(
-                            "NoSuchEntity",
-                            StatusCode::NOT_FOUND,
-                            format!("Policy {arn} was not found."),
-                        ));
-                    }
-                    g.attached.retain(|a| *a != arn);
-                }
-                put(txn, GROUPS, &group_key(&account, &group_name), &g)
-            })
-            .await?;
-            Ok(json!({}))
-        }
-        "ListAttachedGroupPolicies" => {
-            let items = read(iam, |txn| {
-                Ok(get_group(txn, &account, &group_name)?
-                    .attached
-                    .iter()
-                    .map(|arn| {
-                        json!({"PolicyName": arn.rsplit('/').next().unwrap_or_default(), "PolicyArn": arn})
-                    })
-                    .collect())
-            })?;
-            page(items, input, "AttachedPolicies")
-        }
-        "PutGroupPolicy" => {
-            let policy_name = input::owned(input, "PolicyName");
-            let doc = input::owned(input, "PolicyDocument");
-            crate::api::validate_document(&doc)?;
-            write(iam, move |txn| {
-                let mut g = get_group(txn, &account, &group_name)?;
-                g.inline.insert(policy_name, doc);
-                let total: usize = g
-                    .inline
-                    .values()
-                    .map(|d| d.chars().filter(|c| !c.is_whitespace()).count())
-                    .sum();
-                if total > INLINE_GROUP_TOTAL {
-                    return Err(limit(format!(
-                        "Maximum policy size of {INLINE_GROUP_TOTAL} bytes exceeded for group {group_name}"
-                    )));
-                }
-                put(txn, GROUPS, &group_key(&account, &group_name), &g)
-            })
-            .await?;
-            Ok(json!({}))
-        }
-        "GetGroupPolicy" => {
-            let policy_name = input::owned(input, "PolicyName");
-            read(iam, |txn| {
-                let g = get_group(txn, &account, &group_name)?;
-                let doc = g.inline.get(&policy_name).ok_or_else(|| {
-                    err(
-                        "NoSuchEntity",
-                        StatusCode::NOT_FOUND,
-                        format!("The group policy with name {policy_name} cannot be found."),
-                    )
-                })?;
-                Ok(json!({"GroupName": g.name, "PolicyName": policy_name,
-                          "PolicyDocument": encode_document(doc)}))
-            })
-        }
-        "ListGroupPolicies" => {
-            let items = read(iam, |txn| {
-                Ok(get_group(txn, &account, &group_name)?
-                    .inline
-                    .keys()
-                    .map(|k| json!(k))
-                    .collect())
-            })?;
-            page(items, input, "PolicyNames")
-        }
-        "DeleteGroupPolicy" => {
-            let policy_name = input::owned(input, "PolicyName");
-            write(iam, move |txn| {
-                let mut g = get_group(txn, &account, &group_name)?;
-                if g.inline.remove(&policy_name).is_none() {
-                    return Err(err(
-                        "NoSuchEntity",
-                        StatusCode::NOT_FOUND,
-                        format!("The group policy with name {policy_name} cannot be found."),
-                    ));
                 }
                 put(txn, GROUPS, &group_key(&account, &group_name), &g)
             })

@@ -12,6 +12,7 @@
 mod api;
 mod entities;
 mod groups;
+mod holders;
 pub mod ids;
 pub mod managed;
 pub mod policy;

@@ -9,14 +9,11 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::api::{
-    conflict, customer_policy, encode_document, err, invalid, limit, malformed, now, page,
-    parse_policy_arn, put, read, write,
+    conflict, encode_document, err, invalid, limit, malformed, now, page, put, read, write,
 };
 use crate::policy::{self, Kind};
-use crate::{Iam, ROLES, RoleRecord, USERS, UserRecord, ids, managed, store_error};
+use crate::{Iam, ROLES, RoleRecord, USERS, UserRecord, ids, store_error};
 
-const MANAGED_POLICIES_PER_ROLE: usize = 10;
-const INLINE_ROLE_TOTAL: usize = 10_240;
 const TRUST_POLICY_SIZE: usize = 2048;
 
 pub(crate) fn role_key(account: &str, name: &str) -> String {
@@ -227,126 +224,6 @@ pub(crate) async fn dispatch(
                 }
                 if let Some(m) = max {
                     r.max_session_duration = m;
-                }
-                put(txn, ROLES, &role_key(&account, &name), &r)
-            })
-            .await?;
-            Ok(json!({}))
-        }
-        "AttachRolePolicy" | "DetachRolePolicy" => {
-            let name = input::owned(input, "RoleName");
-            let arn = input::owned(input, "PolicyArn");
-            parse_policy_arn(&arn)?;
-            let attach = operation == "AttachRolePolicy";
-            write(iam, move |txn| {
-                let mut r = get_role(txn, &account, &name)?;
-                crate::profiles::protected(&r)?;
-                if attach {
-                    let exists = managed::find(&arn).is_some()
-                        || customer_policy(txn, &account, &arn).is_ok();
-                    if !exists {
-                        return Err(crate::api::no_such_policy(&arn));
-                    }
-                    if r.attached.contains(&arn) {
-                        return Ok(());
-                    }
-                    if r.attached.len() >= MANAGED_POLICIES_PER_ROLE {
-                        return Err(limit(format!(
-                            "Cannot exceed quota for PoliciesPerRole: {MANAGED_POLICIES_PER_ROLE}"
-                        )));
-                    }
-                    r.attached.push(arn);
-                } else {
-                    if !r.attached.contains(&arn) {
-                        return Err(err(
-                            "NoSuchEntity",
-                            StatusCode::NOT_FOUND,
-                            format!("Policy {arn} was not found."),
-                        ));
-                    }
-                    r.attached.retain(|a| *a != arn);
-                }
-                put(txn, ROLES, &role_key(&account, &name), &r)
-            })
-            .await?;
-            Ok(json!({}))
-        }
-        "ListAttachedRolePolicies" => {
-            let name = input::owned(input, "RoleName");
-            let items = read(iam, |txn| {
-                Ok(get_role(txn, &account, &name)?
-                    .attached
-                    .iter()
-                    .map(|arn| {
-                        json!({"PolicyName": arn.rsplit('/').next().unwrap_or_default(), "PolicyArn": arn})
-                    })
-                    .collect())
-            })?;
-            page(items, input, "AttachedPolicies")
-        }
-        "PutRolePolicy" => {
-            let name = input::owned(input, "RoleName");
-            let policy_name = input::owned(input, "PolicyName");
-            let doc = input::owned(input, "PolicyDocument");
-            crate::api::validate_document(&doc)?;
-            write(iam, move |txn| {
-                let mut r = get_role(txn, &account, &name)?;
-                crate::profiles::protected(&r)?;
-                r.inline.insert(policy_name, doc);
-                let total: usize = r
-                    .inline
-                    .values()
-                    .map(|d| d.chars().filter(|c| !c.is_whitespace()).count())
-                    .sum();
-                if total > INLINE_ROLE_TOTAL {
-                    return Err(limit(format!(
-                        "Maximum policy size of {INLINE_ROLE_TOTAL} bytes exceeded for role {name}"
-                    )));
-                }
-                put(txn, ROLES, &role_key(&account, &name), &r)
-            })
-            .await?;
-            Ok(json!({}))
-        }
-        "GetRolePolicy" => {
-            let name = input::owned(input, "RoleName");
-            let policy_name = input::owned(input, "PolicyName");
-            read(iam, |txn| {
-                let r = get_role(txn, &account, &name)?;
-                let doc = r.inline.get(&policy_name).ok_or_else(|| {
-                    err(
-                        "NoSuchEntity",
-                        StatusCode::NOT_FOUND,
-                        format!("The role policy with name {policy_name} cannot be found."),
-                    )
-                })?;
-                Ok(json!({"RoleName": r.name, "PolicyName": policy_name,
-                          "PolicyDocument": encode_document(doc)}))
-            })
-        }
-        "ListRolePolicies" => {
-            let name = input::owned(input, "RoleName");
-            let items = read(iam, |txn| {
-                Ok(get_role(txn, &account, &name)?
-                    .inline
-                    .keys()
-                    .map(|k| json!(k))
-                    .collect())
-            })?;
-            page(items, input, "PolicyNames")
-        }
-        "DeleteRolePolicy" => {
-            let name = input::owned(input, "RoleName");
-            let policy_name = input::owned(input, "PolicyName");
-            write(iam, move |txn| {
-                let mut r = get_role(txn, &account, &name)?;
-                crate::profiles::protected(&r)?;
-                if r.inline.remove(&policy_name).is_none() {
-                    return Err(err(
-                        "NoSuchEntity",
-                        StatusCode::NOT_FOUND,
-                        format!("The role policy with name {policy_name} cannot be found."),
-                    ));
                 }
                 put(txn, ROLES, &role_key(&account, &name), &r)
             })
