@@ -750,3 +750,17 @@ def test_passing_a_role_to_ecs_needs_pass_role(server):
         "Statement": [{"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*",
                        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}]}))
     assert error(ecs.register_task_definition, executionRoleArn="web-task", **td)[0]["Code"] == "AccessDeniedException"
+
+
+def test_source_ip_conditions_see_the_clients_address(server):
+    iam = server.client("iam")
+    ak, sk = user_with_key(iam, "net")
+    iam.put_user_policy(UserName="net", PolicyName="loopback-only", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "ecs:ListClusters", "Resource": "*",
+                       "Condition": {"IpAddress": {"aws:SourceIp": "127.0.0.0/8"}}},
+                      {"Effect": "Allow", "Action": "ecs:ListTaskDefinitions", "Resource": "*",
+                       "Condition": {"IpAddress": {"aws:SourceIp": ["10.0.0.0/8", "192.168.0.0/16"]}}}]}))
+    ecs = server.client("ecs", key=ak, secret=sk)
+    ecs.list_clusters()
+    assert error(ecs.list_task_definitions)[0]["Code"] == "AccessDeniedException"

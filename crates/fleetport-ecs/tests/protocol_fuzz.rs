@@ -72,6 +72,7 @@ impl Harness {
         };
         signer.sign("POST", "/", "", &mut h, &body, now());
         let req = ApiRequest {
+            peer: None,
             method: "POST",
             path: "/",
             query: "",

@@ -121,6 +121,8 @@ impl std::fmt::Debug for Gateway {
 /// The request as the HTTP layer hands it over.
 #[derive(Debug)]
 pub struct ApiRequest<'a> {
+    /// The client's address (`aws:SourceIp`), when the listener knows it.
+    pub peer: Option<std::net::IpAddr>,
     pub method: &'a str,
     pub path: &'a str,
     pub query: &'a str,
@@ -382,7 +384,7 @@ impl Gateway {
         service: &dyn Service,
         operation: &str,
         input: &Value,
-        scope_region: &str,
+        facts: &RequestFacts,
         protocol: Protocol,
     ) -> Result<(), AwsError> {
         if ctx.principal.is_root() {
@@ -410,18 +412,12 @@ impl Gateway {
             })
             .collect();
         accesses.extend(service.also_needs(ctx, operation, input));
-        let facts = RequestFacts {
-            region: scope_region.to_string(),
-            source_ip: None,
-            secure_transport: false,
-            token_issued_at: None,
-        };
-        auth::check(self.authorizer.as_ref(), &ctx.principal, &accesses, &facts).map_err(
-            |message| match protocol {
+        auth::check(self.authorizer.as_ref(), &ctx.principal, &accesses, facts).map_err(|message| {
+            match protocol {
                 Protocol::Json => auth::json_denial(message),
                 Protocol::Query => auth::query_denial(message),
-            },
-        )
+            }
+        })
     }
 
     async fn handle_json(
@@ -461,7 +457,7 @@ impl Gateway {
             service.as_ref(),
             &op.name,
             &input,
-            &fields.region,
+            &facts(&fields.region, req.peer),
             Protocol::Json,
         )?;
         let output = service.call(&ctx, &op.name, input).await?;
@@ -536,12 +532,23 @@ impl Gateway {
                 None => Value::Object(Default::default()),
             };
             let ctx = self.context(request_id, fields.access_key);
-            self.authorize(&ctx, service.as_ref(), &op.name, &input, &fields.region, Protocol::Query)?;
+            self.authorize(&ctx, service.as_ref(), &op.name, &input, &facts(&fields.region, req.peer), Protocol::Query)?;
             let output = service.call(&ctx, &op.name, input).await?;
             Ok(Bytes::from(query::write_response(model, &op.name, &output, request_id)))
         }
         .await;
         (out, ns)
+    }
+}
+
+/// What conditions may test about a request: the region it was signed for, the client's
+/// address; Fleetport's API is plain HTTP, so `aws:SecureTransport` is false.
+fn facts(region: &str, peer: Option<std::net::IpAddr>) -> RequestFacts {
+    RequestFacts {
+        region: region.to_string(),
+        source_ip: peer,
+        secure_transport: false,
+        token_issued_at: None,
     }
 }
 

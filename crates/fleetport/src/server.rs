@@ -131,7 +131,12 @@ async fn aws(State(state): State<AppState>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return e.response(&parts.headers, state.max_body_bytes),
     };
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     let api = ApiRequest {
+        peer,
         method: parts.method.as_str(),
         path: parts.uri.path(),
         query: parts.uri.query().unwrap_or(""),
