@@ -227,7 +227,7 @@ impl PolicyRecord {
 #[derive(Default)]
 struct Snapshot {
     /// Active keys: secret and principal.
-    keys: HashMap<String, ResolvedKey>,
+    keys: HashMap<String, Arc<ResolvedKey>>,
     /// Compiled identity policies by principal ARN.
     policies: HashMap<String, Arc<Vec<policy::Policy>>>,
 }
@@ -386,7 +386,7 @@ impl Iam {
                 };
                 snap.keys.insert(
                     s.id.clone(),
-                    ResolvedKey {
+                    Arc::new(ResolvedKey {
                         secret,
                         principal: Principal {
                             account_id: s.account.clone(),
@@ -399,7 +399,7 @@ impl Iam {
                             expires_at: s.expires,
                             issued_at: s.issued,
                         }),
-                    },
+                    }),
                 );
             }
             for k in keys.iter().filter(|k| k.status == "Active") {
@@ -421,11 +421,11 @@ impl Iam {
                 };
                 snap.keys.insert(
                     k.id.clone(),
-                    ResolvedKey {
+                    Arc::new(ResolvedKey {
                         secret,
                         principal,
                         session: None,
-                    },
+                    }),
                 );
             }
             Ok::<_, StoreError>(snap)
@@ -459,7 +459,7 @@ pub(crate) fn user_principal(u: &UserRecord) -> Principal {
 }
 
 impl KeySource for Iam {
-    fn resolve(&self, access_key: &str) -> Option<ResolvedKey> {
+    fn resolve(&self, access_key: &str) -> Option<Arc<ResolvedKey>> {
         self.snapshot().keys.get(access_key).cloned()
     }
 }

@@ -122,7 +122,7 @@ impl Session {
 /// every request.
 pub trait KeySource: Send + Sync + 'static {
     /// The key's secret and principal; `None` for an unknown or inactive key.
-    fn resolve(&self, access_key: &str) -> Option<ResolvedKey>;
+    fn resolve(&self, access_key: &str) -> Option<Arc<ResolvedKey>>;
 }
 
 /// One permission a request needs: an IAM action on a resource.

@@ -170,7 +170,7 @@ impl Verifier {
             return Some(std::borrow::Cow::Borrowed(s));
         }
         let resolved = self.source.get()?.resolve(access_key)?;
-        Some(std::borrow::Cow::Owned(resolved.secret))
+        Some(std::borrow::Cow::Owned(resolved.secret.clone()))
     }
 
     /// Temporary credentials: the request must carry the session's token (header or, presigned,
@@ -218,7 +218,10 @@ impl Verifier {
         if self.credentials.secret(access_key).is_some() {
             return None;
         }
-        self.source.get()?.resolve(access_key).map(|r| r.principal)
+        self.source
+            .get()?
+            .resolve(access_key)
+            .map(|r| r.principal.clone())
     }
 
     /// Checks the request's signature. `now` is Unix seconds; `max_skew` in seconds.
