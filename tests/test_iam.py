@@ -764,3 +764,30 @@ def test_source_ip_conditions_see_the_clients_address(server):
     ecs = server.client("ecs", key=ak, secret=sk)
     ecs.list_clusters()
     assert error(ecs.list_task_definitions)[0]["Code"] == "AccessDeniedException"
+
+
+def test_elb_actions_are_authorised_on_their_resources(server):
+    elb = server.client("elbv2")
+    mine = elb.create_load_balancer(Name="mine", Subnets=["subnet-a", "subnet-b"])["LoadBalancers"][0]
+    theirs = elb.create_load_balancer(Name="theirs", Subnets=["subnet-a", "subnet-b"])["LoadBalancers"][0]
+    iam = server.client("iam")
+    ak, sk = user_with_key(iam, "lbops", "arn:aws:iam::aws:policy/ElasticLoadBalancingReadOnly")
+    iam.put_user_policy(UserName="lbops", PolicyName="mine", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "elasticloadbalancing:*",
+                       "Resource": "arn:aws:elasticloadbalancing:*:*:loadbalancer/app/mine/*"}]}))
+    ops = server.client("elbv2", key=ak, secret=sk)
+    assert len(ops.describe_load_balancers()["LoadBalancers"]) == 2
+    attrs = [{"Key": "idle_timeout.timeout_seconds", "Value": "30"}]
+    ops.modify_load_balancer_attributes(LoadBalancerArn=mine["LoadBalancerArn"], Attributes=attrs)
+    err, status = error(ops.modify_load_balancer_attributes, LoadBalancerArn=theirs["LoadBalancerArn"],
+                        Attributes=attrs)
+    assert (err["Code"], status) == ("AccessDenied", 403)
+    assert f"elasticloadbalancing:ModifyLoadBalancerAttributes on resource: {theirs['LoadBalancerArn']}" \
+        in err["Message"]
+    ops.add_tags(ResourceArns=[mine["LoadBalancerArn"]], Tags=[{"Key": "k", "Value": "v"}])
+    assert error(ops.add_tags, ResourceArns=[mine["LoadBalancerArn"], theirs["LoadBalancerArn"]],
+                 Tags=[{"Key": "k", "Value": "v"}])[0]["Code"] == "AccessDenied"
+    assert error(ops.delete_load_balancer, LoadBalancerArn=theirs["LoadBalancerArn"])[0]["Code"] == "AccessDenied"
+    ops.delete_load_balancer(LoadBalancerArn=mine["LoadBalancerArn"])
+    assert [lb["LoadBalancerName"] for lb in elb.describe_load_balancers()["LoadBalancers"]] == ["theirs"]

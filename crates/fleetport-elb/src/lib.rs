@@ -449,6 +449,37 @@ impl Service for Elb {
     ) -> BoxFuture<'a, Result<Value, AwsError>> {
         Box::pin(self.dispatch(operation, input))
     }
+
+    /// Actions on a load balancer, listener, rule or target group are authorised on its ARN
+    /// (tags on each resource named); Describe* and the creation of load balancers and target
+    /// groups on `*`.
+    fn resources(&self, _ctx: &RequestContext, operation: &str, input: &Value) -> Vec<String> {
+        if operation.starts_with("Describe") {
+            return vec!["*".to_string()];
+        }
+        let named = fleetport_proto::input::strings(input, "ResourceArns");
+        if !named.is_empty() {
+            return named;
+        }
+        let priorities: Vec<String> = fleetport_proto::input::items(input, "RulePriorities")
+            .iter()
+            .filter_map(|p| p.get("RuleArn").and_then(Value::as_str).map(String::from))
+            .collect();
+        if !priorities.is_empty() {
+            return priorities;
+        }
+        for member in [
+            "RuleArn",
+            "ListenerArn",
+            "TargetGroupArn",
+            "LoadBalancerArn",
+        ] {
+            if let Some(arn) = fleetport_proto::input::string(input, member) {
+                return vec![arn.to_string()];
+            }
+        }
+        vec!["*".to_string()]
+    }
 }
 
 /// A certificate ARN and a listener ARN that uses it.
