@@ -791,3 +791,23 @@ def test_elb_actions_are_authorised_on_their_resources(server):
     assert error(ops.delete_load_balancer, LoadBalancerArn=theirs["LoadBalancerArn"])[0]["Code"] == "AccessDenied"
     ops.delete_load_balancer(LoadBalancerArn=mine["LoadBalancerArn"])
     assert [lb["LoadBalancerName"] for lb in elb.describe_load_balancers()["LoadBalancers"]] == ["theirs"]
+
+
+def test_token_issue_time_is_known_to_temporary_credentials_only(server):
+    iam = server.client("iam")
+    only_sessions = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "ecs:ListClusters", "Resource": "*",
+         "Condition": {"Null": {"aws:TokenIssueTime": "false"},
+                       "DateGreaterThan": {"aws:TokenIssueTime": "2020-01-01T00:00:00Z"}}}]})
+    iam.create_role(RoleName="timed", AssumeRolePolicyDocument=trust("000000000000"))
+    iam.put_role_policy(RoleName="timed", PolicyName="p", PolicyDocument=only_sessions)
+    ak, sk = user_with_key(iam, "plain")
+    iam.put_user_policy(UserName="plain", PolicyName="p", PolicyDocument=only_sessions)
+    assert error(server.client("ecs", key=ak, secret=sk).list_clusters)[0]["Code"] == "AccessDeniedException"
+    c = server.client("sts").assume_role(RoleArn="arn:aws:iam::000000000000:role/timed",
+                                         RoleSessionName="t1")["Credentials"]
+    import boto3
+    ecs = boto3.client("ecs", endpoint_url=server.endpoint, region_name="us-east-1",
+                       aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"],
+                       aws_session_token=c["SessionToken"])
+    assert ecs.list_clusters()["clusterArns"] == []

@@ -457,7 +457,11 @@ impl Gateway {
             service.as_ref(),
             &op.name,
             &input,
-            &facts(&fields.region, req.peer),
+            &facts(
+                &fields.region,
+                req.peer,
+                self.verifier.token_issued_at(&ctx.access_key),
+            ),
             Protocol::Json,
         )?;
         let output = service.call(&ctx, &op.name, input).await?;
@@ -532,7 +536,7 @@ impl Gateway {
                 None => Value::Object(Default::default()),
             };
             let ctx = self.context(request_id, fields.access_key);
-            self.authorize(&ctx, service.as_ref(), &op.name, &input, &facts(&fields.region, req.peer), Protocol::Query)?;
+            self.authorize(&ctx, service.as_ref(), &op.name, &input, &facts(&fields.region, req.peer, self.verifier.token_issued_at(&ctx.access_key)), Protocol::Query)?;
             let output = service.call(&ctx, &op.name, input).await?;
             Ok(Bytes::from(query::write_response(model, &op.name, &output, request_id)))
         }
@@ -543,12 +547,12 @@ impl Gateway {
 
 /// What conditions may test about a request: the region it was signed for, the client's
 /// address; Fleetport's API is plain HTTP, so `aws:SecureTransport` is false.
-fn facts(region: &str, peer: Option<std::net::IpAddr>) -> RequestFacts {
+fn facts(region: &str, peer: Option<std::net::IpAddr>, issued: Option<i64>) -> RequestFacts {
     RequestFacts {
         region: region.to_string(),
         source_ip: peer,
         secure_transport: false,
-        token_issued_at: None,
+        token_issued_at: issued,
     }
 }
 

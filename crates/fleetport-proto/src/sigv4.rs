@@ -212,6 +212,19 @@ impl Verifier {
         Ok(())
     }
 
+    /// When temporary credentials were issued (`aws:TokenIssueTime`); None for other keys.
+    pub fn token_issued_at(&self, access_key: &str) -> Option<i64> {
+        if self.credentials.secret(access_key).is_some() {
+            return None;
+        }
+        self.source
+            .get()?
+            .resolve(access_key)?
+            .session
+            .as_ref()
+            .map(|s| s.issued_at)
+    }
+
     /// Who a key stands for: `None` for a static key (the root of the configured account),
     /// the run-time key's principal otherwise.
     pub fn principal_of(&self, access_key: &str) -> Option<crate::auth::Principal> {
