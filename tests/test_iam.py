@@ -811,3 +811,32 @@ def test_token_issue_time_is_known_to_temporary_credentials_only(server):
                        aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"],
                        aws_session_token=c["SessionToken"])
     assert ecs.list_clusters()["clusterArns"] == []
+
+
+def test_session_policies_narrow_an_assumed_role(server):
+    import boto3
+    iam = server.client("iam")
+    iam.create_role(RoleName="admin", AssumeRolePolicyDocument=trust("000000000000"))
+    iam.attach_role_policy(RoleName="admin", PolicyArn="arn:aws:iam::aws:policy/AdministratorAccess")
+    sts = server.client("sts")
+
+    def session(**kw):
+        c = sts.assume_role(RoleArn="arn:aws:iam::000000000000:role/admin", RoleSessionName="narrow",
+                            **kw)["Credentials"]
+        return lambda svc: boto3.client(svc, endpoint_url=server.endpoint, region_name="us-east-1",
+                                        aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"],
+                                        aws_session_token=c["SessionToken"])
+
+    wide = session()
+    narrow = session(Policy=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "ecs:List*", "Resource": "*"}]}))
+    managed = session(PolicyArns=[{"arn": READ_ONLY}])
+    wide("ecr").create_repository(repositoryName="by-wide")
+    narrow("ecs").list_clusters()
+    assert error(narrow("ecr").create_repository, repositoryName="by-narrow")[0]["Code"] == "AccessDeniedException"
+    assert error(narrow("ecs").create_cluster, clusterName="x")[0]["Code"] == "AccessDeniedException"
+    managed("ecr").describe_repositories()
+    assert error(managed("ecr").create_repository, repositoryName="by-managed")[0]["Code"] == "AccessDeniedException"
+    err, status = error(sts.assume_role, RoleArn="arn:aws:iam::000000000000:role/admin", RoleSessionName="bad",
+                        Policy='{"Version": "2012-10-17", "Statement": [{"Effect": "Allow"}]}')
+    assert (err["Code"], status) == ("MalformedPolicyDocument", 400)

@@ -134,6 +134,10 @@ pub(crate) struct SessionRecord {
     pub token_sha256: String,
     pub issued: i64,
     pub expires: i64,
+    /// Session policies (AssumeRole's `Policy` and `PolicyArns`, resolved to documents): the
+    /// session may do only what they and the role's policies both allow.
+    #[serde(default)]
+    pub session_policies: Vec<String>,
 }
 
 /// How long expired sessions stay known, so that their use is answered "expired", not
@@ -230,6 +234,8 @@ struct Snapshot {
     keys: HashMap<String, Arc<ResolvedKey>>,
     /// Compiled identity policies by principal ARN.
     policies: HashMap<String, Arc<Vec<policy::Policy>>>,
+    /// Compiled session policies by session key.
+    session_policies: HashMap<String, Arc<Vec<policy::Policy>>>,
 }
 
 /// The IAM service. Cheap to clone.
@@ -375,8 +381,18 @@ impl Iam {
                         role_arn: role_arn.clone(),
                         role_name: role_name.clone(),
                         session: session.clone(),
+                        key: s.id.clone(),
                     },
                 };
+                if !s.session_policies.is_empty() {
+                    let compiled = s
+                        .session_policies
+                        .iter()
+                        .filter_map(|d| policy::parse(d, policy::Kind::Identity).ok())
+                        .collect();
+                    snap.session_policies
+                        .insert(s.id.clone(), Arc::new(compiled));
+                }
                 let secret = match sealer.open(&s.id, &s.secret) {
                     Ok(b) => String::from_utf8_lossy(&b).into_owned(),
                     Err(e) => {
@@ -474,12 +490,12 @@ impl Authorizer for Iam {
             PrincipalKind::AssumedRole { role_arn, .. } => role_arn,
             _ => &principal.arn,
         };
-        let policies = self
-            .snapshot()
-            .policies
-            .get(holder)
-            .cloned()
-            .unwrap_or_default();
+        let snapshot = self.snapshot();
+        let policies = snapshot.policies.get(holder).cloned().unwrap_or_default();
+        let session = match &principal.kind {
+            PrincipalKind::AssumedRole { key, .. } => snapshot.session_policies.get(key).cloned(),
+            _ => None,
+        };
         let request = policy::Request {
             principal,
             action: &access.action,
@@ -498,11 +514,20 @@ impl Authorizer for Iam {
             });
         // Within one account: an explicit deny anywhere wins; otherwise an allow on either side
         // is enough.
-        match (identity, resource) {
+        let decision = match (identity, resource) {
             (Decision::ExplicitDeny, _) => Decision::ExplicitDeny,
             (_, policy::ResourceVerdict::Deny) => Decision::ExplicitDenyInResourcePolicy,
             (Decision::Allow, _) | (_, policy::ResourceVerdict::Allow(_)) => Decision::Allow,
             _ => Decision::ImplicitDeny,
+        };
+        // Session policies narrow a session: it may do only what they allow too.
+        match (decision, session) {
+            (Decision::Allow, Some(session)) => match policy::evaluate(session.iter(), &request) {
+                Decision::Allow => Decision::Allow,
+                Decision::ExplicitDeny => Decision::ExplicitDeny,
+                _ => Decision::ImplicitDeny,
+            },
+            (d, _) => d,
         }
     }
 }

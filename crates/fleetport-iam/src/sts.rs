@@ -120,6 +120,38 @@ fn credentials(
     Ok((id, secret, token, sealed, hash))
 }
 
+/// AssumeRole's session policies: the inline `Policy` (at most 2,048 characters) and the
+/// managed `PolicyArns`, as documents.
+fn session_policies(iam: &Iam, account: &str, input: &Value) -> Result<Vec<String>, AwsError> {
+    let mut docs = Vec::new();
+    if let Some(doc) = fleetport_proto::input::string(input, "Policy") {
+        if doc.chars().filter(|c| !c.is_whitespace()).count() > 2048 {
+            return Err(AwsError::client(
+                "PackedPolicyTooLarge",
+                "Packed size of consumed policies exceeds 100 percent of the allowed value.",
+            ));
+        }
+        policy::parse(doc, Kind::Identity)
+            .map_err(|e| AwsError::client("MalformedPolicyDocument", e.0))?;
+        docs.push(doc.to_string());
+    }
+    for item in fleetport_proto::input::items(input, "PolicyArns") {
+        let arn = item.get("arn").and_then(Value::as_str).unwrap_or_default();
+        let doc = match crate::managed::find(arn) {
+            Some(m) => Some(m.document.to_string()),
+            None => api::read(iam, |txn| Ok(api::customer_policy(txn, account, arn).ok()))?
+                .and_then(|p| p.default_document().map(String::from)),
+        };
+        docs.push(doc.ok_or_else(|| {
+            AwsError::client(
+                "MalformedPolicyDocument",
+                format!("Policy {arn} does not exist or is not attachable."),
+            )
+        })?);
+    }
+    Ok(docs)
+}
+
 /// Stores a session (and forgets sessions long expired) in one transaction.
 async fn store_session(iam: &Iam, record: SessionRecord) -> Result<(), AwsError> {
     api::write(iam, move |txn: &mut dyn WriteTxn| {
@@ -222,6 +254,7 @@ impl Sts {
                 "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
             ));
         }
+        let session_policies = session_policies(iam, &account, input)?;
         let (id, secret, token, sealed, hash) = credentials(iam, &account)?;
         let now = fleetport_proto::clock::unix_secs();
         let arn = format!(
@@ -245,6 +278,7 @@ impl Sts {
                 token_sha256: hash,
                 issued: now,
                 expires: now + duration,
+                session_policies,
             },
         )
         .await?;
@@ -308,6 +342,7 @@ impl Sts {
                 token_sha256: hash,
                 issued: now,
                 expires: now + duration,
+                session_policies: Vec::new(),
             },
         )
         .await?;

@@ -21,6 +21,8 @@ pub enum PrincipalKind {
         role_arn: String,
         role_name: String,
         session: String,
+        /// The session's access key ID: its session policies, if any, are kept by it.
+        key: String,
     },
 }
 
@@ -58,7 +60,8 @@ impl Principal {
                 role_arn,
                 role_name,
                 session,
-            } => format!("role\n{role_arn}\n{role_name}\n{session}"),
+                key,
+            } => format!("role\n{role_arn}\n{role_name}\n{session}\n{key}"),
         };
         format!(
             "{}\n{}\n{}\n{kind}",
@@ -74,10 +77,11 @@ impl Principal {
             ["user", name] => PrincipalKind::User {
                 name: (*name).to_string(),
             },
-            ["role", role_arn, role_name, session] => PrincipalKind::AssumedRole {
+            ["role", role_arn, role_name, session, key] => PrincipalKind::AssumedRole {
                 role_arn: (*role_arn).to_string(),
                 role_name: (*role_name).to_string(),
                 session: (*session).to_string(),
+                key: (*key).to_string(),
             },
             _ => return None,
         };
@@ -236,6 +240,7 @@ mod tests {
                     role_arn: "arn:aws:iam::1:role/path/r".into(),
                     role_name: "r".into(),
                     session: "s".into(),
+                    key: "ASIAEXAMPLE".into(),
                 },
             },
         ] {
