@@ -840,3 +840,39 @@ def test_session_policies_narrow_an_assumed_role(server):
     err, status = error(sts.assume_role, RoleArn="arn:aws:iam::000000000000:role/admin", RoleSessionName="bad",
                         Policy='{"Version": "2012-10-17", "Statement": [{"Effect": "Allow"}]}')
     assert (err["Code"], status) == ("MalformedPolicyDocument", 400)
+
+
+def test_permissions_boundaries_cap_identity_policies(server):
+    iam = server.client("iam")
+    admin = "arn:aws:iam::aws:policy/AdministratorAccess"
+    iam.create_user(UserName="capped", PermissionsBoundary=READ_ONLY)
+    got = iam.get_user(UserName="capped")["User"]
+    assert got["PermissionsBoundary"] == {"PermissionsBoundaryType": "PermissionsBoundaryPolicy",
+                                          "PermissionsBoundaryArn": READ_ONLY}
+    iam.attach_user_policy(UserName="capped", PolicyArn=admin)
+    k = iam.create_access_key(UserName="capped")["AccessKey"]
+    ecr = server.client("ecr", key=k["AccessKeyId"], secret=k["SecretAccessKey"])
+    ecr.describe_repositories()
+    assert error(ecr.create_repository, repositoryName="nope")[0]["Code"] == "AccessDeniedException"
+    assert error(server.client("ecs", key=k["AccessKeyId"], secret=k["SecretAccessKey"]).list_clusters)[0][
+        "Code"] == "AccessDeniedException"
+    iam.delete_user_permissions_boundary(UserName="capped")
+    ecr.create_repository(repositoryName="now-yes")
+    assert error(iam.delete_user_permissions_boundary, UserName="capped")[0]["Code"] == "NoSuchEntity"
+    iam.put_user_permissions_boundary(UserName="capped", PermissionsBoundary=READ_ONLY)
+    assert error(ecr.create_repository, repositoryName="again-no")[0]["Code"] == "AccessDeniedException"
+    assert error(iam.create_user, UserName="x2", PermissionsBoundary="arn:aws:iam::aws:policy/Nope")[0]["Code"] \
+        == "NoSuchEntity"
+    assert error(iam.get_user, UserName="x2")[0]["Code"] == "NoSuchEntity"
+    # Roles too, and their sessions.
+    iam.create_role(RoleName="capped-role", AssumeRolePolicyDocument=trust("000000000000"),
+                    PermissionsBoundary=READ_ONLY)
+    iam.attach_role_policy(RoleName="capped-role", PolicyArn=admin)
+    c = server.client("sts").assume_role(RoleArn="arn:aws:iam::000000000000:role/capped-role",
+                                         RoleSessionName="s1")["Credentials"]
+    import boto3
+    s_ecr = boto3.client("ecr", endpoint_url=server.endpoint, region_name="us-east-1",
+                         aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"],
+                         aws_session_token=c["SessionToken"])
+    s_ecr.describe_repositories()
+    assert error(s_ecr.create_repository, repositoryName="role-no")[0]["Code"] == "AccessDeniedException"

@@ -157,7 +157,30 @@ fn user_json(u: &UserRecord, full: bool) -> Value {
     if full && !u.tags.is_empty() {
         v["Tags"] = json!(u.tags);
     }
+    if full && let Some(b) = &u.boundary {
+        v["PermissionsBoundary"] = boundary_json(b);
+    }
     v
+}
+
+pub(crate) fn boundary_json(arn: &str) -> Value {
+    json!({"PermissionsBoundaryType": "PermissionsBoundaryPolicy", "PermissionsBoundaryArn": arn})
+}
+
+/// CreateUser's and CreateRole's `PermissionsBoundary`: a policy that exists.
+pub(crate) fn boundary_input(
+    txn: &dyn ReadTxn,
+    account: &str,
+    arn: Option<&str>,
+) -> Result<Option<String>, AwsError> {
+    let Some(arn) = arn else {
+        return Ok(None);
+    };
+    parse_policy_arn(arn)?;
+    if managed::find(arn).is_none() && customer_policy(txn, account, arn).is_err() {
+        return Err(no_such_policy(arn));
+    }
+    Ok(Some(arn.to_string()))
 }
 
 fn policy_json(p: &PolicyRecord, attachments: usize, full: bool) -> Value {
@@ -345,9 +368,12 @@ pub(crate) async fn dispatch(
                 tags,
                 attached: Vec::new(),
                 inline: Default::default(),
+                boundary: None,
             };
-            let out = user_json(&user, true);
-            write(iam, move |txn| {
+            let boundary = input::string(input, "PermissionsBoundary").map(String::from);
+            let out = write(iam, move |txn| {
+                let mut user = user;
+                user.boundary = boundary_input(txn, &user.account, boundary.as_deref())?;
                 let key = user_key(&user.account, &user.name);
                 if txn.get(USERS, &key).map_err(store_error)?.is_some() {
                     return Err(err(
@@ -356,7 +382,8 @@ pub(crate) async fn dispatch(
                         format!("User with name {} already exists.", user.name),
                     ));
                 }
-                put(txn, USERS, &key, &user)
+                put(txn, USERS, &key, &user)?;
+                Ok(user_json(&user, true))
             })
             .await?;
             Ok(json!({ "User": out }))

@@ -29,6 +29,10 @@ pub(crate) trait Holder: Serialize + DeserializeOwned + Send + 'static {
     fn name(&self) -> &str;
     fn attached(&mut self) -> &mut Vec<String>;
     fn inline(&mut self) -> &mut BTreeMap<String, String>;
+    /// Its permissions boundary; None for groups, which have none.
+    fn boundary(&mut self) -> Option<&mut Option<String>> {
+        None
+    }
     /// Whether the caller may change its policies (service-linked roles refuse).
     fn editable(&self) -> Result<(), AwsError> {
         Ok(())
@@ -42,6 +46,9 @@ impl Holder for UserRecord {
     const INLINE_TOTAL: usize = 2048;
     fn name(&self) -> &str {
         &self.name
+    }
+    fn boundary(&mut self) -> Option<&mut Option<String>> {
+        Some(&mut self.boundary)
     }
     fn attached(&mut self) -> &mut Vec<String> {
         &mut self.attached
@@ -74,6 +81,9 @@ impl Holder for RoleRecord {
     const INLINE_TOTAL: usize = 10_240;
     fn name(&self) -> &str {
         &self.name
+    }
+    fn boundary(&mut self) -> Option<&mut Option<String>> {
+        Some(&mut self.boundary)
     }
     fn attached(&mut self) -> &mut Vec<String> {
         &mut self.attached
@@ -127,6 +137,8 @@ pub(crate) async fn dispatch(
                 | "GetPolicy"
                 | "ListPolicies"
                 | "DeletePolicy"
+                | "PutPermissionsBoundary"
+                | "DeletePermissionsBoundary"
         ) {
             continue;
         }
@@ -246,6 +258,39 @@ async fn handle<H: Holder>(
                 out[format!("{}Name", H::KIND)] = json!(h.name());
                 Ok(out)
             })
+        }
+        "PutPermissionsBoundary" | "DeletePermissionsBoundary" => {
+            let arn = input::string(input, "PermissionsBoundary").map(String::from);
+            if let Some(a) = &arn {
+                parse_policy_arn(a)?;
+            }
+            write(iam, move |txn| {
+                let mut h = get::<H>(txn, &account, &name)?;
+                h.editable()?;
+                if let Some(a) = &arn
+                    && managed::find(a).is_none()
+                    && customer_policy(txn, &account, a).is_err()
+                {
+                    return Err(no_such_policy(a));
+                }
+                let Some(slot) = h.boundary() else {
+                    return Err(crate::api::invalid("Groups have no permissions boundary."));
+                };
+                if arn.is_none() && slot.is_none() {
+                    return Err(err(
+                        "NoSuchEntity",
+                        StatusCode::NOT_FOUND,
+                        format!(
+                            "The {} {name} has no permissions boundary.",
+                            H::KIND.to_lowercase()
+                        ),
+                    ));
+                }
+                *slot = arn;
+                put(txn, H::COLLECTION, &key(&account, &name), &h)?;
+                Ok(json!({}))
+            })
+            .await
         }
         "ListPolicies" => {
             let items = read(iam, |txn| {

@@ -103,6 +103,9 @@ pub(crate) struct RoleRecord {
     /// Created by CreateServiceLinkedRole: only its service may change it.
     #[serde(default)]
     pub service_linked: bool,
+    /// The permissions boundary (a managed policy ARN).
+    #[serde(default)]
+    pub boundary: Option<String>,
 }
 
 /// Who temporary credentials stand for, as stored.
@@ -163,6 +166,9 @@ pub(crate) struct UserRecord {
     /// Inline policies by name.
     #[serde(default)]
     pub inline: BTreeMap<String, String>,
+    /// The permissions boundary (a managed policy ARN).
+    #[serde(default)]
+    pub boundary: Option<String>,
 }
 
 /// An access key (`iam.access-key`, key: the key ID).
@@ -236,6 +242,8 @@ struct Snapshot {
     policies: HashMap<String, Arc<Vec<policy::Policy>>>,
     /// Compiled session policies by session key.
     session_policies: HashMap<String, Arc<Vec<policy::Policy>>>,
+    /// Compiled permissions boundaries by user or role ARN.
+    boundaries: HashMap<String, Arc<Vec<policy::Policy>>>,
 }
 
 /// The IAM service. Cheap to clone.
@@ -359,11 +367,23 @@ impl Iam {
                 }
                 snap.policies
                     .insert(principal.arn.clone(), compile(&attached, &inline));
+                if let Some(b) = &u.boundary {
+                    snap.boundaries.insert(
+                        principal.arn.clone(),
+                        compile(std::slice::from_ref(b), &BTreeMap::new()),
+                    );
+                }
                 principals.insert((u.account.clone(), u.name.clone()), principal);
             }
             for r in &roles {
                 snap.policies
                     .insert(r.arn.clone(), compile(&r.attached, &r.inline));
+                if let Some(b) = &r.boundary {
+                    snap.boundaries.insert(
+                        r.arn.clone(),
+                        compile(std::slice::from_ref(b), &BTreeMap::new()),
+                    );
+                }
             }
             let now = fleetport_proto::clock::unix_secs();
             for s in sessions
@@ -504,7 +524,15 @@ impl Authorizer for Iam {
             now: fleetport_proto::clock::unix_secs(),
             context: &access.context,
         };
-        let identity = policy::evaluate(policies.iter(), &request);
+        let mut identity = policy::evaluate(policies.iter(), &request);
+        // A permissions boundary caps what identity policies grant.
+        if let Some(boundary) = snapshot.boundaries.get(holder) {
+            identity = match (identity, policy::evaluate(boundary.iter(), &request)) {
+                (Decision::ExplicitDeny, _) | (_, Decision::ExplicitDeny) => Decision::ExplicitDeny,
+                (Decision::Allow, Decision::Allow) => Decision::Allow,
+                _ => Decision::ImplicitDeny,
+            };
+        }
         let resource = access
             .resource_policy
             .as_deref()
@@ -602,6 +630,10 @@ const IMPLEMENTED: &[&str] = &[
     "TagRole",
     "UntagRole",
     "ListRoleTags",
+    "PutUserPermissionsBoundary",
+    "DeleteUserPermissionsBoundary",
+    "PutRolePermissionsBoundary",
+    "DeleteRolePermissionsBoundary",
 ];
 
 impl Service for Iam {

@@ -253,6 +253,7 @@ pub(crate) async fn dispatch(
                 attached: vec![policy.to_string()],
                 inline: Default::default(),
                 service_linked: true,
+                boundary: None,
             };
             let out = role_json(&role, true);
             write(iam, move |txn| {

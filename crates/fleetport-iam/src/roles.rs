@@ -101,6 +101,9 @@ pub(crate) fn role_json(r: &RoleRecord, full: bool) -> Value {
     if let Some(d) = &r.description {
         v["Description"] = json!(d);
     }
+    if full && let Some(b) = &r.boundary {
+        v["PermissionsBoundary"] = crate::api::boundary_json(b);
+    }
     if full {
         if !r.tags.is_empty() {
             v["Tags"] = json!(r.tags);
@@ -141,9 +144,13 @@ pub(crate) async fn dispatch(
                 attached: Vec::new(),
                 inline: Default::default(),
                 service_linked: false,
+                boundary: None,
             };
-            let out = role_json(&role, true);
-            write(iam, move |txn| {
+            let boundary = input::string(input, "PermissionsBoundary").map(String::from);
+            let out = write(iam, move |txn| {
+                let mut role = role;
+                role.boundary =
+                    crate::api::boundary_input(txn, &role.account, boundary.as_deref())?;
                 let key = role_key(&role.account, &role.name);
                 if txn.get(ROLES, &key).map_err(store_error)?.is_some() {
                     return Err(err(
@@ -153,7 +160,8 @@ pub(crate) async fn dispatch(
                     ));
                 }
                 check_trust(txn, &role.account, &role.trust)?;
-                put(txn, ROLES, &key, &role)
+                put(txn, ROLES, &key, &role)?;
+                Ok(role_json(&role, true))
             })
             .await?;
             Ok(json!({ "Role": out }))
