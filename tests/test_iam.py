@@ -876,3 +876,16 @@ def test_permissions_boundaries_cap_identity_policies(server):
                          aws_session_token=c["SessionToken"])
     s_ecr.describe_repositories()
     assert error(s_ecr.create_repository, repositoryName="role-no")[0]["Code"] == "AccessDeniedException"
+
+
+def test_a_task_definition_naming_a_missing_role_is_refused(server):
+    ecs = server.client("ecs")
+    td = dict(family="web", containerDefinitions=[{"name": "web", "image": "busybox", "memory": 64}])
+    err, _ = error(ecs.register_task_definition, taskRoleArn="arn:aws:iam::000000000000:role/ghost", **td)
+    assert (err["Code"], err["Message"]) == ("ClientException", "Role is not valid")
+    assert error(ecs.register_task_definition, executionRoleArn="ghost", **td)[0]["Message"] == "Role is not valid"
+    assert ecs.list_task_definitions()["taskDefinitionArns"] == []
+    server.client("iam").create_role(RoleName="ghost", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"},
+                                                "Action": "sts:AssumeRole"}]}))
+    assert ecs.register_task_definition(executionRoleArn="ghost", **td)["taskDefinition"]["executionRoleArn"] == "ghost"

@@ -135,11 +135,7 @@ pub(crate) fn pass_roles(
         .map(|arn| fleetport_proto::auth::Access {
             action: "iam:PassRole".into(),
             // ECS also takes a role's bare name.
-            resource: if arn.starts_with("arn:") {
-                arn.to_string()
-            } else {
-                format!("arn:aws:iam::{account}:role/{arn}")
-            },
+            resource: crate::roles::role_arn(account, arn),
             resource_policy: None,
             context: vec![(
                 "iam:PassedToService".into(),

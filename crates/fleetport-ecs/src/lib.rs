@@ -15,6 +15,7 @@ pub mod error;
 pub mod instance;
 pub mod placement;
 pub mod query;
+pub mod roles;
 pub mod rollout;
 pub mod service;
 pub mod spot;
@@ -44,6 +45,8 @@ pub struct Ecs {
     pub(crate) lb: Arc<service::lb::Slot>,
     /// Wakes the service scheduler.
     pub(crate) changed: Arc<tokio::sync::Notify>,
+    /// Whether a role exists (IAM, wired by the binary).
+    pub(crate) roles: Arc<roles::Slot>,
 }
 
 impl std::fmt::Debug for Ecs {
@@ -111,7 +114,13 @@ impl Ecs {
             agent_timeout_secs: instance::AGENT_TIMEOUT_SECS,
             lb: Arc::default(),
             changed: Arc::default(),
+            roles: Arc::default(),
         }
+    }
+
+    /// Where ECS checks that the roles task definitions name exist (IAM, wired by the binary).
+    pub fn set_roles(&self, directory: Arc<dyn roles::RoleDirectory>) {
+        let _ = self.roles.set(directory);
     }
 
     /// How long an agent may go without polling before it counts as disconnected.

@@ -470,6 +470,20 @@ impl Iam {
         Ok(())
     }
 
+    /// Whether the role an ARN names exists.
+    pub fn role_exists(&self, arn: &str) -> bool {
+        let Some(account) = arn
+            .strip_prefix("arn:aws:iam::")
+            .and_then(|r| r.split(':').next())
+        else {
+            return false;
+        };
+        api::read(self, |txn| roles::role_by_arn(txn, account, arn))
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
     /// Whether a key is temporary (issued by STS).
     pub(crate) fn resolve_session(&self, access_key: &str) -> bool {
         self.snapshot()

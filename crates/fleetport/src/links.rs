@@ -31,6 +31,15 @@ impl InstanceDirectory for EcsInstances {
     }
 }
 
+/// ECS checks that the task and execution roles a task definition names exist in IAM.
+pub struct IamRoles(pub fleetport_iam::Iam);
+
+impl fleetport_ecs::roles::RoleDirectory for IamRoles {
+    fn exists(&self, role_arn: &str) -> bool {
+        self.0.role_exists(role_arn)
+    }
+}
+
 /// HTTPS and TLS listeners serve ACM certificates.
 pub struct AcmCertificates(pub Acm);
 

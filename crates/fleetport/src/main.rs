@@ -160,6 +160,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gateway.verifier().set_source(Arc::new(iam.clone()));
     gateway.set_authorizer(Arc::new(iam.clone()));
     ecr.set_authorizer(Arc::new(iam.clone()));
+    ecs.set_roles(Arc::new(links::IamRoles(iam.clone())));
     gateway.serve(Arc::new(iam.clone()));
     gateway.serve(Arc::new(fleetport_iam::Sts(iam.clone())));
     let (acm, elb) = links::load_balancing(

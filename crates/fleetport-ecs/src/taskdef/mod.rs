@@ -93,6 +93,7 @@ impl Ecs {
             )));
         }
         let mut td = rules::normalize(&input)?;
+        crate::roles::check(self.roles.get(), &self.scope.account, &td)?;
         let new_tags = tags::parse(&input, "tags")?;
         let family = td
             .get("family")
