@@ -38,14 +38,6 @@ pub(crate) fn err(code: &str, status: StatusCode, message: impl Into<String>) ->
     AwsError::with_status(code, message, status)
 }
 
-fn no_such_user(name: &str) -> AwsError {
-    err(
-        "NoSuchEntity",
-        StatusCode::NOT_FOUND,
-        format!("The user with name {name} cannot be found."),
-    )
-}
-
 pub(crate) fn no_such_policy(arn: &str) -> AwsError {
     err(
         "NoSuchEntity",
@@ -104,19 +96,6 @@ pub(crate) fn resource(ctx: &RequestContext, operation: &str, input: &Value) -> 
         }
         None => "*".to_string(),
     }
-}
-
-/// The same-named user, case-insensitively.
-fn user_key(account: &str, name: &str) -> String {
-    format!("{account}/{}", name.to_lowercase())
-}
-
-pub(crate) fn user_key_of(account: &str, name: &str) -> String {
-    user_key(account, name)
-}
-
-fn policy_key(account: &str, name: &str) -> String {
-    format!("{account}/{}", name.to_lowercase())
 }
 
 pub(crate) fn check_path(path: &str) -> Result<(), AwsError> {
@@ -225,12 +204,6 @@ fn stable_id(name: &str) -> String {
     (0..17)
         .map(|i| BASE32[((h >> ((i * 3) % 60)) & 31) as usize] as char)
         .collect()
-}
-
-fn get_user(txn: &dyn ReadTxn, account: &str, name: &str) -> Result<UserRecord, AwsError> {
-    txn.get_json::<UserRecord>(USERS, &user_key(account, name))
-        .map_err(store_error)?
-        .ok_or_else(|| no_such_user(name))
 }
 
 fn attachments(txn: &dyn ReadTxn, account: &str, arn: &str) -> Result<usize, AwsError> {
@@ -374,7 +347,7 @@ pub(crate) async fn dispatch(
             let out = write(iam, move |txn| {
                 let mut user = user;
                 user.boundary = boundary_input(txn, &user.account, boundary.as_deref())?;
-                let key = user_key(&user.account, &user.name);
+                let key = crate::holders::key(&user.account, &user.name);
                 if txn.get(USERS, &key).map_err(store_error)?.is_some() {
                     return Err(err(
                         "EntityAlreadyExists",
@@ -390,7 +363,7 @@ pub(crate) async fn dispatch(
         }
         "GetUser" => match subject(ctx, input)? {
             Some(name) => read(iam, |txn| {
-                let u = get_user(txn, &account, &name)?;
+                let u = crate::holders::get::<UserRecord>(txn, &account, &name)?;
                 Ok(json!({ "User": user_json(&u, true) }))
             }),
             None => Ok(json!({"User": {
@@ -417,7 +390,7 @@ pub(crate) async fn dispatch(
         "DeleteUser" => {
             let name = input::owned(input, "UserName");
             write(iam, move |txn| {
-                let u = get_user(txn, &account, &name)?;
+                let u = crate::holders::get::<UserRecord>(txn, &account, &name)?;
                 let has_keys = txn
                     .scan_json::<KeyRecord>(KEYS, "", None, usize::MAX)
                     .map_err(store_error)?
@@ -443,7 +416,7 @@ pub(crate) async fn dispatch(
                         "Cannot delete entity, must detach all policies first.",
                     ));
                 }
-                txn.delete(USERS, &user_key(&account, &name))
+                txn.delete(USERS, &crate::holders::key(&account, &name))
                     .map_err(store_error)?;
                 Ok(())
             })
@@ -472,7 +445,7 @@ pub(crate) async fn dispatch(
             let user_name = record.user.clone();
             write(iam, move |txn| {
                 if let Some(name) = &user {
-                    get_user(txn, &record.account, name)?;
+                    crate::holders::get::<UserRecord>(txn, &record.account, name)?;
                 }
                 let existing = txn
                     .scan_json::<KeyRecord>(KEYS, "", None, usize::MAX)
@@ -497,7 +470,7 @@ pub(crate) async fn dispatch(
             let user = subject(ctx, input)?.unwrap_or_default();
             let keys = read(iam, |txn| {
                 if !user.is_empty() {
-                    get_user(txn, &account, &user)?;
+                    crate::holders::get::<UserRecord>(txn, &account, &user)?;
                 }
                 txn.scan_json::<KeyRecord>(KEYS, "", None, usize::MAX)
                     .map_err(store_error)
@@ -520,7 +493,7 @@ pub(crate) async fn dispatch(
             let delete = operation == "DeleteAccessKey";
             write(iam, move |txn| {
                 if !user.is_empty() {
-                    get_user(txn, &account, &user)?;
+                    crate::holders::get::<UserRecord>(txn, &account, &user)?;
                 }
                 let found = txn
                     .get_json::<KeyRecord>(KEYS, &id)
@@ -608,7 +581,7 @@ pub(crate) async fn dispatch(
             };
             let out = policy_json(&record, 0, true);
             write(iam, move |txn| {
-                let key = policy_key(&record.account, &record.name);
+                let key = crate::holders::key(&record.account, &record.name);
                 if txn.get(POLICIES, &key).map_err(store_error)?.is_some() {
                     return Err(err(
                         "EntityAlreadyExists",
@@ -690,7 +663,7 @@ pub(crate) async fn dispatch(
                         "This policy has more than one version. Before you delete a policy, you must delete the policy's versions. The default version is deleted with the policy.",
                     ));
                 }
-                txn.delete(POLICIES, &policy_key(&account, &p.name))
+                txn.delete(POLICIES, &crate::holders::key(&account, &p.name))
                     .map_err(store_error)?;
                 Ok(())
             })
@@ -726,7 +699,7 @@ pub(crate) async fn dispatch(
                 }
                 let out = json!({"VersionId": v.id, "IsDefaultVersion": set_default, "CreateDate": t});
                 p.versions.push(v);
-                put(txn, POLICIES, &policy_key(&account, &p.name), &p)?;
+                put(txn, POLICIES, &crate::holders::key(&account, &p.name), &p)?;
                 Ok(out)
             })
             .await?;
@@ -814,7 +787,7 @@ pub(crate) async fn dispatch(
                 } else {
                     p.default_version = version;
                 }
-                put(txn, POLICIES, &policy_key(&account, &p.name), &p)
+                put(txn, POLICIES, &crate::holders::key(&account, &p.name), &p)
             })
             .await?;
             Ok(json!({}))
@@ -843,7 +816,7 @@ pub(crate) fn customer_policy(
     if arn_account != account {
         return Err(no_such_policy(arn));
     }
-    txn.get_json::<PolicyRecord>(POLICIES, &policy_key(account, &name))
+    txn.get_json::<PolicyRecord>(POLICIES, &crate::holders::key(account, &name))
         .map_err(store_error)?
         .filter(|p| p.arn == arn)
         .ok_or_else(|| no_such_policy(arn))

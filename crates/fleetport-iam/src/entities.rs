@@ -7,8 +7,7 @@ use fleetport_store::{ReadTxn, ReadTxnExt};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::api::{err, invalid, page, parse_policy_arn, put, read, user_key_of, write};
-use crate::roles::role_key;
+use crate::api::{err, invalid, page, parse_policy_arn, put, read, write};
 use crate::{GROUPS, GroupRecord, Iam, ROLES, RoleRecord, USERS, UserRecord, store_error};
 
 const MAX_TAGS: usize = 50;
@@ -126,7 +125,7 @@ pub(crate) async fn dispatch(
         }
         "TagUser" | "UntagUser" | "ListUserTags" => {
             let name = input::owned(input, "UserName");
-            let key = user_key_of(&account, &name);
+            let key = crate::holders::key(&account, &name);
             let missing = move || {
                 err(
                     "NoSuchEntity",
@@ -161,7 +160,7 @@ pub(crate) async fn dispatch(
         }
         "TagRole" | "UntagRole" | "ListRoleTags" => {
             let name = input::owned(input, "RoleName");
-            let key = role_key(&account, &name);
+            let key = crate::holders::key(&account, &name);
             let missing = move || {
                 err(
                     "NoSuchEntity",

@@ -7,38 +7,10 @@ use fleetport_store::{ReadTxn, ReadTxnExt};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::api::{conflict, err, invalid, limit, now, page, put, read, user_key_of, write};
-use crate::{GROUPS, GroupRecord, Iam, USERS, UserRecord, ids, store_error};
+use crate::api::{conflict, err, invalid, limit, now, page, put, read, write};
+use crate::{GROUPS, GroupRecord, Iam, UserRecord, ids, store_error};
 
 const GROUPS_PER_USER: usize = 10;
-
-pub(crate) fn group_key(account: &str, name: &str) -> String {
-    format!("{account}/{}", name.to_lowercase())
-}
-
-fn get_group(txn: &dyn ReadTxn, account: &str, name: &str) -> Result<GroupRecord, AwsError> {
-    txn.get_json::<GroupRecord>(GROUPS, &group_key(account, name))
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            err(
-                "NoSuchEntity",
-                StatusCode::NOT_FOUND,
-                format!("The group with name {name} cannot be found."),
-            )
-        })
-}
-
-fn get_user(txn: &dyn ReadTxn, account: &str, name: &str) -> Result<UserRecord, AwsError> {
-    txn.get_json::<UserRecord>(USERS, &user_key_of(account, name))
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            err(
-                "NoSuchEntity",
-                StatusCode::NOT_FOUND,
-                format!("The user with name {name} cannot be found."),
-            )
-        })
-}
 
 /// The groups `user` (by its stored name) belongs to.
 pub(crate) fn groups_of(
@@ -88,7 +60,7 @@ pub(crate) async fn dispatch(
             };
             let out = group_json(&g);
             write(iam, move |txn| {
-                let key = group_key(&g.account, &g.name);
+                let key = crate::holders::key(&g.account, &g.name);
                 if txn.get(GROUPS, &key).map_err(store_error)?.is_some() {
                     return Err(err(
                         "EntityAlreadyExists",
@@ -103,10 +75,10 @@ pub(crate) async fn dispatch(
         }
         "GetGroup" => {
             let (g, users) = read(iam, |txn| {
-                let g = get_group(txn, &account, &group_name)?;
+                let g = crate::holders::get::<GroupRecord>(txn, &account, &group_name)?;
                 let mut users = Vec::new();
                 for m in &g.members {
-                    if let Ok(u) = get_user(txn, &account, m) {
+                    if let Ok(u) = crate::holders::get::<UserRecord>(txn, &account, m) {
                         users.push(user_json(&u));
                     }
                 }
@@ -135,7 +107,7 @@ pub(crate) async fn dispatch(
         "ListGroupsForUser" => {
             let user = input::owned(input, "UserName");
             let items = read(iam, |txn| {
-                let u = get_user(txn, &account, &user)?;
+                let u = crate::holders::get::<UserRecord>(txn, &account, &user)?;
                 Ok(groups_of(txn, &account, &u.name)?
                     .iter()
                     .map(group_json)
@@ -145,7 +117,7 @@ pub(crate) async fn dispatch(
         }
         "DeleteGroup" => {
             write(iam, move |txn| {
-                let g = get_group(txn, &account, &group_name)?;
+                let g = crate::holders::get::<GroupRecord>(txn, &account, &group_name)?;
                 if !g.members.is_empty() {
                     return Err(conflict(
                         "Cannot delete entity, must remove users from group first.",
@@ -161,7 +133,7 @@ pub(crate) async fn dispatch(
                         "Cannot delete entity, must detach all policies first.",
                     ));
                 }
-                txn.delete(GROUPS, &group_key(&account, &group_name))
+                txn.delete(GROUPS, &crate::holders::key(&account, &group_name))
                     .map_err(store_error)?;
                 Ok(())
             })
@@ -172,8 +144,8 @@ pub(crate) async fn dispatch(
             let user = input::owned(input, "UserName");
             let add = operation == "AddUserToGroup";
             write(iam, move |txn| {
-                let mut g = get_group(txn, &account, &group_name)?;
-                let u = get_user(txn, &account, &user)?;
+                let mut g = crate::holders::get::<GroupRecord>(txn, &account, &group_name)?;
+                let u = crate::holders::get::<UserRecord>(txn, &account, &user)?;
                 if add {
                     if g.members.contains(&u.name) {
                         return Ok(());
@@ -194,7 +166,7 @@ pub(crate) async fn dispatch(
                     }
                     g.members.retain(|m| *m != u.name);
                 }
-                put(txn, GROUPS, &group_key(&account, &group_name), &g)
+                put(txn, GROUPS, &crate::holders::key(&account, &group_name), &g)
             })
             .await?;
             Ok(json!({}))

@@ -9,7 +9,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 
 use crate::api::{conflict, err, invalid, limit, now, page, put, read, write};
-use crate::roles::{get_role, role_json, role_key};
+use crate::roles::role_json;
 use crate::{INSTANCE_PROFILES, Iam, ProfileRecord, ROLES, RoleRecord, ids, store_error};
 
 /// Service principal → (role name, attached policy ARN, description).
@@ -34,12 +34,8 @@ const SERVICE_LINKED: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-fn profile_key(account: &str, name: &str) -> String {
-    format!("{account}/{}", name.to_lowercase())
-}
-
 fn get_profile(txn: &dyn ReadTxn, account: &str, name: &str) -> Result<ProfileRecord, AwsError> {
-    txn.get_json::<ProfileRecord>(INSTANCE_PROFILES, &profile_key(account, name))
+    txn.get_json::<ProfileRecord>(INSTANCE_PROFILES, &crate::holders::key(account, name))
         .map_err(store_error)?
         .ok_or_else(|| {
             err(
@@ -53,7 +49,7 @@ fn get_profile(txn: &dyn ReadTxn, account: &str, name: &str) -> Result<ProfileRe
 fn profile_json(txn: &dyn ReadTxn, p: &ProfileRecord) -> Result<Value, AwsError> {
     let mut roles = Vec::new();
     for r in &p.roles {
-        if let Ok(role) = get_role(txn, &p.account, r) {
+        if let Ok(role) = crate::holders::get::<RoleRecord>(txn, &p.account, r) {
             roles.push(role_json(&role, false));
         }
     }
@@ -119,7 +115,7 @@ pub(crate) async fn dispatch(
                 tags: input::items(input, "Tags"),
             };
             write(iam, move |txn| {
-                let key = profile_key(&p.account, &p.name);
+                let key = crate::holders::key(&p.account, &p.name);
                 if txn
                     .get(INSTANCE_PROFILES, &key)
                     .map_err(store_error)?
@@ -148,7 +144,7 @@ pub(crate) async fn dispatch(
             let items = read(iam, |txn| {
                 let list = match &role {
                     Some(r) => {
-                        get_role(txn, &account, r)?;
+                        crate::holders::get::<RoleRecord>(txn, &account, r)?;
                         profiles_of(txn, &account, r)?
                     }
                     None => txn
@@ -176,7 +172,7 @@ pub(crate) async fn dispatch(
                         "Cannot delete entity, must remove roles from instance profile first.",
                     ));
                 }
-                txn.delete(INSTANCE_PROFILES, &profile_key(&account, &name))
+                txn.delete(INSTANCE_PROFILES, &crate::holders::key(&account, &name))
                     .map_err(store_error)?;
                 Ok(json!({}))
             })
@@ -187,7 +183,7 @@ pub(crate) async fn dispatch(
             let add = operation == "AddRoleToInstanceProfile";
             write(iam, move |txn| {
                 let mut p = get_profile(txn, &account, &name)?;
-                let r = get_role(txn, &account, &role)?;
+                let r = crate::holders::get::<RoleRecord>(txn, &account, &role)?;
                 if add {
                     if !p.roles.is_empty() {
                         return Err(limit(
@@ -208,7 +204,12 @@ pub(crate) async fn dispatch(
                     }
                     p.roles.retain(|x| *x != r.name);
                 }
-                put(txn, INSTANCE_PROFILES, &profile_key(&account, &name), &p)?;
+                put(
+                    txn,
+                    INSTANCE_PROFILES,
+                    &crate::holders::key(&account, &name),
+                    &p,
+                )?;
                 Ok(json!({}))
             })
             .await
@@ -257,7 +258,7 @@ pub(crate) async fn dispatch(
             };
             let out = role_json(&role, true);
             write(iam, move |txn| {
-                let key = role_key(&role.account, &role.name);
+                let key = crate::holders::key(&role.account, &role.name);
                 if txn.get(ROLES, &key).map_err(store_error)?.is_some() {
                     return Err(invalid(format!(
                         "Service role name {} has been taken in this account, please try a different suffix.",
@@ -272,11 +273,11 @@ pub(crate) async fn dispatch(
         "DeleteServiceLinkedRole" => {
             let role = input::owned(input, "RoleName");
             write(iam, move |txn| {
-                let r = get_role(txn, &account, &role)?;
+                let r = crate::holders::get::<RoleRecord>(txn, &account, &role)?;
                 if !r.service_linked {
                     return Err(invalid(format!("{role} is not a service-linked role.")));
                 }
-                txn.delete(ROLES, &role_key(&account, &r.name))
+                txn.delete(ROLES, &crate::holders::key(&account, &r.name))
                     .map_err(store_error)?;
                 let service = r
                     .path
@@ -296,7 +297,9 @@ pub(crate) async fn dispatch(
             let [_, "aws-service-role", _, role, _] = parts.as_slice() else {
                 return Err(invalid(format!("Invalid deletion task id {id}.")));
             };
-            let exists = read(iam, |txn| Ok(get_role(txn, &account, role).is_ok()))?;
+            let exists = read(iam, |txn| {
+                Ok(crate::holders::get::<RoleRecord>(txn, &account, role).is_ok())
+            })?;
             Ok(json!({"Status": if exists { "IN_PROGRESS" } else { "SUCCEEDED" }}))
         }
         _ => Err(invalid(format!(

@@ -16,28 +16,6 @@ use crate::{Iam, ROLES, RoleRecord, USERS, UserRecord, ids, store_error};
 
 const TRUST_POLICY_SIZE: usize = 2048;
 
-pub(crate) fn role_key(account: &str, name: &str) -> String {
-    format!("{account}/{}", name.to_lowercase())
-}
-
-fn no_such_role(name: &str) -> AwsError {
-    err(
-        "NoSuchEntity",
-        StatusCode::NOT_FOUND,
-        format!("The role with name {name} cannot be found."),
-    )
-}
-
-pub(crate) fn get_role(
-    txn: &dyn ReadTxn,
-    account: &str,
-    name: &str,
-) -> Result<RoleRecord, AwsError> {
-    txn.get_json::<RoleRecord>(ROLES, &role_key(account, name))
-        .map_err(store_error)?
-        .ok_or_else(|| no_such_role(name))
-}
-
 /// The role an ARN names, if it exists in `account`.
 pub(crate) fn role_by_arn(
     txn: &dyn ReadTxn,
@@ -51,7 +29,7 @@ pub(crate) fn role_by_arn(
         return Ok(None);
     };
     Ok(txn
-        .get_json::<RoleRecord>(ROLES, &role_key(account, name))
+        .get_json::<RoleRecord>(ROLES, &crate::holders::key(account, name))
         .map_err(store_error)?
         .filter(|r| r.arn == arn))
 }
@@ -70,7 +48,7 @@ fn check_trust(txn: &dyn ReadTxn, account: &str, doc: &str) -> Result<(), AwsErr
             let exists =
                 if let Some(rest) = arn.strip_prefix(&format!("arn:aws:iam::{account}:user/")) {
                     let name = rest.rsplit('/').next().unwrap_or_default();
-                    txn.get_json::<UserRecord>(USERS, &crate::api::user_key_of(account, name))
+                    txn.get_json::<UserRecord>(USERS, &crate::holders::key(account, name))
                         .map_err(store_error)?
                         .is_some_and(|u| u.arn == *arn)
                 } else if arn.starts_with(&format!("arn:aws:iam::{account}:role/")) {
@@ -151,7 +129,7 @@ pub(crate) async fn dispatch(
                 let mut role = role;
                 role.boundary =
                     crate::api::boundary_input(txn, &role.account, boundary.as_deref())?;
-                let key = role_key(&role.account, &role.name);
+                let key = crate::holders::key(&role.account, &role.name);
                 if txn.get(ROLES, &key).map_err(store_error)?.is_some() {
                     return Err(err(
                         "EntityAlreadyExists",
@@ -169,7 +147,9 @@ pub(crate) async fn dispatch(
         "GetRole" => {
             let name = input::owned(input, "RoleName");
             read(iam, |txn| {
-                Ok(json!({ "Role": role_json(&get_role(txn, &account, &name)?, true) }))
+                Ok(
+                    json!({ "Role": role_json(&crate::holders::get::<RoleRecord>(txn, &account, &name)?, true) }),
+                )
             })
         }
         "ListRoles" => {
@@ -191,7 +171,7 @@ pub(crate) async fn dispatch(
         "DeleteRole" => {
             let name = input::owned(input, "RoleName");
             write(iam, move |txn| {
-                let r = get_role(txn, &account, &name)?;
+                let r = crate::holders::get::<RoleRecord>(txn, &account, &name)?;
                 crate::profiles::protected(&r)?;
                 if !crate::profiles::profiles_of(txn, &account, &r.name)?.is_empty() {
                     return Err(conflict(
@@ -208,7 +188,7 @@ pub(crate) async fn dispatch(
                         "Cannot delete entity, must detach all policies first.",
                     ));
                 }
-                txn.delete(ROLES, &role_key(&account, &name))
+                txn.delete(ROLES, &crate::holders::key(&account, &name))
                     .map_err(store_error)?;
                 Ok(())
             })
@@ -221,7 +201,7 @@ pub(crate) async fn dispatch(
             let description = input::string(input, "Description").map(String::from);
             let max = input.get("MaxSessionDuration").and_then(Value::as_i64);
             write(iam, move |txn| {
-                let mut r = get_role(txn, &account, &name)?;
+                let mut r = crate::holders::get::<RoleRecord>(txn, &account, &name)?;
                 crate::profiles::protected(&r)?;
                 if let Some(t) = trust {
                     check_trust(txn, &account, &t)?;
@@ -233,7 +213,7 @@ pub(crate) async fn dispatch(
                 if let Some(m) = max {
                     r.max_session_duration = m;
                 }
-                put(txn, ROLES, &role_key(&account, &name), &r)
+                put(txn, ROLES, &crate::holders::key(&account, &name), &r)
             })
             .await?;
             Ok(json!({}))
