@@ -257,7 +257,15 @@ impl Agent {
 
     /// The managed ("FARGATE") capacity that `fleetport up` runs in-process: it registers no
     /// instance and polls as `FARGATE`, receiving the FARGATE tasks of every cluster.
-    pub fn managed(api: ApiClient, rt: Arc<dyn Runtime>, advertise: &str) -> Self {
+    ///
+    /// `instance_id` labels its containers: each account and region has its own managed
+    /// capacity on the same engine, and none may adopt or remove another's containers.
+    pub fn managed(
+        api: ApiClient,
+        rt: Arc<dyn Runtime>,
+        advertise: &str,
+        instance_id: &str,
+    ) -> Self {
         Self {
             ctx: Arc::new(Ctx {
                 cfg: AgentConfig {
@@ -273,7 +281,7 @@ impl Agent {
                 api,
                 rt,
                 instance_arn: "FARGATE".into(),
-                instance_id: "fargate".into(),
+                instance_id: instance_id.into(),
                 login: Mutex::new(None),
             }),
             running: Arc::new(Mutex::new(HashMap::new())),

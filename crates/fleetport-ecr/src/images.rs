@@ -489,8 +489,8 @@ impl Ecr {
         let signature = self.token_key.sign_download(&name, &digest, expires);
         Ok(json!({
             "downloadUrl": format!(
-                "http://{}/v2/{name}/blobs/{digest}?X-Fleetport-Expires={expires}&X-Fleetport-Signature={signature}",
-                self.registry_host
+                "http://{}/v2/{name}/blobs/{digest}?X-Fleetport-Registry={}@{}&X-Fleetport-Expires={expires}&X-Fleetport-Signature={signature}",
+                self.registry_host, self.scope.account, self.scope.region
             ),
             "layerDigest": digest,
         }))

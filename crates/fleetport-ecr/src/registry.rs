@@ -141,6 +141,21 @@ fn route(rest: &str) -> Option<Route<'_>> {
     None
 }
 
+/// Whose registry (account, and region when it names one) a request is for: the registry a
+/// layer download URL was signed by, else the one its password was issued by. Read without
+/// checking anything, to pick the registry that then checks it all.
+pub fn registry_of(headers: &HeaderMap, query: &str) -> Option<(String, Option<String>)> {
+    if let Some(r) = query_param(query, "X-Fleetport-Registry") {
+        let (account, region) = r.split_once('@')?;
+        return Some((account.to_string(), Some(region.to_string())));
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let decoded = STANDARD.decode(auth.strip_prefix("Basic ")?.trim()).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (_, password) = decoded.split_once(':')?;
+    crate::token::registry_of(password)
+}
+
 fn query_param(query: &str, name: &str) -> Option<String> {
     form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v)
 }
@@ -206,16 +221,26 @@ impl Ecr {
             return Err(Box::new(self.challenge("Not Authorized")));
         }
         match self.token_key.verify(password, now_secs()) {
-            Ok(issued) if issued.account == self.scope.account => match issued.principal {
-                None => Ok(Principal::root(&issued.account)),
-                Some(text) => Principal::decode(&text)
-                    .filter(|p| p.account_id == issued.account)
-                    .ok_or_else(|| Box::new(self.challenge("the registry password is malformed"))),
-            },
+            Ok(issued)
+                if issued.account == self.scope.account
+                    && issued
+                        .region
+                        .as_ref()
+                        .is_none_or(|r| *r == self.scope.region) =>
+            {
+                match issued.principal {
+                    None => Ok(Principal::root(&issued.account)),
+                    Some(text) => Principal::decode(&text)
+                        .filter(|p| p.account_id == issued.account)
+                        .ok_or_else(|| {
+                            Box::new(self.challenge("the registry password is malformed"))
+                        }),
+                }
+            }
             Ok(_) => Err(boxed(
                 StatusCode::FORBIDDEN,
                 "DENIED",
-                "The token was issued for another account.",
+                "The token was issued for another account or region.",
             )),
             Err(e) => Err(Box::new(self.challenge(&e.to_string()))),
         }

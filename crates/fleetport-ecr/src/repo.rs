@@ -563,9 +563,12 @@ impl Ecr {
     ) -> Result<Value, AwsError> {
         let expires = now_secs() + crate::token::VALIDITY_SECS;
         let who = (!principal.is_root()).then(|| principal.encode());
-        let token = self
-            .token_key
-            .issue(&self.scope.account, expires, who.as_deref());
+        let token = self.token_key.issue(
+            &self.scope.account,
+            &self.scope.region,
+            expires,
+            who.as_deref(),
+        );
         Ok(json!({"authorizationData": [{
             "authorizationToken": STANDARD.encode(format!("AWS:{token}")),
             "expiresAt": expires as f64,

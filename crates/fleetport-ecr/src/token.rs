@@ -1,7 +1,9 @@
 //! Registry passwords as ECR issues them: `GetAuthorizationToken` returns base64(`AWS:<token>`),
 //! valid 12 hours. The token is self-describing and HMAC-signed
-//! (`<account>.<expiry>.<nonce>[.<principal>].<mac>`, no `:`), so the registry checks it without a
-//! store lookup. The principal (base64url of its encoded form) is who asked for the token:
+//! (`<account>@<region>.<expiry>.<nonce>[.<principal>].<mac>`, no `:`), so the registry checks it
+//! without a store lookup, and the one endpoint can tell whose registry (which account and region)
+//! a request is for before it checks anything ([`registry_of`]). Tokens from before regions name
+//! only the account: they are for the default region. The principal (base64url of its encoded form) is who asked for the token:
 //! the registry authorises each request as that principal, as ECR does. Tokens without one
 //! (issued before principals existed) stand for the account's root.
 
@@ -20,6 +22,8 @@ pub struct TokenKey([u8; 32]);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Issued {
     pub account: String,
+    /// The registry's region; None in tokens issued before regions existed.
+    pub region: Option<String>,
     /// Who asked for it ([`Principal::encode`]'s text); None for the account's root.
     pub principal: Option<String>,
 }
@@ -49,14 +53,20 @@ impl TokenKey {
 
     /// A password for `account`, valid until `expires_at` (Unix seconds), standing for the
     /// principal (its [`Principal::encode`] text) when one is given.
-    pub fn issue(&self, account: &str, expires_at: i64, principal: Option<&str>) -> String {
+    pub fn issue(
+        &self,
+        account: &str,
+        region: &str,
+        expires_at: i64,
+        principal: Option<&str>,
+    ) -> String {
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let payload = match principal {
             Some(p) => format!(
-                "{account}.{expires_at}.{nonce}.{}",
+                "{account}@{region}.{expires_at}.{nonce}.{}",
                 URL_SAFE_NO_PAD.encode(p)
             ),
-            None => format!("{account}.{expires_at}.{nonce}"),
+            None => format!("{account}@{region}.{expires_at}.{nonce}"),
         };
         format!("{payload}.{}", self.mac(&payload))
     }
@@ -117,11 +127,28 @@ impl TokenKey {
                     .ok_or(TokenError::Malformed)?,
             ),
         };
+        let (account, region) = split_registry(account);
         Ok(Issued {
             account: account.to_string(),
+            region: region.map(String::from),
             principal,
         })
     }
+}
+
+fn split_registry(first: &str) -> (&str, Option<&str>) {
+    match first.split_once('@') {
+        Some((account, region)) => (account, Some(region)),
+        None => (first, None),
+    }
+}
+
+/// Whose registry a password claims to be for, `(account, region)`, read without checking it
+/// (the registry it names checks it). None when the text is no token at all.
+pub fn registry_of(token: &str) -> Option<(String, Option<String>)> {
+    let first = token.split('.').next().filter(|f| !f.is_empty())?;
+    let (account, region) = split_registry(first);
+    Some((account.to_string(), region.map(String::from)))
 }
 
 #[cfg(test)]
@@ -131,10 +158,18 @@ mod tests {
     #[test]
     fn issue_verify_expire_forge() {
         let k = TokenKey::new([7; 32]);
-        let t = k.issue("000000000000", 1000, None);
+        let t = k.issue("000000000000", "eu-west-1", 1000, None);
         assert!(!t.contains(':'));
         assert_eq!(k.verify(&t, 999).unwrap().account, "000000000000");
-        let u = k.issue("000000000000", 1000, Some("who:ever\nx"));
+        assert_eq!(
+            k.verify(&t, 999).unwrap().region.as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            registry_of(&t),
+            Some(("000000000000".into(), Some("eu-west-1".into())))
+        );
+        let u = k.issue("000000000000", "us-east-1", 1000, Some("who:ever\nx"));
         assert!(!u.contains(':'));
         assert_eq!(
             k.verify(&u, 999).unwrap().principal.as_deref(),

@@ -32,7 +32,6 @@ use tokio::sync::{Mutex, watch};
 use crate::certificates::CertificateSource;
 use crate::error::store_error;
 use crate::instances::InstanceDirectory;
-use crate::plane::health::HealthBoard;
 use crate::state::ElbState;
 
 fn targets_input(target_group: &str, targets: &[(String, u16)]) -> Value {
@@ -55,9 +54,11 @@ struct Inner {
     /// Serialises changes; the value is the last persisted configuration.
     state: Mutex<ElbState>,
     current: watch::Sender<Arc<ElbState>>,
-    health: Arc<HealthBoard>,
+    health: Arc<plane::health::HealthBoard>,
+    /// What this ELB shares with the other tenants' and the data plane, and its place there.
+    shared: plane::fleet::Shared,
+    slot: usize,
     ports: Arc<plane::Ports>,
-    metrics: Arc<plane::metrics::Metrics>,
     instances: Arc<dyn InstanceDirectory>,
     certificates: Arc<dyn CertificateSource>,
 }
@@ -113,15 +114,21 @@ impl Elb {
     /// Loads the saved configuration; the data plane starts with [`Elb::run_data_plane`].
     /// `instances` resolves the IDs of `instance` targets; `certificates` gives HTTPS and TLS
     /// listeners their certificates.
+    ///
+    /// `shared` are the parts every tenant's ELB shares with the one data plane: listener
+    /// ports (a port holds load balancers of several accounts and regions, told apart by
+    /// host name), target health and traffic counters.
     pub fn open(
         store: Arc<dyn Store>,
         region: &str,
         account_id: &str,
         instances: Arc<dyn InstanceDirectory>,
         certificates: Arc<dyn CertificateSource>,
+        shared: &plane::fleet::Shared,
     ) -> Result<Self, fleetport_store::StoreError> {
         let (saved, _) = fleetport_store::read(&*store, state::load)?;
         let (current, _) = watch::channel(Arc::new(saved.clone()));
+        let slot = shared.join(current.subscribe());
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -129,34 +136,24 @@ impl Elb {
                 account_id: account_id.to_string(),
                 state: Mutex::new(saved),
                 current,
-                health: Arc::new(HealthBoard::default()),
-                ports: Arc::new(plane::Ports::default()),
-                metrics: Arc::default(),
+                health: shared.health.clone(),
+                shared: shared.clone(),
+                slot,
+                ports: shared.ports.clone(),
                 instances,
                 certificates,
             }),
         })
     }
 
-    /// Runs listeners (as `options` says) and health checks for every published configuration
-    /// until aborted.
-    pub async fn run_data_plane(self, options: plane::PlaneOptions) {
-        plane::run(
-            self.inner.current.subscribe(),
-            self.inner.certificates.clone(),
-            self.inner.health.clone(),
-            self.inner.ports.clone(),
-            options,
-            self.inner.metrics.clone(),
-        )
-        .await;
+    /// Every published configuration, for the data plane.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ElbState>> {
+        self.inner.current.subscribe()
     }
 
-    /// Every load balancer's and target group's counters in the Prometheus text format.
-    pub fn metrics_text(&self) -> String {
-        self.inner
-            .metrics
-            .render(&self.snapshot(), &self.inner.health)
+    /// Where HTTPS and TLS listeners of this ELB get their certificates.
+    pub fn certificates(&self) -> Arc<dyn CertificateSource> {
+        self.inner.certificates.clone()
     }
 
     /// Expires drained targets and follows the addresses of `instance` targets (every two
@@ -534,6 +531,7 @@ mod tests {
             "000000000000",
             Arc::new(instances::NoInstances),
             Arc::new(certificates::NoCertificates::default()),
+            &plane::fleet::Shared::default(),
         )
         .unwrap()
     }

@@ -464,7 +464,13 @@ impl Elb {
         port: u16,
         protocol: &str,
     ) -> ElbResult<Option<Reservation>> {
-        let users: Vec<&Listener> = s.listeners.iter().filter(|l| l.port == port).collect();
+        let users: Vec<(String, String)> = s
+            .listeners
+            .iter()
+            .filter(|l| l.port == port)
+            .map(|l| (l.protocol.clone(), l.load_balancer_arn.clone()))
+            .chain(self.inner.shared.others_on_port(self.inner.slot, port))
+            .collect();
         if users.is_empty() {
             return self
                 .inner
@@ -477,16 +483,14 @@ impl Elb {
         }
         // Load balancers share 127.0.0.1: HTTP listeners on one port are told apart by the
         // Host header (each LB's DNS name); anything else needs the port to itself.
-        let shareable = protocol == "HTTP"
-            && users
-                .iter()
-                .all(|l| l.protocol == "HTTP" && l.load_balancer_arn != lb_arn);
+        let shareable =
+            protocol == "HTTP" && users.iter().all(|(p, lb)| p == "HTTP" && lb != lb_arn);
         if shareable {
             Ok(None)
         } else {
             Err(invalid_config(format!(
                 "Port {port} on 127.0.0.1 is already used by another {} listener on this host",
-                users[0].protocol
+                users[0].0
             )))
         }
     }
@@ -673,7 +677,12 @@ impl Elb {
                     // counted as a user of the new one.
                     reservation = this.claim_port(s, &lb.arn, next.port, &next.protocol)?;
                 } else if next.protocol != old.protocol
-                    && s.listeners.iter().any(|l| l.port == next.port && l.arn != old.arn)
+                    && (s.listeners.iter().any(|l| l.port == next.port && l.arn != old.arn)
+                        || !this
+                            .inner
+                            .shared
+                            .others_on_port(this.inner.slot, next.port)
+                            .is_empty())
                 {
                     // Only HTTP listeners share a port (told apart by Host).
                     return Err(invalid_config(format!(

@@ -319,7 +319,7 @@ impl Gateway {
                 PayloadRule::BodyHash,
             )
             .map_err(|e| sig_error(e, protocol))?;
-        if fields.region != self.config.region && !global {
+        if !global && !self.serves_region(&fields.region) {
             return Err(sig_error(
                 SigError::Scope(format!(
                     "Credential should be scoped to a valid region, not '{}'. ",
@@ -362,16 +362,25 @@ impl Gateway {
         Ok(fields)
     }
 
-    fn context(&self, request_id: &str, access_key: String) -> RequestContext {
+    /// Whether a SigV4 scope's region is one this endpoint serves: the default region, and
+    /// every name shaped like an AWS region (`us-east-1`, `eu-central-2`, `us-gov-west-1`), each
+    /// with its own state. Malformed names are refused, so a typo does not quietly start an
+    /// empty region.
+    pub fn serves_region(&self, region: &str) -> bool {
+        region == self.config.region || is_region_name(region)
+    }
+
+    /// The caller's tenant: the account its credentials belong to (a static key's configured
+    /// account, a 12-digit key's own, an IAM key's issuer) and the region its scope names.
+    fn context(&self, request_id: &str, access_key: String, region: &str) -> RequestContext {
         let principal = self
             .verifier
-            .principal_of(&access_key)
-            .unwrap_or_else(|| Principal::root(&self.config.account_id));
+            .principal(&access_key, &self.config.account_id);
         RequestContext {
             request_id: request_id.to_string(),
             access_key,
-            account_id: self.config.account_id.clone(),
-            region: self.config.region.clone(),
+            account_id: principal.account_id.clone(),
+            region: region.to_string(),
             principal,
         }
     }
@@ -451,7 +460,7 @@ impl Gateway {
             validate::validate(model, &input_ref.shape, &input)
                 .map_err(|e| e.into_error(service.constraint_error_code()))?;
         }
-        let ctx = self.context(request_id, fields.access_key);
+        let ctx = self.context(request_id, fields.access_key, &fields.region);
         self.authorize(
             &ctx,
             service.as_ref(),
@@ -535,7 +544,7 @@ impl Gateway {
                 }
                 None => Value::Object(Default::default()),
             };
-            let ctx = self.context(request_id, fields.access_key);
+            let ctx = self.context(request_id, fields.access_key, &fields.region);
             self.authorize(&ctx, service.as_ref(), &op.name, &input, &facts(&fields.region, req.peer, self.verifier.token_issued_at(&ctx.access_key)), Protocol::Query)?;
             let output = service.call(&ctx, &op.name, input).await?;
             Ok(Bytes::from(query::write_response(model, &op.name, &output, request_id)))
@@ -543,6 +552,19 @@ impl Gateway {
         .await;
         (out, ns)
     }
+}
+
+/// `<area>-<words>-<number>` in lowercase, as every AWS region is named.
+pub fn is_region_name(region: &str) -> bool {
+    let parts: Vec<&str> = region.split('-').collect();
+    region.len() <= 32
+        && parts.len() >= 3
+        && parts[..parts.len() - 1]
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && parts
+            .last()
+            .is_some_and(|n| !n.is_empty() && n.len() <= 2 && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// What conditions may test about a request: the region it was signed for, the client's

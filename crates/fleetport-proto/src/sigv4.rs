@@ -94,10 +94,19 @@ pub struct SignedRequest<'a> {
     pub body: &'a [u8],
 }
 
-/// Access key → secret key.
+/// The static keys: each is the root of an account (the one it was configured for, else the
+/// default account). A key ID that is itself a 12-digit account ID, and not configured, is the
+/// root of that account and signs with the shared secret for such keys, as LocalStack lets test
+/// suites pick an account with `AWS_ACCESS_KEY_ID=123456789012`.
 #[derive(Debug, Default, Clone)]
 pub struct CredentialSet {
-    keys: HashMap<String, String>,
+    keys: HashMap<String, (String, Option<String>)>,
+    account_keys_secret: Option<String>,
+}
+
+/// Whether `s` is an AWS account ID: exactly 12 ASCII digits.
+pub fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl CredentialSet {
@@ -105,12 +114,50 @@ impl CredentialSet {
         Self::default()
     }
 
+    /// A root key of the default account.
     pub fn insert(&mut self, access_key: impl Into<String>, secret: impl Into<String>) {
-        self.keys.insert(access_key.into(), secret.into());
+        self.keys.insert(access_key.into(), (secret.into(), None));
+    }
+
+    /// A root key of `account`.
+    pub fn insert_for_account(
+        &mut self,
+        access_key: impl Into<String>,
+        secret: impl Into<String>,
+        account: impl Into<String>,
+    ) {
+        self.keys
+            .insert(access_key.into(), (secret.into(), Some(account.into())));
+    }
+
+    /// Lets any 12-digit key ID sign, with `secret`, as the root of the account it names.
+    pub fn allow_account_keys(&mut self, secret: impl Into<String>) {
+        self.account_keys_secret = Some(secret.into());
     }
 
     pub fn secret(&self, access_key: &str) -> Option<&str> {
-        self.keys.get(access_key).map(String::as_str)
+        match self.keys.get(access_key) {
+            Some((s, _)) => Some(s),
+            None if is_account_id(access_key) => self.account_keys_secret.as_deref(),
+            None => None,
+        }
+    }
+
+    /// The account a static key is the root of: `None` for the default account (and for keys
+    /// that are not static).
+    pub fn account<'a>(&'a self, access_key: &'a str) -> Option<&'a str> {
+        match self.keys.get(access_key) {
+            Some((_, account)) => account.as_deref(),
+            None if is_account_id(access_key) && self.account_keys_secret.is_some() => {
+                Some(access_key)
+            }
+            None => None,
+        }
+    }
+
+    /// The secret a 12-digit key signs with, if such keys are allowed.
+    pub fn account_keys_secret(&self) -> Option<&str> {
+        self.account_keys_secret.as_deref()
     }
 
     pub fn len(&self) -> usize {
@@ -223,6 +270,20 @@ impl Verifier {
             .session
             .as_ref()
             .map(|s| s.issued_at)
+    }
+
+    /// Who signs with a key: the root of the key's account for a static key (`default_account`
+    /// unless the key names another), the run-time key's principal otherwise.
+    pub fn principal(&self, access_key: &str, default_account: &str) -> crate::auth::Principal {
+        if self.credentials.secret(access_key).is_some() {
+            let account = self
+                .credentials
+                .account(access_key)
+                .unwrap_or(default_account);
+            return crate::auth::Principal::root(account);
+        }
+        self.principal_of(access_key)
+            .unwrap_or_else(|| crate::auth::Principal::root(default_account))
     }
 
     /// Who a key stands for: `None` for a static key (the root of the configured account),

@@ -6,6 +6,7 @@
 
 pub mod datadir;
 pub mod refs;
+pub mod scoped;
 pub mod seal;
 pub mod sqlite;
 

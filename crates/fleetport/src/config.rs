@@ -175,6 +175,8 @@ impl UpArgs {
         }
         if let (Some(k), Some(s)) = (&self.access_key_id, &self.secret_access_key) {
             credentials.insert(k.clone(), s.clone());
+            // The flag's secret, over the file's, is the one 12-digit keys sign with.
+            credentials.allow_account_keys(s.clone());
         }
         let using_default_credentials = credentials.is_empty();
         if using_default_credentials {
@@ -182,6 +184,7 @@ impl UpArgs {
                 return Err(ConfigError::DefaultCredentialsOffLoopback(self.listen));
             }
             credentials.insert(DEFAULT_KEY, DEFAULT_KEY);
+            credentials.allow_account_keys(DEFAULT_KEY);
         }
         let data_dir = match self.data_dir {
             Some(d) => d,
@@ -236,17 +239,37 @@ pub fn load_credentials_file(path: &Path, into: &mut CredentialSet) -> Result<()
     };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let before = into.len();
-    let mut key: Option<String> = None;
-    let mut secret: Option<String> = None;
-    let mut flush = |key: &mut Option<String>,
-                     secret: &mut Option<String>|
-     -> Result<(), ConfigError> {
-        match (key.take(), secret.take()) {
-            (Some(k), Some(s)) => {
-                into.insert(k, s);
-                Ok(())
+    let mut profile = Profile::default();
+    let mut flush = |p: &mut Profile| -> Result<(), ConfigError> {
+        match std::mem::take(p) {
+            Profile {
+                key: Some(k),
+                secret: Some(s),
+                account,
+            } => {
+                if into.account_keys_secret().is_none() && into.is_empty() {
+                    // The first profile's secret is the one 12-digit keys sign with.
+                    into.allow_account_keys(s.clone());
+                }
+                match account {
+                    Some(a) if !fleetport_proto::sigv4::is_account_id(&a) => {
+                        Err(err(format!("aws_account_id '{a}' is not 12 digits")))
+                    }
+                    Some(a) => {
+                        into.insert_for_account(k, s, a);
+                        Ok(())
+                    }
+                    None => {
+                        into.insert(k, s);
+                        Ok(())
+                    }
+                }
             }
-            (None, None) => Ok(()),
+            Profile {
+                key: None,
+                secret: None,
+                ..
+            } => Ok(()),
             _ => Err(err(
                 "a profile has an access key without a secret, or a secret without a key".into(),
             )),
@@ -258,25 +281,36 @@ pub fn load_credentials_file(path: &Path, into: &mut CredentialSet) -> Result<()
             continue;
         }
         if line.starts_with('[') && line.ends_with(']') {
-            flush(&mut key, &mut secret)?;
+            flush(&mut profile)?;
             continue;
         }
         let Some((name, value)) = line.split_once('=') else {
             return Err(err(format!("line {}: expected 'name = value'", n + 1)));
         };
+        let value = Some(value.trim().to_string());
         match name.trim() {
-            "aws_access_key_id" => key = Some(value.trim().to_string()),
-            "aws_secret_access_key" => secret = Some(value.trim().to_string()),
+            "aws_access_key_id" => profile.key = value,
+            "aws_secret_access_key" => profile.secret = value,
+            // botocore's name for the account a profile's credentials belong to.
+            "aws_account_id" => profile.account = value,
             _ => {}
         }
     }
-    flush(&mut key, &mut secret)?;
+    flush(&mut profile)?;
     if into.len() == before {
         return Err(err(
             "it contains no aws_access_key_id/aws_secret_access_key pair".into(),
         ));
     }
     Ok(())
+}
+
+/// One profile of a shared-credentials file as it is read.
+#[derive(Default)]
+struct Profile {
+    key: Option<String>,
+    secret: Option<String>,
+    account: Option<String>,
 }
 
 #[cfg(test)]
@@ -292,6 +326,23 @@ mod tests {
         load_credentials_file(&p, &mut c).unwrap();
         assert_eq!((c.secret("AK1"), c.secret("AK2")), (Some("s1"), Some("s2")));
         std::fs::write(&p, "[default]\naws_access_key_id = AK1\n").unwrap();
+        assert!(load_credentials_file(&p, &mut CredentialSet::new()).is_err());
+        std::fs::write(&p, "[a]\naws_access_key_id = AK1\naws_secret_access_key = s1\n[b]\naws_access_key_id = AK2\naws_secret_access_key = s2\naws_account_id = 111111111111\n").unwrap();
+        let mut c = CredentialSet::new();
+        load_credentials_file(&p, &mut c).unwrap();
+        assert_eq!(
+            (c.account("AK1"), c.account("AK2")),
+            (None, Some("111111111111"))
+        );
+        // A 12-digit key is its own account's root and signs with the first profile's secret.
+        assert_eq!(c.secret("222222222222"), Some("s1"));
+        assert_eq!(c.account("222222222222"), Some("222222222222"));
+        assert_eq!(c.secret("22222222222x"), None);
+        std::fs::write(
+            &p,
+            "[a]\naws_access_key_id = AK1\naws_secret_access_key = s1\naws_account_id = 12\n",
+        )
+        .unwrap();
         assert!(load_credentials_file(&p, &mut CredentialSet::new()).is_err());
     }
 }

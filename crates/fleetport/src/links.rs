@@ -141,6 +141,7 @@ pub fn load_balancing(
     account_id: &str,
     ecs: &Ecs,
     sealer: Arc<fleetport_store::seal::Sealer>,
+    shared: &fleetport_elb::plane::fleet::Shared,
 ) -> Result<(Acm, Elb), fleetport_store::StoreError> {
     let acm = Acm::new(store.clone(), region, account_id, sealer);
     let elb = Elb::open(
@@ -149,6 +150,7 @@ pub fn load_balancing(
         account_id,
         Arc::new(EcsInstances(ecs.clone())),
         Arc::new(AcmCertificates(acm.clone())),
+        shared,
     )?;
     acm.set_users(Arc::new(ElbCertificateUsers(elb.clone())));
     ecs.set_load_balancing(Arc::new(ElbTargets(elb.clone())));

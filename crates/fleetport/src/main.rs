@@ -6,6 +6,7 @@ mod config;
 mod links;
 mod listen;
 mod server;
+mod tenants;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -120,19 +121,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .registry_host
         .clone()
         .unwrap_or_else(|| default_registry_host(bound));
-    let ecr = fleetport_ecr::Ecr::open(
-        store.clone(),
-        &config.data_dir,
-        &config.region,
-        &config.account_id,
-        &registry_host,
-        config.registry_upload_ttl,
-    )
-    .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
-    // Blobs the manifests of older state name, recorded as held by their repositories.
-    ecr.link_existing()
-        .await
-        .context("recording which repository holds which blob")?;
     let mut gateway = Gateway::new(
         GatewayConfig {
             region: config.region.clone(),
@@ -140,90 +128,71 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         },
         Verifier::new(config.credentials.clone()),
     );
-    let ecs = fleetport_ecs::Ecs::new(store.clone(), &config.region, &config.account_id)
-        .with_agent_timeout(config.agent_timeout.as_secs_f64());
-    // Records saved before ECS's indexes existed.
-    ecs.index()
-        .await
-        .map_err(|e| anyhow::anyhow!("indexing tasks: {}", e.message))?;
-    gateway.serve(Arc::new(fleetport_ecs::agent_api::AgentApi(ecs.clone())));
-    gateway.serve(Arc::new(ecs.clone()));
-    gateway.serve(Arc::new(ecr.clone()));
     let sealer = Arc::new(
         fleetport_store::seal::Sealer::open_dir(&config.data_dir)
             .context("reading the secrets key")?,
     );
-    // IAM: its access keys are known to the verifier, its policies decide every call that a
-    // non-root key signs.
+    // IAM (global, keyed by account): its access keys are known to the verifier, its policies
+    // decide every call that a non-root key signs.
     let iam = fleetport_iam::Iam::open(store.clone(), sealer.clone())
         .map_err(|e| anyhow::anyhow!("loading IAM: {e}"))?;
     gateway.verifier().set_source(Arc::new(iam.clone()));
     gateway.set_authorizer(Arc::new(iam.clone()));
-    ecr.set_authorizer(Arc::new(iam.clone()));
-    ecs.set_roles(Arc::new(links::IamRoles(iam.clone())));
     gateway.serve(Arc::new(iam.clone()));
     gateway.serve(Arc::new(fleetport_iam::Sts(iam.clone())));
-    let (acm, elb) = links::load_balancing(
+    // The regional services, one set per account and region, behind one data plane.
+    let fleet = fleetport_elb::plane::fleet::Fleet::new(Default::default());
+    let tenants = tenants::Tenants::open(
         store.clone(),
-        &config.region,
-        &config.account_id,
-        &ecs,
+        config.clone(),
+        iam.clone(),
         sealer,
+        fleet.clone(),
+        registry_host,
+        own_endpoint(bound),
     )
-    .context("loading the load balancer configuration")?;
-    // Certificates and their uses from before the store kept reference records.
-    acm.declare_existing()
-        .await
-        .context("recording the certificates")?;
-    elb.prepare_store()
-        .await
-        .context("preparing the load balancer configuration")?;
-    gateway.serve(Arc::new(acm));
-    gateway.serve(Arc::new(elb.clone()));
+    .await
+    .with_context(|| format!("opening the regions in {}", config.data_dir.display()))?;
+    gateway.serve(Arc::new(tenants::Regional::new(tenants.clone(), |t| {
+        &t.agent_api
+    })));
+    gateway.serve(Arc::new(tenants::Regional::new(tenants.clone(), |t| {
+        &t.ecs
+    })));
+    gateway.serve(Arc::new(tenants::Regional::new(tenants.clone(), |t| {
+        &t.ecr
+    })));
+    gateway.serve(Arc::new(tenants::Regional::new(tenants.clone(), |t| {
+        &t.acm
+    })));
+    gateway.serve(Arc::new(tenants::Regional::new(tenants.clone(), |t| {
+        &t.elb
+    })));
     let connections = connection_budget();
     let cookie_key = fleetport_store::datadir::key(&config.data_dir, "elb-cookie.key")
         .context("reading the load balancer cookie key")?;
-    let elb_plane = tokio::spawn(
-        elb.clone()
-            .run_data_plane(fleetport_elb::plane::PlaneOptions {
-                workers: config.elb_workers,
-                scheduling: config.elb_scheduling,
-                max_connections: connections,
-                cookie_key: fleetport_elb::plane::sticky::CookieKey(cookie_key),
-            }),
-    );
-    let elb_maintenance = tokio::spawn(elb.clone().run_maintenance());
-    let gc = tokio::spawn(
-        ecr.clone()
-            .run_gc(config.registry_gc_interval, config.registry_gc_grace),
-    );
-    let scheduler = tokio::spawn(ecs.clone().run_scheduler());
-    let expiry = tokio::spawn(expire_stopped_tasks(
-        ecs.clone(),
-        config.stopped_task_retention,
-    ));
+    let elb_plane = tokio::spawn(fleet.clone().run(fleetport_elb::plane::PlaneOptions {
+        workers: config.elb_workers,
+        scheduling: config.elb_scheduling,
+        max_connections: connections,
+        cookie_key: fleetport_elb::plane::sticky::CookieKey(cookie_key),
+    }));
     let state = server::AppState {
         gateway: Arc::new(gateway),
-        ecr,
-        elb,
+        tenants: tenants.clone(),
+        fleet,
         store: store.clone(),
         enable_reset: config.enable_reset,
         iam,
         max_body_bytes: config.max_body_bytes,
         bodies: server::BodyBudget::new(config.max_inflight_body_bytes, config.header_read_timeout),
     };
-    let managed = config
-        .managed_capacity
-        .then(|| tokio::spawn(run_managed_capacity(config.clone(), bound)).abort_handle());
-    let managed_at_shutdown = managed.clone();
     // At shutdown, long polls must not hold the listener open for their 20 s: stop the
-    // in-process agent, then answer every waiting poll.
+    // loops and the in-process agents, then answer every waiting poll.
+    let at_shutdown = tenants.clone();
     let shutdown = async move {
         shutdown_signal().await;
-        if let Some(m) = managed_at_shutdown {
-            m.abort();
-        }
-        ecs.wake_agents();
+        at_shutdown.shutdown();
     };
     print_banner(&config, bound);
     let limits = listen::ConnLimits {
@@ -232,17 +201,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     };
     listen::serve(listener, server::router(state), limits, shutdown).await;
     tracing::info!("shutting down");
-    gc.abort();
-    scheduler.abort();
-    expiry.abort();
+    tenants.shutdown();
     elb_plane.abort();
-    elb_maintenance.abort();
-    if let Some(m) = managed {
-        m.abort();
-    }
+    drop(tenants);
     drop(store);
     sqlite.close();
     Ok(())
+}
+
+/// Where in-process clients (the managed capacity) reach this listener.
+fn own_endpoint(bound: std::net::SocketAddr) -> String {
+    if bound.ip().is_unspecified() {
+        format!("http://127.0.0.1:{}", bound.port())
+    } else {
+        format!("http://{bound}")
+    }
 }
 
 /// Raises the soft open-file limit to the hard one: every connection is a descriptor, and a
@@ -263,62 +236,6 @@ fn connection_budget() -> usize {
     usize::try_from(limit / 4)
         .unwrap_or(usize::MAX)
         .clamp(16, 1 << 20)
-}
-
-/// The built-in "FARGATE" capacity: the same agent as `fleetport agent`, in-process, talking to
-/// this listener over the same signed API. Without a Docker engine it logs why and stays off.
-async fn run_managed_capacity(config: Config, bound: std::net::SocketAddr) {
-    let Some(key) = config.credentials.access_keys().next().map(String::from) else {
-        return;
-    };
-    let secret = config
-        .credentials
-        .secret(&key)
-        .unwrap_or_default()
-        .to_string();
-    let port = bound.port();
-    let endpoint = if bound.ip().is_unspecified() {
-        format!("http://127.0.0.1:{port}")
-    } else {
-        format!("http://{bound}")
-    };
-    let api = match fleetport_agent::ApiClient::new(&endpoint, &config.region, &key, &secret) {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::warn!(error = %e, "managed capacity disabled");
-            return;
-        }
-    };
-    let rt = match fleetport_runtime::DockerRuntime::connect().await {
-        Ok(rt) => Arc::new(rt),
-        Err(e) => {
-            tracing::warn!(error = %e, "no Docker engine: the FARGATE launch type is unavailable");
-            return;
-        }
-    };
-    let agent = fleetport_agent::Agent::managed(api, rt, "127.0.0.1")
-        .with_cleanup_wait(config.task_cleanup_wait);
-    let (_tx, rx) = tokio::sync::watch::channel(false);
-    if let Err(e) = agent.run(rx).await {
-        tracing::warn!(error = %e, "managed capacity stopped");
-    }
-}
-
-/// Forgets stopped tasks once their retention has passed, checking a few times per retention
-/// period (at least once a minute), so the store and the agents' polls stay bounded.
-async fn expire_stopped_tasks(ecs: fleetport_ecs::Ecs, retention: std::time::Duration) {
-    let every = (retention / 4).clamp(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(60),
-    );
-    loop {
-        tokio::time::sleep(every).await;
-        match ecs.expire_stopped(retention.as_secs_f64()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(tasks = n, "forgot stopped tasks"),
-            Err(e) => tracing::warn!(error = %e, "could not expire stopped tasks"),
-        }
-    }
 }
 
 /// What image names use for this registry: `localhost:<port>` on loopback (Docker allows plain

@@ -20,8 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[derive(Clone)]
 pub struct AppState {
     pub gateway: Arc<Gateway>,
-    pub ecr: fleetport_ecr::Ecr,
-    pub elb: fleetport_elb::Elb,
+    pub tenants: Arc<crate::tenants::Tenants>,
+    pub fleet: fleetport_elb::plane::fleet::Fleet,
     pub store: Arc<dyn Store>,
     pub enable_reset: bool,
     pub iam: fleetport_iam::Iam,
@@ -200,7 +200,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.elb.metrics_text(),
+        state.fleet.metrics_text(),
     )
 }
 
@@ -265,7 +265,7 @@ async fn reset(State(state): State<AppState>, req: Request) -> Response {
     }
     match state.store.reset().await {
         Ok(()) => {
-            state.elb.forget_all().await;
+            state.tenants.after_reset().await;
             if let Err(e) = state.iam.refresh() {
                 tracing::error!(error = %e, "could not reload IAM after the reset");
             }
@@ -310,6 +310,18 @@ fn cross_origin(headers: &http::HeaderMap) -> bool {
 }
 
 /// The OCI registry (streams bodies; not subject to the AWS API body limit).
+/// One endpoint serves the registry of every account and region: a request goes to the one its
+/// password (or its layer download URL) was issued by, which then checks it; a request naming
+/// none goes to the default account's, which challenges it.
 async fn registry(State(state): State<AppState>, req: Request) -> Response {
-    state.ecr.registry(req).await
+    let tenants = &state.tenants;
+    let claimed =
+        fleetport_ecr::registry::registry_of(req.headers(), req.uri().query().unwrap_or(""));
+    let tenant = claimed
+        .and_then(|(account, region)| {
+            let region = region.unwrap_or_else(|| tenants.default_tenant().region.clone());
+            tenants.existing(&account, &region)
+        })
+        .unwrap_or_else(|| tenants.default_tenant().clone());
+    tenant.ecr.registry(req).await
 }

@@ -9,6 +9,7 @@
 //! shared by every compiled version.
 
 pub mod counted;
+pub mod fleet;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
@@ -118,6 +119,17 @@ impl Ports {
         let tcp = tcp.then(|| self.take_or_bind(port)).transpose()?;
         let udp = udp.then(|| self.take_or_bind_udp(port)).transpose()?;
         Ok((tcp, udp))
+    }
+
+    /// Closes sockets reserved for a port the plane already serves from sockets of its own: a
+    /// listener created (in any tenant) while the port was still open would otherwise leave a
+    /// second socket bound beside the served one, and the kernel would hand it half the
+    /// connections, which nobody accepts.
+    fn discard(&self, port: u16) {
+        if self.reserved.lock().remove(&port).is_some() {
+            tracing::debug!(port, "closed a reservation for a port already served");
+        }
+        self.reserved_udp.lock().remove(&port);
     }
 
     fn take_or_bind(&self, port: u16) -> std::io::Result<std::net::TcpListener> {
@@ -651,6 +663,7 @@ pub async fn run(
                 break;
             };
             if open.contains_key(&port) {
+                ports.discard(port);
                 continue;
             }
             let opened = ports.take(port, &protocol).map(|(tcp_socket, udp_socket)| {

@@ -1,0 +1,502 @@
+//! Accounts and regions. A tenant is one (account, region): its own ECS, ECR, ACM and ELB, each
+//! over the tenant's view of the store ([`fleetport_store::scoped::Scoped`]), with its own
+//! registry directory, background loops and managed capacity. IAM and STS are global and keyed
+//! by account inside IAM; the ELB data plane is one for all tenants (`plane::fleet`).
+//!
+//! The default tenant (`--account-id`, `--region`) keeps the unprefixed store collections and
+//! the data directory's own `registry/`, exactly where builds before tenancy kept them, so an
+//! older data directory is opened as it is. Other tenants appear on their first request and are
+//! recorded (`fleetport.tenant`) so their loops start again after a restart.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fleetport_acm::Acm;
+use fleetport_ecr::Ecr;
+use fleetport_ecs::Ecs;
+use fleetport_ecs::agent_api::AgentApi;
+use fleetport_elb::Elb;
+use fleetport_elb::plane::fleet::Fleet;
+use fleetport_proto::{AwsError, BoxFuture, RequestContext, Service};
+use fleetport_store::scoped::Scoped;
+use fleetport_store::{ReadTxnExt, Store, StoreError, WriteTxnExt};
+use parking_lot::{Mutex, RwLock};
+use serde_json::Value;
+
+use crate::config::Config;
+
+/// Where tenants other than the default are recorded (key `<account>/<region>`).
+const TENANTS: &str = "fleetport.tenant";
+
+/// At most this many tenants: each runs loops and holds memory, and a signed client could
+/// otherwise name regions without end.
+const MAX_TENANTS: usize = 256;
+
+/// One account in one region.
+pub struct Tenant {
+    pub account: String,
+    pub region: String,
+    pub ecs: Ecs,
+    pub agent_api: AgentApi,
+    pub ecr: Ecr,
+    pub acm: Acm,
+    pub elb: Elb,
+    recorded: AtomicBool,
+    loops: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Tenant {
+    fn stop(&self) {
+        for l in self.loops.lock().drain(..) {
+            l.abort();
+        }
+    }
+}
+
+/// Every tenant, created on first use.
+pub struct Tenants {
+    base: Arc<dyn Store>,
+    config: Config,
+    iam: fleetport_iam::Iam,
+    sealer: Arc<fleetport_store::seal::Sealer>,
+    fleet: Fleet,
+    registry_host: String,
+    /// Where the managed capacity reaches the API.
+    endpoint: String,
+    map: RwLock<HashMap<(String, String), Arc<Tenant>>>,
+    default: Arc<Tenant>,
+}
+
+impl Tenants {
+    /// Opens the default tenant and every recorded one, bringing records of older builds up to
+    /// date in each.
+    pub async fn open(
+        base: Arc<dyn Store>,
+        config: Config,
+        iam: fleetport_iam::Iam,
+        sealer: Arc<fleetport_store::seal::Sealer>,
+        fleet: Fleet,
+        registry_host: String,
+        endpoint: String,
+    ) -> anyhow::Result<Arc<Self>> {
+        let account = config.account_id.clone();
+        let region = config.region.clone();
+        let default = build(
+            &base,
+            &config,
+            &iam,
+            &sealer,
+            &fleet,
+            &registry_host,
+            &account,
+            &region,
+        )?;
+        let tenants = Arc::new(Self {
+            base: base.clone(),
+            config,
+            iam,
+            sealer,
+            fleet,
+            registry_host,
+            endpoint,
+            map: RwLock::default(),
+            default: default.clone(),
+        });
+        default.recorded.store(true, Ordering::Relaxed);
+        tenants
+            .map
+            .write()
+            .insert((account, region), default.clone());
+        let known: Vec<(String, Value)> =
+            fleetport_store::read(&*base, |t| t.scan_json(TENANTS, "", None, MAX_TENANTS))?;
+        for (key, _) in known {
+            let Some((account, region)) = key.split_once('/') else {
+                continue;
+            };
+            let t = tenants
+                .get_or_open(account, region, false)
+                .map_err(|e| anyhow::anyhow!("opening {account} in {region}: {}", e.message))?;
+            t.recorded.store(true, Ordering::Relaxed);
+        }
+        let all = tenants.all();
+        for t in all {
+            migrate(&t).await?;
+            tenants.start_loops(&t);
+        }
+        Ok(tenants)
+    }
+
+    pub fn default_tenant(&self) -> &Arc<Tenant> {
+        &self.default
+    }
+
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        self.map.read().values().cloned().collect()
+    }
+
+    /// The tenant if it exists.
+    pub fn existing(&self, account: &str, region: &str) -> Option<Arc<Tenant>> {
+        self.map
+            .read()
+            .get(&(account.to_string(), region.to_string()))
+            .cloned()
+    }
+
+    /// The tenant, created (with its loops running) if it is new.
+    pub fn get(&self, account: &str, region: &str) -> Result<Arc<Tenant>, AwsError> {
+        self.get_or_open(account, region, true)
+    }
+
+    fn get_or_open(
+        &self,
+        account: &str,
+        region: &str,
+        start_loops: bool,
+    ) -> Result<Arc<Tenant>, AwsError> {
+        if let Some(t) = self.existing(account, region) {
+            return Ok(t);
+        }
+        let mut map = self.map.write();
+        if let Some(t) = map.get(&(account.to_string(), region.to_string())) {
+            return Ok(t.clone());
+        }
+        if map.len() >= MAX_TENANTS {
+            return Err(AwsError::client(
+                "LimitExceededException",
+                format!("This endpoint already serves {MAX_TENANTS} account and region pairs."),
+            ));
+        }
+        let t = build(
+            &self.base,
+            &self.config,
+            &self.iam,
+            &self.sealer,
+            &self.fleet,
+            &self.registry_host,
+            account,
+            region,
+        )
+        .map_err(|e| {
+            tracing::error!(account, region, error = %e, "could not open a region");
+            AwsError::internal()
+        })?;
+        map.insert((account.to_string(), region.to_string()), t.clone());
+        drop(map);
+        // Opened at start, tenants run their loops once migrated; a new one has nothing to migrate.
+        if start_loops {
+            self.start_loops(&t);
+            tracing::info!(account, region, "serving a new account and region");
+        }
+        Ok(t)
+    }
+
+    /// Records the tenant (once) before the first write into it, so its loops run again after
+    /// a restart.
+    pub async fn record(&self, t: &Tenant) -> Result<(), AwsError> {
+        if t.recorded.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let key = format!("{}/{}", t.account, t.region);
+        fleetport_store::write::<_, StoreError>(&*self.base, move |txn| {
+            txn.put_json(TENANTS, &key, &serde_json::json!({}))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not record a region");
+            AwsError::internal()
+        })?;
+        t.recorded.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After a reset emptied the store: every tenant forgets what it held in memory and will be
+    /// recorded again by its next request.
+    pub async fn after_reset(&self) {
+        for t in self.all() {
+            t.elb.forget_all().await;
+            if !Arc::ptr_eq(&t, &self.default) {
+                t.recorded.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Stops every tenant's loops and answers the agents' waiting polls.
+    pub fn shutdown(&self) {
+        for t in self.all() {
+            t.stop();
+            t.ecs.wake_agents();
+        }
+    }
+
+    fn start_loops(&self, t: &Arc<Tenant>) {
+        let c = &self.config;
+        let mut loops = vec![
+            tokio::spawn(t.elb.clone().run_maintenance()).abort_handle(),
+            tokio::spawn(
+                t.ecr
+                    .clone()
+                    .run_gc(c.registry_gc_interval, c.registry_gc_grace),
+            )
+            .abort_handle(),
+            tokio::spawn(t.ecs.clone().run_scheduler()).abort_handle(),
+            tokio::spawn(expire_stopped_tasks(
+                t.ecs.clone(),
+                c.stopped_task_retention,
+            ))
+            .abort_handle(),
+        ];
+        if c.managed_capacity {
+            let instance_id = if Arc::ptr_eq(t, &self.default) {
+                // What the managed capacity's containers were labelled before tenancy.
+                "fargate".to_string()
+            } else {
+                format!("fargate-{}-{}", t.account, t.region)
+            };
+            loops.push(
+                tokio::spawn(run_managed_capacity(
+                    self.config.clone(),
+                    self.endpoint.clone(),
+                    t.account.clone(),
+                    t.region.clone(),
+                    instance_id,
+                ))
+                .abort_handle(),
+            );
+        }
+        t.loops.lock().extend(loops);
+    }
+}
+
+/// The services of one tenant over its part of the store.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    base: &Arc<dyn Store>,
+    config: &Config,
+    iam: &fleetport_iam::Iam,
+    sealer: &Arc<fleetport_store::seal::Sealer>,
+    fleet: &Fleet,
+    registry_host: &str,
+    account: &str,
+    region: &str,
+) -> anyhow::Result<Arc<Tenant>> {
+    use anyhow::Context;
+    let is_default = account == config.account_id && region == config.region;
+    let scope = format!("{account}/{region}");
+    let store: Arc<dyn Store> = Arc::new(Scoped::new(
+        base.clone(),
+        (!is_default).then_some(scope.as_str()),
+    ));
+    let dir: PathBuf = if is_default {
+        config.data_dir.clone()
+    } else {
+        let all = config.data_dir.join("tenants");
+        fleetport_store::datadir::prepare(&all)
+            .with_context(|| format!("preparing {}", all.display()))?;
+        let d = all.join(account).join(region);
+        fleetport_store::datadir::prepare(&all.join(account))
+            .and_then(|()| fleetport_store::datadir::prepare(&d))
+            .with_context(|| format!("preparing {}", d.display()))?;
+        d
+    };
+    let ecr = Ecr::open(
+        store.clone(),
+        &dir,
+        region,
+        account,
+        registry_host,
+        config.registry_upload_ttl,
+    )
+    .with_context(|| format!("opening the registry in {}", dir.display()))?;
+    ecr.set_authorizer(Arc::new(iam.clone()));
+    let ecs = Ecs::new(store.clone(), region, account)
+        .with_agent_timeout(config.agent_timeout.as_secs_f64());
+    ecs.set_roles(Arc::new(crate::links::IamRoles(iam.clone())));
+    let (acm, elb) =
+        crate::links::load_balancing(store, region, account, &ecs, sealer.clone(), fleet.shared())
+            .context("loading the load balancer configuration")?;
+    fleet.add(elb.clone());
+    Ok(Arc::new(Tenant {
+        account: account.to_string(),
+        region: region.to_string(),
+        agent_api: AgentApi(ecs.clone()),
+        ecs,
+        ecr,
+        acm,
+        elb,
+        recorded: AtomicBool::new(false),
+        loops: Mutex::new(Vec::new()),
+    }))
+}
+
+/// Brings records written by older builds up to date (each step is a no-op once done).
+async fn migrate(t: &Tenant) -> anyhow::Result<()> {
+    use anyhow::Context;
+    // Blobs the manifests of older state name, recorded as held by their repositories.
+    t.ecr
+        .link_existing()
+        .await
+        .context("recording which repository holds which blob")?;
+    // Records saved before ECS's indexes existed.
+    t.ecs
+        .index()
+        .await
+        .map_err(|e| anyhow::anyhow!("indexing tasks: {}", e.message))?;
+    // Certificates and their uses from before the store kept reference records.
+    t.acm
+        .declare_existing()
+        .await
+        .context("recording the certificates")?;
+    t.elb
+        .prepare_store()
+        .await
+        .context("preparing the load balancer configuration")?;
+    Ok(())
+}
+
+/// Forgets stopped tasks once their retention has passed, checking a few times per retention
+/// period (at least once a minute), so the store and the agents' polls stay bounded.
+async fn expire_stopped_tasks(ecs: Ecs, retention: std::time::Duration) {
+    let every = (retention / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    loop {
+        tokio::time::sleep(every).await;
+        match ecs.expire_stopped(retention.as_secs_f64()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(tasks = n, "forgot stopped tasks"),
+            Err(e) => tracing::warn!(error = %e, "could not expire stopped tasks"),
+        }
+    }
+}
+
+/// The built-in "FARGATE" capacity of one account and region: the same agent as
+/// `fleetport agent`, in-process, talking to this listener over the same signed API as the
+/// account's root (a static key of the account, or its 12-digit ID with the shared secret).
+/// Without a Docker engine it logs why and stays off.
+async fn run_managed_capacity(
+    config: Config,
+    endpoint: String,
+    account: String,
+    region: String,
+    instance_id: String,
+) {
+    let creds = &config.credentials;
+    let own = creds
+        .access_keys()
+        .find(|k| creds.account(k).unwrap_or(&config.account_id) == account)
+        .and_then(|k| Some((k.to_string(), creds.secret(k)?.to_string())));
+    let Some((key, secret)) = own.or_else(|| {
+        creds
+            .account_keys_secret()
+            .map(|s| (account.clone(), s.to_string()))
+    }) else {
+        tracing::warn!(%account, "no root key for this account: its FARGATE capacity is off");
+        return;
+    };
+    let api = match fleetport_agent::ApiClient::new(&endpoint, &region, &key, &secret) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "managed capacity disabled");
+            return;
+        }
+    };
+    let rt = match fleetport_runtime::DockerRuntime::connect().await {
+        Ok(rt) => Arc::new(rt),
+        Err(e) => {
+            tracing::warn!(error = %e, "no Docker engine: the FARGATE launch type is unavailable");
+            return;
+        }
+    };
+    let agent = fleetport_agent::Agent::managed(api, rt, "127.0.0.1", &instance_id)
+        .with_cleanup_wait(config.task_cleanup_wait);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    if let Err(e) = agent.run(rx).await {
+        tracing::warn!(error = %e, "managed capacity stopped");
+    }
+}
+
+/// A regional API as the gateway sees it: each call goes to the caller's tenant's service.
+pub struct Regional {
+    tenants: Arc<Tenants>,
+    pick: fn(&Tenant) -> &dyn Service,
+}
+
+impl Regional {
+    pub fn new(tenants: Arc<Tenants>, pick: fn(&Tenant) -> &dyn Service) -> Self {
+        Self { tenants, pick }
+    }
+
+    fn prototype(&self) -> &dyn Service {
+        (self.pick)(self.tenants.default_tenant())
+    }
+
+    /// The tenant an ARN names (`arn:aws:<service>:<region>:<account>:…`), if it exists.
+    fn tenant_of_arn(&self, arn: &str) -> Option<Arc<Tenant>> {
+        let mut parts = arn.splitn(6, ':');
+        let (Some("arn"), Some(_), Some(_), Some(region), Some(account)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return None;
+        };
+        self.tenants.existing(account, region)
+    }
+}
+
+impl Service for Regional {
+    fn model(&self) -> &'static fleetport_proto::model::ServiceModel {
+        self.prototype().model()
+    }
+
+    fn constraint_error_code(&self) -> &'static str {
+        self.prototype().constraint_error_code()
+    }
+
+    fn implements(&self, operation: &str) -> bool {
+        self.prototype().implements(operation)
+    }
+
+    fn call<'a>(
+        &'a self,
+        ctx: &'a RequestContext,
+        operation: &'a str,
+        input: Value,
+    ) -> BoxFuture<'a, Result<Value, AwsError>> {
+        Box::pin(async move {
+            let t = self.tenants.get(&ctx.account_id, &ctx.region)?;
+            self.tenants.record(&t).await?;
+            (self.pick)(&t).call(ctx, operation, input).await
+        })
+    }
+
+    fn resources(&self, ctx: &RequestContext, operation: &str, input: &Value) -> Vec<String> {
+        match self.tenants.get(&ctx.account_id, &ctx.region) {
+            Ok(t) => (self.pick)(&t).resources(ctx, operation, input),
+            Err(_) => self.prototype().resources(ctx, operation, input),
+        }
+    }
+
+    fn resource_policy(&self, resource: &str) -> Option<String> {
+        let t = self.tenant_of_arn(resource)?;
+        (self.pick)(&t).resource_policy(resource)
+    }
+
+    fn also_needs(
+        &self,
+        ctx: &RequestContext,
+        operation: &str,
+        input: &Value,
+    ) -> Vec<fleetport_proto::auth::Access> {
+        match self.tenants.get(&ctx.account_id, &ctx.region) {
+            Ok(t) => (self.pick)(&t).also_needs(ctx, operation, input),
+            Err(_) => Vec::new(),
+        }
+    }
+}
