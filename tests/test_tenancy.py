@@ -13,6 +13,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
+import boto3
 import botocore.exceptions
 import pytest
 
@@ -221,6 +222,37 @@ def test_accounts_come_from_credentials_and_iam_is_per_account(data_dir):
         status, body = get(f"{s.endpoint}/v2/only-a/tags/list",
                            headers={"Authorization": "Basic " + base64.b64encode(forged).decode()})
         assert status == 401, body
+        # Across accounts: B's role trusts account A (with an external ID). A's root may assume
+        # it; A's user only once its own policy allows sts:AssumeRole; the session acts in B.
+        iam_b = s.client("iam", key="ROOTB", secret="secret-b")
+        trust = {"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::111111111111:root"}, "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"sts:ExternalId": "shared-secret"}}}]}
+        role = iam_b.create_role(RoleName="cross", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        iam_b.attach_role_policy(RoleName="cross", PolicyArn="arn:aws:iam::aws:policy/AmazonECS_FullAccess")
+        sts_root_a = s.client("sts", key="ROOTA", secret="secret-a")
+        code, _ = error(lambda: sts_root_a.assume_role(RoleArn=role, RoleSessionName="no-external-id"))
+        assert code == "AccessDenied"
+        creds_b = sts_root_a.assume_role(RoleArn=role, RoleSessionName="s1", ExternalId="shared-secret")["Credentials"]
+        def as_role(service):
+            return boto3.client(service, endpoint_url=s.endpoint, region_name="us-east-1",
+                                aws_access_key_id=creds_b["AccessKeyId"],
+                                aws_secret_access_key=creds_b["SecretAccessKey"],
+                                aws_session_token=creds_b["SessionToken"])
+
+        assert as_role("sts").get_caller_identity()["Arn"] == "arn:aws:sts::222222222222:assumed-role/cross/s1"
+        as_role("ecs").create_cluster(clusterName="from-a")
+        assert s.client("ecs", key="ROOTB", secret="secret-b").list_clusters()["clusterArns"] == [
+            "arn:aws:ecs:us-east-1:222222222222:cluster/from-a"]
+        assert s.client("ecs", key="ROOTA", secret="secret-a").list_clusters()["clusterArns"] == []
+        user_a = s.client("sts", key=keys["111111111111"][0], secret=keys["111111111111"][1])
+        code, message = error(lambda: user_a.assume_role(RoleArn=role, RoleSessionName="s2", ExternalId="shared-secret"))
+        assert code == "AccessDenied" and "arn:aws:iam::111111111111:user/ci" in message
+        s.client("iam", key="ROOTA", secret="secret-a").put_user_policy(
+            UserName="ci", PolicyName="assume", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "sts:AssumeRole", "Resource": role}]}))
+        assert user_a.assume_role(RoleArn=role, RoleSessionName="s2", ExternalId="shared-secret")[
+            "AssumedRoleUser"]["Arn"] == "arn:aws:sts::222222222222:assumed-role/cross/s2"
     finally:
         s.stop()
         os.remove(creds)

@@ -195,23 +195,35 @@ impl Sts {
                 "{role_arn} is invalid: the role ARN must look like arn:aws:iam::<account>:role/<name>"
             )));
         }
-        let account = caller.account_id.clone();
+        // The role's own account: another account's role is assumed across accounts.
+        let account = role_arn
+            .strip_prefix("arn:aws:iam::")
+            .and_then(|r| r.split(':').next())
+            .unwrap_or_default()
+            .to_string();
         let role = api::read(iam, |txn| roles::role_by_arn(txn, &account, &role_arn))?
             .ok_or_else(denied)?;
         let facts = RequestFacts {
             region: ctx.region.clone(),
             ..RequestFacts::default()
         };
+        // What a trust policy's conditions may test besides the global keys.
+        let mut context = vec![("sts:rolesessionname".to_string(), session.clone())];
+        if let Some(external) = input.get("ExternalId").and_then(Value::as_str) {
+            context.push(("sts:externalid".to_string(), external.to_string()));
+        }
         let request = policy::Request {
             principal: caller,
             action: "sts:AssumeRole",
             resource: &role_arn,
             facts: &facts,
             now: fleetport_proto::clock::unix_secs(),
-            context: &[],
+            context: &context,
         };
         // Within one account, the trust policy (a resource policy) that names the caller is
-        // enough; one that names only the account needs the caller's own allow too.
+        // enough; one that names only the account needs the caller's own allow too. Across
+        // accounts both sides must allow: the role's trust policy and the caller's own
+        // policies (an account's root has every permission of its own).
         let trust = policy::parse(&role.trust, Kind::Trust)
             .map(|p| policy::evaluate_resource(&p, &request))
             .unwrap_or(ResourceVerdict::Silent);
@@ -230,10 +242,11 @@ impl Sts {
                 &facts,
             )
         };
+        let same_account = caller.account_id == account;
         let allowed = match (trust, identity) {
             (ResourceVerdict::Deny, _) | (_, Decision::ExplicitDeny) => false,
-            (ResourceVerdict::Allow(Named::Directly), _) => true,
-            (ResourceVerdict::Allow(Named::Account), Decision::Allow) => true,
+            (ResourceVerdict::Allow(Named::Directly), _) if same_account => true,
+            (ResourceVerdict::Allow(_), Decision::Allow) => true,
             _ => false,
         };
         if !allowed {
