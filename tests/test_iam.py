@@ -165,13 +165,23 @@ def test_access_keys_lifecycle_and_delete_conflicts(server):
         "LimitExceeded", 409, "Cannot exceed quota for AccessKeysPerUser: 2")
     keys = iam.list_access_keys(UserName="ops")["AccessKeyMetadata"]
     assert len(keys) == 2 and {k["Status"] for k in keys} == {"Active"}
+    # A key never used reports N/A; a used one its last service and region.
+    fresh = next(k["AccessKeyId"] for k in keys if k["AccessKeyId"] != ak)
+    assert iam.get_access_key_last_used(AccessKeyId=fresh)["AccessKeyLastUsed"] == {
+        "ServiceName": "N/A", "Region": "N/A"}
+    used = iam.get_access_key_last_used(AccessKeyId=ak)
+    assert used["UserName"] == "ops"
+    assert (used["AccessKeyLastUsed"]["ServiceName"], used["AccessKeyLastUsed"]["Region"]) == ("ecs", "us-east-1")
+    server.client("ecr", key=ak, secret=sk, region="eu-west-1").describe_repositories()
+    used = iam.get_access_key_last_used(AccessKeyId=ak)["AccessKeyLastUsed"]
+    assert (used["ServiceName"], used["Region"]) == ("ecr", "eu-west-1")
     # An inactive key no longer signs.
     iam.update_access_key(UserName="ops", AccessKeyId=ak, Status="Inactive")
     err, _ = error(ops.list_clusters)
     assert err["Code"] == "UnrecognizedClientException"
     iam.update_access_key(UserName="ops", AccessKeyId=ak, Status="Active")
     assert ops.list_clusters()["clusterArns"]
-    assert iam.get_access_key_last_used(AccessKeyId=ak)["AccessKeyLastUsed"]["ServiceName"]
+    assert iam.get_access_key_last_used(AccessKeyId=ak)["AccessKeyLastUsed"]["ServiceName"] == "ecs"
 
     err, status = error(iam.delete_user, UserName="ops")
     assert (err["Code"], status, err["Message"]) == (

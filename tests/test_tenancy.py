@@ -284,6 +284,11 @@ def test_a_new_region_survives_a_restart_with_its_loops(data_dir):
         elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port, DefaultActions=[
             {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "203", "MessageBody": "eu-west-3"}}])
         assert get(f"http://127.0.0.1:{port}/")[0] == 203
+        # A user's key used in this region: its last use outlives the restart.
+        iam = s.client("iam", key="444444444444")
+        iam.create_user(UserName="u")
+        key = iam.create_access_key(UserName="u")["AccessKey"]
+        s.client("sts", key=key["AccessKeyId"], secret=key["SecretAccessKey"], region="eu-west-3").get_caller_identity()
     finally:
         assert s.stop() == 0
     s = Server(data_dir, ["--no-managed-capacity"]).start()
@@ -293,6 +298,8 @@ def test_a_new_region_survives_a_restart_with_its_loops(data_dir):
         elb = s.client("elbv2", key="444444444444", region="eu-west-3")
         assert [x["LoadBalancerName"] for x in elb.describe_load_balancers()["LoadBalancers"]] == ["later"]
         assert s.client("elbv2").describe_load_balancers()["LoadBalancers"] == []
+        used = s.client("iam", key="444444444444").get_access_key_last_used(AccessKeyId=key["AccessKeyId"])
+        assert (used["AccessKeyLastUsed"]["ServiceName"], used["AccessKeyLastUsed"]["Region"]) == ("sts", "eu-west-3")
     finally:
         s.stop()
 

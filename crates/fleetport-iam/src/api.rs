@@ -537,7 +537,8 @@ pub(crate) async fn dispatch(
                     format!("The Access Key with id {id} cannot be found"),
                 )
             })?;
-            let used = match &k.last_used {
+            let last = iam.pending_use(&id).or(k.last_used);
+            let used = match &last {
                 Some(l) => {
                     json!({"LastUsedDate": l.at, "ServiceName": l.service, "Region": l.region})
                 }

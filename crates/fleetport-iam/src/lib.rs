@@ -29,7 +29,7 @@ use fleetport_proto::auth::{
 use fleetport_proto::model::{self, ServiceModel};
 use fleetport_proto::{AwsError, BoxFuture, RequestContext, Service};
 use fleetport_store::seal::Sealer;
-use fleetport_store::{ReadTxnExt, Store, StoreError};
+use fleetport_store::{ReadTxnExt, Store, StoreError, WriteTxnExt};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -257,6 +257,9 @@ struct Inner {
     sealer: Arc<Sealer>,
     snapshot: RwLock<Arc<Snapshot>>,
     refreshing: parking_lot::Mutex<()>,
+    /// Last uses of users' keys not yet written to their records ([`Iam::flush_last_used`]):
+    /// the request path only notes them in memory.
+    uses: parking_lot::Mutex<HashMap<String, LastUsed>>,
 }
 
 impl std::fmt::Debug for Iam {
@@ -279,6 +282,7 @@ impl Iam {
                 sealer,
                 snapshot: RwLock::new(Arc::default()),
                 refreshing: parking_lot::Mutex::new(()),
+                uses: parking_lot::Mutex::default(),
             }),
         };
         iam.refresh()?;
@@ -511,6 +515,57 @@ pub(crate) fn user_principal(u: &UserRecord) -> Principal {
 impl KeySource for Iam {
     fn resolve(&self, access_key: &str) -> Option<Arc<ResolvedKey>> {
         self.snapshot().keys.get(access_key).cloned()
+    }
+
+    fn used(&self, access_key: &str, service: &str, region: &str) {
+        // Only users' long-term keys have a last use; temporary keys do not.
+        if !access_key.starts_with("AKIA") {
+            return;
+        }
+        self.inner.uses.lock().insert(
+            access_key.to_string(),
+            LastUsed {
+                at: fleetport_proto::clock::epoch_seconds(),
+                service: service.to_string(),
+                region: region.to_string(),
+            },
+        );
+    }
+}
+
+impl Iam {
+    /// The last use of a key: noted since the last flush, else as stored.
+    pub(crate) fn pending_use(&self, access_key: &str) -> Option<LastUsed> {
+        self.inner.uses.lock().get(access_key).cloned()
+    }
+
+    /// Writes the noted last uses into the keys' records (in one transaction); keys deleted
+    /// since are skipped. Called every few seconds and at shutdown.
+    pub async fn flush_last_used(&self) -> Result<(), StoreError> {
+        let noted = std::mem::take(&mut *self.inner.uses.lock());
+        if noted.is_empty() {
+            return Ok(());
+        }
+        fleetport_store::write::<_, StoreError>(&*self.inner.store, move |txn| {
+            for (id, used) in noted {
+                if let Some(mut k) = txn.get_json::<KeyRecord>(KEYS, &id)? {
+                    k.last_used = Some(used);
+                    txn.put_json(KEYS, &id, &k)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Flushes last uses every `every` until aborted.
+    pub async fn run_last_used(self, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.flush_last_used().await {
+                tracing::warn!(error = %e, "could not record access keys' last use");
+            }
+        }
     }
 }
 

@@ -127,6 +127,12 @@ impl Session {
 pub trait KeySource: Send + Sync + 'static {
     /// The key's secret and principal; `None` for an unknown or inactive key.
     fn resolve(&self, access_key: &str) -> Option<Arc<ResolvedKey>>;
+
+    /// A request signed with `access_key` for `service` in `region` was authenticated (for
+    /// GetAccessKeyLastUsed). Called on the request path: must not block.
+    fn used(&self, access_key: &str, service: &str, region: &str) {
+        let _ = (access_key, service, region);
+    }
 }
 
 /// One permission a request needs: an IAM action on a resource.

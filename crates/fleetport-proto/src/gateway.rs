@@ -359,6 +359,8 @@ impl Gateway {
                 protocol,
             ));
         }
+        self.verifier
+            .note_use(&fields.access_key, &fields.service, &fields.region);
         Ok(fields)
     }
 

@@ -259,6 +259,17 @@ impl Verifier {
         Ok(())
     }
 
+    /// Tells the key's source that the key signed an authenticated request (static keys have
+    /// no last use to record).
+    pub fn note_use(&self, access_key: &str, service: &str, region: &str) {
+        if self.credentials.secret(access_key).is_some() {
+            return;
+        }
+        if let Some(source) = self.source.get() {
+            source.used(access_key, service, region);
+        }
+    }
+
     /// When temporary credentials were issued (`aws:TokenIssueTime`); None for other keys.
     pub fn token_issued_at(&self, access_key: &str) -> Option<i64> {
         if self.credentials.secret(access_key).is_some() {

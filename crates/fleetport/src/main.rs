@@ -177,13 +177,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_connections: connections,
         cookie_key: fleetport_elb::plane::sticky::CookieKey(cookie_key),
     }));
+    let last_used = tokio::spawn(iam.clone().run_last_used(std::time::Duration::from_secs(5)));
     let state = server::AppState {
         gateway: Arc::new(gateway),
         tenants: tenants.clone(),
         fleet,
         store: store.clone(),
         enable_reset: config.enable_reset,
-        iam,
+        iam: iam.clone(),
         max_body_bytes: config.max_body_bytes,
         bodies: server::BodyBudget::new(config.max_inflight_body_bytes, config.header_read_timeout),
     };
@@ -203,6 +204,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     tenants.shutdown();
     elb_plane.abort();
+    last_used.abort();
+    if let Err(e) = iam.flush_last_used().await {
+        tracing::warn!(error = %e, "could not record access keys' last use");
+    }
     drop(tenants);
     drop(store);
     sqlite.close();
