@@ -300,6 +300,24 @@ def test_a_new_region_survives_a_restart_with_its_loops(data_dir):
         assert s.client("elbv2").describe_load_balancers()["LoadBalancers"] == []
         used = s.client("iam", key="444444444444").get_access_key_last_used(AccessKeyId=key["AccessKeyId"])
         assert (used["AccessKeyLastUsed"]["ServiceName"], used["AccessKeyLastUsed"]["Region"]) == ("sts", "eu-west-3")
+        s.client("ecs").create_cluster(clusterName="first-default")
+    finally:
+        assert s.stop() == 0
+    # Started again with another default region, the first one's state stays in its region.
+    s = Server(data_dir, ["--no-managed-capacity", "--region", "eu-west-1"]).start()
+    try:
+        assert s.client("ecs", region="eu-west-1").list_clusters()["clusterArns"] == []
+        assert s.client("ecs").list_clusters()["clusterArns"] == [
+            "arn:aws:ecs:us-east-1:000000000000:cluster/first-default"]
+        s.client("ecs", region="eu-west-1").create_cluster(clusterName="second-default")
+    finally:
+        assert s.stop() == 0
+    s = Server(data_dir, ["--no-managed-capacity"]).start()
+    try:
+        assert s.client("ecs", region="eu-west-1").list_clusters()["clusterArns"] == [
+            "arn:aws:ecs:eu-west-1:000000000000:cluster/second-default"]
+        assert s.client("ecs").list_clusters()["clusterArns"] == [
+            "arn:aws:ecs:us-east-1:000000000000:cluster/first-default"]
     finally:
         s.stop()
 

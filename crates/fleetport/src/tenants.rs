@@ -30,6 +30,9 @@ use crate::config::Config;
 /// Where tenants other than the default are recorded (key `<account>/<region>`).
 const TENANTS: &str = "fleetport.tenant";
 
+/// The account and region the unprefixed collections belong to.
+const OWNER: &str = "fleetport.unprefixed";
+
 /// At most this many tenants: each runs loops and holds memory, and a signed client could
 /// otherwise name regions without end.
 const MAX_TENANTS: usize = 256;
@@ -59,13 +62,16 @@ impl Tenant {
 pub struct Tenants {
     base: Arc<dyn Store>,
     config: Config,
+    /// The tenant whose state is the unprefixed collections and `<data-dir>/registry/`.
+    owner: (String, String),
     iam: fleetport_iam::Iam,
     sealer: Arc<fleetport_store::seal::Sealer>,
     fleet: Fleet,
     registry_host: String,
     /// Where the managed capacity reaches the API.
     endpoint: String,
-    map: RwLock<HashMap<(String, String), Arc<Tenant>>>,
+    /// Account → region → tenant (looked up by `&str` on every call, without allocating).
+    map: RwLock<HashMap<String, HashMap<String, Arc<Tenant>>>>,
     default: Arc<Tenant>,
 }
 
@@ -81,21 +87,22 @@ impl Tenants {
         registry_host: String,
         endpoint: String,
     ) -> anyhow::Result<Arc<Self>> {
-        let account = config.account_id.clone();
-        let region = config.region.clone();
+        let owner = unprefixed_owner(&*base, &config).await?;
         let default = build(
             &base,
             &config,
+            &owner,
             &iam,
             &sealer,
             &fleet,
             &registry_host,
-            &account,
-            &region,
+            &config.account_id,
+            &config.region,
         )?;
         let tenants = Arc::new(Self {
             base: base.clone(),
             config,
+            owner,
             iam,
             sealer,
             fleet,
@@ -104,11 +111,18 @@ impl Tenants {
             map: RwLock::default(),
             default: default.clone(),
         });
-        default.recorded.store(true, Ordering::Relaxed);
         tenants
             .map
             .write()
-            .insert((account, region), default.clone());
+            .entry(default.account.clone())
+            .or_default()
+            .insert(default.region.clone(), default.clone());
+        // The data the unprefixed collections hold is served even when the flags now name
+        // another default.
+        let (owner_account, owner_region) = tenants.owner.clone();
+        tenants
+            .get_or_open(&owner_account, &owner_region, false)
+            .map_err(|e| anyhow::anyhow!("opening {owner_account} in {owner_region}: {}", e.message))?;
         let known: Vec<(String, Value)> =
             fleetport_store::read(&*base, |t| t.scan_json(TENANTS, "", None, MAX_TENANTS))?;
         for (key, _) in known {
@@ -133,15 +147,16 @@ impl Tenants {
     }
 
     pub fn all(&self) -> Vec<Arc<Tenant>> {
-        self.map.read().values().cloned().collect()
+        self.map
+            .read()
+            .values()
+            .flat_map(|regions| regions.values().cloned())
+            .collect()
     }
 
     /// The tenant if it exists.
     pub fn existing(&self, account: &str, region: &str) -> Option<Arc<Tenant>> {
-        self.map
-            .read()
-            .get(&(account.to_string(), region.to_string()))
-            .cloned()
+        self.map.read().get(account)?.get(region).cloned()
     }
 
     /// The tenant, created (with its loops running) if it is new.
@@ -159,10 +174,10 @@ impl Tenants {
             return Ok(t);
         }
         let mut map = self.map.write();
-        if let Some(t) = map.get(&(account.to_string(), region.to_string())) {
+        if let Some(t) = map.get(account).and_then(|r| r.get(region)) {
             return Ok(t.clone());
         }
-        if map.len() >= MAX_TENANTS {
+        if map.values().map(HashMap::len).sum::<usize>() >= MAX_TENANTS {
             return Err(AwsError::client(
                 "LimitExceededException",
                 format!("This endpoint already serves {MAX_TENANTS} account and region pairs."),
@@ -171,6 +186,7 @@ impl Tenants {
         let t = build(
             &self.base,
             &self.config,
+            &self.owner,
             &self.iam,
             &self.sealer,
             &self.fleet,
@@ -182,7 +198,9 @@ impl Tenants {
             tracing::error!(account, region, error = %e, "could not open a region");
             AwsError::internal()
         })?;
-        map.insert((account.to_string(), region.to_string()), t.clone());
+        map.entry(account.to_string())
+            .or_default()
+            .insert(region.to_string(), t.clone());
         drop(map);
         // Opened at start, tenants run their loops once migrated; a new one has nothing to migrate.
         if start_loops {
@@ -215,12 +233,19 @@ impl Tenants {
     /// After a reset emptied the store: every tenant forgets what it held in memory and will be
     /// recorded again by its next request.
     pub async fn after_reset(&self) {
+        if let Err(e) = record_owner(&*self.base, &self.owner).await {
+            tracing::error!(error = %e, "could not record which account and region the unprefixed state is");
+        }
         for t in self.all() {
             t.elb.forget_all().await;
-            if !Arc::ptr_eq(&t, &self.default) {
+            if !self.is_owner(&t) {
                 t.recorded.store(false, Ordering::Relaxed);
             }
         }
+    }
+
+    fn is_owner(&self, t: &Tenant) -> bool {
+        t.account == self.owner.0 && t.region == self.owner.1
     }
 
     /// Stops every tenant's loops and answers the agents' waiting polls.
@@ -249,7 +274,7 @@ impl Tenants {
             .abort_handle(),
         ];
         if c.managed_capacity {
-            let instance_id = if Arc::ptr_eq(t, &self.default) {
+            let instance_id = if self.is_owner(t) {
                 // What the managed capacity's containers were labelled before tenancy.
                 "fargate".to_string()
             } else {
@@ -275,6 +300,7 @@ impl Tenants {
 fn build(
     base: &Arc<dyn Store>,
     config: &Config,
+    owner: &(String, String),
     iam: &fleetport_iam::Iam,
     sealer: &Arc<fleetport_store::seal::Sealer>,
     fleet: &Fleet,
@@ -283,7 +309,7 @@ fn build(
     region: &str,
 ) -> anyhow::Result<Arc<Tenant>> {
     use anyhow::Context;
-    let is_default = account == config.account_id && region == config.region;
+    let is_default = account == owner.0 && region == owner.1;
     let scope = format!("{account}/{region}");
     let store: Arc<dyn Store> = Arc::new(Scoped::new(
         base.clone(),
@@ -326,9 +352,32 @@ fn build(
         ecr,
         acm,
         elb,
-        recorded: AtomicBool::new(false),
+        recorded: AtomicBool::new(is_default),
         loops: Mutex::new(Vec::new()),
     }))
+}
+
+/// Which tenant the unprefixed collections belong to: as recorded, else (a data directory
+/// from before tenancy, or a new one) the default account and region, recorded now. So a
+/// restart with another `--region` does not pass one region's state off as another's.
+async fn unprefixed_owner(base: &dyn Store, config: &Config) -> anyhow::Result<(String, String)> {
+    let recorded: Option<(String, String)> =
+        fleetport_store::read(base, |t| t.get_json(OWNER, "owner"))?;
+    if let Some(owner) = recorded {
+        return Ok(owner);
+    }
+    let owner = (config.account_id.clone(), config.region.clone());
+    record_owner(base, &owner).await?;
+    Ok(owner)
+}
+
+async fn record_owner(base: &dyn Store, owner: &(String, String)) -> Result<(), StoreError> {
+    let owner = owner.clone();
+    fleetport_store::write::<_, StoreError>(base, move |t| {
+        t.put_json(OWNER, "owner", &owner)?;
+        Ok(())
+    })
+    .await
 }
 
 /// Brings records written by older builds up to date (each step is a no-op once done).
