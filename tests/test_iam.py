@@ -760,6 +760,19 @@ def test_passing_a_role_to_ecs_needs_pass_role(server):
         "Statement": [{"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*",
                        "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}}]}))
     assert error(ecs.register_task_definition, executionRoleArn="web-task", **td)[0]["Code"] == "AccessDeniedException"
+    # A service's own role is passed to ECS itself (ecs.amazonaws.com), not to its tasks.
+    server.client("ecs").create_cluster(clusterName="pass")
+    iam.put_user_policy(UserName="deployer", PolicyName="svc", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "ecs:CreateService", "Resource": "*"},
+                      {"Effect": "Allow", "Action": "iam:PassRole", "Resource": "*",
+                       "Condition": {"StringEquals": {"iam:PassedToService": "ecs-tasks.amazonaws.com"}}}]}))
+    svc = dict(cluster="pass", serviceName="s", taskDefinition="web:1", desiredCount=0)
+    err, _ = error(ecs.create_service, role="web-task", **svc)
+    assert err["Message"].startswith(
+        "User: arn:aws:iam::000000000000:user/deployer is not authorized to perform: iam:PassRole on resource: "
+        f"{task_role}"), err
+    assert ecs.create_service(**svc)["service"]["serviceName"] == "s"
 
 
 def test_source_ip_conditions_see_the_clients_address(server):
@@ -899,3 +912,27 @@ def test_a_task_definition_naming_a_missing_role_is_refused(server):
         "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ecs-tasks.amazonaws.com"},
                                                 "Action": "sts:AssumeRole"}]}))
     assert ecs.register_task_definition(executionRoleArn="ghost", **td)["taskDefinition"]["executionRoleArn"] == "ghost"
+
+
+def test_acm_actions_are_authorised_on_the_certificate(server, tmp_path):
+    """ACM actions name the certificate they act on; only ListCertificates (and an import of a
+    new certificate) is on `*`."""
+    from test_elb import import_cert, make_cert
+    acm = server.client("acm")
+    mine = import_cert(acm, *make_cert(tmp_path, "mine", "mine.example"))
+    theirs = import_cert(acm, *make_cert(tmp_path, "theirs", "theirs.example"))
+    iam = server.client("iam")
+    ak, sk = user_with_key(iam, "certs")
+    iam.put_user_policy(UserName="certs", PolicyName="mine", PolicyDocument=json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["acm:DescribeCertificate", "acm:ListCertificates"],
+                       "Resource": mine},
+                      {"Effect": "Allow", "Action": "acm:ListCertificates", "Resource": "*"}]}))
+    user = server.client("acm", key=ak, secret=sk)
+    assert len(user.list_certificates()["CertificateSummaryList"]) == 2
+    assert user.describe_certificate(CertificateArn=mine)["Certificate"]["DomainName"] == "mine.example"
+    err, _ = error(user.describe_certificate, CertificateArn=theirs)
+    assert (err["Code"], err["Message"]) == ("AccessDeniedException",
+        f"User: arn:aws:iam::000000000000:user/certs is not authorized to perform: acm:DescribeCertificate on "
+        f"resource: {theirs} because no identity-based policy allows the acm:DescribeCertificate action")
+    assert error(user.delete_certificate, CertificateArn=mine)[0]["Code"] == "AccessDeniedException"

@@ -251,4 +251,13 @@ impl Service for Acm {
     ) -> BoxFuture<'a, Result<Value, AwsError>> {
         Box::pin(self.dispatch(operation, input))
     }
+
+    /// Every action but ListCertificates (and an ImportCertificate that makes a new one) is on
+    /// the certificate its `CertificateArn` names, as IAM's reference for ACM lists them.
+    fn resources(&self, _ctx: &RequestContext, _operation: &str, input: &Value) -> Vec<String> {
+        match input.get("CertificateArn").and_then(Value::as_str) {
+            Some(arn) => vec![arn.to_string()],
+            None => vec!["*".to_string()],
+        }
+    }
 }

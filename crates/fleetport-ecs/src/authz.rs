@@ -117,18 +117,25 @@ impl Ecs {
     }
 }
 
-/// A task definition that names a task or execution role hands that role to ECS: the caller
-/// needs `iam:PassRole` on it, with `iam:PassedToService` = `ecs-tasks.amazonaws.com` (the key
-/// AWS's ECS policies condition it on).
+/// A task definition that names a task or execution role, or a service that names its `role`,
+/// hands that role to ECS: the caller needs `iam:PassRole` on it, with `iam:PassedToService`
+/// naming the service that will use it (the key AWS's ECS policies condition it on).
 pub(crate) fn pass_roles(
     account: &str,
     operation: &str,
     input: &Value,
 ) -> Vec<fleetport_proto::auth::Access> {
-    if operation != "RegisterTaskDefinition" {
-        return Vec::new();
-    }
-    ["taskRoleArn", "executionRoleArn"]
+    // Task definitions hand their roles to the tasks (`ecs-tasks`); a service's `role` is the
+    // one ECS itself uses to register targets with a classic load balancer (`ecs`).
+    let (members, service): (&[&str], &str) = match operation {
+        "RegisterTaskDefinition" => (
+            &["taskRoleArn", "executionRoleArn"],
+            "ecs-tasks.amazonaws.com",
+        ),
+        "CreateService" => (&["role"], "ecs.amazonaws.com"),
+        _ => return Vec::new(),
+    };
+    members
         .iter()
         .filter_map(|m| input.get(*m).and_then(Value::as_str))
         .filter(|arn| !arn.is_empty())
@@ -137,10 +144,7 @@ pub(crate) fn pass_roles(
             // ECS also takes a role's bare name.
             resource: crate::roles::role_arn(account, arn),
             resource_policy: None,
-            context: vec![(
-                "iam:PassedToService".into(),
-                "ecs-tasks.amazonaws.com".into(),
-            )],
+            context: vec![("iam:PassedToService".into(), service.into())],
         })
         .collect()
 }

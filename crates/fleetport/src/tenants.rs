@@ -122,7 +122,9 @@ impl Tenants {
         let (owner_account, owner_region) = tenants.owner.clone();
         tenants
             .get_or_open(&owner_account, &owner_region, false)
-            .map_err(|e| anyhow::anyhow!("opening {owner_account} in {owner_region}: {}", e.message))?;
+            .map_err(|e| {
+                anyhow::anyhow!("opening {owner_account} in {owner_region}: {}", e.message)
+            })?;
         let known: Vec<(String, Value)> =
             fleetport_store::read(&*base, |t| t.scan_json(TENANTS, "", None, MAX_TENANTS))?;
         for (key, _) in known {
