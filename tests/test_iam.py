@@ -466,7 +466,8 @@ def test_roles_assume_role_and_temporary_credentials(server):
     assert error(iam.create_role, RoleName="deployer", AssumeRolePolicyDocument=trust("000000000000"))[0]["Code"] \
         == "EntityAlreadyExists"
     assert error(iam.delete_role, RoleName="deployer")[0]["Code"] == "DeleteConflict"
-    assert [r["RoleName"] for r in iam.list_roles()["Roles"]] == ["deployer"]
+    # The session's CreateCluster brought ECS's service-linked role, as on AWS.
+    assert [r["RoleName"] for r in iam.list_roles()["Roles"]] == ["AWSServiceRoleForECS", "deployer"]
 
 
 def test_temporary_credentials_expire(data_dir):
@@ -706,6 +707,12 @@ def test_instance_profiles_and_service_linked_roles(server):
     task = iam.delete_service_linked_role(RoleName="AWSServiceRoleForECS")["DeletionTaskId"]
     assert iam.get_service_linked_role_deletion_status(DeletionTaskId=task)["Status"] == "SUCCEEDED"
     assert error(iam.get_role, RoleName="AWSServiceRoleForECS")[0]["Code"] == "NoSuchEntity"
+    # ECS makes its service-linked role with the account's first cluster, in any region.
+    server.client("ecs", region="ap-south-1").create_cluster(clusterName="brings-the-role")
+    role = iam.get_role(RoleName="AWSServiceRoleForECS")["Role"]
+    assert role["Path"] == "/aws-service-role/ecs.amazonaws.com/"
+    assert iam.list_attached_role_policies(RoleName="AWSServiceRoleForECS")["AttachedPolicies"][0]["PolicyName"] == \
+        "AmazonECSServiceRolePolicy"
 
 
 def test_policy_users_and_tags(server):

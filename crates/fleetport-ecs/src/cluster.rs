@@ -302,6 +302,15 @@ impl Ecs {
             Ok::<_, Abort<AwsError>>(rec)
         })
         .await?;
+        // As on AWS, the first cluster brings the service-linked role ECS acts through; a
+        // failure to make it does not undo the cluster (AWS reports it only when it is used).
+        if let Some(directory) = self.roles.get()
+            && let Err(e) = directory
+                .ensure_service_linked_role(&self.scope.account)
+                .await
+        {
+            tracing::warn!(error = %e.message, "could not create AWSServiceRoleForECS");
+        }
         self.render_one(&rec, Include::all())
     }
 

@@ -8,9 +8,19 @@ use serde_json::{Map, Value};
 
 use crate::error::EcsResult;
 
-/// Answers whether a role exists.
+/// Answers whether a role exists, and makes the service-linked role ECS works through.
 pub trait RoleDirectory: Send + Sync + 'static {
     fn exists(&self, role_arn: &str) -> bool;
+
+    /// Creates `AWSServiceRoleForECS` in `account` unless it exists (AWS does so at the first
+    /// CreateCluster).
+    fn ensure_service_linked_role<'a>(
+        &'a self,
+        account: &'a str,
+    ) -> fleetport_proto::BoxFuture<'a, Result<(), fleetport_proto::AwsError>> {
+        let _ = account;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 pub(crate) type Slot = std::sync::OnceLock<Arc<dyn RoleDirectory>>;

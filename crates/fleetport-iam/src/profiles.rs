@@ -78,6 +78,67 @@ pub(crate) fn profiles_of(
         .collect())
 }
 
+fn service_linked_role(
+    account: &str,
+    service: &str,
+    role_name: &str,
+    policy: &str,
+    description: &str,
+) -> RoleRecord {
+    let path = format!("/aws-service-role/{service}/");
+    RoleRecord {
+        account: account.to_string(),
+        arn: format!("arn:aws:iam::{account}:role{path}{role_name}"),
+        name: role_name.to_string(),
+        path,
+        id: ids::unique_id("AROA"),
+        created: now(),
+        trust: json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]})
+        .to_string(),
+        description: Some(description.to_string()),
+        max_session_duration: 3600,
+        tags: Vec::new(),
+        attached: vec![policy.to_string()],
+        inline: Default::default(),
+        service_linked: true,
+        boundary: None,
+    }
+}
+
+impl Iam {
+    /// Creates the service-linked role of `service` (`ecs.amazonaws.com`) in `account` unless
+    /// a role of its name exists: what AWS services do on their first use.
+    pub async fn ensure_service_linked_role(
+        &self,
+        account: &str,
+        service: &str,
+    ) -> Result<(), AwsError> {
+        let Some((_, role_name, policy, description)) =
+            SERVICE_LINKED.iter().find(|(s, ..)| *s == service)
+        else {
+            return Err(invalid(format!("no service-linked role for {service}")));
+        };
+        let key = crate::holders::key(account, role_name);
+        let exists = read(self, |txn| {
+            txn.get(ROLES, &key)
+                .map(|v| v.is_some())
+                .map_err(store_error)
+        })?;
+        if exists {
+            return Ok(());
+        }
+        let role = service_linked_role(account, service, role_name, policy, description);
+        write(self, move |txn| {
+            if txn.get(ROLES, &key).map_err(store_error)?.is_none() {
+                put(txn, ROLES, &key, &role)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
 /// The refusal IAM gives for edits of a service-linked role.
 pub(crate) fn protected(role: &RoleRecord) -> Result<(), AwsError> {
     if role.service_linked {
@@ -233,29 +294,13 @@ pub(crate) async fn dispatch(
                     "Custom suffix is not allowed for {service}"
                 )));
             }
-            let path = format!("/aws-service-role/{service}/");
-            let role = RoleRecord {
-                account: account.clone(),
-                arn: format!("arn:aws:iam::{account}:role{path}{role_name}"),
-                name: role_name.to_string(),
-                path,
-                id: ids::unique_id("AROA"),
-                created: now(),
-                trust: json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-                    "Principal": {"Service": service}, "Action": "sts:AssumeRole"}]})
-                .to_string(),
-                description: Some(
-                    input::string(input, "Description")
-                        .unwrap_or(description)
-                        .to_string(),
-                ),
-                max_session_duration: 3600,
-                tags: Vec::new(),
-                attached: vec![policy.to_string()],
-                inline: Default::default(),
-                service_linked: true,
-                boundary: None,
-            };
+            let role = service_linked_role(
+                &account,
+                &service,
+                role_name,
+                policy,
+                input::string(input, "Description").unwrap_or(description),
+            );
             let out = role_json(&role, true);
             write(iam, move |txn| {
                 let key = crate::holders::key(&role.account, &role.name);

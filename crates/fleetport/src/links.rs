@@ -38,6 +38,16 @@ impl fleetport_ecs::roles::RoleDirectory for IamRoles {
     fn exists(&self, role_arn: &str) -> bool {
         self.0.role_exists(role_arn)
     }
+
+    fn ensure_service_linked_role<'a>(
+        &'a self,
+        account: &'a str,
+    ) -> BoxFuture<'a, Result<(), AwsError>> {
+        Box::pin(
+            self.0
+                .ensure_service_linked_role(account, "ecs.amazonaws.com"),
+        )
+    }
 }
 
 /// HTTPS and TLS listeners serve ACM certificates.
