@@ -102,6 +102,17 @@ printf '%-26s %-9s %12s %10s %10s %8s\n' "DescribeClusters (IAM)" fleetport "$ir
 ratio=$(awk -v a="$irps" -v b="$rrps" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "inf" }')
 echo "  ratio IAM user/root: ${ratio}x (target: at least 0.90)"
 
+# Tenancy: the same DescribeClusters in another account and region (12-digit key, eu-central-1),
+# whose calls go through the tenant map to their own ECS, beside the default tenant's.
+AWS_ACCESS_KEY_ID=123456789012 AWS_SECRET_ACCESS_KEY=test $PY - "http://127.0.0.1:$FP_PORT" <<'PY'
+import sys, boto3
+boto3.client("ecs", endpoint_url=sys.argv[1], region_name="eu-central-1").create_cluster(clusterName="bench")
+PY
+read -r trps tp50 tp99 tbad < <(SIGN_KEY=123456789012 SIGN_REGION=eu-central-1 run "fp-tenant" $FP_PORT DescribeClusters "$DESCRIBE" "$DURATION")
+printf '%-26s %-9s %12s %10s %10s %8s\n' "DescribeClusters (tenant)" fleetport "$trps" "$tp50" "$tp99" "$tbad"
+ratio=$(awk -v a="$trps" -v b="$rrps" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "inf" }')
+echo "  ratio other account and region/default: ${ratio}x"
+
 # Soak: about SOAK_REQUESTS DescribeClusters requests, RSS sampled before and after.
 kill "$MOTO_PID" 2>/dev/null || true
 before=$(rss_kib $FP_PID)

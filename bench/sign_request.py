@@ -22,10 +22,12 @@ def main():
         "X-Amz-Target": f"AmazonEC2ContainerServiceV20141113.{operation}",
         "Content-Type": "application/x-amz-json-1.1",
     })
-    # SIGN_KEY/SIGN_SECRET sign as another principal (an IAM user's key).
+    # SIGN_KEY/SIGN_SECRET sign as another principal (an IAM user's key, another account's
+    # 12-digit key); SIGN_REGION for another region.
     key = os.environ.get("SIGN_KEY", "test")
     secret = os.environ.get("SIGN_SECRET", "test")
-    SigV4Auth(Credentials(key, secret), "ecs", "us-east-1").add_auth(req)
+    region = os.environ.get("SIGN_REGION", "us-east-1")
+    SigV4Auth(Credentials(key, secret), "ecs", region).add_auth(req)
     lines = ['wrk.method = "POST"', f"wrk.body = {lua_str(body)}"]
     for k, v in req.prepare().headers.items():
         if k.lower() in ("content-length",):
