@@ -943,3 +943,43 @@ def test_acm_actions_are_authorised_on_the_certificate(server, tmp_path):
         f"User: arn:aws:iam::000000000000:user/certs is not authorized to perform: acm:DescribeCertificate on "
         f"resource: {theirs} because no identity-based policy allows the acm:DescribeCertificate action")
     assert error(user.delete_certificate, CertificateArn=mine)[0]["Code"] == "AccessDeniedException"
+
+
+def test_resource_and_principal_tags_in_conditions(server):
+    """aws:ResourceTag/<key> sees the tags of the ECS, ECR and ELB resource acted on (and the
+    service's own <prefix>:ResourceTag/<key>); aws:PrincipalTag/<key> the user's tags, also as a
+    ${…} variable, so one policy gives each team its own clusters."""
+    ecs, ecr, elb, iam = (server.client(s) for s in ("ecs", "ecr", "elbv2", "iam"))
+    ecs.create_cluster(clusterName="alpha", tags=[{"key": "team", "value": "a"}])
+    ecs.create_cluster(clusterName="beta", tags=[{"key": "team", "value": "b"}])
+    ecr.create_repository(repositoryName="alpha", tags=[{"Key": "team", "Value": "a"}])
+    ecr.create_repository(repositoryName="beta", tags=[{"Key": "team", "Value": "b"}])
+    keep = elb.create_load_balancer(Name="keep", Subnets=["subnet-a", "subnet-b"],
+                                    Tags=[{"Key": "protected", "Value": "true"}])["LoadBalancers"][0]["LoadBalancerArn"]
+    spare = elb.create_load_balancer(Name="spare", Subnets=["subnet-a", "subnet-b"])["LoadBalancers"][0]["LoadBalancerArn"]
+    ak, sk = user_with_key(iam, "alice")
+    iam.tag_user(UserName="alice", Tags=[{"Key": "team", "Value": "a"}])
+    iam.put_user_policy(UserName="alice", PolicyName="own-team", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "ecs:DescribeClusters", "Resource": "*",
+             "Condition": {"StringEquals": {"aws:ResourceTag/team": "${aws:PrincipalTag/team}"}}},
+            {"Effect": "Allow", "Action": "ecr:DescribeImages", "Resource": "*",
+             "Condition": {"StringEquals": {"ecr:ResourceTag/team": "a"}}},
+            {"Effect": "Allow", "Action": "elasticloadbalancing:DeleteLoadBalancer", "Resource": "*"},
+            {"Effect": "Deny", "Action": "elasticloadbalancing:DeleteLoadBalancer", "Resource": "*",
+             "Condition": {"StringEquals": {"aws:ResourceTag/protected": "true"}}}]}))
+    a_ecs = server.client("ecs", key=ak, secret=sk)
+    assert a_ecs.describe_clusters(clusters=["alpha"])["clusters"][0]["clusterName"] == "alpha"
+    err, _ = error(a_ecs.describe_clusters, clusters=["beta"])
+    assert err["Code"] == "AccessDeniedException" and "cluster/beta" in err["Message"]
+    a_ecr = server.client("ecr", key=ak, secret=sk)
+    assert a_ecr.describe_images(repositoryName="alpha")["imageDetails"] == []
+    assert error(a_ecr.describe_images, repositoryName="beta")[0]["Code"] == "AccessDeniedException"
+    a_elb = server.client("elbv2", key=ak, secret=sk)
+    err, _ = error(a_elb.delete_load_balancer, LoadBalancerArn=keep)
+    assert err["Code"] == "AccessDenied" and "with an explicit deny" in err["Message"], err
+    a_elb.delete_load_balancer(LoadBalancerArn=spare)
+    # Another team's tag, and the same policy now fits beta instead.
+    iam.tag_user(UserName="alice", Tags=[{"Key": "team", "Value": "b"}])
+    assert a_ecs.describe_clusters(clusters=["beta"])["clusters"][0]["clusterName"] == "beta"
+    assert error(a_ecs.describe_clusters, clusters=["alpha"])[0]["Code"] == "AccessDeniedException"

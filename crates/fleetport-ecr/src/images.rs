@@ -582,7 +582,7 @@ impl Ecr {
         .map_err(|f: Failure| f.0)
     }
 
-    fn repository_tags(&self, arn: &str) -> Result<Vec<ResourceTag>, AwsError> {
+    pub(crate) fn repository_tags(&self, arn: &str) -> Result<Vec<ResourceTag>, AwsError> {
         fleetport_store::read(&*self.store, |t| {
             Ok::<_, Failure>(
                 t.get_json::<Vec<ResourceTag>>(RESOURCE_TAGS, arn)?

@@ -211,4 +211,10 @@ impl Service for Ecr {
     fn resource_policy(&self, resource: &str) -> Option<String> {
         self.policy_of_arn(resource)
     }
+
+    fn resource_tags(&self, resource: &str) -> Vec<(String, String)> {
+        self.repository_tags(resource)
+            .map(|tags| tags.into_iter().map(|t| (t.key, t.value)).collect())
+            .unwrap_or_default()
+    }
 }

@@ -220,6 +220,12 @@ impl Service for Ecs {
         Box::pin(self.dispatch(ctx, operation, input))
     }
 
+    fn resource_tags(&self, resource: &str) -> Vec<(String, String)> {
+        fleetport_store::read(&*self.store, |t| tags::get(t, resource))
+            .map(|tags| tags.into_iter().map(|t| (t.key, t.value)).collect())
+            .unwrap_or_default()
+    }
+
     fn resources(&self, _ctx: &RequestContext, operation: &str, input: &Value) -> Vec<String> {
         self.authz_resources(operation, input)
     }

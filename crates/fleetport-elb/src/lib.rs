@@ -447,6 +447,14 @@ impl Service for Elb {
         Box::pin(self.dispatch(operation, input))
     }
 
+    fn resource_tags(&self, resource: &str) -> Vec<(String, String)> {
+        self.snapshot()
+            .tags
+            .get(resource)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Actions on a load balancer, listener, rule or target group are authorised on its ARN
     /// (tags on each resource named); Describe* and the creation of load balancers and target
     /// groups on `*`.

@@ -244,6 +244,22 @@ struct Snapshot {
     session_policies: HashMap<String, Arc<Vec<policy::Policy>>>,
     /// Compiled permissions boundaries by user or role ARN.
     boundaries: HashMap<String, Arc<Vec<policy::Policy>>>,
+    /// Tags of users and roles by ARN, for `aws:PrincipalTag/<key>` (a role's for its sessions).
+    tags: HashMap<String, Arc<Vec<(String, String)>>>,
+}
+
+/// `[{"Key": k, "Value": v}]` as IAM stores tags → pairs.
+fn tag_pairs(tags: &[Value]) -> Arc<Vec<(String, String)>> {
+    Arc::new(
+        tags.iter()
+            .filter_map(|t| {
+                Some((
+                    t.get("Key")?.as_str()?.to_string(),
+                    t.get("Value")?.as_str()?.to_string(),
+                ))
+            })
+            .collect(),
+    )
 }
 
 /// The IAM service. Cheap to clone.
@@ -377,11 +393,17 @@ impl Iam {
                         compile(std::slice::from_ref(b), &BTreeMap::new()),
                     );
                 }
+                if !u.tags.is_empty() {
+                    snap.tags.insert(principal.arn.clone(), tag_pairs(&u.tags));
+                }
                 principals.insert((u.account.clone(), u.name.clone()), principal);
             }
             for r in &roles {
                 snap.policies
                     .insert(r.arn.clone(), compile(&r.attached, &r.inline));
+                if !r.tags.is_empty() {
+                    snap.tags.insert(r.arn.clone(), tag_pairs(&r.tags));
+                }
                 if let Some(b) = &r.boundary {
                     snap.boundaries.insert(
                         r.arn.clone(),
@@ -585,8 +607,10 @@ impl Authorizer for Iam {
             PrincipalKind::AssumedRole { key, .. } => snapshot.session_policies.get(key).cloned(),
             _ => None,
         };
+        let tags = snapshot.tags.get(holder).cloned().unwrap_or_default();
         let request = policy::Request {
             principal,
+            principal_tags: &tags,
             action: &access.action,
             resource: &access.resource,
             facts,

@@ -482,6 +482,8 @@ pub fn arn_like(pattern: &str, arn: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub principal: &'a Principal,
+    /// The user's or role's tags (`aws:PrincipalTag/<key>`).
+    pub principal_tags: &'a [(String, String)],
     pub action: &'a str,
     pub resource: &'a str,
     pub facts: &'a RequestFacts,
@@ -506,6 +508,13 @@ impl Request<'_> {
         }
         let p = self.principal;
         let one = |s: String| Some(vec![s]);
+        if let Some(tag) = k.strip_prefix("aws:principaltag/") {
+            return self
+                .principal_tags
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(tag))
+                .map(|(_, v)| vec![v.clone()]);
+        }
         match k.as_str() {
             "aws:requestedregion" if !self.facts.region.is_empty() => {
                 one(self.facts.region.clone())
@@ -834,6 +843,7 @@ mod tests {
         evaluate(
             [&p],
             &Request {
+                principal_tags: &[],
                 principal: &principal,
                 action,
                 resource,

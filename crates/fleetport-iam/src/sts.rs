@@ -214,6 +214,7 @@ impl Sts {
         }
         let request = policy::Request {
             principal: caller,
+            principal_tags: &[],
             action: "sts:AssumeRole",
             resource: &role_arn,
             facts: &facts,

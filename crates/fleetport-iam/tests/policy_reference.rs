@@ -176,6 +176,7 @@ proptest! {
         };
         let facts = RequestFacts::default();
         let got = policy::evaluate([&parsed], &Request {
+            principal_tags: &[],
             principal: &principal,
             action: &action,
             resource: &resource,

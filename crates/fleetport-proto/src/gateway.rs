@@ -70,6 +70,13 @@ pub trait Service: Send + Sync {
         None
     }
 
+    /// The tags a resource carries, for `aws:ResourceTag/<key>` conditions (and the service's
+    /// own `<prefix>:ResourceTag/<key>`).
+    fn resource_tags(&self, resource: &str) -> Vec<(String, String)> {
+        let _ = resource;
+        Vec::new()
+    }
+
     /// Permissions an operation needs besides its own action, such as `iam:PassRole` on the
     /// roles a task definition hands to ECS.
     fn also_needs(&self, ctx: &RequestContext, operation: &str, input: &Value) -> Vec<Access> {
@@ -415,11 +422,27 @@ impl Gateway {
         let mut accesses: Vec<Access> = service
             .resources(ctx, operation, input)
             .into_iter()
-            .map(|resource| Access {
-                action: action.clone(),
-                resource_policy: service.resource_policy(&resource),
-                resource,
-                context: Vec::new(),
+            .map(|resource| {
+                let context = if resource == "*" {
+                    Vec::new()
+                } else {
+                    service
+                        .resource_tags(&resource)
+                        .into_iter()
+                        .flat_map(|(k, v)| {
+                            [
+                                (format!("aws:resourcetag/{k}"), v.clone()),
+                                (format!("{prefix}:resourcetag/{k}"), v),
+                            ]
+                        })
+                        .collect()
+                };
+                Access {
+                    action: action.clone(),
+                    resource_policy: service.resource_policy(&resource),
+                    resource,
+                    context,
+                }
             })
             .collect();
         accesses.extend(service.also_needs(ctx, operation, input));

@@ -539,6 +539,12 @@ impl Service for Regional {
         (self.pick)(&t).resource_policy(resource)
     }
 
+    fn resource_tags(&self, resource: &str) -> Vec<(String, String)> {
+        self.tenant_of_arn(resource)
+            .map(|t| (self.pick)(&t).resource_tags(resource))
+            .unwrap_or_default()
+    }
+
     fn also_needs(
         &self,
         ctx: &RequestContext,
