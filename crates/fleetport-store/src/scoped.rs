@@ -60,9 +60,18 @@ struct ScopedWrite<'a> {
     prefix: &'a str,
 }
 
+impl ScopedWrite<'_> {
+    fn reads(&self) -> ScopedRead<'_> {
+        ScopedRead {
+            txn: &*self.txn,
+            prefix: self.prefix,
+        }
+    }
+}
+
 impl ReadTxn for ScopedWrite<'_> {
     fn get(&self, collection: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.txn.get(&Scoped::name(self.prefix, collection), key)
+        self.reads().get(collection, key)
     }
 
     fn scan(
@@ -72,13 +81,11 @@ impl ReadTxn for ScopedWrite<'_> {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Record>, StoreError> {
-        self.txn
-            .scan(&Scoped::name(self.prefix, collection), prefix, after, limit)
+        self.reads().scan(collection, prefix, after, limit)
     }
 
     fn count(&self, collection: &str, prefix: &str) -> Result<u64, StoreError> {
-        self.txn
-            .count(&Scoped::name(self.prefix, collection), prefix)
+        self.reads().count(collection, prefix)
     }
 }
 
