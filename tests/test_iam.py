@@ -983,3 +983,44 @@ def test_resource_and_principal_tags_in_conditions(server):
     iam.tag_user(UserName="alice", Tags=[{"Key": "team", "Value": "b"}])
     assert a_ecs.describe_clusters(clusters=["beta"])["clusters"][0]["clusterName"] == "beta"
     assert error(a_ecs.describe_clusters, clusters=["alpha"])[0]["Code"] == "AccessDeniedException"
+
+
+def test_session_tags_are_the_sessions_principal_tags(server):
+    """AssumeRole with Tags needs sts:TagSession in the trust policy; the session's tags then
+    stand as its aws:PrincipalTag/<key>s, over the role's own tags, and aws:RequestTag/<key> lets
+    the trust policy test them."""
+    import boto3
+    iam = server.client("iam")
+    plain = trust("000000000000")
+    tagging = json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"AWS": "000000000000"}, "Action": ["sts:AssumeRole", "sts:TagSession"],
+        "Condition": {"StringEquals": {"aws:RequestTag/team": ["a", "b"]}}}]})
+    policy = json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "ecs:ListClusters", "Resource": "*",
+         "Condition": {"StringEquals": {"aws:PrincipalTag/team": "a"}}}]})
+    for name, doc in (("no-tagging", plain), ("tagging", tagging)):
+        iam.create_role(RoleName=name, AssumeRolePolicyDocument=doc, Tags=[{"Key": "team", "Value": "z"}])
+        iam.put_role_policy(RoleName=name, PolicyName="by-team", PolicyDocument=policy)
+    sts = server.client("sts")
+
+    def assume(role, tags=None):
+        kw = {"Tags": tags} if tags is not None else {}
+        c = sts.assume_role(RoleArn=f"arn:aws:iam::000000000000:role/{role}", RoleSessionName="tt", **kw)["Credentials"]
+        return boto3.client("ecs", endpoint_url=server.endpoint, region_name="us-east-1",
+                            aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"],
+                            aws_session_token=c["SessionToken"])
+
+    err, _ = error(sts.assume_role, RoleArn="arn:aws:iam::000000000000:role/no-tagging", RoleSessionName="tt",
+                   Tags=[{"Key": "team", "Value": "a"}])
+    assert (err["Code"], err["Message"]) == ("AccessDenied",
+        "User: arn:aws:iam::000000000000:root is not authorized to perform: sts:TagSession on resource: "
+        "arn:aws:iam::000000000000:role/no-tagging")
+    # The trust policy's condition on the requested tag.
+    assert error(sts.assume_role, RoleArn="arn:aws:iam::000000000000:role/tagging", RoleSessionName="tt",
+                 Tags=[{"Key": "team", "Value": "c"}])[0]["Code"] == "AccessDenied"
+    assert error(sts.assume_role, RoleArn="arn:aws:iam::000000000000:role/tagging", RoleSessionName="tt",
+                 Tags=[{"Key": "team", "Value": "a"}, {"Key": "TEAM", "Value": "b"}])[0]["Code"] == "ValidationError"
+    # Untagged sessions carry the role's tag (team=z); tagged ones their own.
+    assert error(assume("no-tagging").list_clusters)[0]["Code"] == "AccessDeniedException"
+    assume("tagging", [{"Key": "team", "Value": "a"}]).list_clusters()
+    assert error(assume("tagging", [{"Key": "team", "Value": "b"}]).list_clusters)[0]["Code"] == "AccessDeniedException"

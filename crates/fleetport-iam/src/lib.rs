@@ -141,6 +141,9 @@ pub(crate) struct SessionRecord {
     /// session may do only what they and the role's policies both allow.
     #[serde(default)]
     pub session_policies: Vec<String>,
+    /// Session tags (AssumeRole's `Tags`): the session's `aws:PrincipalTag`s, over the role's.
+    #[serde(default)]
+    pub tags: Vec<(String, String)>,
 }
 
 /// How long expired sessions stay known, so that their use is answered "expired", not
@@ -430,6 +433,19 @@ impl Iam {
                         key: s.id.clone(),
                     },
                 };
+                if let (false, StoredPrincipal::AssumedRole { role_arn, .. }) =
+                    (s.tags.is_empty(), &s.principal)
+                {
+                    // Session tags win over the role's tags of the same key (case-insensitive).
+                    let mut tags: Vec<(String, String)> = snap
+                        .tags
+                        .get(role_arn)
+                        .map(|t| t.to_vec())
+                        .unwrap_or_default();
+                    tags.retain(|(k, _)| !s.tags.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)));
+                    tags.extend(s.tags.iter().cloned());
+                    snap.tags.insert(s.id.clone(), Arc::new(tags));
+                }
                 if !s.session_policies.is_empty() {
                     let compiled = s
                         .session_policies
@@ -607,7 +623,14 @@ impl Authorizer for Iam {
             PrincipalKind::AssumedRole { key, .. } => snapshot.session_policies.get(key).cloned(),
             _ => None,
         };
-        let tags = snapshot.tags.get(holder).cloned().unwrap_or_default();
+        // A session's own tags (keyed by its access key), else the user's or role's.
+        let tags = match &principal.kind {
+            PrincipalKind::AssumedRole { key, .. } => snapshot.tags.get(key),
+            _ => None,
+        }
+        .or_else(|| snapshot.tags.get(holder))
+        .cloned()
+        .unwrap_or_default();
         let request = policy::Request {
             principal,
             principal_tags: &tags,

@@ -153,6 +153,27 @@ fn session_policies(iam: &Iam, account: &str, input: &Value) -> Result<Vec<Strin
 }
 
 /// Stores a session (and forgets sessions long expired) in one transaction.
+/// AssumeRole's `Tags`: at most 50, keys unique regardless of case (as STS checks them).
+fn session_tags(input: &Value) -> Result<Vec<(String, String)>, AwsError> {
+    let mut tags: Vec<(String, String)> = Vec::new();
+    for t in fleetport_proto::input::items(input, "Tags") {
+        let key = t.get("Key").and_then(Value::as_str).unwrap_or_default();
+        let value = t.get("Value").and_then(Value::as_str).unwrap_or_default();
+        if tags.iter().any(|(k, _)| k.eq_ignore_ascii_case(key)) {
+            return Err(validation(
+                "Duplicate tag keys found. Please note that Tag keys are case insensitive.",
+            ));
+        }
+        tags.push((key.to_string(), value.to_string()));
+    }
+    if tags.len() > 50 {
+        return Err(validation(
+            "1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must have length less than or equal to 50",
+        ));
+    }
+    Ok(tags)
+}
+
 async fn store_session(iam: &Iam, record: SessionRecord) -> Result<(), AwsError> {
     api::write(iam, move |txn: &mut dyn WriteTxn| {
         let now = fleetport_proto::clock::unix_secs();
@@ -212,6 +233,11 @@ impl Sts {
         if let Some(external) = input.get("ExternalId").and_then(Value::as_str) {
             context.push(("sts:externalid".to_string(), external.to_string()));
         }
+        let tags = session_tags(input)?;
+        for (k, v) in &tags {
+            context.push((format!("aws:requesttag/{k}"), v.clone()));
+            context.push(("aws:tagkeys".to_string(), k.clone()));
+        }
         let request = policy::Request {
             principal: caller,
             principal_tags: &[],
@@ -253,6 +279,22 @@ impl Sts {
         if !allowed {
             return Err(denied());
         }
+        // Passing session tags is its own permission, which the trust policy must grant.
+        if !tags.is_empty() {
+            let tagging = policy::Request {
+                action: "sts:TagSession",
+                ..request
+            };
+            let granted = policy::parse(&role.trust, Kind::Trust)
+                .map(|p| policy::evaluate_resource(&p, &tagging))
+                .unwrap_or(ResourceVerdict::Silent);
+            if !matches!(granted, ResourceVerdict::Allow(_)) {
+                return Err(access_denied(format!(
+                    "User: {} is not authorized to perform: sts:TagSession on resource: {role_arn}",
+                    caller.arn
+                )));
+            }
+        }
         let chained = matches!(caller.kind, PrincipalKind::AssumedRole { .. });
         let duration = input
             .get("DurationSeconds")
@@ -293,6 +335,7 @@ impl Sts {
                 issued: now,
                 expires: now + duration,
                 session_policies,
+                tags,
             },
         )
         .await?;
@@ -357,6 +400,7 @@ impl Sts {
                 issued: now,
                 expires: now + duration,
                 session_policies: Vec::new(),
+                tags: Vec::new(),
             },
         )
         .await?;
