@@ -119,9 +119,11 @@ def test_variables_conditions_and_customer_policies_with_versions(server):
     bob.create_repository(repositoryName="bob-web")
     assert error(bob.create_repository, repositoryName="alice-web")[0]["Code"] == "AccessDeniedException"
     bob.get_authorization_token()
-    # The condition on the region named in the signature.
-    assert error(server.client("ecr", key=ak, secret=sk, region="eu-west-1").get_authorization_token)[0]["Code"] \
-        in ("AccessDeniedException", "InvalidSignatureException")
+    # The condition on the region named in the signature: eu-west-1 is served, but not to bob.
+    err, _ = error(server.client("ecr", key=ak, secret=sk, region="eu-west-1").get_authorization_token)
+    assert (err["Code"], err["Message"]) == ("AccessDeniedException",
+        "User: arn:aws:iam::000000000000:user/bob is not authorized to perform: ecr:GetAuthorizationToken on "
+        "resource: * because no identity-based policy allows the ecr:GetAuthorizationToken action")
 
     # A new default version replaces the old rules at once; the document comes back URL-encoded
     # on the wire and parsed by boto3.

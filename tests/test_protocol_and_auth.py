@@ -83,7 +83,11 @@ def test_signature_failures(server):
     assert "- 5 min.)" in r.json()["message"]
     r = ecs_call(e, "ListClusters", {}, when=utc(600))
     assert err(r) == (400, "InvalidSignatureException") and r.json()["message"].startswith("Signature not yet current: ")
-    assert err(ecs_call(e, "ListClusters", {}, region="eu-west-1")) == (400, "InvalidSignatureException")
+    # Every region is served, each with its own state; a malformed one is a scope error.
+    r = ecs_call(e, "ListClusters", {}, region="eu-west-1")
+    assert r.status == 200 and r.json() == {"clusterArns": []}
+    r = ecs_call(e, "ListClusters", {}, region="west")
+    assert err(r) == (400, "InvalidSignatureException") and "not 'west'" in r.json()["message"]
     assert err(ecs_call(e, "ListClusters", {}, service="ecr")) == (400, "InvalidSignatureException")
     r = send("POST", e + "/", b"{}", {"X-Amz-Target": "AmazonEC2ContainerServiceV20141113.ListClusters"})
     assert err(r) == (400, "MissingAuthenticationTokenException")
