@@ -249,6 +249,12 @@ struct Snapshot {
     boundaries: HashMap<String, Arc<Vec<policy::Policy>>>,
     /// Tags of users and roles by ARN, for `aws:PrincipalTag/<key>` (a role's for its sessions).
     tags: HashMap<String, Arc<Vec<(String, String)>>>,
+    /// Users, roles (by ARN) and sessions (by key) one of whose policies tests resource tags.
+    tests_resource_tags: std::collections::HashSet<String>,
+}
+
+fn any_tests_tags(policies: &[policy::Policy]) -> bool {
+    policies.iter().any(policy::Policy::tests_resource_tags)
 }
 
 /// `[{"Key": k, "Value": v}]` as IAM stores tags → pairs.
@@ -506,6 +512,14 @@ impl Iam {
                     }),
                 );
             }
+            snap.tests_resource_tags = snap
+                .policies
+                .iter()
+                .chain(&snap.boundaries)
+                .chain(&snap.session_policies)
+                .filter(|(_, p)| any_tests_tags(p))
+                .map(|(holder, _)| holder.clone())
+                .collect();
             Ok::<_, StoreError>(snap)
         })?;
         *self.inner.snapshot.write() = Arc::new(snapshot);
@@ -560,10 +574,20 @@ impl KeySource for Iam {
         if !access_key.starts_with("AKIA") {
             return;
         }
-        self.inner.uses.lock().insert(
+        let at = fleetport_proto::clock::epoch_seconds();
+        let mut uses = self.inner.uses.lock();
+        // The common case, the same key again for the same service and region, allocates nothing.
+        if let Some(u) = uses.get_mut(access_key)
+            && u.service == service
+            && u.region == region
+        {
+            u.at = at;
+            return;
+        }
+        uses.insert(
             access_key.to_string(),
             LastUsed {
-                at: fleetport_proto::clock::epoch_seconds(),
+                at,
                 service: service.to_string(),
                 region: region.to_string(),
             },
@@ -608,6 +632,18 @@ impl Iam {
 }
 
 impl Authorizer for Iam {
+    fn uses_resource_tags(&self, principal: &Principal) -> bool {
+        let snapshot = self.snapshot();
+        match &principal.kind {
+            PrincipalKind::Root => false,
+            PrincipalKind::User { .. } => snapshot.tests_resource_tags.contains(&principal.arn),
+            PrincipalKind::AssumedRole { role_arn, key, .. } => {
+                snapshot.tests_resource_tags.contains(role_arn)
+                    || snapshot.tests_resource_tags.contains(key)
+            }
+        }
+    }
+
     fn decide(&self, principal: &Principal, access: &Access, facts: &RequestFacts) -> Decision {
         if principal.is_root() {
             return Decision::Allow;

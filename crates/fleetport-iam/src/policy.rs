@@ -143,6 +143,19 @@ pub struct Policy {
     pub statements: Vec<Statement>,
 }
 
+impl Policy {
+    /// Whether a condition tests a resource's tags (`aws:ResourceTag/…`, `ecs:ResourceTag/…`),
+    /// by key or through a `${…}` variable in its values.
+    pub fn tests_resource_tags(&self) -> bool {
+        let mentions = |t: &str| t.to_ascii_lowercase().contains("resourcetag/");
+        self.statements.iter().any(|s| {
+            s.conditions
+                .iter()
+                .any(|c| mentions(&c.key) || c.values.iter().any(|v| mentions(v)))
+        })
+    }
+}
+
 const OPERATORS: &[&str] = &[
     "StringEquals",
     "StringNotEquals",

@@ -176,6 +176,13 @@ pub enum Decision {
 /// Evaluates policies (IAM). Must be fast: it runs on every request a non-root principal signs.
 pub trait Authorizer: Send + Sync + 'static {
     fn decide(&self, principal: &Principal, access: &Access, facts: &RequestFacts) -> Decision;
+
+    /// Whether any policy deciding for `principal` tests a resource's tags, so the caller
+    /// need not look them up for every request when none does.
+    fn uses_resource_tags(&self, principal: &Principal) -> bool {
+        let _ = principal;
+        true
+    }
 }
 
 /// The text AWS gives a denied caller.

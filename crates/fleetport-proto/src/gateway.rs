@@ -419,11 +419,20 @@ impl Gateway {
             return Ok(());
         }
         let action = format!("{prefix}:{operation}");
+        let identity_tags = self
+            .authorizer
+            .as_ref()
+            .is_some_and(|a| a.uses_resource_tags(&ctx.principal));
         let mut accesses: Vec<Access> = service
             .resources(ctx, operation, input)
             .into_iter()
             .map(|resource| {
-                let context = if resource == "*" {
+                let resource_policy = service.resource_policy(&resource);
+                let wants_tags = identity_tags
+                    || resource_policy
+                        .as_deref()
+                        .is_some_and(|p| p.to_ascii_lowercase().contains("resourcetag"));
+                let context = if resource == "*" || !wants_tags {
                     Vec::new()
                 } else {
                     service
@@ -439,7 +448,7 @@ impl Gateway {
                 };
                 Access {
                     action: action.clone(),
-                    resource_policy: service.resource_policy(&resource),
+                    resource_policy,
                     resource,
                     context,
                 }
