@@ -4,6 +4,7 @@
 //! the backend. [`sqlite::SqliteStore`] is the embedded default; a PostgreSQL implementation
 //! can sit behind the same trait for several control-plane replicas.
 
+mod cache;
 pub mod datadir;
 pub mod refs;
 pub mod scoped;

@@ -9,7 +9,6 @@
 //! whole groups and always see their own acknowledged writes. SQLite stays the durable source of
 //! truth: the copy is loaded from it at start.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -18,6 +17,7 @@ use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use crate::cache::{Change, Documents, Snapshot};
 use crate::{BoxFuture, ReadTxn, Record, Store, StoreError, WriteJob, WriteTxn};
 
 /// Ordered schema migrations; `PRAGMA user_version` records how many have run.
@@ -34,18 +34,6 @@ const MAX_GROUP: usize = 256;
 enum Command {
     Write(WriteJob, oneshot::Sender<Result<(), StoreError>>),
     Reset(oneshot::Sender<Result<(), StoreError>>),
-}
-
-/// Collection → key → document: the committed state, as readers see it. The key maps are
-/// persistent (structure shared between versions), so a snapshot costs a clone of the few
-/// collection handles: readers copy one out under a short lock and scan without it, and the
-/// writer builds the next version beside them instead of waiting for their scans.
-type Documents = HashMap<String, imbl::OrdMap<String, Arc<[u8]>>>;
-
-/// One change a job made, applied to [`Documents`] once its group has committed.
-enum Change {
-    Put(String, String, Arc<[u8]>),
-    Delete(String, String),
 }
 
 #[derive(Debug)]
@@ -158,56 +146,6 @@ fn load(conn: &Connection) -> Result<Documents, StoreError> {
 struct Txn<'a> {
     conn: &'a Connection,
     changes: Vec<Change>,
-}
-
-/// A read snapshot of the in-memory copy.
-struct Snapshot<'a>(&'a Documents);
-
-fn in_range<'a>(
-    docs: &'a Documents,
-    collection: &str,
-    prefix: &str,
-    after: Option<&str>,
-) -> impl Iterator<Item = (&'a String, &'a Arc<[u8]>)> {
-    let start = match after {
-        Some(a) if a >= prefix => std::ops::Bound::Excluded(a.to_string()),
-        _ => std::ops::Bound::Included(prefix.to_string()),
-    };
-    let prefix = prefix.to_string();
-    docs.get(collection)
-        .into_iter()
-        .flat_map(move |m| m.range((start.clone(), std::ops::Bound::Unbounded)))
-        .take_while(move |(k, _)| k.starts_with(&prefix))
-}
-
-impl ReadTxn for Snapshot<'_> {
-    fn get(&self, collection: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .0
-            .get(collection)
-            .and_then(|m| m.get(key))
-            .map(|v| v.to_vec()))
-    }
-
-    fn scan(
-        &self,
-        collection: &str,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Record>, StoreError> {
-        Ok(in_range(self.0, collection, prefix, after)
-            .take(limit)
-            .map(|(k, v)| Record {
-                key: k.clone(),
-                value: v.to_vec(),
-            })
-            .collect())
-    }
-
-    fn count(&self, collection: &str, prefix: &str) -> Result<u64, StoreError> {
-        Ok(in_range(self.0, collection, prefix, None).count() as u64)
-    }
 }
 
 fn prefix_upper(prefix: &str) -> String {
@@ -353,20 +291,7 @@ fn commit_group(
     if committed.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     } else {
-        let mut next: Documents = (**docs.read()).clone();
-        for change in changes {
-            match change {
-                Change::Put(c, k, v) => {
-                    next.entry(c).or_default().insert(k, v);
-                }
-                Change::Delete(c, k) => {
-                    if let Some(m) = next.get_mut(&c) {
-                        m.remove(&k);
-                    }
-                }
-            }
-        }
-        *docs.write() = Arc::new(next);
+        crate::cache::apply(docs, changes);
     }
     for (outcome, reply) in outcomes {
         let r = match (&committed, outcome) {
