@@ -92,4 +92,3 @@ impl ReadTxn for Snapshot<'_> {
         Ok(in_range(self.0, collection, prefix, None).count() as u64)
     }
 }
-

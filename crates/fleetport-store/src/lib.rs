@@ -6,6 +6,7 @@
 
 mod cache;
 pub mod datadir;
+pub mod pg;
 pub mod refs;
 pub mod scoped;
 pub mod seal;

@@ -22,6 +22,11 @@ pub struct UpArgs {
     pub data_dir: Option<PathBuf>,
 
     /// AWS region this endpoint answers as (SigV4 scopes must name it; ARNs carry it).
+    /// Where state is kept: the embedded SQLite database in the data directory (the default),
+    /// or a PostgreSQL database (`postgres://user@host:port/db`).
+    #[arg(long, env = "FLEETPORT_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+
     #[arg(long, env = "FLEETPORT_REGION", default_value = "us-east-1")]
     pub region: String,
 
@@ -127,6 +132,8 @@ pub enum ConfigError {
     AccountId(String),
     #[error("invalid region '{0}': use a name like us-east-1")]
     Region(String),
+    #[error("--store must be 'sqlite' or a postgres:// URL, not '…{0}'")]
+    Store(String),
     #[error("no data directory: set --data-dir or HOME")]
     NoDataDir,
 }
@@ -136,6 +143,8 @@ pub enum ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
+    /// A PostgreSQL connection string; None for the embedded SQLite store.
+    pub postgres: Option<String>,
     pub region: String,
     pub account_id: String,
     pub credentials: CredentialSet,
@@ -190,9 +199,21 @@ impl UpArgs {
             Some(d) => d,
             None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
         };
+        let postgres = match self.store.as_deref() {
+            None | Some("sqlite") => None,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(url.to_string())
+            }
+            Some(other) => {
+                return Err(ConfigError::Store(
+                    other.split('@').next_back().unwrap_or_default().to_string(),
+                ));
+            }
+        };
         Ok(Config {
             listen: self.listen,
             data_dir,
+            postgres,
             region: self.region,
             account_id: self.account_id,
             credentials,

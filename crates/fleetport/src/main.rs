@@ -107,12 +107,58 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
+/// The state store the process opened, closed again at shutdown (its queued writes done).
+enum Opened {
+    Sqlite(Arc<SqliteStore>),
+    Postgres(
+        Arc<fleetport_store::pg::PgStore>,
+        Box<fleetport_store::pg::SoleControlPlane>,
+    ),
+}
+
+impl Opened {
+    async fn open(config: &Config) -> anyhow::Result<Self> {
+        let Some(url) = config.postgres.clone() else {
+            let sqlite = SqliteStore::open(&config.data_dir).with_context(|| {
+                format!("opening the state store in {}", config.data_dir.display())
+            })?;
+            return Ok(Self::Sqlite(Arc::new(sqlite)));
+        };
+        // The PostgreSQL client blocks: it runs off the async runtime's threads.
+        tokio::task::spawn_blocking(move || {
+            let sole = fleetport_store::pg::PgStore::claim_sole_control_plane(&url)?;
+            let store = fleetport_store::pg::PgStore::open(&url)?;
+            Ok::<_, fleetport_store::StoreError>(Self::Postgres(Arc::new(store), Box::new(sole)))
+        })
+        .await
+        .context("opening the PostgreSQL store")?
+        .context("opening the PostgreSQL store")
+    }
+
+    fn store(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(s) => s.clone(),
+            Self::Postgres(p, _) => p.clone(),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Self::Sqlite(s) => s.close(),
+            Self::Postgres(p, sole) => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    p.close();
+                    drop(sole);
+                })
+                .await;
+            }
+        }
+    }
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let sqlite =
-        Arc::new(SqliteStore::open(&config.data_dir).with_context(|| {
-            format!("opening the state store in {}", config.data_dir.display())
-        })?);
-    let store: Arc<dyn Store> = sqlite.clone();
+    let opened = Opened::open(&config).await?;
+    let store: Arc<dyn Store> = opened.store();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -210,7 +256,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     drop(tenants);
     drop(store);
-    sqlite.close();
+    opened.close().await;
     Ok(())
 }
 
@@ -274,11 +320,19 @@ fn print_banner(config: &Config, bound: std::net::SocketAddr) {
         "off (--enable-reset turns on POST /_fleetport/reset)".to_string()
     };
     let text = format!(
-        "Fleetport {version} is ready.\n  endpoint:    {endpoint}\n  listening:   {bound}\n  region:      {region}\n  account:     {account}\n  access key:  {key}\n  data dir:    {data}\n  reset:       {reset}\n\nUse it with:\n  export AWS_ACCESS_KEY_ID={key_export} AWS_SECRET_ACCESS_KEY={secret} AWS_DEFAULT_REGION={region}\n  export AWS_ENDPOINT_URL={endpoint}\n",
+        "Fleetport {version} is ready.\n  endpoint:    {endpoint}\n  listening:   {bound}\n  region:      {region}\n  account:     {account}\n  access key:  {key}\n  data dir:    {data}\n  state:       {state}\n  reset:       {reset}\n\nUse it with:\n  export AWS_ACCESS_KEY_ID={key_export} AWS_SECRET_ACCESS_KEY={secret} AWS_DEFAULT_REGION={region}\n  export AWS_ENDPOINT_URL={endpoint}\n",
         version = env!("CARGO_PKG_VERSION"),
         region = config.region,
         account = config.account_id,
         data = config.data_dir.display(),
+        // The URL may hold a password: only where the database is.
+        state = match &config.postgres {
+            Some(url) => format!(
+                "PostgreSQL at {}",
+                url.rsplit('@').next().unwrap_or("the configured server")
+            ),
+            None => "SQLite in the data dir".to_string(),
+        },
         key_export = key.split(", ").next().unwrap_or_default(),
     );
     let mut out = std::io::stdout().lock();
