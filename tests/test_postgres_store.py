@@ -1,15 +1,19 @@
 """`fleetport up --store postgres://…`: the control plane's state in a real PostgreSQL
 (`scripts/postgres` starts one; `scripts/test` passes it in FLEETPORT_TEST_POSTGRES), kept across
-restarts, and a second control plane on the same database refused until leader election exists."""
+restarts, and replicas: several `fleetport up` on one database sharing state, one leading."""
+import json
 import os
 import shutil
+import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 
 import pytest
 
-from conftest import BIN, Server
+from conftest import BIN, Server, wait_for
+from test_elb import free_port
 
 PG = os.environ.get("FLEETPORT_TEST_POSTGRES")
 pytestmark = pytest.mark.skipif(not PG and not os.environ.get("CI"), reason="no FLEETPORT_TEST_POSTGRES")
@@ -45,10 +49,6 @@ def test_state_lives_in_postgresql_across_restarts(data_dir, database):
         assert psql("SELECT count(*) FROM fleetport_doc WHERE collection = 'ecs.cluster'", name) == "1"
         assert int(psql("SELECT value FROM fleetport_meta WHERE name = 'rev'", name)) > 0
         assert not os.path.exists(os.path.join(data_dir, "state.db"))
-        # A second control plane on the same database is refused, with the reason.
-        second = subprocess.run([BIN, "up", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(data_dir, "second"),
-                                 "--store", url], capture_output=True, text=True, timeout=30)
-        assert second.returncode != 0 and "another fleetport up already runs on this database" in second.stderr
     finally:
         assert s.stop() == 0
     s = Server(data_dir, ["--store", url, "--no-managed-capacity"]).start()
@@ -60,6 +60,84 @@ def test_state_lives_in_postgresql_across_restarts(data_dir, database):
         assert [u["UserName"] for u in s.client("iam").list_users()["Users"]] == ["pg-user"]
     finally:
         s.stop()
+
+
+def leader(server):
+    try:
+        with urllib.request.urlopen(server.endpoint + "/_fleetport/health", timeout=2) as r:
+            return json.loads(r.read())["leader"]
+    except OSError:
+        return None
+
+
+def test_two_replicas_share_state_one_leads_and_the_other_takes_over(data_dir, database):
+    """Two `fleetport up` on one database: each sees what the other wrote (clusters, IAM keys,
+    load balancers, in another region too), exactly one leads, both serve a load balancer's
+    port, and when the leader is killed -9 the other takes the lease and keeps serving."""
+    _, url = database
+    a_dir, b_dir = os.path.join(data_dir, "a"), os.path.join(data_dir, "b")
+    a = Server(a_dir, ["--store", url, "--no-managed-capacity"]).start()
+    # A replica with its own secrets key could not open what the others sealed: refused.
+    alone = subprocess.run([BIN, "up", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(data_dir, "alone"),
+                            "--store", url], capture_output=True, text=True, timeout=30)
+    assert alone.returncode != 0 and "must all have the same secrets.key" in alone.stderr, alone.stderr
+    # The deployment step: every replica gets the same keys.
+    os.makedirs(b_dir, mode=0o700)
+    for key in ("secrets.key", "registry-token.key", "elb-cookie.key"):
+        shutil.copy2(os.path.join(a_dir, key), os.path.join(b_dir, key))
+    b = Server(b_dir, ["--store", url, "--no-managed-capacity"]).start()
+    try:
+        wait_for(lambda: sorted([leader(a), leader(b)]) == [False, True], 15)
+        first, second = (a, b) if leader(a) else (b, a)
+        print(f"leader: {first.endpoint}; follower: {second.endpoint}")
+        first.client("ecs").create_cluster(clusterName="shared")
+        second.client("ecs", region="ap-south-1").create_cluster(clusterName="from-the-follower")
+        wait_for(lambda: second.client("ecs").list_clusters()["clusterArns"] == [
+            "arn:aws:ecs:us-east-1:000000000000:cluster/shared"], 5)
+        wait_for(lambda: first.client("ecs", region="ap-south-1").list_clusters()["clusterArns"] == [
+            "arn:aws:ecs:ap-south-1:000000000000:cluster/from-the-follower"], 5)
+        iam = first.client("iam")
+        iam.create_user(UserName="everywhere")
+        iam.attach_user_policy(UserName="everywhere", PolicyArn="arn:aws:iam::aws:policy/AmazonECS_FullAccess")
+        key = iam.create_access_key(UserName="everywhere")["AccessKey"]
+        wait_for(lambda: quietly(lambda: second.client("ecs", key=key["AccessKeyId"], secret=key["SecretAccessKey"])
+                                 .list_clusters()["clusterArns"] != []), 5)
+        port = free_port()
+        elb = second.client("elbv2", region="eu-west-2")
+        lb = elb.create_load_balancer(Name="both", Subnets=["subnet-a", "subnet-b"])["LoadBalancers"][0]
+        elb.create_listener(LoadBalancerArn=lb["LoadBalancerArn"], Protocol="HTTP", Port=port, DefaultActions=[
+            {"Type": "fixed-response", "FixedResponseConfig": {"StatusCode": "200", "MessageBody": "replicated"}}])
+        # Both data planes serve the port; many connections reach both processes.
+        wait_for(lambda: all(answer(port) == "replicated" for _ in range(20)), 5)
+        print("both replicas see each other's writes and serve the load balancer")
+        first.stop(signal.SIGKILL)
+        started = time.monotonic()
+        wait_for(lambda: leader(second) is True, 20)
+        took = time.monotonic() - started
+        print(f"the follower took over as leader {took:.1f} s after the leader was killed")
+        # The lease lasts 4 s and others try every second.
+        assert took < 7
+        assert all(answer(port) == "replicated" for _ in range(20))
+        assert second.client("ecs").describe_clusters(clusters=["shared"])["clusters"][0]["status"] == "ACTIVE"
+    finally:
+        a.stop()
+        b.stop()
+
+
+def quietly(check):
+    """The check's result, or False while it still fails (a key the replica does not know yet)."""
+    try:
+        return check()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def answer(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
+            return r.read().decode()
+    except OSError as e:
+        return str(e)
 
 
 def test_a_bad_store_setting_is_refused_before_anything_binds(data_dir):

@@ -290,6 +290,16 @@ impl Elb {
         self.inner.health.changes()
     }
 
+    /// Reads the configuration again after another process (a replica on the same database)
+    /// changed it, and publishes it, so the data plane here serves what that replica stored.
+    pub async fn reload(&self) -> Result<(), fleetport_store::StoreError> {
+        let mut guard = self.inner.state.lock().await;
+        let (saved, _) = fleetport_store::read(&*self.inner.store, state::load)?;
+        *guard = saved.clone();
+        self.inner.current.send_replace(Arc::new(saved));
+        Ok(())
+    }
+
     /// Drops the configuration held in memory after the store was emptied (test resets), which
     /// closes every listener.
     pub async fn forget_all(&self) {

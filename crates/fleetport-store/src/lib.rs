@@ -83,6 +83,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes everything (the test-suite reset) and returns memory the store holds.
     fn reset(&self) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// Moves whenever changes other processes made have been applied to what [`Store::read`]
+    /// sees, so what a process keeps in memory beside the store (IAM's compiled policies, ELB's
+    /// configuration, waiting agent polls) can follow. None for a store only this process
+    /// writes.
+    fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// Typed helpers over the byte-level traits.

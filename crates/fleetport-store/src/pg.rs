@@ -65,7 +65,22 @@ CREATE TABLE IF NOT EXISTS fleetport_meta (
 );
 INSERT INTO fleetport_meta (name, value) VALUES ('rev', 0), ('compacted', 0)
     ON CONFLICT (name) DO NOTHING;
+CREATE TABLE IF NOT EXISTS fleetport_lease (
+    name text PRIMARY KEY,
+    holder text NOT NULL,
+    epoch bigint NOT NULL,
+    expires_at timestamptz NOT NULL
+);
 "#;
+
+/// A leader's lease lasts this long on the database's clock from its last renewal.
+const LEASE_SECS: f64 = 4.0;
+/// Leaders renew, and others try to take an expired lease, this often.
+const LEASE_EVERY: Duration = Duration::from_secs(1);
+/// A leader that could not renew for this long steps down by itself, before its lease can
+/// expire on the database and another replica take over (clocks run at about the same rate;
+/// their offsets do not matter, since each side only measures its own intervals).
+const STEP_DOWN_AFTER: Duration = Duration::from_millis(2500);
 
 enum Command {
     Write(WriteJob, oneshot::Sender<Result<(), StoreError>>),
@@ -81,6 +96,10 @@ struct Follow {
     docs: Arc<RwLock<Arc<Documents>>>,
     /// The last revision applied to `docs`; held while applying, so changes apply in order.
     cursor: Mutex<i64>,
+    /// Revisions this process committed and has not applied yet (they are not remote).
+    own: Mutex<std::collections::BTreeSet<i64>>,
+    /// Moves when another process's changes were applied.
+    remote: tokio::sync::watch::Sender<u64>,
 }
 
 pub struct PgStore {
@@ -116,6 +135,8 @@ impl PgStore {
         let follow = Arc::new(Follow {
             docs: Arc::new(RwLock::new(Arc::new(docs))),
             cursor: Mutex::new(rev),
+            own: Mutex::default(),
+            remote: tokio::sync::watch::Sender::new(0),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut listener = config.connect(NoTls).map_err(backend)?;
@@ -171,34 +192,117 @@ impl Drop for PgStore {
     }
 }
 
-/// The session lock a control plane holds on its database until leader election for the
-/// singleton loops exists (one number, apart from [`WRITE_LOCK`]).
-const SOLE_CONTROL_PLANE: i64 = 0x666c_6565_7470_6f73;
+/// Leadership of the work that must run once over all replicas (the service scheduler, expiry,
+/// garbage collection, the managed capacity): a lease row renewed on the database's clock, not
+/// a session lock, so a leader cut off from the database loses it by time alone. Each new
+/// leader gets the next epoch.
+pub struct Leadership {
+    rx: tokio::sync::watch::Receiver<Option<i64>>,
+    stop: Arc<AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
 
-/// Proof that this process is the only control plane on its database: a session lock, held
-/// by a connection of its own and released when dropped (or when the process dies).
-pub struct SoleControlPlane(#[allow(dead_code)] Client);
-
-impl PgStore {
-    /// Claims the database for this control plane. The service scheduler, health checks and
-    /// other loops that must run once would run twice beside another `fleetport up`, so until
-    /// they elect a leader a second one is refused. Blocking.
-    pub fn claim_sole_control_plane(url: &str) -> Result<SoleControlPlane, StoreError> {
+impl Leadership {
+    /// Takes part in the election as `holder` (unique per process). Blocking.
+    pub fn join(url: &str, holder: &str) -> Result<Self, StoreError> {
         let config: postgres::Config = url
             .parse()
             .map_err(|e: postgres::Error| StoreError::Backend(format!("the store URL: {e}")))?;
         let mut client = config.connect(NoTls).map_err(backend)?;
-        let got: bool = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SOLE_CONTROL_PLANE])
-            .map_err(backend)?
-            .get(0);
-        if !got {
-            return Err(StoreError::Backend(
-                "another fleetport up already runs on this database; several control planes on one database are not supported yet".into(),
-            ));
-        }
-        Ok(SoleControlPlane(client))
+        client.batch_execute(SCHEMA).map_err(backend)?;
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread_stop = stop.clone();
+        let holder = holder.to_string();
+        let thread = std::thread::Builder::new()
+            .name("store-lease".into())
+            .spawn(move || lease_loop(client, &config, &holder, &tx, &thread_stop))
+            .map_err(|e| StoreError::Backend(format!("starting the lease thread: {e}")))?;
+        Ok(Self {
+            rx,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
     }
+
+    /// The epoch while this process leads, None otherwise.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<i64>> {
+        self.rx.clone()
+    }
+
+    /// Gives the lease up (so another replica takes over at once) and stops. Blocking.
+    pub fn resign(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.thread.lock().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Leadership {
+    fn drop(&mut self) {
+        self.resign();
+    }
+}
+
+fn lease_loop(
+    mut client: Client,
+    config: &postgres::Config,
+    holder: &str,
+    tx: &tokio::sync::watch::Sender<Option<i64>>,
+    stop: &AtomicBool,
+) {
+    let mut renewed = std::time::Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let leading = *tx.borrow();
+        let attempt = reconnect(&mut client, config).and_then(|()| match leading {
+            Some(epoch) => client
+                .query_opt(
+                    "UPDATE fleetport_lease SET expires_at = now() + make_interval(secs => $3) \
+                     WHERE name = 'leader' AND holder = $1 AND epoch = $2 AND expires_at > now() RETURNING epoch",
+                    &[&holder, &epoch, &LEASE_SECS],
+                )
+                .map_err(backend),
+            None => client
+                .query_opt(
+                    "INSERT INTO fleetport_lease (name, holder, epoch, expires_at) \
+                     VALUES ('leader', $1, 1, now() + make_interval(secs => $2)) \
+                     ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                     epoch = fleetport_lease.epoch + 1, expires_at = excluded.expires_at \
+                     WHERE fleetport_lease.expires_at <= now() RETURNING epoch",
+                    &[&holder, &LEASE_SECS],
+                )
+                .map_err(backend),
+        });
+        match (leading, attempt) {
+            (_, Ok(Some(row))) => {
+                renewed = std::time::Instant::now();
+                let epoch: i64 = row.get(0);
+                if leading != Some(epoch) {
+                    tracing::info!(epoch, "this replica leads now");
+                    tx.send_replace(Some(epoch));
+                }
+            }
+            (Some(epoch), Ok(None)) => {
+                tracing::warn!(epoch, "lost the lease to another replica");
+                tx.send_replace(None);
+            }
+            (Some(epoch), Err(e)) if renewed.elapsed() >= STEP_DOWN_AFTER => {
+                tracing::warn!(epoch, error = %e, "cannot renew the lease: stepping down");
+                tx.send_replace(None);
+            }
+            (_, Err(e)) => tracing::debug!(error = %e, "lease attempt failed"),
+            (None, Ok(None)) => {}
+        }
+        std::thread::sleep(LEASE_EVERY);
+    }
+    if let Some(epoch) = *tx.borrow() {
+        let _ = client.execute(
+            "UPDATE fleetport_lease SET expires_at = now() WHERE name = 'leader' AND holder = $1 AND epoch = $2",
+            &[&holder, &epoch],
+        );
+    }
+    tx.send_replace(None);
 }
 
 /// Every document and the revision they are at, read in one snapshot.
@@ -244,6 +348,8 @@ fn catch_up(client: &mut Client, follow: &Follow) -> Result<(), StoreError> {
             let (docs, rev) = load(client)?;
             *follow.docs.write() = Arc::new(docs);
             *cursor = rev;
+            follow.own.lock().clear();
+            follow.remote.send_modify(|n| *n = n.wrapping_add(1));
             tracing::info!(
                 revision = rev,
                 "reloaded the whole state: the change log had moved past this replica"
@@ -260,7 +366,10 @@ fn catch_up(client: &mut Client, follow: &Follow) -> Result<(), StoreError> {
             return Ok(());
         };
         let mut changes = Vec::with_capacity(rows.len());
+        let mut remote = false;
         for row in rows {
+            let rev: i64 = row.get(0);
+            remote |= !follow.own.lock().remove(&rev);
             let collection: String = row.get(1);
             let key: String = row.get(2);
             let value: Option<Vec<u8>> = row.get(3);
@@ -277,6 +386,9 @@ fn catch_up(client: &mut Client, follow: &Follow) -> Result<(), StoreError> {
         }
         crate::cache::apply(&follow.docs, changes);
         *cursor = last;
+        if remote {
+            follow.remote.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 }
 
@@ -308,7 +420,7 @@ fn writer_loop(
                 Command::Reset(reply) => {
                     commit_group(&mut client, &config, std::mem::take(&mut writes), follow);
                     let r = reconnect(&mut client, &config)
-                        .and_then(|()| reset(&mut client))
+                        .and_then(|()| reset(&mut client, follow))
                         .and_then(|()| catch_up(&mut client, follow));
                     let _ = reply.send(r);
                 }
@@ -336,7 +448,11 @@ fn commit_group(
         return;
     }
     let mut outcomes = Vec::with_capacity(writes.len());
-    let committed = run_group(client, writes, &mut outcomes);
+    let committed = run_group(client, writes, &mut outcomes).map(|revisions| {
+        if let Some(r) = revisions {
+            follow.own.lock().extend(r);
+        }
+    });
     if committed.is_ok() {
         // This replica reads its own acknowledged writes: apply the log (ours, and any other
         // replica's before it) before answering.
@@ -359,7 +475,7 @@ fn run_group(
     client: &mut Client,
     writes: Vec<(WriteJob, Reply)>,
     outcomes: &mut Vec<(Result<(), StoreError>, Reply)>,
-) -> Result<(), StoreError> {
+) -> Result<Option<std::ops::RangeInclusive<i64>>, StoreError> {
     let mut txn = match client.transaction() {
         Ok(t) => t,
         Err(e) => {
@@ -395,21 +511,25 @@ fn run_group(
     if let Some(e) = broken {
         return Err(e);
     }
-    if !changes.is_empty() {
-        log_changes(&mut txn, changes)?;
-    }
-    txn.commit().map_err(backend)
+    let revisions = if changes.is_empty() {
+        None
+    } else {
+        Some(log_changes(&mut txn, changes)?)
+    };
+    txn.commit().map_err(backend)?;
+    Ok(revisions)
 }
 
 /// Appends the changes to the log with the next revisions, and announces the last one.
 fn log_changes(
     txn: &mut Transaction<'_>,
     changes: Vec<(String, String, Option<Vec<u8>>)>,
-) -> Result<(), StoreError> {
+) -> Result<std::ops::RangeInclusive<i64>, StoreError> {
     let mut rev: i64 = txn
         .query_one("SELECT value FROM fleetport_meta WHERE name = 'rev'", &[])
         .map_err(backend)?
         .get(0);
+    let first = rev + 1;
     let insert = txn
         .prepare(
             "INSERT INTO fleetport_change (rev, collection, key, value) VALUES ($1, $2, $3, $4)",
@@ -448,7 +568,7 @@ fn log_changes(
         &[&rev.to_string()],
     )
     .map_err(backend)?;
-    Ok(())
+    Ok(first..=rev)
 }
 
 /// Runs one job in a savepoint. The outer error is the transaction's own failure; the inner
@@ -483,15 +603,17 @@ fn run_job(
     }
 }
 
-fn reset(client: &mut Client) -> Result<(), StoreError> {
+fn reset(client: &mut Client, follow: &Follow) -> Result<(), StoreError> {
     let mut txn = client.transaction().map_err(backend)?;
     txn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
         .map_err(backend)?;
     txn.batch_execute("DELETE FROM fleetport_doc; DELETE FROM fleetport_change;")
         .map_err(backend)?;
     // The empty collection marks the reset in the log, for the other replicas' copies.
-    log_changes(&mut txn, vec![(String::new(), String::new(), None)])?;
-    txn.commit().map_err(backend)
+    let revisions = log_changes(&mut txn, vec![(String::new(), String::new(), None)])?;
+    txn.commit().map_err(backend)?;
+    follow.own.lock().extend(revisions);
+    Ok(())
 }
 
 fn follower_loop(mut client: Client, config: postgres::Config, follow: &Follow, stop: &AtomicBool) {
@@ -613,6 +735,10 @@ impl WriteTxn for Txn<'_> {
 }
 
 impl Store for PgStore {
+    fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.follow.remote.subscribe())
+    }
+
     fn read(
         &self,
         f: &mut dyn FnMut(&dyn ReadTxn) -> Result<(), StoreError>,

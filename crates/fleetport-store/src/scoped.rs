@@ -125,6 +125,10 @@ impl Store for Scoped {
         }))
     }
 
+    fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.inner.remote_changes()
+    }
+
     /// Resets the whole store, every tenant's part included: a reset is the test suite's,
     /// never one tenant's.
     fn reset(&self) -> BoxFuture<'static, Result<(), StoreError>> {

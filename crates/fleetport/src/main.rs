@@ -109,10 +109,12 @@ fn run(config: Config) -> anyhow::Result<()> {
 
 /// The state store the process opened, closed again at shutdown (its queued writes done).
 enum Opened {
-    Sqlite(Arc<SqliteStore>),
+    /// Alone on its store, the process always leads.
+    Sqlite(Arc<SqliteStore>, tokio::sync::watch::Sender<bool>),
+    /// With this process's part in the election of the replica that runs the singleton loops.
     Postgres(
         Arc<fleetport_store::pg::PgStore>,
-        Box<fleetport_store::pg::SoleControlPlane>,
+        Box<fleetport_store::pg::Leadership>,
     ),
 }
 
@@ -122,13 +124,27 @@ impl Opened {
             let sqlite = SqliteStore::open(&config.data_dir).with_context(|| {
                 format!("opening the state store in {}", config.data_dir.display())
             })?;
-            return Ok(Self::Sqlite(Arc::new(sqlite)));
+            return Ok(Self::Sqlite(
+                Arc::new(sqlite),
+                tokio::sync::watch::Sender::new(true),
+            ));
         };
+        let holder = format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
         // The PostgreSQL client blocks: it runs off the async runtime's threads.
         tokio::task::spawn_blocking(move || {
-            let sole = fleetport_store::pg::PgStore::claim_sole_control_plane(&url)?;
             let store = fleetport_store::pg::PgStore::open(&url)?;
-            Ok::<_, fleetport_store::StoreError>(Self::Postgres(Arc::new(store), Box::new(sole)))
+            let leadership = fleetport_store::pg::Leadership::join(&url, &holder)?;
+            Ok::<_, fleetport_store::StoreError>(Self::Postgres(
+                Arc::new(store),
+                Box::new(leadership),
+            ))
         })
         .await
         .context("opening the PostgreSQL store")?
@@ -137,18 +153,37 @@ impl Opened {
 
     fn store(&self) -> Arc<dyn Store> {
         match self {
-            Self::Sqlite(s) => s.clone(),
+            Self::Sqlite(s, _) => s.clone(),
             Self::Postgres(p, _) => p.clone(),
+        }
+    }
+
+    /// Whether this process runs the loops that must run once: always when it is alone on its
+    /// store, while it holds the lease among replicas.
+    fn leader(&self) -> tokio::sync::watch::Receiver<bool> {
+        match self {
+            Self::Sqlite(_, always) => always.subscribe(),
+            Self::Postgres(_, leadership) => {
+                let mut epochs = leadership.watch();
+                let (tx, rx) = tokio::sync::watch::channel(epochs.borrow_and_update().is_some());
+                tokio::spawn(async move {
+                    while epochs.changed().await.is_ok() {
+                        tx.send_replace(epochs.borrow_and_update().is_some());
+                    }
+                    tx.send_replace(false);
+                });
+                rx
+            }
         }
     }
 
     async fn close(self) {
         match self {
-            Self::Sqlite(s) => s.close(),
-            Self::Postgres(p, sole) => {
+            Self::Sqlite(s, _) => s.close(),
+            Self::Postgres(p, leadership) => {
                 let _ = tokio::task::spawn_blocking(move || {
+                    leadership.resign();
                     p.close();
-                    drop(sole);
                 })
                 .await;
             }
@@ -157,8 +192,11 @@ impl Opened {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    fleetport_store::datadir::prepare(&config.data_dir)
+        .with_context(|| format!("preparing {}", config.data_dir.display()))?;
     let opened = Opened::open(&config).await?;
     let store: Arc<dyn Store> = opened.store();
+    let leader = opened.leader();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -178,6 +216,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         fleetport_store::seal::Sealer::open_dir(&config.data_dir)
             .context("reading the secrets key")?,
     );
+    check_secrets_key(&*store, &sealer).await?;
     // IAM (global, keyed by account): its access keys are known to the verifier, its policies
     // decide every call that a non-root key signs.
     let iam = fleetport_iam::Iam::open(store.clone(), sealer.clone())
@@ -188,15 +227,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     gateway.serve(Arc::new(fleetport_iam::Sts(iam.clone())));
     // The regional services, one set per account and region, behind one data plane.
     let fleet = fleetport_elb::plane::fleet::Fleet::new(Default::default());
-    let tenants = tenants::Tenants::open(
-        store.clone(),
-        config.clone(),
-        iam.clone(),
+    let tenants = tenants::Tenants::open(tenants::Parts {
+        base: store.clone(),
+        config: config.clone(),
+        iam: iam.clone(),
         sealer,
-        fleet.clone(),
+        fleet: fleet.clone(),
         registry_host,
-        own_endpoint(bound),
-    )
+        endpoint: own_endpoint(bound),
+        leader: leader.clone(),
+    })
     .await
     .with_context(|| format!("opening the regions in {}", config.data_dir.display()))?;
     gateway.serve(Arc::new(tenants::Regional::new(tenants.clone(), |t| {
@@ -223,6 +263,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_connections: connections,
         cookie_key: fleetport_elb::plane::sticky::CookieKey(cookie_key),
     }));
+    // Other replicas' changes reach what this process keeps in memory beside the store.
+    let follower = store.remote_changes().map(|mut changes| {
+        let (tenants, iam) = (tenants.clone(), iam.clone());
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                // A burst of changes is followed once.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                changes.borrow_and_update();
+                if let Err(e) = iam.refresh() {
+                    tracing::warn!(error = %e, "could not reload IAM after another replica's change");
+                }
+                tenants.follow_remote().await;
+            }
+        })
+    });
     let last_used = tokio::spawn(iam.clone().run_last_used(std::time::Duration::from_secs(5)));
     let state = server::AppState {
         gateway: Arc::new(gateway),
@@ -231,6 +286,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         enable_reset: config.enable_reset,
         iam: iam.clone(),
+        leader,
         max_body_bytes: config.max_body_bytes,
         bodies: server::BodyBudget::new(config.max_inflight_body_bytes, config.header_read_timeout),
     };
@@ -251,12 +307,53 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tenants.shutdown();
     elb_plane.abort();
     last_used.abort();
+    if let Some(f) = follower {
+        f.abort();
+    }
     if let Err(e) = iam.flush_last_used().await {
         tracing::warn!(error = %e, "could not record access keys' last use");
     }
     drop(tenants);
     drop(store);
     opened.close().await;
+    Ok(())
+}
+
+/// Refuses a secrets key other than the one the stored secrets were sealed with: replicas on one
+/// database must share `secrets.key`, and a data directory must keep its own, or secrets stored
+/// before (IAM keys, certificates' private keys) would not open. A sealed canary in the store
+/// tells, without keeping anything about the key itself.
+async fn check_secrets_key(
+    store: &dyn Store,
+    sealer: &Arc<fleetport_store::seal::Sealer>,
+) -> anyhow::Result<()> {
+    use fleetport_store::{ReadTxnExt, StoreError, WriteTxnExt};
+    const COLLECTION: &str = "fleetport.sealer";
+    let stored: Option<String> =
+        fleetport_store::read(store, |t| t.get_json::<String>(COLLECTION, "canary"))?;
+    match stored {
+        Some(canary) => {
+            sealer.open(COLLECTION, &canary).map_err(|_| {
+                anyhow::anyhow!(
+                    "this data directory's secrets.key is not the one the stored secrets were sealed with; \
+                     replicas on one database must all have the same secrets.key (copy it from another replica)"
+                )
+            })?;
+        }
+        None => {
+            let canary = sealer
+                .seal(COLLECTION, b"fleetport")
+                .map_err(|e| anyhow::anyhow!("sealing the canary: {e}"))?;
+            fleetport_store::write::<_, StoreError>(store, move |t| {
+                // Another replica may have written one meanwhile: the first stays.
+                if t.get_json::<String>(COLLECTION, "canary")?.is_none() {
+                    t.put_json(COLLECTION, "canary", &canary)?;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+    }
     Ok(())
 }
 

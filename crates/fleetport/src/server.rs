@@ -25,6 +25,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub enable_reset: bool,
     pub iam: fleetport_iam::Iam,
+    /// Whether this process runs the loops that must run once.
+    pub leader: tokio::sync::watch::Receiver<bool>,
     pub max_body_bytes: usize,
     pub bodies: BodyBudget,
 }
@@ -186,10 +188,12 @@ async fn read_body(
     Ok((buf.freeze(), held))
 }
 
-async fn health() -> impl IntoResponse {
+/// Liveness, and whether this replica leads (runs the scheduler and the other singletons).
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let leader = *state.leader.borrow();
     (
         [(http::header::CONTENT_TYPE, "application/json")],
-        r#"{"status":"ok"}"#,
+        format!(r#"{{"status":"ok","leader":{leader}}}"#),
     )
 }
 

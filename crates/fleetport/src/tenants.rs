@@ -58,6 +58,20 @@ impl Tenant {
     }
 }
 
+/// What every tenant is built from.
+pub struct Parts {
+    pub base: Arc<dyn Store>,
+    pub config: Config,
+    pub iam: fleetport_iam::Iam,
+    pub sealer: Arc<fleetport_store::seal::Sealer>,
+    pub fleet: Fleet,
+    pub registry_host: String,
+    /// Where the managed capacity reaches the API.
+    pub endpoint: String,
+    /// Whether this process runs the loops that must run once.
+    pub leader: tokio::sync::watch::Receiver<bool>,
+}
+
 /// Every tenant, created on first use.
 pub struct Tenants {
     base: Arc<dyn Store>,
@@ -73,20 +87,24 @@ pub struct Tenants {
     /// Account → region → tenant (looked up by `&str` on every call, without allocating).
     map: RwLock<HashMap<String, HashMap<String, Arc<Tenant>>>>,
     default: Arc<Tenant>,
+    /// Whether this process runs the loops that must run once (it leads, or it is alone).
+    leader: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Tenants {
     /// Opens the default tenant and every recorded one, bringing records of older builds up to
     /// date in each.
-    pub async fn open(
-        base: Arc<dyn Store>,
-        config: Config,
-        iam: fleetport_iam::Iam,
-        sealer: Arc<fleetport_store::seal::Sealer>,
-        fleet: Fleet,
-        registry_host: String,
-        endpoint: String,
-    ) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(parts: Parts) -> anyhow::Result<Arc<Self>> {
+        let Parts {
+            base,
+            config,
+            iam,
+            sealer,
+            fleet,
+            registry_host,
+            endpoint,
+            leader,
+        } = parts;
         let owner = unprefixed_owner(&*base, &config).await?;
         let default = build(
             &base,
@@ -110,6 +128,7 @@ impl Tenants {
             endpoint,
             map: RwLock::default(),
             default: default.clone(),
+            leader,
         });
         tenants
             .map
@@ -258,43 +277,111 @@ impl Tenants {
         }
     }
 
+    /// Runs the tenant's singleton loops whenever this process leads (always, on SQLite).
     fn start_loops(&self, t: &Arc<Tenant>) {
-        let c = &self.config;
-        let mut loops = vec![
-            tokio::spawn(t.elb.clone().run_maintenance()).abort_handle(),
-            tokio::spawn(
-                t.ecr
-                    .clone()
-                    .run_gc(c.registry_gc_interval, c.registry_gc_grace),
-            )
-            .abort_handle(),
-            tokio::spawn(t.ecs.clone().run_scheduler()).abort_handle(),
-            tokio::spawn(expire_stopped_tasks(
-                t.ecs.clone(),
-                c.stopped_task_retention,
+        let mut leader = self.leader.clone();
+        let tenant = t.clone();
+        let config = self.config.clone();
+        let endpoint = self.endpoint.clone();
+        // What the owner tenant's managed containers were labelled before tenancy.
+        let instance_id = if self.is_owner(t) {
+            "fargate".to_string()
+        } else {
+            format!("fargate-{}-{}", t.account, t.region)
+        };
+        let supervisor = tokio::spawn(async move {
+            loop {
+                while !*leader.borrow_and_update() {
+                    if leader.changed().await.is_err() {
+                        return;
+                    }
+                }
+                // Dropped (aborting the loops) on losing leadership, or with this task.
+                let _running = AbortAll(singletons(&tenant, &config, &endpoint, &instance_id));
+                loop {
+                    if leader.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    if !*leader.borrow_and_update() {
+                        break;
+                    }
+                }
+                tracing::info!(account = %tenant.account, region = %tenant.region, "no longer leading: this region's loops stopped");
+            }
+        });
+        t.loops.lock().push(supervisor.abort_handle());
+    }
+
+    /// After other replicas changed the store: tenants they created are opened here too, and
+    /// what each tenant keeps in memory follows (the load balancers' configuration, waiting
+    /// agent polls).
+    pub async fn follow_remote(&self) {
+        let known: Result<Vec<(String, Value)>, StoreError> =
+            fleetport_store::read(&*self.base, |t| t.scan_json(TENANTS, "", None, MAX_TENANTS));
+        for (key, _) in known.unwrap_or_default() {
+            if let Some((account, region)) = key.split_once('/')
+                && self.existing(account, region).is_none()
+                && let Ok(t) = self.get(account, region)
+            {
+                t.recorded.store(true, Ordering::Relaxed);
+            }
+        }
+        for t in self.all() {
+            if let Err(e) = t.elb.reload().await {
+                tracing::warn!(error = %e, "could not reload the load balancers after another replica's change");
+            }
+            t.ecs.wake_agents();
+        }
+    }
+}
+
+/// Aborts its tasks when dropped.
+struct AbortAll(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortAll {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// The loops of a tenant that must run on one replica only: the service scheduler, expiry,
+/// registry GC, ELB maintenance (draining, instance addresses) and the managed capacity.
+fn singletons(
+    t: &Arc<Tenant>,
+    c: &Config,
+    endpoint: &str,
+    instance_id: &str,
+) -> Vec<tokio::task::AbortHandle> {
+    let mut loops = vec![
+        tokio::spawn(t.elb.clone().run_maintenance()).abort_handle(),
+        tokio::spawn(
+            t.ecr
+                .clone()
+                .run_gc(c.registry_gc_interval, c.registry_gc_grace),
+        )
+        .abort_handle(),
+        tokio::spawn(t.ecs.clone().run_scheduler()).abort_handle(),
+        tokio::spawn(expire_stopped_tasks(
+            t.ecs.clone(),
+            c.stopped_task_retention,
+        ))
+        .abort_handle(),
+    ];
+    if c.managed_capacity {
+        loops.push(
+            tokio::spawn(run_managed_capacity(
+                c.clone(),
+                endpoint.to_string(),
+                t.account.clone(),
+                t.region.clone(),
+                instance_id.to_string(),
             ))
             .abort_handle(),
-        ];
-        if c.managed_capacity {
-            let instance_id = if self.is_owner(t) {
-                // What the managed capacity's containers were labelled before tenancy.
-                "fargate".to_string()
-            } else {
-                format!("fargate-{}-{}", t.account, t.region)
-            };
-            loops.push(
-                tokio::spawn(run_managed_capacity(
-                    self.config.clone(),
-                    self.endpoint.clone(),
-                    t.account.clone(),
-                    t.region.clone(),
-                    instance_id,
-                ))
-                .abort_handle(),
-            );
-        }
-        t.loops.lock().extend(loops);
+        );
     }
+    loops
 }
 
 /// The services of one tenant over its part of the store.
