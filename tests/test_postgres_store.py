@@ -76,7 +76,9 @@ def test_two_replicas_share_state_one_leads_and_the_other_takes_over(data_dir, d
     port, and when the leader is killed -9 the other takes the lease and keeps serving."""
     _, url = database
     a_dir, b_dir = os.path.join(data_dir, "a"), os.path.join(data_dir, "b")
-    a = Server(a_dir, ["--store", url, "--no-managed-capacity"]).start()
+    # A short agent timeout: an agent that stopped reaching the control plane shows in seconds.
+    flags = ["--store", url, "--no-managed-capacity", "--agent-timeout", "4"]
+    a = Server(a_dir, flags).start()
     # A replica with its own secrets key could not open what the others sealed: refused.
     alone = subprocess.run([BIN, "up", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(data_dir, "alone"),
                             "--store", url], capture_output=True, text=True, timeout=30)
@@ -85,7 +87,8 @@ def test_two_replicas_share_state_one_leads_and_the_other_takes_over(data_dir, d
     os.makedirs(b_dir, mode=0o700)
     for key in ("secrets.key", "registry-token.key", "elb-cookie.key"):
         shutil.copy2(os.path.join(a_dir, key), os.path.join(b_dir, key))
-    b = Server(b_dir, ["--store", url, "--no-managed-capacity"]).start()
+    b = Server(b_dir, flags).start()
+    agent = None
     try:
         wait_for(lambda: sorted([leader(a), leader(b)]) == [False, True], 15)
         first, second = (a, b) if leader(a) else (b, a)
@@ -110,6 +113,23 @@ def test_two_replicas_share_state_one_leads_and_the_other_takes_over(data_dir, d
         # Both data planes serve the port; many connections reach both processes.
         wait_for(lambda: all(answer(port) == "replicated" for _ in range(20)), 5)
         print("both replicas see each other's writes and serve the load balancer")
+        # An agent given every replica (and a dead address first) registers, and keeps polling
+        # through the survivor once the leader is gone.
+        endpoints = f"http://127.0.0.1:{free_port()},{first.endpoint},{second.endpoint}"
+        agent = subprocess.Popen([BIN, "agent", "--cluster", "shared", "--endpoint", endpoints,
+                                  "--state-dir", os.path.join(data_dir, "agent")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                 env=dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+                                          AWS_DEFAULT_REGION="us-east-1"))
+        line = agent.stdout.readline()
+        assert "container instance" in line, line
+        instance = line.strip().rsplit(" ", 1)[1]
+
+        def connected(server):
+            return quietly(lambda: server.client("ecs").describe_container_instances(
+                cluster="shared", containerInstances=[instance])["containerInstances"][0]["agentConnected"])
+
+        wait_for(lambda: connected(second), 5)
         first.stop(signal.SIGKILL)
         started = time.monotonic()
         wait_for(lambda: leader(second) is True, 20)
@@ -119,7 +139,14 @@ def test_two_replicas_share_state_one_leads_and_the_other_takes_over(data_dir, d
         assert took < 7
         assert all(answer(port) == "replicated" for _ in range(20))
         assert second.client("ecs").describe_clusters(clusters=["shared"])["clusters"][0]["status"] == "ACTIVE"
+        # Past the agent timeout, the agent is still connected: it polls the survivor.
+        time.sleep(6)
+        assert connected(second) is True
+        print("the agent failed over to the surviving replica")
     finally:
+        if agent:
+            agent.kill()
+            agent.wait()
         a.stop()
         b.stop()
 

@@ -53,39 +53,64 @@ const KEEPALIVE: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct ApiClient {
     http: Client<HttpConnector, Full<Bytes>>,
-    endpoint: http::Uri,
-    host: String,
+    /// The control plane's replicas; requests go to one until it stops answering.
+    endpoints: std::sync::Arc<Vec<Endpoint>>,
+    /// Shared by the clones, so one request's failover serves them all.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     ecs: Signer,
     ecr: Signer,
+}
+
+#[derive(Debug)]
+struct Endpoint {
+    uri: http::Uri,
+    /// `host:port`.
+    host: String,
 }
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiClient")
-            .field("endpoint", &self.endpoint)
+            .field("endpoints", &self.endpoints)
             .finish_non_exhaustive()
     }
 }
 
+fn parse_endpoint(text: &str) -> Result<Endpoint, ClientError> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| ClientError::Transport(format!("bad endpoint {text}: {e}")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(ClientError::Transport(
+            "the endpoint must be an http:// URL".into(),
+        ));
+    }
+    let host = uri
+        .authority()
+        .map(|a| a.to_string())
+        .ok_or_else(|| ClientError::Transport("the endpoint has no host".into()))?;
+    Ok(Endpoint { uri, host })
+}
+
 impl ApiClient {
+    /// `endpoints` is one `http://host:port` URL, or several separated by commas (the
+    /// replicas of one control plane): a request that cannot reach one is retried by its caller
+    /// on the next.
     pub fn new(
-        endpoint: &str,
+        endpoints: &str,
         region: &str,
         access_key: &str,
         secret: &str,
     ) -> Result<Self, ClientError> {
-        let endpoint: http::Uri = endpoint
-            .parse()
-            .map_err(|e| ClientError::Transport(format!("bad endpoint {endpoint}: {e}")))?;
-        if endpoint.scheme_str() != Some("http") {
-            return Err(ClientError::Transport(
-                "the endpoint must be an http:// URL".into(),
-            ));
+        let endpoints = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(parse_endpoint)
+            .collect::<Result<Vec<_>, _>>()?;
+        if endpoints.is_empty() {
+            return Err(ClientError::Transport("no endpoint given".into()));
         }
-        let host = endpoint
-            .authority()
-            .map(|a| a.to_string())
-            .ok_or_else(|| ClientError::Transport("the endpoint has no host".into()))?;
         let signer = |service: &str| Signer {
             access_key: access_key.to_string(),
             secret: secret.to_string(),
@@ -100,16 +125,45 @@ impl ApiClient {
             http: Client::builder(TokioExecutor::new())
                 .pool_idle_timeout(KEEPALIVE)
                 .build(connector),
-            endpoint,
-            host,
+            endpoints: std::sync::Arc::new(endpoints),
+            current: std::sync::Arc::default(),
             ecs: signer("ecs"),
             ecr: signer("ecr"),
         })
     }
 
-    /// The endpoint's `host:port`.
+    fn endpoint(&self) -> (usize, &Endpoint) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.endpoints.len();
+        (i, &self.endpoints[i])
+    }
+
+    /// Moves on from endpoint `i` after it failed (unless another request already did).
+    fn fail_over(&self, i: usize) {
+        if self.endpoints.len() > 1 {
+            let next = (i + 1) % self.endpoints.len();
+            if self
+                .current
+                .compare_exchange(
+                    i,
+                    next,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                tracing::warn!(from = %self.endpoints[i].host, to = %self.endpoints[next].host, "control plane endpoint unreachable; using the next");
+            }
+        }
+    }
+
+    /// How many endpoints (replicas) this client knows.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// The current endpoint's `host:port`.
     pub fn host(&self) -> &str {
-        &self.host
+        &self.endpoint().1.host
     }
 
     /// Calls one operation; `prefix` picks the API (ECS, ECR or the agent channel).
@@ -124,7 +178,8 @@ impl ApiClient {
         let hv = |s: &str| {
             http::HeaderValue::from_str(s).map_err(|e| ClientError::Transport(e.to_string()))
         };
-        headers.insert(http::header::HOST, hv(&self.host)?);
+        let (index, endpoint) = self.endpoint();
+        headers.insert(http::header::HOST, hv(&endpoint.host)?);
         headers.insert(
             http::header::CONTENT_TYPE,
             hv("application/x-amz-json-1.1")?,
@@ -141,7 +196,7 @@ impl ApiClient {
         );
         let mut req = http::Request::builder()
             .method("POST")
-            .uri(self.endpoint.clone());
+            .uri(endpoint.uri.clone());
         if let Some(h) = req.headers_mut() {
             *h = headers;
         }
@@ -163,9 +218,17 @@ impl ApiClient {
                 .to_bytes();
             Ok::<_, ClientError>((status, bytes))
         };
-        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let answered = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| ClientError::Transport(format!("no answer in {REQUEST_TIMEOUT:?}")))??;
+            .map_err(|_| ClientError::Transport(format!("no answer in {REQUEST_TIMEOUT:?}")))
+            .and_then(|r| r);
+        let (status, bytes) = match answered {
+            Ok(a) => a,
+            Err(e) => {
+                self.fail_over(index);
+                return Err(e);
+            }
+        };
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(v);

@@ -225,9 +225,20 @@ impl Agent {
         if let (Some(arn), Value::Object(o)) = (&previous, &mut input) {
             o.insert("containerInstanceArn".into(), json!(arn));
         }
-        let out = api
-            .call(client::ECS, "RegisterContainerInstance", &input)
-            .await?;
+        // Each replica of the control plane gets a try before the agent gives up.
+        let mut tries = api.endpoint_count();
+        let out = loop {
+            match api
+                .call(client::ECS, "RegisterContainerInstance", &input)
+                .await
+            {
+                Err(client::ClientError::Transport(e)) if tries > 1 => {
+                    tries -= 1;
+                    tracing::warn!(error = %e, "could not register here; trying the next endpoint");
+                }
+                r => break r?,
+            }
+        };
         let arn = out
             .pointer("/containerInstance/containerInstanceArn")
             .and_then(Value::as_str)

@@ -12,7 +12,8 @@ use fleetport_runtime::{DockerRuntime, Runtime, labels};
 /// Where a command reaches the control plane, and the region it signs for.
 #[derive(Debug, Clone, Args)]
 pub struct ControlPlane {
-    /// Control-plane endpoint.
+    /// Control-plane endpoint; several replicas separated by commas (the next is tried when one
+    /// does not answer).
     #[arg(
         long,
         env = "FLEETPORT_ENDPOINT",
