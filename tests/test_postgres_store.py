@@ -1,6 +1,7 @@
 """`fleetport up --store postgres://…`: the control plane's state in a real PostgreSQL
 (`scripts/postgres` starts one; `scripts/test` passes it in FLEETPORT_TEST_POSTGRES), kept across
 restarts, and replicas: several `fleetport up` on one database sharing state, one leading."""
+import glob
 import json
 import os
 import shutil
@@ -177,3 +178,65 @@ def test_a_bad_store_setting_is_refused_before_anything_binds(data_dir):
                         "postgres://nobody@127.0.0.1:1/none"], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "opening the PostgreSQL store" in r.stderr, r.stderr
     assert time.monotonic() - started < 20
+
+
+def test_a_postgresql_restart_loses_no_acknowledged_write(data_dir, database):
+    """PostgreSQL restarts under a stream of CreateCluster calls: while it is away the API answers
+    with server errors the SDKs retry (5xx), and every cluster that was acknowledged is there
+    afterwards, on this replica and after a restart of Fleetport."""
+    import botocore.config
+    import botocore.exceptions
+    import boto3
+    import threading
+    _, url = database
+    s = Server(data_dir, ["--store", url, "--no-managed-capacity"]).start()
+    pg_dir = os.environ.get("FLEETPORT_TEST_PG_DIR", "/tmp/fleetport-test-pg")
+    pg_ctl = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1]
+    acknowledged, errors = [], []
+    ecs = boto3.client("ecs", endpoint_url=s.endpoint, region_name="us-east-1", aws_access_key_id="test",
+                       aws_secret_access_key="test",
+                       config=botocore.config.Config(retries={"mode": "standard", "max_attempts": 10}))
+    stop = threading.Event()
+
+    def writer():
+        i = 0
+        while not stop.is_set():
+            name = f"c{i:04d}"
+            try:
+                ecs.create_cluster(clusterName=name)
+                acknowledged.append(name)
+            except botocore.exceptions.ClientError as e:
+                errors.append((e.response["ResponseMetadata"]["HTTPStatusCode"], e.response["Error"]["Code"]))
+            i += 1
+
+    try:
+        t = threading.Thread(target=writer)
+        t.start()
+        wait_for(lambda: len(acknowledged) >= 20, 20)
+        as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        before = len(acknowledged)
+        # The server's output goes to its log: a pipe it inherited would hold this call open.
+        subprocess.run([*as_owner, pg_ctl, "-D", pg_dir, "-l", os.path.join(pg_dir, "server.log"), "restart",
+                        "-m", "fast", "-w"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=60)
+        wait_for(lambda: len(acknowledged) >= before + 20, 30)
+        stop.set()
+        t.join(timeout=60)
+        print(f"{len(acknowledged)} clusters acknowledged across the restart; errors after retries: {errors}")
+        # What the SDK gave up on were retryable server errors, never a client error.
+        assert all(status >= 500 for status, _ in errors), errors
+        listed = set()
+        for page in ecs.get_paginator("list_clusters").paginate():
+            listed.update(a.rsplit("/", 1)[1] for a in page["clusterArns"])
+        assert set(acknowledged) <= listed
+    finally:
+        stop.set()
+        s.stop()
+    s = Server(data_dir, ["--store", url, "--no-managed-capacity"]).start()
+    try:
+        listed = set()
+        for page in s.client("ecs").get_paginator("list_clusters").paginate():
+            listed.update(a.rsplit("/", 1)[1] for a in page["clusterArns"])
+        assert set(acknowledged) <= listed
+    finally:
+        s.stop()
