@@ -450,7 +450,11 @@ fn commit_group(
     let mut outcomes = Vec::with_capacity(writes.len());
     let committed = run_group(client, writes, &mut outcomes).map(|revisions| {
         if let Some(r) = revisions {
-            follow.own.lock().extend(r);
+            // The follower may have applied them already (and taken them for another
+            // replica's): only revisions still ahead of the copy are remembered.
+            // Held while remembering, so the follower cannot apply them in between.
+            let cursor = follow.cursor.lock();
+            follow.own.lock().extend(r.filter(|rev| *rev > *cursor));
         }
     });
     if committed.is_ok() {
@@ -612,7 +616,11 @@ fn reset(client: &mut Client, follow: &Follow) -> Result<(), StoreError> {
     // The empty collection marks the reset in the log, for the other replicas' copies.
     let revisions = log_changes(&mut txn, vec![(String::new(), String::new(), None)])?;
     txn.commit().map_err(backend)?;
-    follow.own.lock().extend(revisions);
+    let cursor = follow.cursor.lock();
+    follow
+        .own
+        .lock()
+        .extend(revisions.filter(|rev| *rev > *cursor));
     Ok(())
 }
 
