@@ -22,6 +22,11 @@ pub(crate) enum Change {
     Delete(String, String),
 }
 
+/// The smallest text above every key that starts with `prefix`, for a database's range scan.
+pub(crate) fn prefix_upper(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
 /// Applies committed changes, in order, to the copy readers see.
 pub(crate) fn apply(docs: &RwLock<Arc<Documents>>, changes: Vec<Change>) {
     if changes.is_empty() {

@@ -7,6 +7,7 @@
 mod cache;
 pub mod datadir;
 pub mod pg;
+mod queue;
 pub mod refs;
 pub mod scoped;
 pub mod seal;

@@ -23,15 +23,14 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls, Transaction};
-use tokio::sync::oneshot;
 
 use crate::cache::{Change, Documents, Snapshot};
+use crate::queue::{Reply, Step};
 use crate::{BoxFuture, ReadTxn, Record, Store, StoreError, WriteJob, WriteTxn};
 
 /// The advisory lock every writer takes: one number for the whole store.
@@ -39,9 +38,6 @@ const WRITE_LOCK: i64 = 0x666c_6565_7470_6f72; // "fleetpor"
 
 /// Keep this many revisions of the change log; a replica further behind reloads everything.
 const KEEP_REVISIONS: i64 = 100_000;
-
-/// At most this many queued jobs share one transaction.
-const MAX_GROUP: usize = 256;
 
 /// How often the follower looks for other replicas' changes without a notification.
 const POLL: Duration = Duration::from_secs(1);
@@ -82,11 +78,6 @@ const LEASE_EVERY: Duration = Duration::from_secs(1);
 /// their offsets do not matter, since each side only measures its own intervals).
 const STEP_DOWN_AFTER: Duration = Duration::from_millis(2500);
 
-enum Command {
-    Write(WriteJob, oneshot::Sender<Result<(), StoreError>>),
-    Reset(oneshot::Sender<Result<(), StoreError>>),
-}
-
 fn backend(e: postgres::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -103,7 +94,7 @@ struct Follow {
 }
 
 pub struct PgStore {
-    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    queue: crate::queue::Queue,
     follow: Arc<Follow>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -143,7 +134,7 @@ impl PgStore {
         listener
             .batch_execute("LISTEN fleetport_changes")
             .map_err(backend)?;
-        let (tx, rx) = mpsc::channel();
+        let (queue, rx) = crate::queue::channel();
         let writer_follow = follow.clone();
         let writer_config = config.clone();
         let writer = std::thread::Builder::new()
@@ -157,7 +148,7 @@ impl PgStore {
             .spawn(move || follower_loop(listener, config, &follower_follow, &follower_stop))
             .map_err(|e| StoreError::Backend(format!("starting the follower thread: {e}")))?;
         Ok(Self {
-            tx: Mutex::new(Some(tx)),
+            queue,
             follow,
             stop,
             threads: Mutex::new(vec![writer, follower]),
@@ -169,16 +160,9 @@ impl PgStore {
         *self.follow.cursor.lock()
     }
 
-    fn send(&self, cmd: Command) -> Result<(), StoreError> {
-        match self.tx.lock().as_ref() {
-            Some(tx) => tx.send(cmd).map_err(|_| StoreError::Closed),
-            None => Err(StoreError::Closed),
-        }
-    }
-
     /// Stops the writer after the queued jobs are done, and the follower.
     pub fn close(&self) {
-        self.tx.lock().take();
+        self.queue.close();
         self.stop.store(true, Ordering::Relaxed);
         for h in self.threads.lock().drain(..) {
             let _ = h.join();
@@ -402,35 +386,19 @@ fn reconnect(client: &mut Client, config: &postgres::Config) -> Result<(), Store
 fn writer_loop(
     mut client: Client,
     config: postgres::Config,
-    rx: mpsc::Receiver<Command>,
+    rx: crate::queue::Receiver,
     follow: &Follow,
 ) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
+    rx.serve(|step| match step {
+        Step::Commit(writes) => commit_group(&mut client, &config, writes, follow),
+        Step::Reset(reply) => {
+            let r = reconnect(&mut client, &config)
+                .and_then(|()| reset(&mut client, follow))
+                .and_then(|()| catch_up(&mut client, follow));
+            let _ = reply.send(r);
         }
-        let mut writes = Vec::new();
-        for cmd in batch {
-            match cmd {
-                Command::Write(job, reply) => writes.push((job, reply)),
-                Command::Reset(reply) => {
-                    commit_group(&mut client, &config, std::mem::take(&mut writes), follow);
-                    let r = reconnect(&mut client, &config)
-                        .and_then(|()| reset(&mut client, follow))
-                        .and_then(|()| catch_up(&mut client, follow));
-                    let _ = reply.send(r);
-                }
-            }
-        }
-        commit_group(&mut client, &config, writes, follow);
-    }
+    });
 }
-
-type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 fn commit_group(
     client: &mut Client,
@@ -655,10 +623,6 @@ struct Txn<'a> {
     changes: Vec<(String, String, Option<Vec<u8>>)>,
 }
 
-fn prefix_upper(prefix: &str) -> String {
-    format!("{prefix}\u{10FFFF}")
-}
-
 impl ReadTxn for Txn<'_> {
     fn get(&self, collection: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
@@ -685,7 +649,7 @@ impl ReadTxn for Txn<'_> {
             .borrow_mut()
             .query(
                 "SELECT key, value FROM fleetport_doc WHERE collection = $1 AND key >= $2 AND key < $3 AND key > $4 ORDER BY key LIMIT $5",
-                &[&collection, &prefix, &prefix_upper(prefix), &after.unwrap_or(""), &limit],
+                &[&collection, &prefix, &crate::cache::prefix_upper(prefix), &after.unwrap_or(""), &limit],
             )
             .map_err(backend)?;
         Ok(rows
@@ -703,7 +667,7 @@ impl ReadTxn for Txn<'_> {
             .borrow_mut()
             .query_one(
                 "SELECT COUNT(*) FROM fleetport_doc WHERE collection = $1 AND key >= $2 AND key < $3",
-                &[&collection, &prefix, &prefix_upper(prefix)],
+                &[&collection, &prefix, &crate::cache::prefix_upper(prefix)],
             )
             .map_err(backend)?
             .get(0);
@@ -756,20 +720,10 @@ impl Store for PgStore {
     }
 
     fn write(&self, job: WriteJob) -> BoxFuture<'static, Result<(), StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(Command::Write(job, reply));
-        Box::pin(async move {
-            sent?;
-            rx.await.map_err(|_| StoreError::Closed)?
-        })
+        self.queue.write(job)
     }
 
     fn reset(&self) -> BoxFuture<'static, Result<(), StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(Command::Reset(reply));
-        Box::pin(async move {
-            sent?;
-            rx.await.map_err(|_| StoreError::Closed)?
-        })
+        self.queue.reset()
     }
 }

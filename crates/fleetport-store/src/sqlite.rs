@@ -11,13 +11,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc;
 
 use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
 
 use crate::cache::{Change, Documents, Snapshot};
+use crate::queue::{Reply, Step};
 use crate::{BoxFuture, ReadTxn, Record, Store, StoreError, WriteJob, WriteTxn};
 
 /// Ordered schema migrations; `PRAGMA user_version` records how many have run.
@@ -28,17 +27,9 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE documents (
         PRIMARY KEY (collection, key)
     ) WITHOUT ROWID;"];
 
-/// At most this many queued jobs share one commit.
-const MAX_GROUP: usize = 256;
-
-enum Command {
-    Write(WriteJob, oneshot::Sender<Result<(), StoreError>>),
-    Reset(oneshot::Sender<Result<(), StoreError>>),
-}
-
 #[derive(Debug)]
 pub struct SqliteStore {
-    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    queue: crate::queue::Queue,
     docs: Arc<RwLock<Arc<Documents>>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -63,29 +54,22 @@ impl SqliteStore {
         .map_err(backend)?;
         migrate(&mut conn)?;
         let docs = Arc::new(RwLock::new(Arc::new(load(&conn)?)));
-        let (tx, rx) = mpsc::channel();
+        let (queue, rx) = crate::queue::channel();
         let writer_docs = docs.clone();
         let writer = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer_loop(conn, rx, writer_docs))
             .map_err(|e| StoreError::Backend(format!("starting the writer thread: {e}")))?;
         Ok(Self {
-            tx: Mutex::new(Some(tx)),
+            queue,
             docs,
             writer: Mutex::new(Some(writer)),
         })
     }
 
-    fn send(&self, cmd: Command) -> Result<(), StoreError> {
-        match self.tx.lock().as_ref() {
-            Some(tx) => tx.send(cmd).map_err(|_| StoreError::Closed),
-            None => Err(StoreError::Closed),
-        }
-    }
-
     /// Stops the writer after the queued jobs are done.
     pub fn close(&self) {
-        self.tx.lock().take();
+        self.queue.close();
         if let Some(h) = self.writer.lock().take() {
             let _ = h.join();
         }
@@ -148,10 +132,6 @@ struct Txn<'a> {
     changes: Vec<Change>,
 }
 
-fn prefix_upper(prefix: &str) -> String {
-    format!("{prefix}\u{10FFFF}")
-}
-
 impl ReadTxn for Txn<'_> {
     fn get(&self, collection: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let mut st = self
@@ -182,7 +162,7 @@ impl ReadTxn for Txn<'_> {
                 params![
                     collection,
                     prefix,
-                    prefix_upper(prefix),
+                    crate::cache::prefix_upper(prefix),
                     after.unwrap_or(""),
                     limit
                 ],
@@ -205,9 +185,10 @@ impl ReadTxn for Txn<'_> {
             )
             .map_err(backend)?;
         let n: i64 = st
-            .query_row(params![collection, prefix, prefix_upper(prefix)], |r| {
-                r.get(0)
-            })
+            .query_row(
+                params![collection, prefix, crate::cache::prefix_upper(prefix)],
+                |r| r.get(0),
+            )
             .map_err(backend)?;
         Ok(u64::try_from(n).unwrap_or(0))
     }
@@ -240,38 +221,20 @@ impl WriteTxn for Txn<'_> {
     }
 }
 
-fn writer_loop(conn: Connection, rx: mpsc::Receiver<Command>, docs: Arc<RwLock<Arc<Documents>>>) {
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
+fn writer_loop(conn: Connection, rx: crate::queue::Receiver, docs: Arc<RwLock<Arc<Documents>>>) {
+    rx.serve(|step| match step {
+        Step::Commit(writes) => commit_group(&conn, writes, &docs),
+        Step::Reset(reply) => {
+            let r = reset(&conn);
+            if r.is_ok() {
+                *docs.write() = Arc::new(Documents::new());
             }
+            let _ = reply.send(r);
         }
-        let mut writes = Vec::new();
-        for cmd in batch {
-            match cmd {
-                Command::Write(job, reply) => writes.push((job, reply)),
-                Command::Reset(reply) => {
-                    commit_group(&conn, std::mem::take(&mut writes), &docs);
-                    let r = reset(&conn);
-                    if r.is_ok() {
-                        *docs.write() = Arc::new(Documents::new());
-                    }
-                    let _ = reply.send(r);
-                }
-            }
-        }
-        commit_group(&conn, writes, &docs);
-    }
+    });
 }
 
-fn commit_group(
-    conn: &Connection,
-    writes: Vec<(WriteJob, oneshot::Sender<Result<(), StoreError>>)>,
-    docs: &RwLock<Arc<Documents>>,
-) {
+fn commit_group(conn: &Connection, writes: Vec<(WriteJob, Reply)>, docs: &RwLock<Arc<Documents>>) {
     if writes.is_empty() {
         return;
     }
@@ -338,21 +301,11 @@ impl Store for SqliteStore {
     }
 
     fn write(&self, job: WriteJob) -> BoxFuture<'static, Result<(), StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(Command::Write(job, reply));
-        Box::pin(async move {
-            sent?;
-            rx.await.map_err(|_| StoreError::Closed)?
-        })
+        self.queue.write(job)
     }
 
     fn reset(&self) -> BoxFuture<'static, Result<(), StoreError>> {
-        let (reply, rx) = oneshot::channel();
-        let sent = self.send(Command::Reset(reply));
-        Box::pin(async move {
-            sent?;
-            rx.await.map_err(|_| StoreError::Closed)?
-        })
+        self.queue.reset()
     }
 }
 
