@@ -1021,7 +1021,7 @@ def test_session_tags_are_the_sessions_principal_tags(server):
     assert error(sts.assume_role, RoleArn="arn:aws:iam::000000000000:role/tagging", RoleSessionName="tt",
                  Tags=[{"Key": "team", "Value": "c"}])[0]["Code"] == "AccessDenied"
     assert error(sts.assume_role, RoleArn="arn:aws:iam::000000000000:role/tagging", RoleSessionName="tt",
-                 Tags=[{"Key": "team", "Value": "a"}, {"Key": "TEAM", "Value": "b"}])[0]["Code"] == "ValidationError"
+                 Tags=[{"Key": "team", "Value": "a"}, {"Key": "TEAM", "Value": "b"}])[0]["Code"] == "InvalidParameterValue"
     # Untagged sessions carry the role's tag (team=z); tagged ones their own.
     assert error(assume("no-tagging").list_clusters)[0]["Code"] == "AccessDeniedException"
     assume("tagging", [{"Key": "team", "Value": "a"}]).list_clusters()

@@ -152,28 +152,24 @@ fn session_policies(iam: &Iam, account: &str, input: &Value) -> Result<Vec<Strin
     Ok(docs)
 }
 
-/// Stores a session (and forgets sessions long expired) in one transaction.
-/// AssumeRole's `Tags`: at most 50, keys unique regardless of case (as STS checks them).
+/// AssumeRole's `Tags` (the model caps them at 50), keys unique regardless of case.
 fn session_tags(input: &Value) -> Result<Vec<(String, String)>, AwsError> {
     let mut tags: Vec<(String, String)> = Vec::new();
     for t in fleetport_proto::input::items(input, "Tags") {
         let key = t.get("Key").and_then(Value::as_str).unwrap_or_default();
         let value = t.get("Value").and_then(Value::as_str).unwrap_or_default();
         if tags.iter().any(|(k, _)| k.eq_ignore_ascii_case(key)) {
-            return Err(validation(
+            return Err(AwsError::client(
+                "InvalidParameterValue",
                 "Duplicate tag keys found. Please note that Tag keys are case insensitive.",
             ));
         }
         tags.push((key.to_string(), value.to_string()));
     }
-    if tags.len() > 50 {
-        return Err(validation(
-            "1 validation error detected: Value at 'tags' failed to satisfy constraint: Member must have length less than or equal to 50",
-        ));
-    }
     Ok(tags)
 }
 
+/// Stores a session (and forgets sessions long expired) in one transaction.
 async fn store_session(iam: &Iam, record: SessionRecord) -> Result<(), AwsError> {
     api::write(iam, move |txn: &mut dyn WriteTxn| {
         let now = fleetport_proto::clock::unix_secs();
