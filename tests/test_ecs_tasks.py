@@ -306,10 +306,12 @@ def test_spread_by_zone_random_and_the_query_language(env):
                        placementStrategy=[{"type": "spread", "field": "attribute:ecs.availability-zone"}])
     zones = [zone_of[t["containerInstanceArn"]] for t in out["tasks"]]
     assert sorted(zones) == ["us-east-1a", "us-east-1a", "us-east-1b", "us-east-1b"], zones
-    # random uses every instance over ten tasks (all on one would happen 1 time in 20,000).
+    # random scatters ten tasks: all ten on one instance would happen 1 time in 20,000 (asking
+    # for all three instances, as this test once did, fails 1 time in 20 by chance alone).
     out = ecs.run_task(cluster=cluster, taskDefinition="tiny", count=10, group="scatter",
                        placementStrategy=[{"type": "random"}])
-    assert {t["containerInstanceArn"] for t in out["tasks"]} == set(zone_of), out["failures"]
+    used = {t["containerInstanceArn"] for t in out["tasks"]}
+    assert len(out["tasks"]) == 10 and len(used) >= 2 and used <= set(zone_of), out["failures"]
 
     def listed(expr):
         arns = ecs.list_container_instances(cluster=cluster, filter=expr)["containerInstanceArns"]
