@@ -156,6 +156,11 @@ impl ApiClient {
         }
     }
 
+    /// Moves on from the current endpoint although it answered (its answers are not wanted).
+    pub fn move_on(&self) {
+        self.fail_over(self.endpoint().0);
+    }
+
     /// How many endpoints (replicas) this client knows.
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.len()

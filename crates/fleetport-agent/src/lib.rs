@@ -315,6 +315,7 @@ impl Agent {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
         let mut adopted = self.adoptable().await?;
         let mut generation: Option<u64> = None;
+        let mut epochs = Epochs::default();
         let mut sweeper: Option<AbortOnDrop> = None;
         let mut synced_at = tokio::time::Instant::now();
         loop {
@@ -339,6 +340,17 @@ impl Agent {
                 _ = shutdown.changed() => return Ok(()),
             };
             match out {
+                Ok(v) if !epochs.admits(v.get("epoch").and_then(Value::as_i64).unwrap_or(0)) => {
+                    // A replica behind the leader whose assignments this agent already follows
+                    // (cut off from the shared state): not acted on; another replica is asked.
+                    tracing::warn!(host = %self.ctx.api.host(), "ignored assignments from a replica behind the current leader epoch");
+                    self.ctx.api.move_on();
+                    generation = None;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                }
                 Ok(v) => {
                     generation = v.get("generation").and_then(Value::as_u64);
                     let tasks = v
@@ -414,6 +426,45 @@ impl Agent {
     }
 }
 
+/// The fencing of assignments by control-plane leader epoch: an answer from an epoch older than
+/// one already followed comes from a replica that is cut off and is not acted on.
+#[derive(Debug, Default)]
+struct Epochs {
+    highest: i64,
+    /// Since when every answer has been older than `highest`.
+    behind_since: Option<std::time::Instant>,
+}
+
+/// After this long with only older epochs from every replica, the control plane itself went
+/// back (a database restored from a backup starts its epochs again), and the agent follows it.
+const EPOCH_GIVE_UP: Duration = Duration::from_secs(60);
+
+impl Epochs {
+    fn admits(&mut self, epoch: i64) -> bool {
+        self.admits_at(epoch, std::time::Instant::now())
+    }
+
+    fn admits_at(&mut self, epoch: i64, now: std::time::Instant) -> bool {
+        if epoch >= self.highest {
+            self.highest = epoch;
+            self.behind_since = None;
+            return true;
+        }
+        let since = *self.behind_since.get_or_insert(now);
+        if now.duration_since(since) >= EPOCH_GIVE_UP {
+            tracing::warn!(
+                from = self.highest,
+                to = epoch,
+                "the control plane's leader epochs went back (a restored database?); following"
+            );
+            self.highest = epoch;
+            self.behind_since = None;
+            return true;
+        }
+        false
+    }
+}
+
 /// Aborts the task when dropped, so the sweeper ends with the poll loop.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -479,6 +530,30 @@ async fn remove_stopped_containers(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn older_epochs_are_refused_until_the_control_plane_really_went_back() {
+        let t0 = std::time::Instant::now();
+        let mut e = Epochs::default();
+        assert!(e.admits_at(0, t0), "a store alone (epoch 0) is followed");
+        assert!(e.admits_at(3, t0));
+        assert!(e.admits_at(3, t0), "the same leader again");
+        assert!(!e.admits_at(2, t0), "a replica behind the leader");
+        assert!(!e.admits_at(2, t0 + EPOCH_GIVE_UP / 2));
+        assert!(e.admits_at(4, t0 + EPOCH_GIVE_UP / 2), "a newer leader");
+        assert!(
+            !e.admits_at(1, t0 + EPOCH_GIVE_UP),
+            "behind again: the clock restarts"
+        );
+        assert!(
+            e.admits_at(1, t0 + EPOCH_GIVE_UP * 2),
+            "only older epochs for a minute"
+        );
+        assert!(
+            !e.admits_at(0, t0 + EPOCH_GIVE_UP * 2),
+            "and the restored epoch holds"
+        );
+    }
 
     /// A control plane that answers each connection's request with the next of `statuses`.
     async fn flaky(statuses: Vec<u16>) -> (String, Arc<std::sync::atomic::AtomicUsize>) {

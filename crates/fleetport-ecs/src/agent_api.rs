@@ -15,14 +15,28 @@ use crate::instance::instance_id;
 
 /// The agent API over an [`Ecs`].
 #[derive(Debug, Clone)]
-pub struct AgentApi(pub Ecs);
+pub struct AgentApi {
+    ecs: Ecs,
+    /// The newest leader epoch this replica has seen; every answer carries it, so an agent
+    /// that has already heard from a newer leader's world ignores a replica left behind (cut
+    /// off from the database, its copy of the state no longer moving).
+    epochs: tokio::sync::watch::Receiver<i64>,
+}
 
 impl AgentApi {
+    pub fn new(ecs: Ecs, epochs: tokio::sync::watch::Receiver<i64>) -> Self {
+        Self { ecs, epochs }
+    }
+
+    fn epoch(&self) -> i64 {
+        *self.epochs.borrow()
+    }
+
     /// Waits (up to `waitSeconds`, bounded to a third of the agent timeout so a waiting agent
     /// never looks gone) until the assignment generation moves past the one the agent saw;
     /// returns the current generation.
     async fn wait_for_change(&self, input: &Value, host: &str) -> u64 {
-        let ecs = &self.0;
+        let ecs = &self.ecs;
         let known = input.get("generation").and_then(Value::as_u64);
         let wait = input
             .get("waitSeconds")
@@ -40,15 +54,14 @@ impl AgentApi {
     }
 
     async fn poll(&self, input: Value) -> Result<Value, AwsError> {
-        let ecs = &self.0;
+        let ecs = &self.ecs;
         if input::string(&input, "containerInstance") == Some(crate::task::MANAGED) {
             // The managed capacity (`fleetport up`'s in-process agent) polls as `FARGATE` and
             // receives the FARGATE tasks of every cluster.
             let generation = self.wait_for_change(&input, crate::task::MANAGED).await;
             let tasks = ecs.managed_assignments()?;
-            return Ok(
-                json!({"generation": generation, "instanceStatus": "ACTIVE", "tasks": tasks}),
-            );
+            return Ok(json!({"generation": generation, "epoch": self.epoch(),
+                "instanceStatus": "ACTIVE", "tasks": tasks}));
         }
         let cluster = crate::error::read(&*ecs.store, |txn| {
             ecs.active_cluster(txn, input::string(&input, "cluster"))
@@ -61,7 +74,8 @@ impl AgentApi {
             .await?;
         let generation = self.wait_for_change(&input, &inst.id).await;
         let tasks = ecs.assignments(&cluster.name, &inst.arn)?;
-        Ok(json!({"generation": generation, "instanceStatus": inst.status, "tasks": tasks}))
+        Ok(json!({"generation": generation, "epoch": self.epoch(),
+            "instanceStatus": inst.status, "tasks": tasks}))
     }
 }
 
@@ -87,7 +101,7 @@ impl Service for AgentApi {
         Box::pin(async move {
             match operation {
                 "PollTaskAssignments" => self.poll(input).await,
-                "InterruptSpotTask" => self.0.interrupt_spot(input).await,
+                "InterruptSpotTask" => self.ecs.interrupt_spot(input).await,
                 _ => Err(AwsError::client(
                     "UnknownOperationException",
                     format!("Unknown operation {operation}"),

@@ -1,11 +1,13 @@
 //! Fleetport's state store. Desired state written by API handlers lives here; reconcilers read
 //! it back. The [`Store`] trait is a small transactional document store (collections of keyed
 //! JSON documents, scans in key order, a change feed) so service crates stay independent of
-//! the backend. [`sqlite::SqliteStore`] is the embedded default; a PostgreSQL implementation
-//! can sit behind the same trait for several control-plane replicas.
+//! the backend. [`sqlite::SqliteStore`] is the embedded default; [`pg::PgStore`] sits behind
+//! the same trait for several control-plane replicas, whose singleton work is fenced
+//! ([`fence`]).
 
 mod cache;
 pub mod datadir;
+pub mod fence;
 pub mod pg;
 mod queue;
 pub mod refs;
@@ -34,6 +36,9 @@ pub enum StoreError {
     Closed,
     #[error("transaction aborted by its caller")]
     Aborted,
+    /// A fenced write ([`fence`]) from a leader whose epoch no longer holds the lease.
+    #[error("refused a write of leader epoch {0}: another replica leads now")]
+    Fenced(i64),
 }
 
 /// One stored document.

@@ -30,7 +30,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls, Transaction};
 
 use crate::cache::{Change, Documents, Snapshot};
-use crate::queue::{Reply, Step};
+use crate::queue::{Queued, Reply, Step};
 use crate::{BoxFuture, ReadTxn, Record, Store, StoreError, WriteJob, WriteTxn};
 
 /// The advisory lock every writer takes: one number for the whole store.
@@ -182,6 +182,8 @@ impl Drop for PgStore {
 /// leader gets the next epoch.
 pub struct Leadership {
     rx: tokio::sync::watch::Receiver<Option<i64>>,
+    /// The newest epoch seen in the lease row, whoever holds it.
+    seen: tokio::sync::watch::Receiver<i64>,
     stop: Arc<AtomicBool>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -195,15 +197,19 @@ impl Leadership {
         let mut client = config.connect(NoTls).map_err(backend)?;
         client.batch_execute(SCHEMA).map_err(backend)?;
         let (tx, rx) = tokio::sync::watch::channel(None);
+        let (seen_tx, seen) = tokio::sync::watch::channel(0);
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let holder = holder.to_string();
         let thread = std::thread::Builder::new()
             .name("store-lease".into())
-            .spawn(move || lease_loop(client, &config, &holder, &tx, &thread_stop))
+            .spawn(move || {
+                lease_loop(client, &config, &holder, &tx, &seen_tx, &thread_stop);
+            })
             .map_err(|e| StoreError::Backend(format!("starting the lease thread: {e}")))?;
         Ok(Self {
             rx,
+            seen,
             stop,
             thread: Mutex::new(Some(thread)),
         })
@@ -212,6 +218,12 @@ impl Leadership {
     /// The epoch while this process leads, None otherwise.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<Option<i64>> {
         self.rx.clone()
+    }
+
+    /// The newest leader epoch seen on the database, this replica's or another's. It stops
+    /// moving while the database cannot be reached.
+    pub fn epochs(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.seen.clone()
     }
 
     /// Gives the lease up (so another replica takes over at once) and stops. Blocking.
@@ -234,6 +246,7 @@ fn lease_loop(
     config: &postgres::Config,
     holder: &str,
     tx: &tokio::sync::watch::Sender<Option<i64>>,
+    seen: &tokio::sync::watch::Sender<i64>,
     stop: &AtomicBool,
 ) {
     let mut renewed = std::time::Instant::now();
@@ -277,6 +290,18 @@ fn lease_loop(
             }
             (_, Err(e)) => tracing::debug!(error = %e, "lease attempt failed"),
             (None, Ok(None)) => {}
+        }
+        // Whoever leads: the epoch agents' assignments carry from this replica.
+        if let Ok(Some(row)) = client.query_opt(
+            "SELECT epoch FROM fleetport_lease WHERE name = 'leader'",
+            &[],
+        ) {
+            let epoch: i64 = row.get(0);
+            seen.send_if_modified(|e| {
+                let newer = epoch > *e;
+                *e = (*e).max(epoch);
+                newer
+            });
         }
         std::thread::sleep(LEASE_EVERY);
     }
@@ -403,14 +428,14 @@ fn writer_loop(
 fn commit_group(
     client: &mut Client,
     config: &postgres::Config,
-    writes: Vec<(WriteJob, Reply)>,
+    writes: Vec<Queued>,
     follow: &Follow,
 ) {
     if writes.is_empty() {
         return;
     }
     if let Err(e) = reconnect(client, config) {
-        for (_, reply) in writes {
+        for Queued { reply, .. } in writes {
             let _ = reply.send(Err(StoreError::Backend(e.to_string())));
         }
         return;
@@ -445,26 +470,44 @@ fn commit_group(
 /// Runs the jobs in one transaction under the write lock; records each job's outcome.
 fn run_group(
     client: &mut Client,
-    writes: Vec<(WriteJob, Reply)>,
+    writes: Vec<Queued>,
     outcomes: &mut Vec<(Result<(), StoreError>, Reply)>,
 ) -> Result<Option<std::ops::RangeInclusive<i64>>, StoreError> {
     let mut txn = match client.transaction() {
         Ok(t) => t,
         Err(e) => {
-            outcomes.extend(writes.into_iter().map(|(_, r)| (Ok(()), r)));
+            outcomes.extend(writes.into_iter().map(|q| (Ok(()), q.reply)));
             return Err(backend(e));
         }
     };
     if let Err(e) = txn.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]) {
-        outcomes.extend(writes.into_iter().map(|(_, r)| (Ok(()), r)));
+        outcomes.extend(writes.into_iter().map(|q| (Ok(()), q.reply)));
         return Err(backend(e));
     }
     let mut changes: Vec<(String, String, Option<Vec<u8>>)> = Vec::new();
     let mut broken = None;
-    for (job, reply) in writes {
+    // The epochs found to hold the lease in this transaction (checked once each).
+    let mut holding: Vec<i64> = Vec::new();
+    for Queued { job, fence, reply } in writes {
         if broken.is_some() {
             outcomes.push((Ok(()), reply));
             continue;
+        }
+        if let Some(epoch) = fence
+            && !holding.contains(&epoch)
+        {
+            match holds_lease(&mut txn, epoch) {
+                Ok(true) => holding.push(epoch),
+                Ok(false) => {
+                    outcomes.push((Err(StoreError::Fenced(epoch)), reply));
+                    continue;
+                }
+                Err(e) => {
+                    broken = Some(e);
+                    outcomes.push((Ok(()), reply));
+                    continue;
+                }
+            }
         }
         match run_job(&mut txn, job) {
             Ok((outcome, mut made)) => {
@@ -490,6 +533,20 @@ fn run_group(
     };
     txn.commit().map_err(backend)?;
     Ok(revisions)
+}
+
+/// Whether `epoch` still holds an unexpired lease. The row stays share-locked until the
+/// transaction ends, so a successor's takeover (an update of that row) waits for this commit:
+/// a fenced write is either in before the new epoch begins or refused.
+fn holds_lease(txn: &mut Transaction<'_>, epoch: i64) -> Result<bool, StoreError> {
+    Ok(txn
+        .query_opt(
+            "SELECT 1 FROM fleetport_lease WHERE name = 'leader' AND epoch = $1 \
+             AND expires_at > now() FOR SHARE",
+            &[&epoch],
+        )
+        .map_err(backend)?
+        .is_some())
 }
 
 /// Appends the changes to the log with the next revisions, and announces the last one.

@@ -15,13 +15,21 @@ const MAX_GROUP: usize = 256;
 pub(crate) type Reply = oneshot::Sender<Result<(), StoreError>>;
 
 enum Command {
-    Write(WriteJob, Reply),
+    Write(Queued),
     Reset(Reply),
+}
+
+/// A write job as queued: with the leader epoch that fences it, if its caller runs fenced
+/// ([`crate::fence`]), and where its outcome goes.
+pub(crate) struct Queued {
+    pub(crate) job: WriteJob,
+    pub(crate) fence: Option<i64>,
+    pub(crate) reply: Reply,
 }
 
 /// What the writer does next: commit a group of jobs, or reset (after the jobs queued before it).
 pub(crate) enum Step {
-    Commit(Vec<(WriteJob, Reply)>),
+    Commit(Vec<Queued>),
     Reset(Reply),
 }
 
@@ -53,8 +61,10 @@ impl Queue {
         })
     }
 
+    /// Queues `job`, fenced by the caller's epoch if it has one.
     pub(crate) fn write(&self, job: WriteJob) -> BoxFuture<'static, Result<(), StoreError>> {
-        self.submit(|reply| Command::Write(job, reply))
+        let fence = crate::fence::current();
+        self.submit(|reply| Command::Write(Queued { job, fence, reply }))
     }
 
     pub(crate) fn reset(&self) -> BoxFuture<'static, Result<(), StoreError>> {
@@ -81,7 +91,7 @@ impl Receiver {
             let mut writes = Vec::new();
             for cmd in batch {
                 match cmd {
-                    Command::Write(job, reply) => writes.push((job, reply)),
+                    Command::Write(queued) => writes.push(queued),
                     Command::Reset(reply) => {
                         if !writes.is_empty() {
                             step(Step::Commit(std::mem::take(&mut writes)));

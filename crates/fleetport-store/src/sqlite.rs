@@ -16,7 +16,7 @@ use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::cache::{Change, Documents, Snapshot};
-use crate::queue::{Reply, Step};
+use crate::queue::{Queued, Step};
 use crate::{BoxFuture, ReadTxn, Record, Store, StoreError, WriteJob, WriteTxn};
 
 /// Ordered schema migrations; `PRAGMA user_version` records how many have run.
@@ -234,19 +234,21 @@ fn writer_loop(conn: Connection, rx: crate::queue::Receiver, docs: Arc<RwLock<Ar
     });
 }
 
-fn commit_group(conn: &Connection, writes: Vec<(WriteJob, Reply)>, docs: &RwLock<Arc<Documents>>) {
+/// Runs a group of jobs in one transaction. Their fencing epochs are not checked: only this
+/// process writes this store.
+fn commit_group(conn: &Connection, writes: Vec<Queued>, docs: &RwLock<Arc<Documents>>) {
     if writes.is_empty() {
         return;
     }
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        for (_, reply) in writes {
+        for Queued { reply, .. } in writes {
             let _ = reply.send(Err(StoreError::Backend(e.to_string())));
         }
         return;
     }
     let mut outcomes = Vec::with_capacity(writes.len());
     let mut changes = Vec::new();
-    for (job, reply) in writes {
+    for Queued { job, reply, .. } in writes {
         let outcome = run_job(conn, job, &mut changes);
         outcomes.push((outcome, reply));
     }

@@ -8,7 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetport_store::pg::PgStore;
+use fleetport_store::fence::fenced;
+use fleetport_store::pg::{Leadership, PgStore};
 use fleetport_store::{Abort, ReadTxnExt, Store, StoreError, WriteTxnExt, read, write};
 
 /// A new database on the test server, or None where no server is configured (a developer's
@@ -210,4 +211,50 @@ fn a_replica_that_starts_later_loads_everything_and_follows_on() {
     wait_until("the late replica follows a delete", || {
         keys(&late, "task", "").len() == 49
     });
+}
+
+#[test]
+fn a_deposed_leaders_fenced_writes_are_refused_and_its_successors_commit() {
+    let Some(url) = database() else { return };
+    let rt = runtime();
+    let store = PgStore::open(&url).unwrap();
+    let a = Leadership::join(&url, "a").unwrap();
+    let mut leading = a.watch();
+    wait_until("a leads", || leading.borrow_and_update().is_some());
+    let epoch = leading.borrow().unwrap();
+    let put = |epoch: Option<i64>, key: &'static str| {
+        let job = write::<_, E>(&store, move |t| Ok(t.put_json("svc", key, &1)?));
+        rt.block_on(async {
+            match epoch {
+                Some(e) => fenced(e, job).await,
+                None => job.await,
+            }
+        })
+    };
+    assert_eq!(put(Some(epoch), "by-leader"), Ok(()));
+    // Another replica takes the lease while `a` has not noticed yet (paused, or cut off).
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    admin
+        .execute(
+            "UPDATE fleetport_lease SET holder = 'b', epoch = epoch + 1, \
+             expires_at = now() + interval '30 seconds' WHERE name = 'leader'",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(put(Some(epoch), "by-old-leader"), Err(E::Store));
+    assert_eq!(put(Some(epoch + 1), "by-new-leader"), Ok(()));
+    assert_eq!(
+        put(None, "by-api"),
+        Ok(()),
+        "unfenced writes are not affected"
+    );
+    assert_eq!(
+        keys(&store, "svc", ""),
+        ["by-api", "by-leader", "by-new-leader"]
+    );
+    wait_until("a notices it lost the lease", || {
+        leading.borrow_and_update().is_none()
+    });
+    let seen = a.epochs();
+    wait_until("a has seen the new epoch", || *seen.borrow() == epoch + 1);
 }

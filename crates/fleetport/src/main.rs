@@ -110,7 +110,7 @@ fn run(config: Config) -> anyhow::Result<()> {
 /// The state store the process opened, closed again at shutdown (its queued writes done).
 enum Opened {
     /// Alone on its store, the process always leads.
-    Sqlite(Arc<SqliteStore>, tokio::sync::watch::Sender<bool>),
+    Sqlite(Arc<SqliteStore>, tokio::sync::watch::Sender<Option<i64>>),
     /// With this process's part in the election of the replica that runs the singleton loops.
     Postgres(
         Arc<fleetport_store::pg::PgStore>,
@@ -126,7 +126,7 @@ impl Opened {
             })?;
             return Ok(Self::Sqlite(
                 Arc::new(sqlite),
-                tokio::sync::watch::Sender::new(true),
+                tokio::sync::watch::Sender::new(Some(0)),
             ));
         };
         let holder = format!(
@@ -158,22 +158,21 @@ impl Opened {
         }
     }
 
-    /// Whether this process runs the loops that must run once: always when it is alone on its
-    /// store, while it holds the lease among replicas.
-    fn leader(&self) -> tokio::sync::watch::Receiver<bool> {
+    /// The leader epoch while this process runs the loops that must run once, None while
+    /// another replica does. Alone on its store the process always leads, in an epoch 0 that
+    /// fences nothing (no other writer exists).
+    fn leader(&self) -> tokio::sync::watch::Receiver<Option<i64>> {
         match self {
             Self::Sqlite(_, always) => always.subscribe(),
-            Self::Postgres(_, leadership) => {
-                let mut epochs = leadership.watch();
-                let (tx, rx) = tokio::sync::watch::channel(epochs.borrow_and_update().is_some());
-                tokio::spawn(async move {
-                    while epochs.changed().await.is_ok() {
-                        tx.send_replace(epochs.borrow_and_update().is_some());
-                    }
-                    tx.send_replace(false);
-                });
-                rx
-            }
+            Self::Postgres(_, leadership) => leadership.watch(),
+        }
+    }
+
+    /// The newest leader epoch seen on the store (always 0 for a process alone on it).
+    fn epochs(&self) -> tokio::sync::watch::Receiver<i64> {
+        match self {
+            Self::Sqlite(..) => tokio::sync::watch::Sender::new(0).subscribe(),
+            Self::Postgres(_, leadership) => leadership.epochs(),
         }
     }
 
@@ -236,6 +235,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         registry_host,
         endpoint: own_endpoint(bound),
         leader: leader.clone(),
+        epochs: opened.epochs(),
     })
     .await
     .with_context(|| format!("opening the regions in {}", config.data_dir.display()))?;

@@ -25,8 +25,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub enable_reset: bool,
     pub iam: fleetport_iam::Iam,
-    /// Whether this process runs the loops that must run once.
-    pub leader: tokio::sync::watch::Receiver<bool>,
+    /// The leader epoch while this process runs the loops that must run once.
+    pub leader: tokio::sync::watch::Receiver<Option<i64>>,
     pub max_body_bytes: usize,
     pub bodies: BodyBudget,
 }
@@ -188,13 +188,15 @@ async fn read_body(
     Ok((buf.freeze(), held))
 }
 
-/// Liveness, and whether this replica leads (runs the scheduler and the other singletons).
+/// Liveness, and whether this replica leads (runs the scheduler and the other singletons) and
+/// in which epoch.
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    let leader = *state.leader.borrow();
-    (
-        [(http::header::CONTENT_TYPE, "application/json")],
-        format!(r#"{{"status":"ok","leader":{leader}}}"#),
-    )
+    let epoch = *state.leader.borrow();
+    let body = match epoch {
+        Some(epoch) => format!(r#"{{"status":"ok","leader":true,"epoch":{epoch}}}"#),
+        None => r#"{"status":"ok","leader":false}"#.to_string(),
+    };
+    ([(http::header::CONTENT_TYPE, "application/json")], body)
 }
 
 /// Load balancer counters for Prometheus.

@@ -68,8 +68,11 @@ pub struct Parts {
     pub registry_host: String,
     /// Where the managed capacity reaches the API.
     pub endpoint: String,
-    /// Whether this process runs the loops that must run once.
-    pub leader: tokio::sync::watch::Receiver<bool>,
+    /// The leader epoch while this process runs the loops that must run once.
+    pub leader: tokio::sync::watch::Receiver<Option<i64>>,
+    /// The newest leader epoch this process has seen on the store (its own or another
+    /// replica's), which agents' assignments carry as a fencing token.
+    pub epochs: tokio::sync::watch::Receiver<i64>,
 }
 
 /// Every tenant, created on first use.
@@ -87,8 +90,10 @@ pub struct Tenants {
     /// Account → region → tenant (looked up by `&str` on every call, without allocating).
     map: RwLock<HashMap<String, HashMap<String, Arc<Tenant>>>>,
     default: Arc<Tenant>,
-    /// Whether this process runs the loops that must run once (it leads, or it is alone).
-    leader: tokio::sync::watch::Receiver<bool>,
+    /// The leader epoch while this process runs the loops that must run once (it leads, or it
+    /// is alone).
+    leader: tokio::sync::watch::Receiver<Option<i64>>,
+    epochs: tokio::sync::watch::Receiver<i64>,
 }
 
 impl Tenants {
@@ -104,6 +109,7 @@ impl Tenants {
             registry_host,
             endpoint,
             leader,
+            epochs,
         } = parts;
         let owner = unprefixed_owner(&*base, &config).await?;
         let default = build(
@@ -114,6 +120,7 @@ impl Tenants {
             &sealer,
             &fleet,
             &registry_host,
+            &epochs,
             &config.account_id,
             &config.region,
         )?;
@@ -129,6 +136,7 @@ impl Tenants {
             map: RwLock::default(),
             default: default.clone(),
             leader,
+            epochs,
         });
         tenants
             .map
@@ -212,6 +220,7 @@ impl Tenants {
             &self.sealer,
             &self.fleet,
             &self.registry_host,
+            &self.epochs,
             account,
             region,
         )
@@ -291,22 +300,26 @@ impl Tenants {
         };
         let supervisor = tokio::spawn(async move {
             loop {
-                while !*leader.borrow_and_update() {
+                let epoch = loop {
+                    if let Some(epoch) = *leader.borrow_and_update() {
+                        break epoch;
+                    }
                     if leader.changed().await.is_err() {
                         return;
                     }
-                }
+                };
                 // Dropped (aborting the loops) on losing leadership, or with this task.
-                let _running = AbortAll(singletons(&tenant, &config, &endpoint, &instance_id));
+                let _running =
+                    AbortAll(singletons(&tenant, &config, &endpoint, &instance_id, epoch));
                 loop {
                     if leader.changed().await.is_err() {
                         std::future::pending::<()>().await;
                     }
-                    if !*leader.borrow_and_update() {
+                    if *leader.borrow_and_update() != Some(epoch) {
                         break;
                     }
                 }
-                tracing::info!(account = %tenant.account, region = %tenant.region, "no longer leading: this region's loops stopped");
+                tracing::info!(account = %tenant.account, region = %tenant.region, epoch, "no longer leading in this epoch: this region's loops stopped");
             }
         });
         t.loops.lock().push(supervisor.abort_handle());
@@ -347,36 +360,44 @@ impl Drop for AbortAll {
 }
 
 /// The loops of a tenant that must run on one replica only: the service scheduler, expiry,
-/// registry GC, ELB maintenance (draining, instance addresses) and the managed capacity.
+/// registry GC, ELB maintenance (draining, instance addresses) and the managed capacity. Their
+/// store writes carry the leader `epoch` as a fencing token, so once another replica leads
+/// they fail rather than overwrite its decisions, even before this one notices.
 fn singletons(
     t: &Arc<Tenant>,
     c: &Config,
     endpoint: &str,
     instance_id: &str,
+    epoch: i64,
 ) -> Vec<tokio::task::AbortHandle> {
+    use fleetport_store::fence::fenced;
     let mut loops = vec![
-        tokio::spawn(t.elb.clone().run_maintenance()).abort_handle(),
-        tokio::spawn(
+        tokio::spawn(fenced(epoch, t.elb.clone().run_maintenance())).abort_handle(),
+        tokio::spawn(fenced(
+            epoch,
             t.ecr
                 .clone()
                 .run_gc(c.registry_gc_interval, c.registry_gc_grace),
-        )
+        ))
         .abort_handle(),
-        tokio::spawn(t.ecs.clone().run_scheduler()).abort_handle(),
-        tokio::spawn(expire_stopped_tasks(
-            t.ecs.clone(),
-            c.stopped_task_retention,
+        tokio::spawn(fenced(epoch, t.ecs.clone().run_scheduler())).abort_handle(),
+        tokio::spawn(fenced(
+            epoch,
+            expire_stopped_tasks(t.ecs.clone(), c.stopped_task_retention),
         ))
         .abort_handle(),
     ];
     if c.managed_capacity {
         loops.push(
-            tokio::spawn(run_managed_capacity(
-                c.clone(),
-                endpoint.to_string(),
-                t.account.clone(),
-                t.region.clone(),
-                instance_id.to_string(),
+            tokio::spawn(fenced(
+                epoch,
+                run_managed_capacity(
+                    c.clone(),
+                    endpoint.to_string(),
+                    t.account.clone(),
+                    t.region.clone(),
+                    instance_id.to_string(),
+                ),
             ))
             .abort_handle(),
         );
@@ -394,6 +415,7 @@ fn build(
     sealer: &Arc<fleetport_store::seal::Sealer>,
     fleet: &Fleet,
     registry_host: &str,
+    epochs: &tokio::sync::watch::Receiver<i64>,
     account: &str,
     region: &str,
 ) -> anyhow::Result<Arc<Tenant>> {
@@ -436,7 +458,7 @@ fn build(
     Ok(Arc::new(Tenant {
         account: account.to_string(),
         region: region.to_string(),
-        agent_api: AgentApi(ecs.clone()),
+        agent_api: AgentApi::new(ecs.clone(), epochs.clone()),
         ecs,
         ecr,
         acm,
