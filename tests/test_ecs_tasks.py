@@ -36,11 +36,11 @@ def remove_containers(cluster):
 
 
 class Agent:
-    def __init__(self, server, cluster, state_dir, *extra):
+    def __init__(self, server, cluster, state_dir, *extra, endpoint=None):
         env = dict(os.environ, AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1")
         # The log goes to a file: a pipe nobody reads fills up and blocks the agent's logging.
         self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([BIN, "agent", "--cluster", cluster, "--endpoint", server.endpoint,
+        self.proc = subprocess.Popen([BIN, "agent", "--cluster", cluster, "--endpoint", endpoint or server.endpoint,
                                       "--state-dir", state_dir, *extra],
                                      stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
         line = self.proc.stdout.readline()

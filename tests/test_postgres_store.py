@@ -84,11 +84,7 @@ def test_two_replicas_share_state_one_leads_and_the_other_takes_over(data_dir, d
     alone = subprocess.run([BIN, "up", "--listen", "127.0.0.1:0", "--data-dir", os.path.join(data_dir, "alone"),
                             "--store", url], capture_output=True, text=True, timeout=30)
     assert alone.returncode != 0 and "must all have the same secrets.key" in alone.stderr, alone.stderr
-    # The deployment step: every replica gets the same keys.
-    os.makedirs(b_dir, mode=0o700)
-    for key in ("secrets.key", "registry-token.key", "elb-cookie.key"):
-        shutil.copy2(os.path.join(a_dir, key), os.path.join(b_dir, key))
-    b = Server(b_dir, flags).start()
+    b = Server(with_keys_of(a_dir, b_dir), flags).start()
     agent = None
     try:
         wait_for(lambda: sorted([leader(a), leader(b)]) == [False, True], 15)
@@ -150,6 +146,14 @@ def test_two_replicas_share_state_one_leads_and_the_other_takes_over(data_dir, d
             agent.wait()
         a.stop()
         b.stop()
+
+
+def with_keys_of(first_dir, data_dir):
+    """The deployment step for another replica: the same keys as the first."""
+    os.makedirs(data_dir, mode=0o700)
+    for key in ("secrets.key", "registry-token.key", "elb-cookie.key"):
+        shutil.copy2(os.path.join(first_dir, key), os.path.join(data_dir, key))
+    return data_dir
 
 
 def quietly(check):
@@ -240,3 +244,126 @@ def test_a_postgresql_restart_loses_no_acknowledged_write(data_dir, database):
         assert set(acknowledged) <= listed
     finally:
         s.stop()
+
+
+class RetryingLoad:
+    """GETs in a loop through a load balancer, as a browser sends them: a request whose
+    connection was reset or closed before any answer (the connection was on a process that
+    was killed) is sent once more; any other failure, and any status but 200, counts."""
+
+    def __init__(self, port):
+        import threading
+        self.port, self.answers, self.failures, self.resent = port, {}, [], 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def once(self):
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        try:
+            conn.request("GET", "/")
+            r = conn.getresponse()
+            return r.status, r.read().decode().strip()
+        finally:
+            conn.close()
+
+    def run(self):
+        import http.client
+        while not self.stop.is_set():
+            try:
+                try:
+                    status, body = self.once()
+                except (ConnectionResetError, ConnectionRefusedError, http.client.RemoteDisconnected):
+                    self.resent += 1
+                    status, body = self.once()
+                if status == 200:
+                    self.answers[body] = self.answers.get(body, 0) + 1
+                else:
+                    self.failures.append((status, body))
+            except Exception as e:  # noqa: BLE001 — every other failure counts
+                self.failures.append(repr(e))
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(10)
+        return self.answers, self.failures
+
+
+def test_killing_the_leader_mid_deployment_the_next_finishes_it_behind_a_live_load_balancer(data_dir, database,
+                                                                                          tmp_path):
+    """Two replicas, an agent given both, a service of two tasks behind an ALB. During a rolling
+    deployment the leader is killed -9: the other replica takes the lease, its scheduler finishes
+    the deployment, and the load balancer (served by both replicas) answers every request
+    throughout, v1 then v2; no task is started beyond what the deployment needs."""
+    from test_ecs_services import alb, service, stable_now, web
+    from test_ecs_tasks import Agent, push_image, remove_containers
+    _, url = database
+    a_dir, b_dir = os.path.join(data_dir, "a"), os.path.join(data_dir, "b")
+    flags = ["--store", url, "--no-managed-capacity", "--agent-timeout", "6"]
+    a = Server(a_dir, flags).start()
+    b = Server(with_keys_of(a_dir, b_dir), flags).start()
+    cluster, agent = "roll", None
+    try:
+        wait_for(lambda: sorted([leader(a), leader(b)]) == [False, True], 15)
+        first, second = (a, b) if leader(a) else (b, a)
+        ecs = second.client("ecs")
+        ecs.create_cluster(clusterName=cluster)
+        # The image lives in the survivor's registry: blobs are on each replica's own disk until
+        # a shared blob store is configured.
+        image = push_image(second, str(tmp_path))
+        agent = Agent(second, cluster, str(tmp_path / "agent"), endpoint=f"{first.endpoint},{second.endpoint}")
+        ecs.register_task_definition(family="web", containerDefinitions=[web(image, "v1")])
+        ecs.register_task_definition(family="web", containerDefinitions=[web(image, "v2")])
+        tg, port, _ = alb(second, "roll")
+        ecs.create_service(cluster=cluster, serviceName="web", taskDefinition="web:1", desiredCount=2,
+                           loadBalancers=[{"targetGroupArn": tg, "containerName": "web", "containerPort": 8080}])
+        elb = second.client("elbv2")
+
+        def healthy():
+            return sum(h["TargetHealth"]["State"] == "healthy"
+                       for h in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"])
+
+        try:
+            wait_for(lambda: stable_now(ecs, cluster, "web") and healthy() == 2, 90, 0.5)
+        except AssertionError:
+            stopped = ecs.list_tasks(cluster=cluster, desiredStatus="STOPPED")["taskArns"][:10]
+            reasons = [t.get("stoppedReason") for t in ecs.describe_tasks(cluster=cluster, tasks=stopped)["tasks"]]
+            raise AssertionError((reasons, elb.describe_target_health(TargetGroupArn=tg),
+                                  a.logs()[-3000:], b.logs()[-3000:], agent.logs()[-3000:]))
+        load = RetryingLoad(port)
+        wait_for(lambda: load.answers.get("v1", 0) >= 20, 10)
+        ecs.update_service(cluster=cluster, service="web", taskDefinition="web:2")
+        # The deployment is under way: its first tasks were placed by the leader.
+        wait_for(lambda: service(ecs, cluster, "web")["deployments"][0]["pendingCount"]
+                 + service(ecs, cluster, "web")["deployments"][0]["runningCount"] > 0, 20, 0.05)
+        first.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        print(f"killed the leader {first.endpoint} with the deployment under way")
+        wait_for(lambda: leader(second) is True, 20)
+        print(f"{second.endpoint} leads {time.monotonic() - killed:.1f} s later")
+        try:
+            wait_for(lambda: stable_now(ecs, cluster, "web") and healthy() == 2
+                     and service(ecs, cluster, "web")["taskDefinition"].endswith("web:2"), 120, 0.5)
+        except AssertionError:
+            raise AssertionError((service(ecs, cluster, "web"), second.logs()[-4000:], agent.logs()[-4000:]))
+        print(f"the deployment completed under the new leader {time.monotonic() - killed:.1f} s after the kill")
+        wait_for(lambda: load.answers.get("v2", 0) >= 20, 20)
+        answers, failures = load.finish()
+        print(f"through the load balancer: {answers}; resent after a reset: {load.resent}; failed: {failures[:5]}")
+        assert failures == [], failures[:5]
+        assert answers.get("v1") and answers.get("v2"), answers
+        # Exactly the deployment's tasks: two of each revision, the old ones stopped.
+        arns = [t for status in ("RUNNING", "STOPPED")
+                for t in ecs.list_tasks(cluster=cluster, serviceName="web", desiredStatus=status)["taskArns"]]
+        tasks = ecs.describe_tasks(cluster=cluster, tasks=arns)["tasks"]
+        by_revision = sorted((t["taskDefinitionArn"].rsplit(":", 1)[1], t["lastStatus"]) for t in tasks)
+        print(f"the service's tasks: {by_revision}")
+        assert [r for r in by_revision if r[0] == "2"] == [("2", "RUNNING")] * 2, by_revision
+        assert [r for r in by_revision if r[0] == "1"] == [("1", "STOPPED")] * 2, by_revision
+    finally:
+        if agent:
+            agent.stop(signal.SIGKILL)
+        a.stop()
+        b.stop()
+        remove_containers(cluster)

@@ -161,6 +161,13 @@ impl ApiClient {
         self.fail_over(self.endpoint().0);
     }
 
+    /// Whether `host` (an image reference's registry, `host:port`) is one of the control
+    /// plane's replicas: each serves the registry, and a registry token from one is good at all.
+    /// Loopback names count as one (`localhost:4566` is `127.0.0.1:4566`).
+    pub fn is_replica(&self, host: &str) -> bool {
+        self.endpoints.iter().any(|e| same_host(&e.host, host))
+    }
+
     /// How many endpoints (replicas) this client knows.
     pub fn endpoint_count(&self) -> usize {
         self.endpoints.len()
@@ -254,5 +261,37 @@ impl ApiClient {
             code,
             message,
         })
+    }
+}
+
+/// Two `host:port` names of one listener: equal, or both loopback with the same port.
+fn same_host(a: &str, b: &str) -> bool {
+    if a.eq_ignore_ascii_case(b) {
+        return true;
+    }
+    let split = |h: &str| {
+        let (name, port) = h.rsplit_once(':')?;
+        let name = name.trim_start_matches('[').trim_end_matches(']');
+        let loopback = name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        Some((loopback, port.to_string()))
+    };
+    matches!((split(a), split(b)), (Some((true, p)), Some((true, q))) if p == q)
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::same_host;
+
+    #[test]
+    fn loopback_names_of_one_port_are_one_host() {
+        assert!(same_host("127.0.0.1:4566", "localhost:4566"));
+        assert!(same_host("[::1]:4566", "LOCALHOST:4566"));
+        assert!(same_host("a.example:1", "A.example:1"));
+        assert!(!same_host("127.0.0.1:4566", "localhost:4567"));
+        assert!(!same_host("10.0.0.1:4566", "localhost:4566"));
+        assert!(!same_host("localhost", "localhost:4566"));
     }
 }

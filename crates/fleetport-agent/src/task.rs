@@ -179,11 +179,11 @@ impl Runner {
             .collect()
     }
 
-    /// Credentials for images in this Fleetport's own registry.
+    /// Credentials for images in this Fleetport's own registry (any of its replicas').
     async fn credentials(&self, image: &str) -> Option<Credentials> {
         let (host, _) = image.split_once('/')?;
         let login = self.ctx.registry_login().await?;
-        let ours = login.proxy_host == host || self.ctx.api.host() == host;
+        let ours = login.proxy_host == host || self.ctx.api.is_replica(host);
         ours.then(|| Credentials {
             username: login.username,
             password: login.password,

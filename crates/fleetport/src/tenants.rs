@@ -327,7 +327,7 @@ impl Tenants {
 
     /// After other replicas changed the store: tenants they created are opened here too, and
     /// what each tenant keeps in memory follows (the load balancers' configuration, waiting
-    /// agent polls).
+    /// agent polls, the service scheduler's next round).
     pub async fn follow_remote(&self) {
         let known: Result<Vec<(String, Value)>, StoreError> =
             fleetport_store::read(&*self.base, |t| t.scan_json(TENANTS, "", None, MAX_TENANTS));
@@ -344,6 +344,9 @@ impl Tenants {
                 tracing::warn!(error = %e, "could not reload the load balancers after another replica's change");
             }
             t.ecs.wake_agents();
+            // A service another replica created or updated converges now, not at the next
+            // idle round of this replica's scheduler (if it leads).
+            t.ecs.nudge();
         }
     }
 }

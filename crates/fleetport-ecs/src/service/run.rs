@@ -39,8 +39,9 @@ impl Ecs {
         self.lb.set(lb);
     }
 
-    /// Wakes the scheduler: desired or observed state changed.
-    pub(crate) fn nudge(&self) {
+    /// Wakes the scheduler: desired or observed state changed (here, or on another replica:
+    /// the binary calls this when it applies their changes).
+    pub fn nudge(&self) {
         self.changed.notify_one();
     }
 
