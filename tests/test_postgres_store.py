@@ -367,3 +367,65 @@ def test_killing_the_leader_mid_deployment_the_next_finishes_it_behind_a_live_lo
         a.stop()
         b.stop()
         remove_containers(cluster)
+
+
+def test_a_rolling_restart_of_every_replica_under_load_fails_no_call(data_dir, database):
+    """Each of two replicas restarted in turn (SIGTERM, started again on its port) while clients
+    of each keep creating and listing clusters with the SDK's standard retries: no call fails,
+    and every acknowledged cluster is listed by both replicas afterwards."""
+    import threading
+
+    import boto3
+    import botocore.config
+    _, url = database
+    a_dir, b_dir = os.path.join(data_dir, "a"), os.path.join(data_dir, "b")
+    flags = ["--store", url, "--no-managed-capacity"]
+    replicas = [Server(a_dir, flags).start()]
+    replicas.append(Server(with_keys_of(a_dir, b_dir), flags).start())
+    ports = [r.port for r in replicas]
+    acknowledged, failures, listed = [], [], [0]
+    stop = threading.Event()
+
+    def client(i):
+        ecs = boto3.client("ecs", endpoint_url=f"http://127.0.0.1:{ports[i]}", region_name="us-east-1",
+                           aws_access_key_id="test", aws_secret_access_key="test",
+                           config=botocore.config.Config(retries={"mode": "standard", "max_attempts": 10}))
+        n = 0
+        while not stop.is_set():
+            name = f"r{i}-{n:05d}"
+            try:
+                ecs.create_cluster(clusterName=name)
+                acknowledged.append(name)
+                ecs.list_clusters(maxResults=10)
+                listed[0] += 1
+            except Exception as e:  # noqa: BLE001 — every failure counts
+                failures.append((name, repr(e)))
+            n += 1
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in (0, 1)]
+    try:
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(acknowledged) >= 40, 20)
+        for i, (d, port) in enumerate(zip((a_dir, b_dir), ports)):
+            before = len(acknowledged)
+            assert replicas[i].stop() == 0
+            replicas[i] = Server(d, flags).start(port=port)
+            wait_for(lambda: leader(replicas[i]) is not None, 20)
+            wait_for(lambda: len(acknowledged) >= before + 40, 30)
+            print(f"replica {i} restarted on port {port}; {len(acknowledged)} clusters acknowledged so far")
+        stop.set()
+        for t in threads:
+            t.join(60)
+        print(f"{len(acknowledged)} CreateCluster and {listed[0]} ListClusters calls answered; failed: {failures[:5]}")
+        assert failures == [], failures[:5]
+        for r in replicas:
+            ecs = r.client("ecs")
+            # The other replica's last writes reach this one's copy within about a second.
+            wait_for(lambda: set(acknowledged) <= {a.rsplit("/", 1)[1] for page in
+                                                   ecs.get_paginator("list_clusters").paginate()
+                                                   for a in page["clusterArns"]}, 5)
+    finally:
+        stop.set()
+        for r in replicas:
+            r.stop()
