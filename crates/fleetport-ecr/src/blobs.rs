@@ -1,8 +1,7 @@
 //! The content-addressed blob store, shared by every repository. Uploads stream into a temporary
-//! file while being hashed; a blob becomes visible only after its digest is verified, the file
-//! is fsynced and atomically renamed to `blobs/sha256/<hex>`. A crash or a bad upload never
-//! leaves a visible partial blob. Kept behind [`BlobStore`]-shaped methods so an object store
-//! can back it later.
+//! file while being hashed; a blob becomes visible only after its digest is verified, when it
+//! is published on its [`Shelf`] (renamed into `blobs/sha256/<hex>` on disk, or uploaded to the
+//! shared object store). A crash or a bad upload never leaves a visible partial blob.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +9,8 @@ use std::path::{Path, PathBuf};
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
+
+use crate::shelf::{Remote, Shelf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -44,6 +45,8 @@ struct Session {
 #[derive(Debug)]
 pub struct FsBlobs {
     root: PathBuf,
+    /// Where verified blobs are published and read from.
+    shelf: Shelf,
     sessions: Mutex<HashMap<String, SessionHandle>>,
     upload_ttl: std::time::Duration,
     limits: UploadLimits,
@@ -133,14 +136,27 @@ pub fn digest_of(bytes: &[u8]) -> String {
 
 impl FsBlobs {
     /// `upload_ttl`: how long an upload session may go without data before it expires.
-    pub fn open(root: &Path, upload_ttl: std::time::Duration) -> std::io::Result<Self> {
-        std::fs::create_dir_all(root.join("blobs/sha256"))?;
+    /// `remote`: the object store blobs are published to, instead of `root/blobs`.
+    pub fn open(
+        root: &Path,
+        upload_ttl: std::time::Duration,
+        remote: Option<Remote>,
+    ) -> std::io::Result<Self> {
+        let shelf = match remote {
+            Some(r) => Shelf::Remote(r),
+            None => {
+                let dir = root.join("blobs/sha256");
+                std::fs::create_dir_all(&dir)?;
+                Shelf::Local(dir)
+            }
+        };
         let uploads = root.join("uploads");
         // Upload sessions do not survive a restart (their hash state is in memory): clear leftovers.
         let _ = std::fs::remove_dir_all(&uploads);
         std::fs::create_dir_all(&uploads)?;
         Ok(Self {
             root: root.to_path_buf(),
+            shelf,
             sessions: Mutex::new(HashMap::new()),
             upload_ttl,
             limits: UploadLimits::default(),
@@ -170,18 +186,25 @@ impl FsBlobs {
         )
     }
 
-    pub fn path(&self, digest: &str) -> Option<PathBuf> {
-        parse_digest(digest).map(|hex| self.root.join("blobs/sha256").join(hex))
-    }
-
     /// The size of a stored blob, if present.
     pub async fn size(&self, digest: &str) -> Option<u64> {
-        let path = self.path(digest)?;
-        tokio::fs::metadata(path)
-            .await
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
+        self.shelf.size(digest).await
+    }
+
+    /// `length` bytes of a stored blob from `start`, streamed.
+    pub async fn read(
+        &self,
+        digest: &str,
+        start: u64,
+        length: u64,
+    ) -> std::io::Result<futures_util::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>>
+    {
+        self.shelf.read(digest, start, length).await
+    }
+
+    /// A whole stored blob of at most `max` bytes (an image config).
+    pub async fn read_small(&self, digest: &str, max: u64) -> Option<Vec<u8>> {
+        self.shelf.read_small(digest, max).await
     }
 
     fn upload_path(&self, id: &str) -> PathBuf {
@@ -371,33 +394,21 @@ impl FsBlobs {
     /// Verifies the whole upload against `digest` and makes it visible. On mismatch the
     /// session is discarded and nothing becomes visible.
     pub async fn finish(&self, id: &str, repository: &str, digest: &str) -> Result<u64, BlobError> {
-        let target = self.path(digest).ok_or(BlobError::BadDigest)?;
+        let hex = parse_digest(digest).ok_or(BlobError::BadDigest)?;
         let s = self.take(id, repository)?.into_inner();
         self.sessions.lock().remove(id);
         self.pending
             .fetch_sub(s.written, std::sync::atomic::Ordering::Relaxed);
         let upload = self.upload_path(id);
-        // Until renamed, the file is removed if this request is cancelled.
+        // Until published, the file is removed if this request is cancelled.
         let mut leftover = RemoveOnDrop(Some(upload.clone()));
         let actual = format!("sha256:{}", hex::encode(s.hasher.finalize()));
         if actual != digest {
             let _ = tokio::fs::remove_file(&upload).await;
             return Err(BlobError::DigestMismatch);
         }
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .open(&upload)
-            .await?;
-        file.sync_all().await?;
-        drop(file);
-        // Concurrent pushes of one blob are safe: both files hold the same bytes; the rename is atomic.
-        tokio::fs::rename(&upload, &target).await?;
+        self.shelf.publish(&upload, hex, s.written).await?;
         leftover.0 = None;
-        if let Some(dir) = target.parent()
-            && let Ok(d) = tokio::fs::File::open(dir).await
-        {
-            let _ = d.sync_all().await;
-        }
         Ok(s.written)
     }
 
@@ -420,28 +431,14 @@ impl Drop for RemoveOnDrop {
 }
 
 impl FsBlobs {
-    /// Every stored blob with its last modification time.
-    pub fn list(&self) -> std::io::Result<Vec<(String, std::time::SystemTime)>> {
-        let mut out = Vec::new();
-        for entry in std::fs::read_dir(self.root.join("blobs/sha256"))? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let digest = format!("sha256:{name}");
-            if parse_digest(&digest).is_some() {
-                out.push((digest, entry.metadata()?.modified()?));
-            }
-        }
-        Ok(out)
+    /// Every stored blob with the time it was published.
+    pub async fn list(&self) -> std::io::Result<Vec<(String, std::time::SystemTime)>> {
+        self.shelf.list().await
     }
 
     /// Removes a blob and returns its size.
-    pub fn remove(&self, digest: &str) -> std::io::Result<u64> {
-        let Some(path) = self.path(digest) else {
-            return Ok(0);
-        };
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        std::fs::remove_file(path)?;
-        Ok(size)
+    pub async fn remove(&self, digest: &str) -> std::io::Result<u64> {
+        self.shelf.remove(digest).await
     }
 }
 
@@ -452,7 +449,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, FsBlobs) {
         let d = tempfile::tempdir().unwrap();
-        let b = FsBlobs::open(d.path(), std::time::Duration::from_secs(60)).unwrap();
+        let b = FsBlobs::open(d.path(), std::time::Duration::from_secs(60), None).unwrap();
         (d, b)
     }
 

@@ -37,11 +37,7 @@ impl Ecr {
 
     /// Removes unreferenced blobs older than `grace`.
     pub async fn collect_garbage(&self, grace: Duration) -> Result<Collected, String> {
-        let blobs = self.blobs.clone();
-        let listed = tokio::task::spawn_blocking(move || blobs.list())
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let listed = self.blobs.list().await.map_err(|e| e.to_string())?;
         // Read references after listing, so a manifest committed meanwhile is seen.
         let refs = self.referenced("").map_err(|e| e.to_string())?;
         let cutoff = SystemTime::now()
@@ -71,17 +67,14 @@ impl Ecr {
                     continue;
                 }
             }
-            let blobs = self.blobs.clone();
-            let d = digest.clone();
-            match tokio::task::spawn_blocking(move || blobs.remove(&d)).await {
-                Ok(Ok(size)) => {
+            match self.blobs.remove(&digest).await {
+                Ok(size) => {
                     out.blobs += 1;
                     out.bytes += size;
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     tracing::warn!(digest, error = %e, "could not remove an unreferenced blob")
                 }
-                Err(e) => tracing::warn!(digest, error = %e, "blob removal did not finish"),
             }
         }
         if out.blobs > 0 {

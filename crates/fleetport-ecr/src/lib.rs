@@ -12,6 +12,7 @@ pub mod lifecycle;
 pub mod policy;
 pub mod registry;
 pub mod repo;
+pub mod shelf;
 pub mod token;
 
 use std::path::Path;
@@ -87,7 +88,8 @@ const IMPLEMENTED: &[&str] = &[
 pub use fleetport_proto::clock::unix_secs as now_secs;
 
 impl Ecr {
-    /// `data_dir` holds the blob store and the token key.
+    /// `data_dir` holds the token key, the uploads in progress and, unless `blob_store` names
+    /// the object store shared by the replicas, the blobs.
     pub fn open(
         store: Arc<dyn Store>,
         data_dir: &Path,
@@ -95,10 +97,11 @@ impl Ecr {
         account: &str,
         registry_host: &str,
         upload_ttl: std::time::Duration,
+        blob_store: Option<shelf::Remote>,
     ) -> std::io::Result<Self> {
         let root = data_dir.join("registry");
         fleetport_store::datadir::prepare(&root)?;
-        let blobs = Arc::new(FsBlobs::open(&root, upload_ttl)?);
+        let blobs = Arc::new(FsBlobs::open(&root, upload_ttl, blob_store)?);
         // Kept so that tokens survive restarts.
         let token_key = TokenKey::new(fleetport_store::datadir::key(
             data_dir,

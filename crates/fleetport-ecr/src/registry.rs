@@ -705,11 +705,8 @@ impl Ecr {
         let body = if head || length == 0 {
             Body::empty()
         } else {
-            let Some(path) = self.blobs.path(digest) else {
-                return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "bad digest");
-            };
-            match open_at(&path, start).await {
-                Ok(file) => Body::from_stream(file_stream(file, length)),
+            match self.blobs.read(digest, start, length).await {
+                Ok(stream) => Body::from_stream(stream),
                 Err(_) => {
                     return error(
                         StatusCode::NOT_FOUND,
@@ -1020,36 +1017,6 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
         (a, b) => (a.parse().ok()?, b.parse::<u64>().ok()?.min(size - 1)),
     };
     (start <= end && start < size).then_some((start, end))
-}
-
-async fn open_at(path: &std::path::Path, start: u64) -> std::io::Result<tokio::fs::File> {
-    use tokio::io::AsyncSeekExt;
-    let mut file = tokio::fs::File::open(path).await?;
-    file.seek(std::io::SeekFrom::Start(start)).await?;
-    Ok(file)
-}
-
-/// Streams `length` bytes from `file` in 1 MiB reads, so memory stays bounded for any size.
-fn file_stream(
-    file: tokio::fs::File,
-    length: u64,
-) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
-    use tokio::io::AsyncReadExt;
-    futures_util::stream::unfold((file, length), |(mut file, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let want = left.min(1 << 20) as usize;
-        let mut buf = vec![0u8; want];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), (file, left - n as u64)))
-            }
-            Err(e) => Some((Err(e), (file, 0))),
-        }
-    })
 }
 
 /// Is `media_type` one the registry stores as a manifest?

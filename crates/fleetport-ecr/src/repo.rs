@@ -348,16 +348,10 @@ impl Ecr {
             return Vec::new();
         };
         // Image configs are small JSON documents; anything huge is not worth reading here.
-        match self.blobs.size(config).await {
-            Some(size) if size <= 1 << 20 => {}
-            _ => return Vec::new(),
-        }
-        let Some(path) = self.blobs.path(config) else {
-            return Vec::new();
-        };
-        match tokio::fs::read(path)
+        match self
+            .blobs
+            .read_small(config, 1 << 20)
             .await
-            .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
         {
             Some(cfg) => Platform::from_json(&cfg).into_iter().collect(),
@@ -626,6 +620,7 @@ mod tests {
             "000000000000",
             "localhost:4566",
             std::time::Duration::from_secs(60),
+            None,
         )
         .unwrap();
         (dir, store, ecr)

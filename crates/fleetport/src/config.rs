@@ -21,12 +21,19 @@ pub struct UpArgs {
     #[arg(long, env = "FLEETPORT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// AWS region this endpoint answers as (SigV4 scopes must name it; ARNs carry it).
     /// Where state is kept: the embedded SQLite database in the data directory (the default),
     /// or a PostgreSQL database (`postgres://user@host:port/db`).
     #[arg(long, env = "FLEETPORT_STORE", hide_env_values = true)]
     pub store: Option<String>,
 
+    /// Where registry blobs are kept: the data directory (the default), or an S3-compatible
+    /// object store all replicas share (`s3://bucket[/prefix][?endpoint=http://host:port&region=…]`,
+    /// credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN).
+    #[arg(long, env = "FLEETPORT_BLOB_STORE", hide_env_values = true)]
+    pub blob_store: Option<String>,
+
+    /// The region a request means when its signature does not name one (the CLI's default);
+    /// every region a SigV4 scope names is served.
     #[arg(long, env = "FLEETPORT_REGION", default_value = "us-east-1")]
     pub region: String,
 
@@ -134,6 +141,8 @@ pub enum ConfigError {
     Region(String),
     #[error("--store must be 'sqlite' or a postgres:// URL, not '…{0}'")]
     Store(String),
+    #[error("{0}")]
+    BlobStore(String),
     #[error("no data directory: set --data-dir or HOME")]
     NoDataDir,
 }
@@ -145,6 +154,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// A PostgreSQL connection string; None for the embedded SQLite store.
     pub postgres: Option<String>,
+    /// The object store registry blobs are published to; None for the data directory.
+    pub blob_store: Option<fleetport_ecr::shelf::Remote>,
     pub region: String,
     pub account_id: String,
     pub credentials: CredentialSet,
@@ -210,10 +221,17 @@ impl UpArgs {
                 ));
             }
         };
+        let blob_store = match self.blob_store.as_deref() {
+            None | Some("") => None,
+            Some(url) => {
+                Some(fleetport_ecr::shelf::Remote::parse(url).map_err(ConfigError::BlobStore)?)
+            }
+        };
         Ok(Config {
             listen: self.listen,
             data_dir,
             postgres,
+            blob_store,
             region: self.region,
             account_id: self.account_id,
             credentials,

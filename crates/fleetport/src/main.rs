@@ -216,6 +216,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .context("reading the secrets key")?,
     );
     check_secrets_key(&*store, &sealer).await?;
+    if let Some(blobs) = &config.blob_store {
+        blobs
+            .check()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("opening the registry's blob store")?;
+    }
     // IAM (global, keyed by account): its access keys are known to the verifier, its policies
     // decide every call that a non-root key signs.
     let iam = fleetport_iam::Iam::open(store.clone(), sealer.clone())
@@ -417,7 +424,7 @@ fn print_banner(config: &Config, bound: std::net::SocketAddr) {
         "off (--enable-reset turns on POST /_fleetport/reset)".to_string()
     };
     let text = format!(
-        "Fleetport {version} is ready.\n  endpoint:    {endpoint}\n  listening:   {bound}\n  region:      {region}\n  account:     {account}\n  access key:  {key}\n  data dir:    {data}\n  state:       {state}\n  reset:       {reset}\n\nUse it with:\n  export AWS_ACCESS_KEY_ID={key_export} AWS_SECRET_ACCESS_KEY={secret} AWS_DEFAULT_REGION={region}\n  export AWS_ENDPOINT_URL={endpoint}\n",
+        "Fleetport {version} is ready.\n  endpoint:    {endpoint}\n  listening:   {bound}\n  region:      {region}\n  account:     {account}\n  access key:  {key}\n  data dir:    {data}\n  state:       {state}\n  blobs:       {blobs}\n  reset:       {reset}\n\nUse it with:\n  export AWS_ACCESS_KEY_ID={key_export} AWS_SECRET_ACCESS_KEY={secret} AWS_DEFAULT_REGION={region}\n  export AWS_ENDPOINT_URL={endpoint}\n",
         version = env!("CARGO_PKG_VERSION"),
         region = config.region,
         account = config.account_id,
@@ -429,6 +436,10 @@ fn print_banner(config: &Config, bound: std::net::SocketAddr) {
                 url.rsplit('@').next().unwrap_or("the configured server")
             ),
             None => "SQLite in the data dir".to_string(),
+        },
+        blobs = match &config.blob_store {
+            Some(remote) => remote.label().to_string(),
+            None => "in the data dir".to_string(),
         },
         key_export = key.split(", ").next().unwrap_or_default(),
     );

@@ -448,6 +448,10 @@ fn build(
         account,
         registry_host,
         config.registry_upload_ttl,
+        config
+            .blob_store
+            .as_ref()
+            .map(|r| r.within(&format!("{account}/{region}"))),
     )
     .with_context(|| format!("opening the registry in {}", dir.display()))?;
     ecr.set_authorizer(Arc::new(iam.clone()));
