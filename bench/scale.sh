@@ -119,3 +119,59 @@ for round in $(seq "$FAILOVERS"); do
   awk -v a="$t0" -v b="$t1" -v r="$round" 'BEGIN { printf "fail-over %d: a new leader %.2f s after kill -9 (target 5 s)\n", r, b - a }'
   start "$name" "$l" --store "$URL"
 done
+
+# 1,000 services' reconcile latency after a leader change: the leader is paused (SIGSTOP), every
+# service is updated to a new task definition through another replica, the paused leader is
+# killed -9; timed from the kill until a new leader has completed all 1,000 deployments.
+SERVICES=${SERVICES:-1000}
+for _ in $(seq 100); do l=$(leader_port); [ -n "$l" ] && break; sleep 0.1; done
+name=r$((l - 45671)); pid_var="PID_$name"
+AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test $PY - "$l" "${!pid_var}" "$SERVICES" <<'PY'
+import json, os, signal, sys, time, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+import boto3, botocore.config
+
+leader_port, leader_pid, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+ports = [45672, 45673, 45674]
+cfg = botocore.config.Config(retries={"mode": "standard", "max_attempts": 10}, max_pool_connections=16)
+def ecs(port):
+    return boto3.client("ecs", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1", config=cfg)
+def leads(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_fleetport/health", timeout=1) as r:
+            return json.loads(r.read())["leader"]
+    except OSError:
+        return False
+other = next(p for p in ports if p != leader_port)
+api = ecs(other)
+api.create_cluster(clusterName="many")
+for v in ("one", "two"):
+    api.register_task_definition(family="many", containerDefinitions=[
+        {"name": "c", "image": "busybox", "memory": 8, "command": ["echo", v]}])
+names = [f"s{i:04d}" for i in range(n)]
+def converged(client, revision):
+    done = 0
+    for i in range(0, n, 10):
+        for s in client.describe_services(cluster="many", services=names[i:i + 10])["services"]:
+            d = s["deployments"]
+            done += len(d) == 1 and d[0]["rolloutState"] == "COMPLETED" and d[0]["taskDefinition"].endswith(revision)
+    return done == n
+with ThreadPoolExecutor(8) as pool:
+    list(pool.map(lambda s: api.create_service(cluster="many", serviceName=s, taskDefinition="many:1",
+                                               desiredCount=0, launchType="EC2"), names))
+while not converged(api, ":1"):
+    time.sleep(0.5)
+os.kill(leader_pid, signal.SIGSTOP)
+with ThreadPoolExecutor(8) as pool:
+    list(pool.map(lambda s: api.update_service(cluster="many", service=s, taskDefinition="many:2"), names))
+killed = time.monotonic()
+os.kill(leader_pid, signal.SIGKILL)
+while not any(leads(p) for p in ports if p != leader_port):
+    time.sleep(0.05)
+led = time.monotonic()
+while not converged(api, ":2"):
+    time.sleep(0.2)
+done = time.monotonic()
+print(f"{n} services: a new leader {led - killed:.2f} s after kill -9; all {n} deployments completed "
+      f"{done - led:.2f} s later ({done - killed:.2f} s after the kill)")
+PY
