@@ -55,6 +55,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
+    without_huge_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -77,6 +78,33 @@ fn main() -> ExitCode {
         Command::Agent(args) => finish(block_on(agent_cmd::run_agent(args))),
         Command::Logs(args) => finish(block_on(agent_cmd::run_logs(args))),
         Command::InterruptSpot(args) => finish(block_on(agent_cmd::run_interrupt_spot(args))),
+    }
+}
+
+/// Transparent huge pages off for this process. mimalloc advises huge pages for its arenas, and
+/// then each 2 MiB page a small heap touches counts whole in RSS: an idle `fleetport up` held
+/// 16 MiB of them for a few MiB of live data. mimalloc reads its `MIMALLOC_ALLOW_THP` setting at
+/// its first allocation, before `main`, so the process runs itself again once with the
+/// setting in its environment (same PID, arguments and `argv[0]`; about a millisecond). A
+/// setting the user chose is kept. If that exec fails, the kernel's per-process switch still
+/// keeps later pages small.
+fn without_huge_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        const SETTING: &str = "MIMALLOC_ALLOW_THP";
+        if std::env::var_os(SETTING).is_none()
+            && let Ok(exe) = std::env::current_exe()
+        {
+            let mut args = std::env::args_os();
+            let mut again = std::process::Command::new(exe);
+            if let Some(arg0) = args.next() {
+                again.arg0(arg0);
+            }
+            // Returns only if the exec failed.
+            let _ = again.args(args).env(SETTING, "0").exec();
+        }
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
     }
 }
 
