@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 TASKS=${TASKS:-10000}
 SERVICES=${SERVICES:-1000}
 scripts/test-env
-cargo build --release --locked -p fleetport -q
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -p fleetport -q
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 .venv/bin/python - "$OUT" "$TASKS" "$SERVICES" <<'PY'
@@ -71,7 +71,7 @@ ecs = boto3.client("ecs", endpoint_url=f"http://127.0.0.1:{port}", region_name="
 def fill():
     ecs.create_cluster(clusterName="big")
     ecs.register_task_definition(family="t", containerDefinitions=[
-        {"name": "c", "image": "busybox", "memory": 1, "cpu": 0, "command": ["sleep", "1"]}])
+        {"name": "c", "image": "busybox", "memory": 6, "cpu": 0, "command": ["sleep", "1"]}])
     doc = json.dumps({"instanceId": "i-0123456789abcdef0", "region": "us-east-1"})
     ecs.register_container_instance(cluster="big", instanceIdentityDocument=doc, totalResources=[
         {"name": "CPU", "type": "INTEGER", "integerValue": 1 << 20},
@@ -85,7 +85,9 @@ fill()
 arns = sum(len(page["taskArns"]) for page in ecs.get_paginator("list_tasks").paginate(cluster="big"))
 time.sleep(2)
 full = memory(p.pid)
-urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/_fleetport/reset", method="POST")).read()
+sys.path.insert(0, "tests")
+from raw import reset  # noqa: E402  (the signed POST /_fleetport/reset the tests use)
+assert reset(f"http://127.0.0.1:{port}").status == 200
 time.sleep(3)
 after = memory(p.pid)
 p.terminate(); p.wait()
