@@ -14,7 +14,7 @@ scripts/test-env
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 .venv/bin/python - "$OUT" "$TASKS" "$SERVICES" <<'PY'
-import json, os, shutil, socket, subprocess, sys, time, urllib.request
+import atexit, json, os, shutil, socket, subprocess, sys, time, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 import boto3, botocore.config
 
@@ -36,6 +36,9 @@ def ready(url, started):
         except OSError:
             time.sleep(0.001)
 
+started_processes = []
+atexit.register(lambda: [q.kill() for q in started_processes if q.poll() is None])
+
 def start_fleetport():
     port = free_port()
     d = os.path.join(out, "fp")
@@ -44,6 +47,7 @@ def start_fleetport():
     p = subprocess.Popen(["target/release/fleetport", "up", "--listen", f"127.0.0.1:{port}", "--data-dir", d,
                           "--enable-reset", "--agent-timeout", "3600"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started_processes.append(p)
     return p, port, ready(f"http://127.0.0.1:{port}/_fleetport/health", started)
 
 rows = []

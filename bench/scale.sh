@@ -13,7 +13,7 @@ FAILOVERS=${FAILOVERS:-3}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 scripts/test-env
 PG=$(scripts/postgres)
-cargo build --release --locked -p fleetport -q
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -p fleetport -q
 PY=.venv/bin/python
 OUT=$(mktemp -d)
 PIDS=()

@@ -41,6 +41,22 @@ pub enum StoreError {
     Fenced(i64),
 }
 
+/// What the process does after a reset has freed the in-memory copy of the state, called on the
+/// store's writer thread, which freed it (the binary hands the allocator's free pages back to
+/// the operating system). Set once, at start.
+static AFTER_RESET: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets [`AFTER_RESET`]'s hook; later calls are ignored.
+pub fn set_after_reset(hook: fn()) {
+    let _ = AFTER_RESET.set(hook);
+}
+
+pub(crate) fn after_reset() {
+    if let Some(hook) = AFTER_RESET.get() {
+        hook();
+    }
+}
+
 /// One stored document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {

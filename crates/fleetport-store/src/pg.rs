@@ -420,6 +420,9 @@ fn writer_loop(
             let r = reconnect(&mut client, &config)
                 .and_then(|()| reset(&mut client, follow))
                 .and_then(|()| catch_up(&mut client, follow));
+            if r.is_ok() {
+                crate::after_reset();
+            }
             let _ = reply.send(r);
         }
     });

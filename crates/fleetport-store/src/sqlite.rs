@@ -228,6 +228,7 @@ fn writer_loop(conn: Connection, rx: crate::queue::Receiver, docs: Arc<RwLock<Ar
             let r = reset(&conn);
             if r.is_ok() {
                 *docs.write() = Arc::new(Documents::new());
+                crate::after_reset();
             }
             let _ = reply.send(r);
         }

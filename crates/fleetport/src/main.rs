@@ -2,6 +2,7 @@
 //! services, binds the listener and runs until SIGINT/SIGTERM. Wiring only.
 
 mod agent_cmd;
+mod alloc;
 mod config;
 mod links;
 mod listen;
@@ -45,11 +46,6 @@ enum Command {
     /// deregistered, SIGTERM, stopCode SpotInterruption), to prove a service survives it.
     InterruptSpot(agent_cmd::InterruptSpotArgs),
 }
-
-// mimalloc: the request path allocates many small short-lived objects (JSON trees, headers);
-// glibc malloc showed as ~15% of CPU under load.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// EX_USAGE: bad configuration, reported before anything binds.
 const EXIT_USAGE: u8 = 64;
@@ -221,6 +217,7 @@ impl Opened {
 async fn serve(config: Config) -> anyhow::Result<()> {
     fleetport_store::datadir::prepare(&config.data_dir)
         .with_context(|| format!("preparing {}", config.data_dir.display()))?;
+    fleetport_store::set_after_reset(alloc::release_free_memory);
     let opened = Opened::open(&config).await?;
     let store: Arc<dyn Store> = opened.store();
     let leader = opened.leader();

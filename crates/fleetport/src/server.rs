@@ -275,6 +275,7 @@ async fn reset(State(state): State<AppState>, req: Request) -> Response {
             if let Err(e) = state.iam.refresh() {
                 tracing::error!(error = %e, "could not reload IAM after the reset");
             }
+            crate::alloc::release_free_memory();
             tracing::info!("all state reset by POST /_fleetport/reset");
             (
                 [(http::header::CONTENT_TYPE, "application/json")],
