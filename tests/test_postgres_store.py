@@ -249,7 +249,8 @@ def test_a_postgresql_restart_loses_no_acknowledged_write(data_dir, database):
 class RetryingLoad:
     """GETs in a loop through a load balancer, as a browser sends them: a request whose
     connection was reset or closed before any answer (the connection was on a process that
-    was killed) is sent once more; any other failure, and any status but 200, counts."""
+    was killed, or reached its listening socket as it closed) is sent again, up to three times;
+    any other failure, and any status but 200, counts."""
 
     def __init__(self, port):
         import threading
@@ -272,11 +273,15 @@ class RetryingLoad:
         import http.client
         while not self.stop.is_set():
             try:
-                try:
-                    status, body = self.once()
-                except (ConnectionResetError, ConnectionRefusedError, http.client.RemoteDisconnected):
-                    self.resent += 1
-                    status, body = self.once()
+                for attempt in range(4):
+                    try:
+                        status, body = self.once()
+                        break
+                    except (ConnectionResetError, ConnectionRefusedError, http.client.RemoteDisconnected):
+                        if attempt == 3:
+                            raise
+                        self.resent += 1
+                        time.sleep(0.01)
                 if status == 200:
                     self.answers[body] = self.answers.get(body, 0) + 1
                 else:

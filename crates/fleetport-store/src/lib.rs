@@ -113,6 +113,13 @@ pub trait Store: Send + Sync + 'static {
     fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         None
     }
+
+    /// The collections other processes changed since the last call, so a follower reloads
+    /// only what moved. The empty name means everything (after a reset, or a reload of the
+    /// whole state).
+    fn take_remote_collections(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Typed helpers over the byte-level traits.

@@ -91,6 +91,9 @@ struct Follow {
     own: Mutex<std::collections::BTreeSet<i64>>,
     /// Moves when another process's changes were applied.
     remote: tokio::sync::watch::Sender<u64>,
+    /// The collections another process changed since [`Store::take_remote_collections`] last
+    /// looked (the empty name: everything, after a reset or a reload).
+    touched: Mutex<std::collections::BTreeSet<String>>,
 }
 
 pub struct PgStore {
@@ -128,6 +131,7 @@ impl PgStore {
             cursor: Mutex::new(rev),
             own: Mutex::default(),
             remote: tokio::sync::watch::Sender::new(0),
+            touched: Mutex::default(),
         });
         let stop = Arc::new(AtomicBool::new(false));
         let mut listener = config.connect(NoTls).map_err(backend)?;
@@ -358,6 +362,7 @@ fn catch_up(client: &mut Client, follow: &Follow) -> Result<(), StoreError> {
             *follow.docs.write() = Arc::new(docs);
             *cursor = rev;
             follow.own.lock().clear();
+            follow.touched.lock().insert(String::new());
             follow.remote.send_modify(|n| *n = n.wrapping_add(1));
             tracing::info!(
                 revision = rev,
@@ -378,8 +383,11 @@ fn catch_up(client: &mut Client, follow: &Follow) -> Result<(), StoreError> {
         let mut remote = false;
         for row in rows {
             let rev: i64 = row.get(0);
-            remote |= !follow.own.lock().remove(&rev);
             let collection: String = row.get(1);
+            if !follow.own.lock().remove(&rev) {
+                remote = true;
+                follow.touched.lock().insert(collection.clone());
+            }
             let key: String = row.get(2);
             let value: Option<Vec<u8>> = row.get(3);
             if collection.is_empty() {
@@ -769,6 +777,12 @@ impl WriteTxn for Txn<'_> {
 impl Store for PgStore {
     fn remote_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         Some(self.follow.remote.subscribe())
+    }
+
+    fn take_remote_collections(&self) -> Vec<String> {
+        std::mem::take(&mut *self.follow.touched.lock())
+            .into_iter()
+            .collect()
     }
 
     fn read(

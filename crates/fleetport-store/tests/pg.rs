@@ -258,3 +258,37 @@ fn a_deposed_leaders_fenced_writes_are_refused_and_its_successors_commit() {
     let seen = a.epochs();
     wait_until("a has seen the new epoch", || *seen.borrow() == epoch + 1);
 }
+
+#[test]
+fn a_replica_learns_which_collections_the_others_changed() {
+    let Some(url) = database() else { return };
+    let rt = runtime();
+    let a = PgStore::open(&url).unwrap();
+    let b = PgStore::open(&url).unwrap();
+    rt.block_on(async {
+        write::<_, E>(&a, |t| {
+            t.put_json("@1/r/ecs.service", "x", &1)?;
+            Ok(t.put_json("iam.user", "u", &1)?)
+        })
+        .await
+        .unwrap();
+    });
+    let mut seen = std::collections::BTreeSet::new();
+    wait_until("b hears of both collections", || {
+        seen.extend(b.take_remote_collections());
+        seen.len() == 2
+    });
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["@1/r/ecs.service", "iam.user"]
+    );
+    assert!(b.take_remote_collections().is_empty(), "taken once");
+    assert!(
+        a.take_remote_collections().is_empty(),
+        "a replica's own writes are not remote"
+    );
+    rt.block_on(b.reset()).unwrap();
+    wait_until("a reset means everything", || {
+        a.take_remote_collections().contains(&String::new())
+    });
+}

@@ -298,15 +298,20 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     // Other replicas' changes reach what this process keeps in memory beside the store.
     let follower = store.remote_changes().map(|mut changes| {
         let (tenants, iam) = (tenants.clone(), iam.clone());
+        let store_for_follower = store.clone();
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 // A burst of changes is followed once.
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 changes.borrow_and_update();
-                if let Err(e) = iam.refresh() {
+                let changed = store_for_follower.take_remote_collections();
+                // IAM is global: its collections are never scoped to a tenant.
+                if changed.iter().any(|c| c.is_empty() || c.starts_with("iam."))
+                    && let Err(e) = iam.refresh()
+                {
                     tracing::warn!(error = %e, "could not reload IAM after another replica's change");
                 }
-                tenants.follow_remote().await;
+                tenants.follow_remote(&changed).await;
             }
         })
     });

@@ -325,28 +325,48 @@ impl Tenants {
         t.loops.lock().push(supervisor.abort_handle());
     }
 
-    /// After other replicas changed the store: tenants they created are opened here too, and
-    /// what each tenant keeps in memory follows (the load balancers' configuration, waiting
-    /// agent polls, the service scheduler's next round).
-    pub async fn follow_remote(&self) {
-        let known: Result<Vec<(String, Value)>, StoreError> =
-            fleetport_store::read(&*self.base, |t| t.scan_json(TENANTS, "", None, MAX_TENANTS));
-        for (key, _) in known.unwrap_or_default() {
-            if let Some((account, region)) = key.split_once('/')
-                && self.existing(account, region).is_none()
-                && let Ok(t) = self.get(account, region)
-            {
-                t.recorded.store(true, Ordering::Relaxed);
+    /// After other replicas changed the `changed` collections (the empty name: everything):
+    /// tenants they created are opened here too, and what each tenant keeps in memory follows
+    /// where its collections moved: the load balancers' configuration (ELB and certificates),
+    /// and for ECS the waiting agent polls and the service scheduler's next round.
+    pub async fn follow_remote(&self, changed: &[String]) {
+        let all = changed.iter().any(String::is_empty);
+        if all || changed.iter().any(|c| c == TENANTS) {
+            let known: Result<Vec<(String, Value)>, StoreError> =
+                fleetport_store::read(&*self.base, |t| t.scan_json(TENANTS, "", None, MAX_TENANTS));
+            for (key, _) in known.unwrap_or_default() {
+                if let Some((account, region)) = key.split_once('/')
+                    && self.existing(account, region).is_none()
+                    && let Ok(t) = self.get(account, region)
+                {
+                    t.recorded.store(true, Ordering::Relaxed);
+                }
             }
         }
         for t in self.all() {
-            if let Err(e) = t.elb.reload().await {
+            // The tenant's collections: unprefixed for the owner, `@account/region/…` otherwise.
+            let scope = format!("@{}/{}/", t.account, t.region);
+            let owner = self.is_owner(&t);
+            let mine: Vec<&str> = changed
+                .iter()
+                .filter_map(|c| match c.strip_prefix(&scope) {
+                    Some(rest) => Some(rest),
+                    None if owner && !c.starts_with('@') => Some(c.as_str()),
+                    None => None,
+                })
+                .collect();
+            let moved = |service: &str| all || mine.iter().any(|c| c.starts_with(service));
+            if (moved("elb.") || moved("acm."))
+                && let Err(e) = t.elb.reload().await
+            {
                 tracing::warn!(error = %e, "could not reload the load balancers after another replica's change");
             }
-            t.ecs.wake_agents();
-            // A service another replica created or updated converges now, not at the next
-            // idle round of this replica's scheduler (if it leads).
-            t.ecs.nudge();
+            if moved("ecs.") {
+                t.ecs.wake_agents();
+                // A service another replica created or updated converges now, not at the next
+                // idle round of this replica's scheduler (if it leads).
+                t.ecs.nudge();
+            }
         }
     }
 }
