@@ -319,7 +319,11 @@ def test_spread_by_zone_random_and_the_query_language(env):
 
     assert listed("attribute:ecs.instance-type =~ t3\\..* and not(attribute:ecs.availability-zone == us-east-1b)") == {"a", "b"}
     assert listed("(attribute:ecs.instance-type == m5.large or ec2InstanceId !exists) && agentConnected == true") == {"c"}
-    assert listed("runningTasksCount >= 1 and registeredAt > 2020-01-01") == {"a", "b", "c"}
+    # One task on each instance (random may have left one empty), then every instance counts.
+    out = ecs.run_task(cluster=cluster, taskDefinition="tiny", count=3, group="each",
+                       placementConstraints=[{"type": "distinctInstance"}])
+    assert {t["containerInstanceArn"] for t in out["tasks"]} == set(zone_of), out["failures"]
+    wait_for(lambda: listed("runningTasksCount >= 1 and registeredAt > 2020-01-01") == {"a", "b", "c"}, 30)
     assert listed("task:group == zonal and attribute:ecs.availability-zone == us-east-1b") == {"c"}
     assert listed("runningTasksCount > 100") == set()
     # memberOf with parentheses and a regex.
