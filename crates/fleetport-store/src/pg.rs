@@ -452,15 +452,7 @@ fn commit_group(
         return;
     }
     let mut outcomes = Vec::with_capacity(writes.len());
-    let committed = run_group(client, writes, &mut outcomes).map(|revisions| {
-        if let Some(r) = revisions {
-            // The follower may have applied them already (and taken them for another
-            // replica's): only revisions still ahead of the copy are remembered.
-            // Held while remembering, so the follower cannot apply them in between.
-            let cursor = follow.cursor.lock();
-            follow.own.lock().extend(r.filter(|rev| *rev > *cursor));
-        }
-    });
+    let committed = run_group(client, writes, &mut outcomes, follow);
     if committed.is_ok() {
         // This replica reads its own acknowledged writes: apply the log (ours, and any other
         // replica's before it) before answering.
@@ -483,7 +475,8 @@ fn run_group(
     client: &mut Client,
     writes: Vec<Queued>,
     outcomes: &mut Vec<(Result<(), StoreError>, Reply)>,
-) -> Result<Option<std::ops::RangeInclusive<i64>>, StoreError> {
+    follow: &Follow,
+) -> Result<(), StoreError> {
     let mut txn = match client.transaction() {
         Ok(t) => t,
         Err(e) => {
@@ -542,8 +535,23 @@ fn run_group(
     } else {
         Some(log_changes(&mut txn, changes)?)
     };
+    commit_own(txn, revisions, follow)
+}
+
+/// Commits, and remembers the transaction's revisions as this process's own. The copy's cursor
+/// is held across the commit, so the follower cannot apply them before they are known as ours
+/// (and take them for another replica's).
+fn commit_own(
+    txn: Transaction<'_>,
+    revisions: Option<std::ops::RangeInclusive<i64>>,
+    follow: &Follow,
+) -> Result<(), StoreError> {
+    let cursor = follow.cursor.lock();
     txn.commit().map_err(backend)?;
-    Ok(revisions)
+    if let Some(r) = revisions {
+        follow.own.lock().extend(r.filter(|rev| *rev > *cursor));
+    }
+    Ok(())
 }
 
 /// Whether `epoch` still holds an unexpired lease. The row stays share-locked until the
@@ -651,13 +659,7 @@ fn reset(client: &mut Client, follow: &Follow) -> Result<(), StoreError> {
         .map_err(backend)?;
     // The empty collection marks the reset in the log, for the other replicas' copies.
     let revisions = log_changes(&mut txn, vec![(String::new(), String::new(), None)])?;
-    txn.commit().map_err(backend)?;
-    let cursor = follow.cursor.lock();
-    follow
-        .own
-        .lock()
-        .extend(revisions.filter(|rev| *rev > *cursor));
-    Ok(())
+    commit_own(txn, Some(revisions), follow)
 }
 
 fn follower_loop(mut client: Client, config: postgres::Config, follow: &Follow, stop: &AtomicBool) {
