@@ -6,7 +6,7 @@ import socket
 import subprocess
 
 from conftest import wait_for
-from test_ecs_services import alb, stable_now
+from test_ecs_services import alb, healthy_targets, stable_now
 from test_ecs_tasks import docker, env  # noqa: F401  (fixture)
 from test_postgres_store import RetryingLoad
 
@@ -43,8 +43,7 @@ def test_each_agent_publishes_at_its_own_address_and_the_alb_reaches_both(env):
     elb = server.client("elbv2")
 
     def healthy():
-        return [h for h in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
-                if h["TargetHealth"]["State"] == "healthy"]
+        return healthy_targets(elb, tg)
 
     wait_for(lambda: stable_now(ecs, cluster, "where") and len(healthy()) == 2, 90, 0.5)
     tasks = ecs.describe_tasks(cluster=cluster, tasks=ecs.list_tasks(cluster=cluster, serviceName="where")["taskArns"])

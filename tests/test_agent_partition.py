@@ -7,7 +7,7 @@ import threading
 import time
 
 from conftest import wait_for
-from test_ecs_services import alb, service, stable_now, web
+from test_ecs_services import alb, healthy_targets, service, stable_now, web
 from test_ecs_tasks import Agent, docker, env, remove_containers  # noqa: F401  (fixture)
 from test_postgres_store import RetryingLoad
 
@@ -95,8 +95,7 @@ def test_a_partitioned_agent_keeps_serving_and_reconciles_without_duplicates(env
     elb = server.client("elbv2")
 
     def healthy():
-        return sum(h["TargetHealth"]["State"] == "healthy"
-                   for h in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"])
+        return len(healthy_targets(elb, tg))
 
     def connected():
         return ecs.describe_container_instances(cluster=cluster, containerInstances=[agent.arn])[

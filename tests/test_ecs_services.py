@@ -90,6 +90,12 @@ def alb(server, name, target_type="instance", delay=2):
     return arn, port, lb["DNSName"]
 
 
+def healthy_targets(elb, tg):
+    """The target group's targets that are healthy now."""
+    return [h for h in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"]
+            if h["TargetHealth"]["State"] == "healthy"]
+
+
 def stable_now(ecs, cluster, name):
     """The services-stable waiter's success condition, checked once."""
     s = service(ecs, cluster, name)

@@ -301,7 +301,7 @@ def test_killing_the_leader_mid_deployment_the_next_finishes_it_behind_a_live_lo
     deployment the leader is killed -9: the other replica takes the lease, its scheduler finishes
     the deployment, and the load balancer (served by both replicas) answers every request
     throughout, v1 then v2; no task is started beyond what the deployment needs."""
-    from test_ecs_services import alb, service, stable_now, web
+    from test_ecs_services import alb, healthy_targets, service, stable_now, web
     from test_ecs_tasks import Agent, push_image, remove_containers
     _, url = database
     a_dir, b_dir = os.path.join(data_dir, "a"), os.path.join(data_dir, "b")
@@ -326,8 +326,7 @@ def test_killing_the_leader_mid_deployment_the_next_finishes_it_behind_a_live_lo
         elb = second.client("elbv2")
 
         def healthy():
-            return sum(h["TargetHealth"]["State"] == "healthy"
-                       for h in elb.describe_target_health(TargetGroupArn=tg)["TargetHealthDescriptions"])
+            return len(healthy_targets(elb, tg))
 
         try:
             wait_for(lambda: stable_now(ecs, cluster, "web") and healthy() == 2, 90, 0.5)

@@ -279,6 +279,7 @@ fn lease_loop(
             (_, Ok(Some(row))) => {
                 renewed = std::time::Instant::now();
                 let epoch: i64 = row.get(0);
+                note_epoch(seen, epoch);
                 if leading != Some(epoch) {
                     tracing::info!(epoch, "this replica leads now");
                     tx.send_replace(Some(epoch));
@@ -293,19 +294,15 @@ fn lease_loop(
                 tx.send_replace(None);
             }
             (_, Err(e)) => tracing::debug!(error = %e, "lease attempt failed"),
-            (None, Ok(None)) => {}
-        }
-        // Whoever leads: the epoch agents' assignments carry from this replica.
-        if let Ok(Some(row)) = client.query_opt(
-            "SELECT epoch FROM fleetport_lease WHERE name = 'leader'",
-            &[],
-        ) {
-            let epoch: i64 = row.get(0);
-            seen.send_if_modified(|e| {
-                let newer = epoch > *e;
-                *e = (*e).max(epoch);
-                newer
-            });
+            // Another replica leads: its epoch is what agents' assignments carry from here.
+            (None, Ok(None)) => {
+                if let Ok(Some(row)) = client.query_opt(
+                    "SELECT epoch FROM fleetport_lease WHERE name = 'leader'",
+                    &[],
+                ) {
+                    note_epoch(seen, row.get(0));
+                }
+            }
         }
         std::thread::sleep(LEASE_EVERY);
     }
@@ -316,6 +313,15 @@ fn lease_loop(
         );
     }
     tx.send_replace(None);
+}
+
+/// Remembers `epoch` if it is the newest seen.
+fn note_epoch(seen: &tokio::sync::watch::Sender<i64>, epoch: i64) {
+    seen.send_if_modified(|e| {
+        let newer = epoch > *e;
+        *e = (*e).max(epoch);
+        newer
+    });
 }
 
 /// Every document and the revision they are at, read in one snapshot.
